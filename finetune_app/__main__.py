@@ -1,0 +1,3 @@
+from finetune_app.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Datasets: readers for each format -> Sample records; images; validation; splits; demo data."""
