@@ -1,0 +1,100 @@
+"""`finetune-app data check PATH`: validate a dataset headless and print the report.
+
+Exit codes: 0 when usable rows remain (problems are listed), 4 when nothing usable remains or the
+dataset cannot be read, 3 when --model cannot be loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("data", help="inspect and validate datasets",
+                                   description="Inspect and validate datasets.")
+    sub = parser.add_subparsers(dest="data_command", metavar="ACTION")
+    check = sub.add_parser("check", help="validate every row and print a report",
+                           description="Validate every row of a dataset and print a report. "
+                           "Exits 4 when nothing usable remains.")
+    check.add_argument("path", help="dataset file, folder, or Hugging Face hub id")
+    check.add_argument("--model", help="local model folder: count tokens with its tokenizer")
+    check.add_argument("--format", help="row format instead of detecting it "
+                       "(caption, messages, sharegpt, llava, alpaca, qa)")
+    check.add_argument("--template", help="column mapping as JSON, or @file.json, e.g. "
+                       "'{\"prompt\": \"Describe {label}\", \"answer\": \"{text}\"}'")
+    check.add_argument("--max-length", type=int, help="drop rows longer than this many tokens "
+                       "(needs --model)")
+    check.add_argument("--no-images", action="store_true", help="do not open the images")
+    check.add_argument("--strict", action="store_true", help="fail on any row problem")
+    check.add_argument("--json", action="store_true", help="print the report as JSON")
+    check.add_argument("--show", type=int, default=20, metavar="N",
+                       help="problems listed in the text report (default 20)")
+    check.set_defaults(func=run_check)
+    parser.set_defaults(func=lambda args: _usage(parser))
+
+
+def run(args) -> int:
+    return args.func(args)
+
+
+def _usage(parser) -> int:
+    parser.print_help(sys.stderr)
+    return 2
+
+
+def _template(value: str | None):
+    from finetune_app.core.errors import DataError
+
+    if value is None:
+        return None
+    try:
+        text = Path(value[1:]).read_text(encoding="utf-8") if value.startswith("@") else value
+        return json.loads(text)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"--template is not valid JSON ({exc}).",
+                        "Pass a JSON object, e.g. '{\"prompt\": \"{question}\", \"answer\": "
+                        "\"{answer}\"}'.", field="template") from None
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from finetune_app.core.data import open_dataset, token_counter_for, validate
+    from finetune_app.core.errors import FinetuneError
+
+    try:
+        dataset = open_dataset(args.path, format=args.format, template=_template(args.template),
+                               policy="strict" if args.strict else "skip")
+        counter = token_counter_for(args.model) if args.model else None
+        if args.max_length is not None and counter is None:
+            print("note: --max-length needs --model to count tokens; lengths not checked",
+                  file=sys.stderr)
+        report = validate(dataset, token_counter=counter, max_length=args.max_length,
+                          check_images=not args.no_images, progress=_progress(args),
+                          policy="strict" if args.strict else "skip")
+    except FinetuneError as err:
+        if not args.json:
+            raise
+        print(json.dumps({"error": {"message": err.message, "file": err.file, "line": err.line,
+                                    "field": err.field}, "rows_usable": 0}, indent=2))
+        return err.exit_code
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+    else:
+        print(dataset.describe())
+        print(report.summary(max_problems=args.show))
+    from finetune_app.core.errors import DataError
+
+    return 0 if report.rows_usable else DataError.exit_code
+
+
+def _progress(args):
+    if args.json or not sys.stderr.isatty():
+        return None
+
+    def show(done: int, total: int) -> None:
+        print(f"\rchecking {done:,}/{total:,} rows", end="" if done < total else "\n",
+              file=sys.stderr, flush=True)
+
+    return show

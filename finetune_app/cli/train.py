@@ -1,0 +1,100 @@
+"""`finetune-app train`: the engine headless, with a progress bar and scriptable exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+
+from finetune_app.core.config import PRESETS, TrainConfig, apply_preset
+
+# flag -> TrainConfig field (flags keep these spellings: scripts and docs rely on them)
+FLAGS = {
+    "--model": "model", "--data": "data", "--output": "output", "--iters": "iters", "--epochs": "epochs",
+    "--batch-size": "batch_size", "--learning-rate": "learning_rate", "--lora-rank": "lora_rank",
+    "--lora-alpha": "lora_alpha", "--lora-dropout": "lora_dropout", "--seed": "seed", "--save-every": "save_every",
+    "--fine-tune-type": "fine_tune_type", "--quantize-bits": "quantize_bits", "--optimizer": "optimizer",
+    "--lr-schedule": "lr_schedule", "--warmup-steps": "warmup_steps", "--grad-accumulation": "grad_accumulation",
+    "--grad-clip": "grad_clip", "--max-length": "max_length", "--steps-per-eval": "steps_per_eval",
+    "--steps-per-report": "steps_per_report", "--valid-fraction": "valid_fraction",
+    "--keep-checkpoints": "keep_checkpoints", "--sample-count": "sample_count", "--data-format": "data_format",
+    "--image-size": "image_size", "--weight-decay": "weight_decay",
+}
+TYPES = {"iters": int, "epochs": float, "batch_size": int, "learning_rate": float, "lora_rank": int,
+         "lora_alpha": float, "lora_dropout": float, "seed": int, "save_every": int, "quantize_bits": int,
+         "warmup_steps": int, "grad_accumulation": int, "grad_clip": float, "max_length": int,
+         "steps_per_eval": int, "steps_per_report": int, "valid_fraction": float, "keep_checkpoints": int,
+         "sample_count": int, "image_size": int, "weight_decay": float}
+SWITCHES = {"--grad-checkpoint": "grad_checkpoint", "--train-vision": "train_vision",
+            "--train-projector": "train_projector", "--quantize-vision": "quantize_vision",
+            "--strict-data": "strict_data"}
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="fine-tune a model on a dataset",
+                       description="Fine-tune a base model on a dataset. Settings come from the defaults, then "
+                       "--preset, then --config FILE (TOML), then flags.")
+    for flag, name in FLAGS.items():
+        p.add_argument(flag, dest=name, type=TYPES.get(name, str), default=None, help=TrainConfig.help(name))
+    for flag, name in SWITCHES.items():
+        p.add_argument(flag, dest=name, action="store_true", default=None, help=TrainConfig.help(name))
+    p.add_argument("--no-completion-only", dest="completion_only", action="store_false", default=None,
+                   help="learn the whole conversation, not only the answers")
+    p.add_argument("--lora-targets", dest="lora_targets", default=None, help="comma-separated layer names (default: all attention and MLP projections)")
+    p.add_argument("--config", dest="config_file", default=None, help="TOML file with settings")
+    p.add_argument("--preset", default=None, choices=list(PRESETS), help="start from a preset")
+    p.add_argument("--resume", default=None, metavar="DIR", help="continue the run in DIR from its last checkpoint")
+    p.add_argument("--quiet", action="store_true", help="print only reports, no samples")
+    p.set_defaults(func=run)
+
+
+def build_config(args) -> tuple[TrainConfig, bool]:
+    resume = bool(args.resume)
+    if resume:
+        cfg = TrainConfig.load(Path(args.resume) / "train_config.toml").replace(output=str(args.resume))
+    else:
+        cfg = TrainConfig()
+        if args.preset:
+            cfg = apply_preset(cfg, args.preset)
+        if args.config_file:
+            file_cfg = TrainConfig.load(args.config_file)
+            cfg = cfg.replace(**{k: v for k, v in file_cfg.to_dict().items() if v != getattr(TrainConfig(), k)})
+    changes = {name: getattr(args, name) for name in list(FLAGS.values()) + list(SWITCHES.values()) + ["completion_only"]
+               if getattr(args, name, None) is not None}
+    if getattr(args, "lora_targets", None):
+        changes["lora_targets"] = [t.strip() for t in args.lora_targets.split(",") if t.strip()]
+    if "iters" in changes:
+        changes.setdefault("epochs", None)
+    elif "epochs" in changes:
+        changes["iters"] = None
+    cfg = cfg.replace(**changes)
+    if not resume and cfg.iters is None and cfg.epochs is None:
+        cfg = cfg.replace(epochs=3.0)
+    return cfg, resume
+
+
+def run(args) -> int:
+    from finetune_app.cli.progress import ConsolePrinter
+    from finetune_app.core.training.control import Control
+    from finetune_app.core.training.trainer import Trainer
+
+    cfg, resume = build_config(args)
+    control = Control()
+
+    def on_sigint(signum, frame):
+        if control.stop_requested:
+            raise KeyboardInterrupt
+        print("\nstopping after this step and saving a checkpoint (Ctrl-C again to abort)...", file=sys.stderr)
+        control.stop(save=True)
+
+    old = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        result = Trainer(cfg, listeners=[ConsolePrinter(quiet=args.quiet)], control=control, resume=resume).run()
+    finally:
+        signal.signal(signal.SIGINT, old)
+    print(f"{result.status}: step {result.step}/{result.total_steps}, final loss "
+          f"{result.final_loss if result.final_loss is None else round(result.final_loss, 4)}, "
+          f"validation loss {result.final_val_loss if result.final_val_loss is None else round(result.final_val_loss, 4)}, "
+          f"{result.seconds:.1f} s. Adapter: {result.run_dir}")
+    return 0 if result.status == "finished" else 130

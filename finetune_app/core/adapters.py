@@ -1,0 +1,255 @@
+"""Attach, save and load adapters in the libraries' own file layout.
+
+VLM adapters use mlx-vlm's layout (`adapters.safetensors` + `adapter_config.json` with
+`lora_parameters.keys`), text adapters mlx-lm's (`num_layers` + `lora_parameters`), so
+`mlx_vlm.load(base, adapter_path=DIR)` and `mlx_lm.load(base, adapter_path=DIR)` load them as is.
+The LoRA/DoRA layers themselves are the libraries' own classes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten
+
+from finetune_app.core import atomic
+from finetune_app.core.config import TrainConfig
+from finetune_app.core.errors import AdapterError, ConfigError
+from finetune_app.core.models import BaseModel
+
+ADAPTER_FILE = "adapters.safetensors"
+CONFIG_FILE = "adapter_config.json"
+PROJECTOR_NAMES = ("mm_projector", "multi_modal_projector", "merger", "aligner", "connector")
+VISION_NAMES = ("vision_tower", "vision_model", "visual")
+
+
+def _lora_classes():
+    from mlx_lm.tuner.dora import DoRALinear as LmDoRA
+    from mlx_lm.tuner.lora import LoRALinear as LmLoRA
+    from mlx_vlm.trainer.peft import DoRALinear, LoRALinear
+
+    return (LoRALinear, DoRALinear, LmLoRA, LmDoRA)
+
+
+def is_adapter_layer(module) -> bool:
+    return isinstance(module, _lora_classes())
+
+
+def _quantize(module: nn.Module, bits: int, group_size: int, prefix: str, skip: tuple[str, ...]) -> None:
+    def predicate(path: str, layer) -> bool:
+        full = f"{prefix}.{path}" if prefix else path
+        if any(s in full.split(".") for s in skip):
+            return False
+        return (isinstance(layer, (nn.Linear, nn.Embedding)) and layer.weight.shape[-1] % group_size == 0)
+
+    nn.quantize(module, group_size=group_size, bits=bits, class_predicate=predicate)
+
+
+def _quantization_map(model: nn.Module) -> dict:
+    return {name: {"group_size": m.group_size, "bits": m.bits, "mode": getattr(m, "mode", "affine")}
+            for name, m in model.named_modules()
+            if isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding))}
+
+
+def _vision_linear_names(model: nn.Module) -> list[str]:
+    return [name for name, m in model.named_modules()
+            if isinstance(m, (nn.Linear, nn.QuantizedLinear)) and name.split(".")[0] in VISION_NAMES
+            and not any(p in name.split(".") for p in PROJECTOR_NAMES)]
+
+
+def _projector_modules(model: nn.Module) -> list[nn.Module]:
+    found = []
+    for name, m in model.named_modules():
+        parts = name.split(".")
+        if parts and parts[-1] in PROJECTOR_NAMES and not any(p in parts[:-1] for p in PROJECTOR_NAMES):
+            found.append(m)
+    return found
+
+
+def set_train_modes(model: nn.Module, fine_tune_type: str) -> None:
+    """Frozen modules stay in eval mode (FastVLM's tower has BatchNorm); adapters train.
+
+    BatchNorm keeps its running statistics even when the vision tower is adapted: with the small
+    batches of a fine-tune, batch statistics are noise (mlx-vlm's `model.train()` breaks here)."""
+    model.train(False)
+    if fine_tune_type == "full":
+        (getattr(model, "language_model", None) or model).train(True)
+    for _, m in model.named_modules():
+        if is_adapter_layer(m):
+            m.train(True)
+        elif isinstance(m, nn.BatchNorm):
+            m.train(False)
+
+
+def attach(base: BaseModel, cfg: TrainConfig) -> dict:
+    """Quantize (QLoRA) and attach LoRA/DoRA layers, or unfreeze for a full fine-tune.
+
+    Returns the adapter_config dict to be saved beside the weights."""
+    model = base.model
+    already_quantized = bool(_quantization_map(model))
+    if cfg.quantize_bits and cfg.fine_tune_type == "full":
+        raise ConfigError("A full fine-tune needs full-precision weights.", "Use LoRA for a quantized base, or leave quantization empty.", field="quantize_bits")
+    if cfg.fine_tune_type == "full" and already_quantized:
+        from mlx_vlm.trainer.common.model import _dequantize_model
+
+        _dequantize_model(model)
+    elif cfg.quantize_bits and not already_quantized:
+        if base.kind == "vlm":
+            lm = model.language_model
+            _quantize(lm, cfg.quantize_bits, cfg.quantize_group_size, "language_model", ())
+            if cfg.quantize_vision:
+                for name in VISION_NAMES:
+                    if getattr(model, name, None) is not None:
+                        _quantize(getattr(model, name), cfg.quantize_bits, cfg.quantize_group_size, name, ())
+        else:
+            _quantize(model, cfg.quantize_bits, cfg.quantize_group_size, "", ())
+    base_quantization = _quantization_map(model)
+
+    if base.kind == "vlm":
+        config = _attach_vlm(base, cfg)
+    else:
+        config = _attach_text(base, cfg)
+    if base_quantization and cfg.fine_tune_type != "full":
+        config["base_quantization"] = base_quantization
+    if cfg.train_projector:
+        for m in _projector_modules(model):
+            m.unfreeze()
+    if cfg.train_vision and cfg.fine_tune_type == "full":
+        for name in VISION_NAMES:
+            if getattr(model, name, None) is not None:
+                getattr(model, name).unfreeze()
+    _freeze_norm_stats(model)
+    config["finetune_app"] = {"base_model": base.source or str(base.path), "model_type": base.model_type,
+                              "train_vision": cfg.train_vision, "train_projector": cfg.train_projector}
+    if base.kind == "vlm":
+        model._vlm_adapter_config = config
+    set_train_modes(model, cfg.fine_tune_type)
+    if not tree_flatten(model.trainable_parameters()):
+        raise ConfigError("Nothing would be trained with these settings.", "Check the LoRA target layer names.", field="lora_targets")
+    return config
+
+
+def _freeze_norm_stats(model: nn.Module) -> None:
+    for _, m in model.named_modules():
+        if isinstance(m, nn.BatchNorm):
+            m.freeze(keys=["running_mean", "running_var"], strict=False)
+
+
+def _attach_vlm(base: BaseModel, cfg: TrainConfig) -> dict:
+    from mlx_vlm.trainer.peft import get_peft_model
+    from mlx_vlm.trainer.peft.utils import _resolve_lora_targets
+
+    model = base.model
+    if cfg.fine_tune_type == "full":
+        model.freeze()
+        model.language_model.unfreeze()
+        return {"fine_tune_type": "full"}
+    try:
+        targets = _resolve_lora_targets(model, cfg.lora_targets)
+    except ValueError as exc:
+        raise ConfigError(f"LoRA targets {cfg.lora_targets} match no layer of this model.",
+                          f"Use layer names such as q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj. ({str(exc)[:300]})",
+                          field="lora_targets") from None
+    if cfg.train_vision:
+        targets = targets + _vision_linear_names(model)
+    get_peft_model(model, targets, rank=cfg.lora_rank, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                   use_dora=cfg.fine_tune_type == "dora", verbose=False)
+    return dict(model._vlm_adapter_config)
+
+
+def _attach_text(base: BaseModel, cfg: TrainConfig) -> dict:
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+
+    model = base.model
+    num_layers = len(model.layers)
+    if cfg.fine_tune_type == "full":
+        model.unfreeze()
+        return {"fine_tune_type": "full", "num_layers": num_layers}
+    model.freeze()
+    params = {"rank": cfg.lora_rank, "scale": cfg.lora_scale, "dropout": cfg.lora_dropout}
+    if cfg.lora_targets:
+        layer_names = [n for n, m in model.layers[0].named_modules() if isinstance(m, (nn.Linear, nn.QuantizedLinear))]
+        keys = [n for n in layer_names if n in cfg.lora_targets or n.split(".")[-1] in cfg.lora_targets]
+        if not keys:
+            raise ConfigError(f"LoRA targets {cfg.lora_targets} match no layer of this model.",
+                              f"Available names: {', '.join(layer_names)}.", field="lora_targets")
+        params["keys"] = keys
+    linear_to_lora_layers(model, num_layers, params, use_dora=cfg.fine_tune_type == "dora")
+    return {"fine_tune_type": cfg.fine_tune_type, "num_layers": num_layers, "lora_parameters": params}
+
+
+def trainable_weights(model: nn.Module, fine_tune_type: str) -> dict[str, mx.array]:
+    """What goes into adapters.safetensors: trainable parameters (every weight for a full run,
+    since the libraries load full checkpoints strictly)."""
+    tree = model.parameters() if fine_tune_type == "full" else model.trainable_parameters()
+    return dict(tree_flatten(tree))
+
+
+def save(model: nn.Module, config: dict, folder: str | Path, *, train_config: TrainConfig | None = None) -> Path:
+    """Write adapters.safetensors + adapter_config.json (+ train_config.toml) atomically."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = trainable_weights(model, config.get("fine_tune_type", "lora"))
+    mx.eval(weights)
+    with atomic.temp_path(folder / ADAPTER_FILE) as tmp:
+        mx.save_safetensors(str(tmp), weights, metadata={"format": "mlx"})
+    atomic.write_json(folder / CONFIG_FILE, config)
+    if train_config is not None:
+        train_config.save(folder / "train_config.toml")
+    return folder
+
+
+def read_config(folder: str | Path) -> dict:
+    folder = Path(folder)
+    path = folder / CONFIG_FILE
+    if not (folder / ADAPTER_FILE).is_file() or not path.is_file():
+        raise AdapterError(f"'{folder}' is not an adapter folder: it needs {ADAPTER_FILE} and {CONFIG_FILE}.",
+                           "Choose a run folder written by Finetune, mlx_vlm.train or mlx_lm lora.", file=folder)
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise AdapterError(f"{CONFIG_FILE} is not valid JSON ({exc}).", "Restore the file from the run folder's checkpoints.", file=path) from None
+    if not isinstance(config, dict):
+        raise AdapterError(f"{CONFIG_FILE} must hold a JSON object.", "Restore the file from the run folder's checkpoints.", file=path)
+    return config
+
+
+def load_into(base: BaseModel, folder: str | Path) -> dict:
+    """Apply a saved adapter to a freshly loaded base with the libraries' own loaders."""
+    folder = Path(folder)
+    config = read_config(folder)
+    recorded = (config.get("finetune_app") or {}).get("model_type")
+    if recorded and recorded != base.model_type:
+        raise AdapterError(f"This adapter was trained on a {recorded} model, but the base model is {base.model_type}.",
+                           f"Load it with the base model it was trained on ({(config.get('finetune_app') or {}).get('base_model', 'see adapter_config.json')}).", file=folder)
+    try:
+        if base.kind == "vlm":
+            from mlx_vlm.trainer.peft import apply_lora_layers
+
+            apply_lora_layers(base.model, str(folder))
+            _check_loaded(base.model, folder, config)
+        else:
+            from mlx_lm.tuner.utils import load_adapters
+
+            load_adapters(base.model, str(folder))
+    except AdapterError:
+        raise
+    except (ValueError, KeyError, AttributeError, IndexError) as exc:
+        raise AdapterError(f"The adapter in '{folder}' does not fit this base model ({str(exc).splitlines()[0][:300]}).",
+                           "Use the base model the adapter was trained on (see adapter_config.json).", file=folder) from None
+    base.model.eval()
+    return config
+
+
+def _check_loaded(model: nn.Module, folder: Path, config: dict) -> None:
+    """mlx-vlm loads adapter weights non-strictly; refuse tensors that went nowhere or misfit."""
+    weights = mx.load(str(folder / ADAPTER_FILE))
+    params = dict(tree_flatten(model.parameters()))
+    bad = [f"{k} {tuple(v.shape)}" + (f" vs model {tuple(params[k].shape)}" if k in params else " (no such parameter)")
+           for k, v in weights.items() if k not in params or params[k].shape != v.shape]
+    if bad:
+        raise AdapterError(f"The adapter in '{folder}' does not fit this base model: {'; '.join(bad[:3])}{' …' if len(bad) > 3 else ''}.",
+                           "Use the base model the adapter was trained on (see adapter_config.json).", file=folder)

@@ -1,0 +1,178 @@
+"""Turn a Sample into model inputs with the model's own chat template and processor.
+
+The prompt/answer split is explicit: `target_mask[t]` is True where token t belongs to an
+assistant answer (its text and the end-of-turn token), so the completion-only loss covers exactly
+the answers, never the system prompt, the user's words or the image tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from finetune_app.core.data.sample import Sample
+from finetune_app.core.errors import DataError
+
+
+@dataclass
+class Example:
+    """One tokenised sample. Image tensors are host (numpy) arrays until batching."""
+
+    index: int
+    input_ids: np.ndarray  # int32 [L]; FastVLM keeps one -200 placeholder per image
+    target_mask: np.ndarray  # bool [L]: token is supervised
+    images: dict[str, np.ndarray] = field(default_factory=dict)  # pixel_values, image_grid_thw, ...
+    n_images: int = 0
+    model_length: int = 0  # positions the language model sees (FastVLM: placeholders expanded)
+    lazy_images: bool = False  # image tensors dropped to save memory; re-encode the sample to get them
+    feature_keys: list = field(default_factory=list)  # vision-cache keys replacing pixel_values
+
+    @property
+    def n_targets(self) -> int:
+        return int(self.target_mask[1:].sum())
+
+    @property
+    def nbytes(self) -> int:
+        return self.input_ids.nbytes + self.target_mask.nbytes + sum(v.nbytes for v in self.images.values())
+
+
+class Encoder:
+    """Renders and tokenises samples for one loaded base model."""
+
+    def __init__(self, base, *, completion_only: bool = True, image_size: int | None = None,
+                 image_features: int | None = None,
+                 image_loader: Callable | None = None):
+        self.base = base
+        self.completion_only = completion_only
+        self.image_size = image_size
+        self.is_vlm = base.kind == "vlm"
+        self.tokenizer = base.tokenizer
+        cfg = base.config
+        self.image_token_index = cfg.get("image_token_index", cfg.get("image_token_id"))
+        # FastVLM expands each placeholder into this many feature positions inside the model.
+        self.image_features = image_features
+        self._load_image = image_loader
+
+    # ---- rendering -------------------------------------------------------------------------
+    def messages(self, sample: Sample, upto: int | None = None) -> list[dict]:
+        turns = sample.turns[:upto] if upto is not None else sample.turns
+        out = []
+        for t in turns:
+            if self.is_vlm and t.n_images:
+                content = [{"type": "image"} for _ in range(t.n_images)] + [{"type": "text", "text": t.text}]
+                out.append({"role": t.role, "content": content})
+            else:
+                out.append({"role": t.role, "content": t.text})
+        return out
+
+    def render(self, sample: Sample, upto: int | None = None, *, generation_prompt: bool = False) -> str:
+        msgs = self.messages(sample, upto)
+        n_images = sum(t.n_images for t in (sample.turns[:upto] if upto is not None else sample.turns))
+        if self.is_vlm:
+            from mlx_vlm.prompt_utils import apply_chat_template
+
+            return apply_chat_template(self.base.processor, self.base.config, msgs,
+                                       add_generation_prompt=generation_prompt, num_images=n_images)
+        return self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=generation_prompt)
+
+    def prompt_text(self, sample: Sample) -> str:
+        """The prompt for generating the final answer (for samples and captioning)."""
+        last = max(i for i, t in enumerate(sample.turns) if t.role == "assistant")
+        return self.render(sample, last, generation_prompt=True)
+
+    # ---- tokenising ------------------------------------------------------------------------
+    def _text_ids(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def _processed(self, text: str, images: list) -> dict[str, np.ndarray]:
+        from mlx_vlm.utils import prepare_inputs
+
+        out = prepare_inputs(self.base.processor, images=images or None, prompts=[text],
+                             image_token_index=self.image_token_index, add_special_tokens=False,
+                             padding=False)
+        result = {}
+        for k, v in out.items():
+            if v is None or isinstance(v, (str, list, dict)) and k != "input_ids":
+                continue
+            arr = np.asarray(v)
+            result[k] = arr
+        return result
+
+    def load_images(self, sample: Sample) -> list:
+        if self._load_image is None:
+            from finetune_app.core.data.images import load_image
+
+            self._load_image = load_image
+        resize = None
+        images = []
+        for ref in sample.images:
+            img = self._load_image(ref)
+            if self.image_size and max(img.size) > self.image_size:
+                scale = self.image_size / max(img.size)
+                resize = (max(1, round(img.size[0] * scale)), max(1, round(img.size[1] * scale)))
+                img = img.resize(resize)
+            images.append(img)
+        return images
+
+    def encode(self, sample: Sample, index: int = 0, *, images: list | None = None) -> Example:
+        if not any(t.role == "assistant" for t in sample.turns):
+            raise DataError("The row has no assistant answer to learn.", "Add an answer (caption, output or assistant message).",
+                            file=sample.source, line=sample.line, field="answer")
+        if sample.images and not self.is_vlm:
+            raise DataError("The row has images, but the base model reads text only.",
+                            "Choose a vision-language model (e.g. Qwen2-VL or FastVLM), or a text-only dataset.",
+                            file=sample.source, line=sample.line, field="images")
+        full_text = self.render(sample)
+        image_inputs: dict[str, np.ndarray] = {}
+        if self.is_vlm:
+            if images is None:
+                images = self.load_images(sample)
+            processed = self._processed(full_text, images)
+            ids = processed.pop("input_ids").reshape(-1).astype(np.int32)
+            processed.pop("attention_mask", None)
+            image_inputs = {k: v for k, v in processed.items() if isinstance(v, np.ndarray) and v.dtype != object}
+        else:
+            ids = np.asarray(self._text_ids(full_text), dtype=np.int32)
+        mask = self._target_mask(sample, ids, full_text, images or [])
+        n_img = len(sample.images)
+        model_length = len(ids)
+        if self.image_features and self.image_token_index is not None and self.image_token_index < 0:
+            model_length += int((ids == self.image_token_index).sum()) * (self.image_features - 1)
+        return Example(index=index, input_ids=ids, target_mask=mask, images=image_inputs, n_images=n_img,
+                       model_length=model_length)
+
+    def _target_mask(self, sample: Sample, ids: np.ndarray, full_text: str, images: list) -> np.ndarray:
+        mask = np.zeros(len(ids), dtype=bool)
+        if not self.completion_only:
+            mask[:] = True
+            if self.image_token_index is not None:
+                mask &= ids != self.image_token_index
+            mask[0] = False
+            return mask
+        text_full = self._text_ids(full_text)
+        delta = len(ids) - len(text_full)  # tokens the processor added (image expansion)
+        n_before = 0
+        for i, turn in enumerate(sample.turns):
+            if turn.role != "assistant":
+                n_before += turn.n_images
+                continue
+            start_txt = len(self._text_ids(self.render(sample, i, generation_prompt=True)))
+            end_txt = len(self._text_ids(self.render(sample, i + 1)))
+            if n_before == len(sample.images):
+                start, end = start_txt + delta, end_txt + delta
+            else:  # images after this answer: measure the prefix with its own images
+                prefix = self._processed(self.render(sample, i, generation_prompt=True), images[:n_before])
+                start = prefix["input_ids"].size
+                end = start + (end_txt - start_txt)
+            if not (0 <= start < end <= len(ids)) or list(ids[start:end]) != text_full[start_txt:end_txt]:
+                raise DataError("The model's chat template does not split this conversation cleanly into prompt and answer.",
+                                "Turn off 'completion only' for this model, or report the model's chat template.",
+                                file=sample.source, line=sample.line, field="messages")
+            mask[start:end] = True
+        return mask
+
+    def count_tokens(self, sample: Sample) -> int:
+        """Sequence length the model will see, for the validation report's max-length check."""
+        return self.encode(sample).model_length

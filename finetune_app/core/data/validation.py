@@ -1,0 +1,207 @@
+"""`validate`: one pass over every row -> a Report of what is usable and what is wrong, per row.
+
+Checks: the row parses (JSON, columns, roles, non-empty answer), its images exist inside the
+dataset folder and decode, it is not a duplicate, and (given a token counter) it fits max_length.
+Policy "skip" drops bad rows and counts them; "strict" raises on the first problems.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Callable
+
+from finetune_app.core.data.dataset import Dataset
+from finetune_app.core.data.images import image_key, inspect_image
+from finetune_app.core.data.report import Report
+from finetune_app.core.data.sample import Sample
+from finetune_app.core.errors import DataError, ModelError, Problem
+
+TokenCounter = Callable[[Sample], int]
+
+
+def sample_key(sample: Sample) -> str:
+    """Identity of a row's content: same images (path or bytes) and same turns -> same key."""
+    parts = [image_key(r) for r in sample.images]
+    for t in sample.turns:
+        parts += ("\x1e", t.role, str(t.n_images), t.text)
+    return hashlib.blake2b("\x1f".join(parts).encode("utf-8", "surrogatepass"),
+                           digest_size=12).hexdigest()
+
+
+def validate(dataset: Dataset, *, token_counter: TokenCounter | None = None,
+             max_length: int | None = None, check_images: bool = True,
+             progress: Callable[[int, int], None] | None = None, policy: str = "skip") -> Report:
+    """Check every row of `dataset`; see the module docstring. Never raises for bad rows under
+    policy "skip"; under "strict" raises DataError listing the first problems."""
+    if policy not in ("skip", "strict"):
+        raise DataError(f"unknown policy '{policy}'.", "Use 'skip' or 'strict'.", field="policy")
+    total = len(dataset)
+    problems: list[Problem] = list(dataset.problems)
+    usable: list[int] = []
+    row_keys: dict[int, str] = {}
+    first_of: dict[str, int] = {}
+    duplicates: list[tuple[int, int]] = []
+    lengths: dict[int, int] = {}
+    sizes: dict[str, tuple[int, int]] = {}
+    bad_images: dict[str, DataError] = {}
+    has_images = False
+    split_counts: dict[str, int] = {}
+    every = max(1, total // 200)
+    check_rows = check_images or token_counter is not None
+    for done, (i, sample, row_problems) in enumerate(dataset.iter_parsed(), 1):
+        if row_problems:
+            problems.extend(row_problems)
+            if any(p.severity == "error" for p in row_problems):
+                sample = None
+        if sample is not None and (not check_rows or _check_row(
+                i, sample, problems, check_images, sizes, bad_images, token_counter,
+                max_length, lengths)):
+            usable.append(i)
+            if sample.images:
+                has_images = True
+            key = row_keys[i] = sample_key(sample)
+            earlier = first_of.setdefault(key, i)
+            if earlier != i:
+                duplicates.append((i, earlier))
+                ref = dataset.rows[earlier]
+                problems.append(Problem(sample.source, sample.line, None,
+                                        f"duplicate of the row at line {ref.line} "
+                                        f"({dataset.sources[ref.source].name}).", "warning"))
+            if sample.split:
+                split_counts[sample.split] = split_counts.get(sample.split, 0) + 1
+        if progress is not None and (done % every == 0 or done == total):
+            progress(done, total)
+    dataset.has_images = has_images if usable else dataset.has_images
+    report = Report(rows_found=total, rows_usable=len(usable), problems=problems,
+                    usable_indices=usable, token_lengths=lengths, image_sizes=sizes,
+                    duplicates=duplicates, row_keys=row_keys, path=str(dataset.path),
+                    format=dataset.format, container=dataset.container,
+                    has_images=dataset.has_images,
+                    splits=split_counts if dataset.splits else {}, max_length=max_length,
+                    images_checked=check_images, dataset=dataset)
+    if policy == "strict" and report.errors:
+        raise strict_error(report.errors)
+    return report
+
+
+def _check_row(i, sample: Sample, problems, check_images, sizes, bad_images,
+               token_counter, max_length, lengths) -> bool:
+    ok = True
+    if check_images:
+        field = sample.meta.get("image_field", "image")
+        for ref in sample.images:
+            key = image_key(ref)
+            if key in sizes:
+                continue
+            err = bad_images.get(key)
+            if err is None:
+                try:
+                    sizes[key] = inspect_image(ref)
+                    continue
+                except DataError as exc:
+                    err = bad_images[key] = exc
+            problems.append(Problem(sample.source, sample.line, field,
+                                    f"{ref.describe()}: {err.problem} {err.fix}".strip()))
+            ok = False
+    if ok and token_counter is not None:
+        try:
+            n = int(token_counter(sample))
+        except Exception as exc:
+            problems.append(Problem(sample.source, sample.line, None,
+                                    f"cannot count tokens with the model's chat template "
+                                    f"({type(exc).__name__}: {exc})."))
+            return False
+        lengths[i] = n
+        if max_length is not None and n > max_length:
+            problems.append(Problem(sample.source, sample.line, None,
+                                    f"the row is {n:,} tokens, longer than the max length "
+                                    f"{max_length:,}. Raise --max-length or shorten the row."))
+            del lengths[i]
+            return False
+    return ok
+
+
+def strict_error(errors: list[Problem], shown: int = 5) -> DataError:
+    """One DataError listing the first few problems (policy "strict")."""
+    def where(p: Problem) -> str:
+        return p.file + (f" line {p.line}" if p.line is not None else "") + \
+            (f" field '{p.field}'" if p.field else "")
+
+    listed = "; ".join(f"{where(p)}: {p.message}" for p in errors[:shown])
+    more = f" (and {len(errors) - shown} more)" if len(errors) > shown else ""
+    first = errors[0]
+    return DataError(f"{len(errors)} row problem(s): {listed}{more}.",
+                     "Fix them, or use the 'skip' policy to drop the bad rows.",
+                     file=first.file, line=first.line, field=first.field)
+
+
+# -- token counting with a model's own tokenizer (the lead's tokeniser may replace this) --------
+
+def to_chat_messages(sample: Sample, *, image_parts: bool) -> list[dict]:
+    """Turns -> chat-template messages; images as {"type": "image"} parts before the text."""
+    messages = []
+    for t in sample.turns:
+        if image_parts and t.n_images:
+            content = [{"type": "image"}] * t.n_images + [{"type": "text", "text": t.text}]
+        elif image_parts:
+            content = [{"type": "text", "text": t.text}]
+        else:
+            content = "<image>\n" * t.n_images + t.text
+        messages.append({"role": t.role, "content": content})
+    return messages
+
+
+def token_counter_for(model_path: str | Path) -> TokenCounter:
+    """Count a sample's tokens as the model sees them: its tokenizer and chat template.
+
+    Local folders only, never trust_remote_code. Image placeholders count as their template
+    tokens (the vision expansion depends on image size and is the trainer's business)."""
+    path = Path(model_path).expanduser()
+    if not path.is_dir():
+        raise ModelError(f"model folder not found: {model_path}.",
+                         "Pass a local model folder (with tokenizer files) to --model.",
+                         file=str(model_path))
+    try:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+    except Exception as exc:
+        raise ModelError(f"cannot load the tokenizer from {path} ({type(exc).__name__}: {exc}).",
+                         "Check that the folder has tokenizer.json / tokenizer_config.json.",
+                         file=str(path)) from None
+    template = getattr(tokenizer, "chat_template", None)
+    if not template:
+        template = _processor_template(path)
+
+    def render(sample: Sample) -> str:
+        if not template:
+            return "\n".join(f"{t.role}: {'<image>' * t.n_images}{t.text}" for t in sample.turns)
+        if sample.images:
+            try:
+                return tokenizer.apply_chat_template(to_chat_messages(sample, image_parts=True),
+                                                     chat_template=template, tokenize=False)
+            except Exception:
+                pass  # a text-only template that cannot take content parts
+        return tokenizer.apply_chat_template(to_chat_messages(sample, image_parts=False),
+                                             chat_template=template, tokenize=False)
+
+    def count(sample: Sample) -> int:
+        return len(tokenizer(render(sample), add_special_tokens=False)["input_ids"])
+
+    return count
+
+
+def _processor_template(path: Path) -> str | None:
+    """VLM folders often keep the chat template beside the processor, not the tokenizer."""
+    import json
+
+    for name in ("chat_template.jinja", "chat_template.json"):
+        f = path / name
+        if f.is_file():
+            try:
+                text = f.read_text(encoding="utf-8")
+                return json.loads(text).get("chat_template") if name.endswith(".json") else text
+            except (OSError, ValueError, AttributeError):
+                continue
+    return None

@@ -1,0 +1,89 @@
+"""Caption an image or answer a prompt with a base model, with or without an adapter.
+
+Generation is the libraries' own (`mlx_vlm.stream_generate` / `mlx_lm.stream_generate`), greedy by
+default, on prompts rendered with the same chat template the trainer uses, so what the engine
+shows during training is what `mlx_vlm.load(base, adapter_path=...)` users get.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+from finetune_app.core.data.sample import ImageRef, Sample, Turn
+
+DEFAULT_CAPTION_PROMPT = "Describe this image."
+
+
+@dataclass
+class GenerationSettings:
+    max_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+
+
+def conversation(prompt: str, n_images: int) -> Sample:
+    return Sample(turns=(Turn("user", prompt, n_images), Turn("assistant", "")),
+                  images=tuple(ImageRef(label=f"image {i}") for i in range(n_images)))
+
+
+def stream(base, prompt: str, images: list | None = None, *, settings: GenerationSettings | None = None,
+           encoder=None, sample: Sample | None = None) -> Iterator[str]:
+    """Yield the answer's text piece by piece. `images` are PIL images (already loaded).
+
+    With `sample`, the prompt is that conversation up to its last answer (training samples)."""
+    from finetune_app.core.data.tokenize import Encoder
+
+    settings = settings or GenerationSettings()
+    images = list(images or [])
+    encoder = encoder or Encoder(base)
+    text = encoder.prompt_text(sample if sample is not None else conversation(prompt, len(images)))
+    model = base.model
+    model.eval()  # dropout off; a trainer restores its own modes afterwards
+    if base.kind == "vlm":
+        from mlx_vlm import stream_generate
+
+        kwargs = dict(max_tokens=settings.max_tokens, temperature=settings.temperature)
+        if settings.top_p < 1.0:
+            kwargs["top_p"] = settings.top_p
+        for chunk in stream_generate(model, base.processor, text, image=images or None, **kwargs):
+            if chunk.text:
+                yield chunk.text
+    else:
+        from mlx_lm import stream_generate
+        from mlx_lm.sample_utils import make_sampler
+
+        sampler = make_sampler(temp=settings.temperature, top_p=settings.top_p if settings.top_p < 1 else 0.0)
+        for chunk in stream_generate(model, base.processor, text, max_tokens=settings.max_tokens, sampler=sampler):
+            if chunk.text:
+                yield chunk.text
+
+
+def generate(base, prompt: str, images: list | None = None, *, settings: GenerationSettings | None = None,
+             encoder=None, on_text: Callable[[str], None] | None = None) -> str:
+    pieces = []
+    for piece in stream(base, prompt, images, settings=settings, encoder=encoder):
+        pieces.append(piece)
+        if on_text:
+            on_text(piece)
+    return "".join(pieces).strip()
+
+
+def generate_for_sample(base, sample: Sample, images: list, *, settings: GenerationSettings | None = None,
+                        encoder=None) -> str:
+    return "".join(stream(base, sample.prompt, images, settings=settings, encoder=encoder, sample=sample)).strip()
+
+
+def caption_files(base, paths: list[str | Path], *, prompt: str = DEFAULT_CAPTION_PROMPT,
+                  settings: GenerationSettings | None = None) -> list[str]:
+    from finetune_app.core.data.images import load_image
+
+    from finetune_app.core.data.tokenize import Encoder
+
+    encoder = Encoder(base)
+    out = []
+    for p in paths:
+        image = load_image(ImageRef(path=Path(p).resolve(), label=str(p)))
+        out.append(generate(base, prompt, [image], settings=settings, encoder=encoder))
+    return out

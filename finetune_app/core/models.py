@@ -1,0 +1,269 @@
+"""Load a base model (VLM through mlx-vlm, text LLM through mlx-lm) and describe it.
+
+A model is a hub id (downloaded with huggingface_hub into the normal HF cache, with progress) or a
+local folder. Loading goes through the libraries' own loaders, so what trains here is exactly what
+`mlx_vlm.load` / `mlx_lm.load` give a user.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from finetune_app.core.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+# Families the engine is tested on; other models mlx-vlm / mlx-lm load are tried generically.
+VLM_FAMILIES = {
+    "qwen2_vl": "Qwen2-VL",
+    "qwen2_5_vl": "Qwen2.5-VL",
+    "qwen3_vl": "Qwen3-VL",
+    "llava_qwen2": "FastVLM",
+    "fastvlm": "FastVLM",
+}
+TEXT_FAMILIES = {"llama": "Llama", "qwen2": "Qwen2", "qwen3": "Qwen3", "mistral": "Mistral"}
+# mlx-vlm says these cannot be trained (mlx_vlm.trainer.core.not_supported_for_training).
+UNTRAINABLE = {"gemma3n": "its audio/vision towers are not differentiable in mlx-vlm",
+               "qwen3_omni": "mlx-vlm does not support training it"}
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+
+ProgressFn = Callable[[int, int, str], None]  # (done_bytes, total_bytes, what)
+
+
+@dataclass
+class BaseModel:
+    """A loaded base model with its processor (VLM) or tokenizer (text)."""
+
+    model: Any
+    processor: Any
+    kind: str  # "vlm" or "text"
+    model_type: str
+    path: Path
+    config: dict = field(repr=False)
+    source: str = ""  # what the user gave (hub id or folder)
+
+    @property
+    def family(self) -> str:
+        return VLM_FAMILIES.get(self.model_type) or TEXT_FAMILIES.get(self.model_type) or self.model_type
+
+    @property
+    def is_fastvlm(self) -> bool:
+        return self.model_type in ("llava_qwen2", "fastvlm")
+
+    @property
+    def tokenizer(self):
+        """The Hugging Face tokenizer (under mlx-lm's wrapper or the VLM processor)."""
+        tok = getattr(self.processor, "tokenizer", self.processor)
+        return getattr(tok, "_tokenizer", tok)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    family: str
+    kind: str
+    model_type: str
+    parameters: int
+    dtype: str
+    quantization: str  # "none" or e.g. "4-bit (group 64)"
+    path: str
+
+    def summary(self) -> str:
+        kind = "vision-language" if self.kind == "vlm" else "text"
+        return (f"{self.family} ({kind}), {_human_count(self.parameters)} parameters, {self.dtype}, "
+                f"quantization: {self.quantization}")
+
+
+def _human_count(n: int) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f}{unit}"
+    return str(n)
+
+
+# ---- resolving ---------------------------------------------------------------------------------
+
+def resolve_model_path(source: str | Path, *, progress: ProgressFn | None = None,
+                       revision: str | None = None) -> Path:
+    """A local folder as is; a hub id downloaded (or found) in the HF cache."""
+    text = str(source).strip()
+    if not text:
+        raise ModelError("No base model was given.", "Choose a local model folder or enter a Hugging Face id such as mlx-community/FastVLM-0.5B-bf16.")
+    path = Path(text).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelError(f"'{path}' is a file, not a model folder.", "Choose the folder that holds config.json and the .safetensors weights.")
+        _check_folder(path)
+        return path.resolve()
+    if not HUB_ID.match(text) or text.startswith((".", "/", "~")):
+        raise ModelError(f"Model folder '{text}' does not exist.", "Check the path, or give a Hugging Face id in the form owner/name.")
+    return _download(text, progress=progress, revision=revision)
+
+
+def _check_folder(path: Path) -> None:
+    config = path / "config.json"
+    if not config.is_file():
+        raise ModelError(f"'{path}' is not a model folder: it has no config.json.",
+                         "Choose the folder that holds config.json, the tokenizer files and the .safetensors weights.", file=path)
+    try:
+        json.loads(config.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ModelError(f"config.json in '{path}' is not valid JSON ({exc}).",
+                         "Re-download the model or restore the file.", file=config) from None
+    if not list(path.glob("*.safetensors")):
+        extra = " It has PyTorch .bin weights, which are not loaded (only safetensors are)." if list(path.glob("*.bin")) else ""
+        raise ModelError(f"'{path}' has no .safetensors weights.{extra}",
+                         "Use an MLX or safetensors copy of the model (e.g. from mlx-community), or convert it with `python -m mlx_vlm convert` / `mlx_lm.convert`.", file=path)
+
+
+def _download(repo_id: str, *, progress: ProgressFn | None, revision: str | None) -> Path:
+    import huggingface_hub
+    from huggingface_hub.utils import (GatedRepoError, LocalEntryNotFoundError,
+                                       RepositoryNotFoundError, RevisionNotFoundError)
+
+    patterns = ["*.json", "*.jsonl", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.jinja"]
+    kwargs: dict[str, Any] = dict(repo_id=repo_id, revision=revision, allow_patterns=patterns)
+    if progress is not None:
+        kwargs["tqdm_class"] = _progress_tqdm(progress, repo_id)
+    try:
+        path = Path(huggingface_hub.snapshot_download(**kwargs))
+    except RepositoryNotFoundError:
+        raise ModelError(f"'{repo_id}' was not found on Hugging Face (or it is private).",
+                         "Check the spelling of the id, or log in with `hf auth login` if it is private.") from None
+    except GatedRepoError:
+        raise ModelError(f"'{repo_id}' is gated on Hugging Face.", "Accept its licence on huggingface.co and log in with `hf auth login`.") from None
+    except RevisionNotFoundError:
+        raise ModelError(f"Revision '{revision}' of '{repo_id}' does not exist.", "Leave the revision empty or pick an existing branch or tag.") from None
+    except LocalEntryNotFoundError:
+        raise ModelError(f"Cannot download '{repo_id}': this machine is offline (or HF_HUB_OFFLINE is set) and the model is not in the local Hugging Face cache.",
+                         "Connect to the internet and try again, or download the model elsewhere and choose its local folder.") from None
+    except OSError as exc:
+        raise ModelError(f"Downloading '{repo_id}' failed: {exc}.", "Check the network connection and free disk space, then try again.") from None
+    except Exception as exc:  # network errors from httpx/requests
+        name = type(exc).__name__
+        if "Connect" in name or "Timeout" in name or "Network" in name or "HTTP" in name:
+            raise ModelError(f"Cannot reach Hugging Face to download '{repo_id}' ({name}).",
+                             "Check the network connection, or choose a local model folder.") from None
+        raise
+    _check_folder(path)
+    return path
+
+
+def _progress_tqdm(progress: ProgressFn, what: str):
+    from tqdm.auto import tqdm
+
+    class ProgressTqdm(tqdm):  # huggingface_hub reports bytes through a tqdm class
+        def __init__(self, *args, **kwargs):
+            kwargs["disable"] = False
+            super().__init__(*args, **kwargs)
+
+        def update(self, n=1):
+            out = super().update(n)
+            if self.unit == "B" or (self.total and self.total > 1000):
+                progress(int(self.n), int(self.total or 0), what)
+            return out
+
+    return ProgressTqdm
+
+
+def read_config(path: Path) -> dict:
+    return json.loads((path / "config.json").read_text(encoding="utf-8"))
+
+
+def model_kind(config: dict) -> str:
+    """'vlm' or 'text', from config.json, refusing models neither library can train."""
+    model_type = str(config.get("model_type", "")).lower()
+    if not model_type:
+        raise ModelError("config.json has no model_type, so the architecture is unknown.", "Use a model converted for MLX (mlx-community) whose config.json names its model_type.")
+    if model_type in UNTRAINABLE:
+        raise ModelError(f"{model_type} models cannot be fine-tuned here: {UNTRAINABLE[model_type]}.", "Choose another model, e.g. Qwen2.5-VL or FastVLM.")
+    if model_type in VLM_FAMILIES or "vision_config" in config or "mm_projector_type" in config:
+        return "vlm"
+    return "text"
+
+
+# ---- loading -----------------------------------------------------------------------------------
+
+def load_base(source: str | Path, *, progress: ProgressFn | None = None, lazy: bool = False) -> BaseModel:
+    """Load a base model through mlx-vlm or mlx-lm, refusing clearly what they cannot load."""
+    from finetune_app.core import compat
+
+    compat.apply()
+    path = resolve_model_path(source, progress=progress)
+    config = read_config(path)
+    if config.get("model_file"):
+        raise ModelError(f"The model at '{path}' asks to run its own Python code (config.json: model_file).",
+                         "Finetune never runs code shipped with a model; use a model that mlx-vlm or mlx-lm support natively.", file=path / "config.json")
+    kind = model_kind(config)
+    model_type = str(config["model_type"]).lower()
+    try:
+        if kind == "vlm":
+            from mlx_vlm.utils import load as vlm_load
+
+            model, processor = vlm_load(str(path), lazy=lazy)
+        else:
+            import mlx_lm
+
+            model, processor = mlx_lm.load(str(path), lazy=lazy)
+    except (ValueError, KeyError, FileNotFoundError, ImportError, AttributeError, TypeError) as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "not supported" in msg or isinstance(exc, ImportError):
+            raise ModelError(f"{model_type} models are not supported by {'mlx-vlm' if kind == 'vlm' else 'mlx-lm'} ({msg}).",
+                             "Choose a supported family: FastVLM, Qwen2/2.5/3-VL, Llama, Qwen2/3 or Mistral.", file=path) from None
+        raise ModelError(f"Could not load the model in '{path}': {msg}.",
+                         "The folder may be incomplete or from an incompatible converter; re-download it or convert it again with mlx-vlm / mlx-lm.", file=path) from None
+    model.eval()
+    return BaseModel(model=model, processor=processor, kind=kind, model_type=model_type, path=path,
+                     config=config, source=str(source))
+
+
+# ---- describing --------------------------------------------------------------------------------
+
+def count_parameters(model) -> int:
+    """Parameter count of the original weights (a 4-bit packed matrix counts its logical size)."""
+    import mlx.nn as nn
+    from mlx.utils import tree_flatten
+
+    def count(module) -> int:
+        if isinstance(module, (nn.QuantizedLinear, nn.QuantizedEmbedding)):
+            return module.weight.size * (32 // module.bits) + (module.bias.size if "bias" in module else 0)
+        return sum(v.size for _, v in tree_flatten(module.parameters()))
+
+    leaves = tree_flatten(model.leaf_modules(), is_leaf=lambda m: isinstance(m, nn.Module))
+    return int(sum(count(m) for _, m in leaves))
+
+
+def describe(base: BaseModel) -> ModelInfo:
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+
+    dtypes: dict[str, int] = {}
+    for _, v in tree_flatten(base.model.parameters()):
+        if mx.issubdtype(v.dtype, mx.floating):
+            dtypes[str(v.dtype).replace("mlx.core.", "")] = dtypes.get(str(v.dtype).replace("mlx.core.", ""), 0) + v.size
+    dtype = max(dtypes, key=dtypes.get) if dtypes else "unknown"
+    q = base.config.get("quantization") or base.config.get("quantization_config") or {}
+    quant = f"{q['bits']}-bit (group {q.get('group_size', 64)})" if isinstance(q, dict) and q.get("bits") else "none"
+    return ModelInfo(family=base.family, kind=base.kind, model_type=base.model_type,
+                     parameters=count_parameters(base.model), dtype=dtype, quantization=quant,
+                     path=str(base.path))
+
+
+def estimate_memory_gb(info_params: int, *, dtype_bytes: float = 2.0, quantize_bits: int | None = None,
+                       trainable_params: int = 0, batch_size: int = 1, seq_len: int = 512,
+                       hidden_size: int = 1024, num_layers: int = 24, grad_checkpoint: bool = False) -> float:
+    """Rough peak memory of a LoRA run: weights + trainable state + activations.
+
+    Weights at their storage width; trainable params in fp32 with two Adam moments and a gradient
+    (16 bytes each); activations about 34 values per token per layer per hidden unit (attention and
+    MLP intermediates), two bytes each, or only the layer inputs with gradient checkpointing."""
+    weight_bytes = info_params * (quantize_bits / 8 if quantize_bits else dtype_bytes)
+    state_bytes = trainable_params * 16
+    per_token_layer = (2 if grad_checkpoint else 34) * hidden_size * 2
+    act_bytes = batch_size * seq_len * num_layers * per_token_layer
+    overhead = 0.5e9
+    return (weight_bytes + state_bytes + act_bytes + overhead) / 1e9

@@ -1,0 +1,765 @@
+"""Tiny random-weight models of the real architectures, built offline.
+
+Tests and the headless demo need real model folders (config.json, safetensors, tokenizer,
+processor files) that load through the libraries' own loaders (`mlx_vlm.load`, `mlx_lm.load`)
+exactly as a user's downloaded model would, without network access to the Hugging Face hub.
+Each folder is built from the library's own `Model` class with seeded random float32 weights
+(same seed -> identical weights), a small byte-level BPE tokenizer carrying the family's special
+tokens and chat template, and the family's processor files.
+
+FastVLM needs `compat.apply()` (done here): mlx-vlm 0.7.10 otherwise ignores the tower sizes in
+config.json and builds the 125M-parameter FastViTHD tower. Its tower is also initialised so its
+features depend on the image (see `_init_fastvit`).
+
+API: `FAMILIES`, `build_tiny_model(family, dest, seed=0, **overrides)`,
+`cached_tiny_model(family, root=None)`, `build_tokenizer(family, dest)`, `make_tokenizer(family)`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import hashlib
+import json
+import math
+import os
+import threading
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from . import atomic
+
+# Bump when the files a build writes change, so cached folders are rebuilt.
+BUILDER_VERSION = 1
+
+FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "fastvlm", "llama", "qwen2", "qwen3")
+VLM_FAMILIES = frozenset({"qwen2_vl", "qwen2_5_vl", "qwen3_vl", "fastvlm"})
+TEXT_FAMILIES = frozenset({"llama", "qwen2", "qwen3"})
+
+BPE_VOCAB_SIZE = 512
+# The model's vocabulary is the tokenizer's size rounded up (as real checkpoints pad theirs).
+VOCAB_MULTIPLE = 64
+
+# File written last into a built folder; its presence marks the folder complete.
+MANIFEST = "tiny_model.json"
+
+# ---------------------------------------------------------------------------------------------
+# Tokenizer
+# ---------------------------------------------------------------------------------------------
+
+COLOURS = ("red", "blue", "green", "yellow", "orange", "purple", "black", "white", "pink",
+           "brown", "grey", "gray", "cyan")
+SHAPES = ("circle", "square", "triangle", "star", "rectangle", "diamond", "hexagon", "oval")
+SIZES = ("small", "large", "big", "tiny", "medium")
+PLACES = ("in the centre", "in the center", "on the left", "on the right", "at the top",
+          "at the bottom", "in the middle")
+
+
+def _corpus() -> list[str]:
+    """A few hundred deterministic sentences covering the demo's vocabulary and Q&A words."""
+    lines = [
+        "Describe the image.", "What is in the image?", "What colour is the shape?",
+        "What color is it?", "What shape is it?", "How many shapes are there?",
+        "Where is the shape?", "Is it a circle? Yes.", "Is it a square? No.",
+        "Question: what do you see? Answer: a shape.", "Caption this picture.",
+        "The picture shows one object on a plain background.", "There is one shape.",
+        "You are a helpful assistant.", "Please answer the question about the photo.",
+        "Thank you! You're welcome.", "The answer is yes. The answer is no.",
+        "user assistant system", "Hello, how can I help you today?",
+        "Which colour? Which shape? Why? When? Who? describe, caption, answer, question",
+        "0 1 2 3 4 5 6 7 8 9 10 one two three four five",
+    ]
+    for c in COLOURS:
+        for s in SHAPES:
+            lines += [
+                f"a {c} {s}", f"A {c} {s}.",
+                f"The image shows a {c} {s}.",
+                f"What colour is the {s}? It is {c}.",
+                f"Question: What shape is in the image? Answer: a {s}.",
+            ]
+        for z in SIZES:
+            lines.append(f"a {z} {c} shape")
+    for s in SHAPES:
+        for p in PLACES:
+            lines.append(f"There is a {s} {p} of the image.")
+    return lines
+
+
+# Family special tokens, in the order (and so the relative ids) of the real tokenizers.
+_QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+_QWEN_VL_SPECIALS = _QWEN_SPECIALS + ["<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
+                                      "<|image_pad|>", "<|video_pad|>"]
+_LLAMA_SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
+                   "<|end_header_id|>", "<|eot_id|>"]
+
+# family -> (special tokens, plain added tokens, bos, eos, pad)
+_TOKENS = {
+    "qwen2_vl": (_QWEN_VL_SPECIALS, [], None, "<|im_end|>", "<|endoftext|>"),
+    "qwen2_5_vl": (_QWEN_VL_SPECIALS, [], None, "<|im_end|>", "<|endoftext|>"),
+    "qwen3_vl": (_QWEN_VL_SPECIALS, ["<think>", "</think>"], None, "<|im_end|>", "<|endoftext|>"),
+    # Apple's FastVLM ships the Qwen2 tokenizer; `<image>` is split out by the processor, not a token.
+    "fastvlm": (_QWEN_SPECIALS, [], None, "<|im_end|>", "<|endoftext|>"),
+    "llama": (_LLAMA_SPECIALS, [], "<|begin_of_text|>", "<|eot_id|>", "<|end_of_text|>"),
+    "qwen2": (_QWEN_SPECIALS, [], None, "<|im_end|>", "<|endoftext|>"),
+    "qwen3": (_QWEN_SPECIALS, ["<think>", "</think>"], None, "<|im_end|>", "<|endoftext|>"),
+}
+
+# Chat templates. Qwen2-VL / Qwen2.5-VL: the real template. Qwen2 / Qwen3 / Qwen3-VL / Llama 3:
+# the real ones without tool calling. FastVLM: Apple's Qwen2 ChatML, `<image>\n` for an image item.
+QWEN2_VL_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}"
+    "{{ message['content'] }}<|im_end|>\n{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}"
+    "Picture {{ image_count.value }}: {% endif %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}{% if add_vision_id %}"
+    "Video {{ video_count.value }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+QWEN3_VL_TEMPLATE = (
+    "{%- set image_count = namespace(value=0) %}{%- set video_count = namespace(value=0) %}"
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message.role + '\\n' }}"
+    "{%- if message.content is string %}{{- message.content }}"
+    "{%- else %}{%- for content in message.content %}"
+    "{%- if content.type == 'image' or 'image' in content or 'image_url' in content %}"
+    "{%- set image_count.value = image_count.value + 1 %}"
+    "{%- if add_vision_id %}Picture {{ image_count.value }}: {% endif -%}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{%- elif content.type == 'video' or 'video' in content %}"
+    "{%- set video_count.value = video_count.value + 1 %}"
+    "{%- if add_vision_id %}Video {{ video_count.value }}: {% endif -%}"
+    "<|vision_start|><|video_pad|><|vision_end|>"
+    "{%- elif 'text' in content %}{{- content.text }}{%- endif %}"
+    "{%- endfor %}{%- endif %}"
+    "{{- '<|im_end|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+QWEN2_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{% endif %}"
+    "{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+FASTVLM_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{{ '<image>\\n' }}{% elif 'text' in content %}{{ content['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}{{ '<|im_end|>\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+QWEN3_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{%- if message.role == 'assistant' %}"
+    "{%- set content = message.content %}"
+    "{%- if '</think>' in content %}"
+    "{%- set content = content.split('</think>')[-1].lstrip('\\n') %}{%- endif %}"
+    "{{- '<|im_start|>assistant\\n' + content + '<|im_end|>\\n' }}"
+    "{%- else %}"
+    "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}"
+    "{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}{%- endif %}"
+)
+
+LLAMA3_TEMPLATE = (
+    "{% set loop_messages = messages %}{% for message in loop_messages %}"
+    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'"
+    "+ message['content'] | trim + '<|eot_id|>' %}"
+    "{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}"
+    "{{ content }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}"
+    "{% endif %}"
+)
+
+CHAT_TEMPLATES = {
+    "qwen2_vl": QWEN2_VL_TEMPLATE,
+    "qwen2_5_vl": QWEN2_VL_TEMPLATE,
+    "qwen3_vl": QWEN3_VL_TEMPLATE,
+    "fastvlm": FASTVLM_TEMPLATE,
+    "llama": LLAMA3_TEMPLATE,
+    "qwen2": QWEN2_TEMPLATE,
+    "qwen3": QWEN3_TEMPLATE,
+}
+
+_bpe_lock = threading.Lock()
+
+
+@functools.lru_cache(maxsize=1)
+def _base_bpe_json() -> str:
+    """Train the shared byte-level BPE once per process (deterministic, ~0.1 s); return its JSON."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    with _bpe_lock:
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=BPE_VOCAB_SIZE,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+        tok.train_from_iterator(_corpus(), trainer)
+        return tok.to_str()
+
+
+def _check_family(family: str) -> None:
+    if family not in FAMILIES:
+        raise ValueError(f"unknown tiny-model family {family!r}; choose one of {', '.join(FAMILIES)}")
+
+
+def make_tokenizer(family: str):
+    """A fresh `PreTrainedTokenizerFast` for `family` (the trained BPE is cached per process)."""
+    from tokenizers import Tokenizer, processors
+    from transformers import PreTrainedTokenizerFast
+
+    _check_family(family)
+    specials, plain, bos, eos, pad = _TOKENS[family]
+    raw = Tokenizer.from_str(_base_bpe_json())
+    raw.add_special_tokens(specials)
+    if plain:
+        raw.add_tokens(plain)
+    if bos is not None:  # Llama 3 prepends <|begin_of_text|> when encoding plain text.
+        raw.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
+            special_tokens=[(bos, raw.token_to_id(bos))])
+    extra = [t for t in specials if t not in (bos, eos, pad)]
+    kwargs = dict(tokenizer_object=raw, eos_token=eos, pad_token=pad,
+                  additional_special_tokens=extra, model_max_length=32768)
+    if bos is not None:
+        kwargs["bos_token"] = bos
+    tok = PreTrainedTokenizerFast(**kwargs)
+    tok.chat_template = CHAT_TEMPLATES[family]
+    tok.padding_side = "right" if family == "fastvlm" else "left" if family in VLM_FAMILIES else "right"
+    return tok
+
+
+def build_tokenizer(family: str, dest: str | Path) -> None:
+    """Write the family's tokenizer files (tokenizer.json, tokenizer_config.json,
+    special_tokens_map.json where transformers writes it, chat_template.jinja) into `dest`."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    tok = make_tokenizer(family)
+    tok.save_pretrained(str(dest))
+    # transformers 5 names its backend class; name the class every version can load.
+    cfg_path = dest / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    cfg.setdefault("chat_template", CHAT_TEMPLATES[family])
+    atomic.write_json(cfg_path, cfg)
+    atomic.write_text(dest / "chat_template.jinja", CHAT_TEMPLATES[family])
+
+
+def _token_ids(family: str) -> dict[str, int]:
+    tok = make_tokenizer(family)
+    specials, plain, *_ = _TOKENS[family]
+    return {t: tok.convert_tokens_to_ids(t) for t in specials + plain}
+
+
+def tokenizer_size(family: str) -> int:
+    return len(make_tokenizer(family))
+
+
+def model_vocab_size(family: str) -> int:
+    n = tokenizer_size(family)
+    return -(-n // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+
+
+# ---------------------------------------------------------------------------------------------
+# Configs
+# ---------------------------------------------------------------------------------------------
+
+HIDDEN = 64
+LAYERS = 2
+HEADS = 4
+KV_HEADS = 2
+INTERMEDIATE = 128
+
+# Tiny FastViTHD: the real stage layout (3 RepMixer stages, 2 attention stages with conditional
+# positional encodings, 5 stride-2 reductions after a stride-4 stem, 1024 px -> 16x16 = 256
+# features) with one block per stage and narrow widths. MHSA uses a fixed head_dim of 32, so the
+# attention stages' widths are multiples of 32.
+FASTVLM_VISION = {
+    "model_type": "llava_qwen2",
+    "image_size": 1024,
+    "patch_size": 64,
+    "layers": [1, 1, 1, 1, 1],
+    "embed_dims": [8, 16, 32, 32, 64],
+    "mlp_ratios": [2, 2, 2, 2, 2],
+    "downsamples": [True, True, True, True, True],
+    "pos_embs_shapes": [None, None, None, [7, 7], [7, 7]],
+    "token_mixers": ["repmixer", "repmixer", "repmixer", "attention", "attention"],
+    "repmixer_kernel_size": 3,
+    "down_patch_size": 7,
+    "down_stride": 2,
+    "cls_ratio": 2.0,
+    "num_classes": 16,
+    "projection_dim": 32,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "layer_scale_init_value": 1e-5,
+}
+
+QWEN_VL_PREPROCESSOR = {
+    "min_pixels": 56 * 56,
+    "max_pixels": 112 * 112,
+    "patch_size": 14,
+    "temporal_patch_size": 2,
+    "merge_size": 2,
+    "image_mean": [0.48145466, 0.4578275, 0.40821073],
+    "image_std": [0.26862954, 0.26130258, 0.27577711],
+    "do_rescale": True,
+    "rescale_factor": 1 / 255,
+    "do_normalize": True,
+    "do_convert_rgb": True,
+}
+
+
+def _text_block(family: str, vocab: int, ids: dict[str, int]) -> dict:
+    eos = ids.get("<|im_end|>")
+    return {
+        "hidden_size": HIDDEN,
+        "num_hidden_layers": LAYERS,
+        "intermediate_size": INTERMEDIATE,
+        "num_attention_heads": HEADS,
+        "num_key_value_heads": KV_HEADS,
+        "rms_norm_eps": 1e-6,
+        "vocab_size": vocab,
+        "max_position_embeddings": 4096,
+        "rope_theta": 1000000.0,
+        "hidden_act": "silu",
+        "bos_token_id": ids.get("<|endoftext|>"),
+        "eos_token_id": eos,
+    }
+
+
+def _config(family: str) -> tuple[dict, dict | None, dict]:
+    """(config.json, preprocessor_config.json or None, generation_config.json) for a family."""
+    ids = _token_ids(family)
+    vocab = model_vocab_size(family)
+    pre = None
+    if family in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl"):
+        vl_ids = {
+            "image_token_id": ids["<|image_pad|>"],
+            "video_token_id": ids["<|video_pad|>"],
+            "vision_start_token_id": ids["<|vision_start|>"],
+            "vision_end_token_id": ids["<|vision_end|>"],
+            "vision_token_id": ids["<|vision_pad|>"],
+        }
+        pre = dict(QWEN_VL_PREPROCESSOR)
+    if family == "qwen2_vl":
+        cfg = {
+            "architectures": ["Qwen2VLForConditionalGeneration"],
+            "model_type": "qwen2_vl",
+            **_text_block(family, vocab, ids),
+            "tie_word_embeddings": True,
+            # head_dim 16: sections sum to head_dim / 2, in Qwen2-VL's 16:24:24 proportion.
+            "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]},
+            **vl_ids,
+            "vision_config": {
+                "model_type": "qwen2_vl",
+                "depth": 2, "embed_dim": 32, "hidden_size": HIDDEN, "num_heads": 2,
+                "mlp_ratio": 2, "in_channels": 3, "patch_size": 14, "spatial_patch_size": 14,
+                "spatial_merge_size": 2, "temporal_patch_size": 2, "hidden_act": "quick_gelu",
+            },
+            "torch_dtype": "float32",
+        }
+        pre.update(image_processor_type="Qwen2VLImageProcessor", processor_class="Qwen2VLProcessor")
+    elif family == "qwen2_5_vl":
+        cfg = {
+            "architectures": ["Qwen2_5_VLForConditionalGeneration"],
+            "model_type": "qwen2_5_vl",
+            **_text_block(family, vocab, ids),
+            "tie_word_embeddings": True,
+            "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]},
+            **vl_ids,
+            "vision_config": {
+                "model_type": "qwen2_5_vl",
+                "depth": 2, "hidden_size": 32, "intermediate_size": 64, "out_hidden_size": HIDDEN,
+                "num_heads": 2, "in_channels": 3, "patch_size": 14, "spatial_patch_size": 14,
+                "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 112,
+                "fullatt_block_indexes": [1], "tokens_per_second": 2, "hidden_act": "silu",
+            },
+            "torch_dtype": "float32",
+        }
+        pre.update(image_processor_type="Qwen2VLImageProcessor", processor_class="Qwen2_5_VLProcessor")
+    elif family == "qwen3_vl":
+        text = {
+            "model_type": "qwen3_vl_text",
+            **_text_block(family, vocab, ids),
+            "head_dim": HIDDEN // HEADS,
+            "rope_theta": 5000000.0,
+            "tie_word_embeddings": True,
+            "attention_bias": False,
+            "rope_scaling": {"rope_type": "default", "mrope_section": [4, 2, 2],
+                             "mrope_interleaved": True},
+        }
+        cfg = {
+            "architectures": ["Qwen3VLForConditionalGeneration"],
+            "model_type": "qwen3_vl",
+            "text_config": text,
+            **vl_ids,
+            "vision_config": {
+                "model_type": "qwen3_vl",
+                "depth": 2, "hidden_size": 32, "intermediate_size": 64, "out_hidden_size": HIDDEN,
+                "num_heads": 2, "in_channels": 3, "patch_size": 16, "spatial_merge_size": 2,
+                "temporal_patch_size": 2, "num_position_embeddings": 64,
+                "deepstack_visual_indexes": [0], "hidden_act": "gelu_pytorch_tanh",
+            },
+            "tie_word_embeddings": True,
+            "eos_token_id": ids["<|im_end|>"],
+            "torch_dtype": "float32",
+        }
+        pre.update(patch_size=16, image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
+                   size={"shortest_edge": 56 * 56, "longest_edge": 112 * 112},
+                   image_processor_type="Qwen2VLImageProcessorFast", processor_class="Qwen3VLProcessor")
+    elif family == "fastvlm":
+        vis = copy.deepcopy(FASTVLM_VISION)
+        cfg = {
+            "architectures": ["LlavaQwen2ForCausalLM"],
+            "model_type": "llava_qwen2",
+            **_text_block(family, vocab, ids),
+            "tie_word_embeddings": True,
+            "image_token_index": -200,
+            "image_aspect_ratio": "pad",
+            "mm_hidden_size": int(vis["embed_dims"][-1] * vis["cls_ratio"]),
+            "mm_projector_type": "mlp2x_gelu",
+            "mm_vision_tower": "mobileclip_l_1024",
+            "mm_vision_select_feature": "patch",
+            "mm_use_im_start_end": False,
+            "mm_use_im_patch_token": False,
+            "tokenizer_model_max_length": 8192,
+            "tokenizer_padding_side": "right",
+            "vision_config": vis,
+            "torch_dtype": "float32",
+        }
+        pre = {
+            "crop_size": {"height": 1024, "width": 1024},
+            "size": {"shortest_edge": 1024},
+            "do_center_crop": True, "do_convert_rgb": True, "do_normalize": True,
+            "do_rescale": True, "do_resize": True, "resample": 3,
+            "image_mean": [0.0, 0.0, 0.0], "image_std": [1.0, 1.0, 1.0],
+            "rescale_factor": 1 / 255,
+            "image_processor_type": "CLIPImageProcessor",
+        }
+    elif family == "llama":
+        cfg = {
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            **_text_block(family, vocab, ids),
+            "head_dim": HIDDEN // HEADS,
+            "rope_theta": 500000.0,
+            "attention_bias": False,
+            "mlp_bias": False,
+            "tie_word_embeddings": False,
+            "bos_token_id": ids["<|begin_of_text|>"],
+            "eos_token_id": [ids["<|end_of_text|>"], ids["<|eot_id|>"]],
+            "torch_dtype": "float32",
+        }
+    elif family == "qwen2":
+        cfg = {
+            "architectures": ["Qwen2ForCausalLM"],
+            "model_type": "qwen2",
+            **_text_block(family, vocab, ids),
+            "tie_word_embeddings": True,
+            "torch_dtype": "float32",
+        }
+    else:  # qwen3
+        cfg = {
+            "architectures": ["Qwen3ForCausalLM"],
+            "model_type": "qwen3",
+            **_text_block(family, vocab, ids),
+            "head_dim": HIDDEN // HEADS,
+            "attention_bias": False,
+            "tie_word_embeddings": True,
+            "torch_dtype": "float32",
+        }
+    eos = cfg.get("eos_token_id", cfg.get("text_config", {}).get("eos_token_id"))
+    pad = ids[_TOKENS[family][4]]
+    gen = {"eos_token_id": eos, "pad_token_id": pad, "do_sample": False}
+    if family == "llama":
+        gen["bos_token_id"] = ids["<|begin_of_text|>"]
+    return cfg, pre, gen
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Weights
+# ---------------------------------------------------------------------------------------------
+
+def _rng(seed: int, name: str) -> np.random.Generator:
+    """One generator per (seed, parameter name): weights do not depend on construction order
+    or on MLX's global random state."""
+    return np.random.default_rng([int(seed) & 0xFFFFFFFF, zlib.crc32(name.encode("utf-8"))])
+
+
+def _normal(seed: int, name: str, shape, std: float) -> np.ndarray:
+    return (_rng(seed, name).standard_normal(shape) * std).astype(np.float32)
+
+
+def _fan_in(shape) -> int:
+    # MLX layouts put the input (and kernel) dims last: Linear [out, in], Conv2d [out, kh, kw, in/g].
+    return int(np.prod(shape[1:])) if len(shape) > 1 else int(shape[0])
+
+
+def _generic_init(name: str, value, seed: int):
+    """Default scheme: weights N(0, 1/fan_in), norms 1, biases 0; anything else is left as built."""
+    import mlx.core as mx
+
+    leaf = name.rsplit(".", 1)[-1]
+    if leaf == "bias" or leaf == "running_mean":
+        return mx.zeros(value.shape, dtype=mx.float32)
+    if leaf == "running_var" or leaf.startswith("layer_scale"):
+        return mx.ones(value.shape, dtype=mx.float32)
+    if leaf in ("weight", "proj") or leaf.endswith("_weight"):
+        if value.ndim == 1:
+            return mx.ones(value.shape, dtype=mx.float32)
+        return mx.array(_normal(seed, name, value.shape, 1.0 / math.sqrt(_fan_in(value.shape))))
+    return value.astype(mx.float32) if hasattr(value, "astype") else value
+
+
+def _init_fastvit(model, seed: int, params: dict) -> None:
+    """Initialise the FastViTHD tower so its features depend on the image.
+
+    Why a random tower collapses: mlx-vlm builds the tower in its *reparameterised* (inference)
+    form. There, each RepMixer / RepCPE is a single depthwise conv that in a trained network
+    carries the identity of the residual it was folded from (`x + s*(mixer(x) - norm(x))`).
+    Drawn at random, those convs have no identity path, and MLX's default uniform init has a
+    variance gain of about 1/3 per conv (GELU halves it again), so the image signal shrinks
+    several-fold per layer (to ~1e-7 after FastViTHD's ~50 convs) while the random biases do not:
+    the output becomes a bias-driven constant (relative spread across images ~1e-5 to 0) and
+    LayerNormChannel's eps then swamps what is left. BatchNorm is not the cause in eval mode
+    (running stats 0/1 make it the identity). So: identity + small noise for RepMixer/RepCPE
+    convs (as reparameterisation would produce), He-scaled convs for the GELU blocks, zero biases.
+    """
+    import mlx.core as mx
+    from mlx_vlm.models.fastvlm import vision as fv
+
+    tower = "vision_tower"
+    identity_convs = set()
+    for mname, mod in model.vision_tower.named_modules():
+        if isinstance(mod, (fv.RepMixer, fv.RepCPE)):
+            identity_convs.add(f"{tower}.{mname}.reparam_conv.weight")
+    for name, value in list(params.items()):
+        if not name.startswith(tower + "."):
+            continue
+        leaf = name.rsplit(".", 1)[-1]
+        if name in identity_convs:
+            out, kh, kw, ig = value.shape
+            w = _normal(seed, name, value.shape, 0.5 / math.sqrt(kh * kw * ig))
+            w[:, kh // 2, kw // 2, :] += 1.0
+            params[name] = mx.array(w)
+        elif leaf == "weight" and value.ndim == 4:  # other convs: He init for GELU
+            params[name] = mx.array(_normal(seed, name, value.shape,
+                                            math.sqrt(2.0 / _fan_in(value.shape))))
+        elif leaf == "proj" and value.ndim == 2:  # GlobalPool2D: [in_dim, out_dim]
+            params[name] = mx.array(_normal(seed, name, value.shape, 1.0 / math.sqrt(value.shape[0])))
+
+
+def _init_weights(model, seed: int, family: str) -> dict:
+    """Seeded float32 weights for every array the model holds; returns the flat dict (and sets it)."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+
+    params = {k: _generic_init(k, v, seed) for k, v in tree_flatten(model.parameters())}
+    if family == "fastvlm":
+        _init_fastvit(model, seed, params)
+    model.load_weights(list(params.items()), strict=True)
+    mx.eval(model.parameters())
+    return params
+
+
+def _build_vlm(family: str, cfg: dict):
+    from mlx_vlm.utils import get_model_and_args, update_module_configs
+
+    cfg = copy.deepcopy(cfg)
+    model_class, _ = get_model_and_args(config=cfg)  # no model_path: never runs a model_file
+    cfg.setdefault("text_config", {})
+    cfg.setdefault("vision_config", {})
+    cfg.setdefault("audio_config", {})
+    model_config = model_class.ModelConfig.from_dict(cfg)
+    model_config = update_module_configs(model_config, model_class, cfg, ["text", "vision"])
+    return model_class.Model(model_config)
+
+
+def _build_text(cfg: dict):
+    from mlx_lm.utils import _get_classes
+
+    model_class, args_class = _get_classes(config=copy.deepcopy(cfg))
+    return model_class(args_class.from_dict(copy.deepcopy(cfg)))
+
+
+def _save_weights(params: dict, dest: Path) -> None:
+    import mlx.core as mx
+
+    total = 0
+    for v in params.values():
+        total += v.nbytes
+    mx.save_safetensors(str(dest / "model.safetensors"), params, metadata={"format": "mlx"})
+    index = {"metadata": {"total_size": total},
+             "weight_map": {k: "model.safetensors" for k in sorted(params)}}
+    (dest / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+
+def _write_json(path: Path, obj) -> None:
+    path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------------------------
+# Public API
+# ---------------------------------------------------------------------------------------------
+
+def tiny_config(family: str, **overrides) -> dict:
+    """The config.json a build would write (overrides deep-merged: nested dicts merge)."""
+    _check_family(family)
+    cfg, _, _ = _config(family)
+    return _deep_merge(cfg, {k: v for k, v in overrides.items() if k != "preprocessor_config"})
+
+
+def build_tiny_model(family: str, dest: str | Path, *, seed: int = 0, overwrite: bool = True,
+                     **overrides) -> Path:
+    """Write a complete model folder for `family` at `dest` (atomically) and return its path.
+
+    `overrides` are deep-merged into config.json (e.g. `num_hidden_layers=3`,
+    `vision_config={"depth": 1}`); `preprocessor_config={...}` merges into the image processor's
+    file. They must keep the config consistent (the library builds the model from it)."""
+    from . import compat
+
+    _check_family(family)
+    compat.apply()
+    cfg, pre, gen = _config(family)
+    pre_over = overrides.pop("preprocessor_config", None)
+    cfg = _deep_merge(cfg, overrides)
+    if pre is not None and pre_over:
+        pre = _deep_merge(pre, pre_over)
+
+    if family in VLM_FAMILIES:
+        model = _build_vlm(family, cfg)
+    else:
+        model = _build_text(cfg)
+    model.eval()
+    params = _init_weights(model, seed, family)
+
+    dest = Path(dest)
+    with atomic.staged_dir(dest, overwrite=overwrite) as stage:
+        _save_weights(params, stage)
+        _write_json(stage / "config.json", cfg)
+        _write_json(stage / "generation_config.json", gen)
+        build_tokenizer(family, stage)
+        if pre is not None:
+            _write_json(stage / "preprocessor_config.json", pre)
+            _write_json(stage / "processor_config.json",
+                        {"processor_class": pre.get("processor_class", "FastVLMProcessor")})
+        if family == "qwen3_vl":
+            video = {k: pre[k] for k in ("patch_size", "temporal_patch_size", "merge_size",
+                                         "image_mean", "image_std") if k in pre}
+            _write_json(stage / "video_preprocessor_config.json", video)
+        manifest = {
+            "family": family, "seed": seed, "builder_version": BUILDER_VERSION,
+            "overrides": _jsonable(overrides),
+            "files": sorted(p.name for p in stage.iterdir()),
+            "num_parameters": int(sum(v.size for v in params.values())),
+        }
+        _write_json(stage / MANIFEST, manifest)
+    return dest
+
+
+def _jsonable(obj):
+    return json.loads(json.dumps(obj, default=str))
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("mlx", "mlx-vlm", "mlx-lm", "transformers", "tokenizers"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def cache_key(family: str) -> str:
+    """Short hash of what a build depends on: builder version, family, library versions."""
+    blob = json.dumps({"v": BUILDER_VERSION, "family": family, "libs": _versions()},
+                      sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def is_complete(path: str | Path) -> bool:
+    """True when `path` is a finished build: its manifest and every file it lists exist."""
+    path = Path(path)
+    try:
+        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return all((path / name).is_file() for name in manifest.get("files", []))
+
+
+def default_cache_root() -> Path:
+    env = os.environ.get("FINETUNE_TINY_CACHE")
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "finetune-app" / "tiny-models"
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows: no cross-process lock
+            yield
+            return
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def cached_tiny_model(family: str, root: str | Path | None = None) -> Path:
+    """Build `family` (seed 0, no overrides) once into a cache folder and return it.
+
+    The folder is `<root>/<family>-<cache_key>`; root defaults to `$FINETUNE_TINY_CACHE` or
+    `~/.cache/finetune-app/tiny-models`. An incomplete folder (killed build) is rebuilt. A file
+    lock keeps parallel test workers from building the same folder twice."""
+    _check_family(family)
+    root = Path(root) if root is not None else default_cache_root()
+    dest = root / f"{family}-{cache_key(family)}"
+    if is_complete(dest):
+        return dest
+    with _file_lock(root / f".{dest.name}.lock"):
+        if not is_complete(dest):
+            build_tiny_model(family, dest, seed=0, overwrite=True)
+    return dest

@@ -1,0 +1,347 @@
+"""The training loop: load, attach adapters, prepare data, train, evaluate, checkpoint.
+
+Everything observable goes out as events (events.py); everything controllable comes in through a
+Control (control.py). The loop owns its MLX arrays and runs on whichever thread calls `run()`
+(MLX streams are thread-local, so the GUI's QThread calls it there).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+from mlx.utils import tree_map
+
+from finetune_app.core import adapters
+from finetune_app.core.config import TrainConfig
+from finetune_app.core.data.batching import Batch, collate, epoch_batches
+from finetune_app.core.data.tokenize import Encoder, Example
+from finetune_app.core.errors import ConfigError, FinetuneError
+from finetune_app.core.models import BaseModel, load_base
+from finetune_app.core.training import checkpoint as ckpt
+from finetune_app.core.training.control import Control
+from finetune_app.core.training.events import (CheckpointSaved, MetricsLog, Notice, Progress, SampleItem,
+                                               SampleReport, StateChanged, TrainReport, ValReport)
+from finetune_app.core.training.forward import Forward
+from finetune_app.core.training.optim import make_optimizer
+from finetune_app.core.training.prepare import Prepared, prepare_examples
+from finetune_app.core.training.schedule import learning_rate_at
+
+CONFIG_FILE = "train_config.toml"
+METRICS_FILE = "metrics.jsonl"
+
+
+@dataclass
+class RunResult:
+    status: str  # finished / stopped
+    step: int
+    total_steps: int
+    final_loss: float | None
+    final_val_loss: float | None
+    run_dir: Path
+    seconds: float
+
+
+def step_seed(seed: int, step: int) -> int:
+    """The RNG seed of one optimizer step: randomness is a function of (seed, step)."""
+    return (seed * 1_000_003 + step) % (2**63)
+
+
+def fastvlm_feature_count(base: BaseModel) -> int:
+    """Feature positions one FastVLM image expands into: (image side / 64)², 256 at 1024 px."""
+    ip = getattr(base.processor, "image_processor", None)
+    size = getattr(ip, "crop_size", None) or getattr(ip, "size", None) or {}
+    side = size.get("height") or size.get("shortest_edge") if isinstance(size, dict) else size
+    side = int(side or base.config.get("vision_config", {}).get("image_size", 1024))
+    return (side // 64) ** 2
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, *, listeners=(), control: Control | None = None,
+                 resume: bool = False, base: BaseModel | None = None):
+        self.cfg = config
+        self.listeners = list(listeners)
+        self.control = control or Control()
+        self.resume = resume
+        self.base = base
+        self.run_dir = Path(config.output).expanduser()
+        self.state = ckpt.TrainState(seed=config.seed)
+        self._epoch_batches: dict[int, list[list[int]]] = {}
+        self._val_cache: list[float] = []
+
+    # ---- events ------------------------------------------------------------------------------
+    def emit(self, event) -> None:
+        for listener in self.listeners:
+            try:
+                listener(event)
+            except Exception:  # a broken listener must not kill a run
+                import logging
+
+                logging.getLogger(__name__).exception("event listener failed")
+
+    # ---- setup -------------------------------------------------------------------------------
+    def _check_run_dir(self) -> None:
+        d = self.run_dir
+        if self.resume:
+            if not (d / CONFIG_FILE).is_file():
+                raise ConfigError(f"'{d}' holds no run to resume (no {CONFIG_FILE}).",
+                                  "Pass the run folder of an earlier `finetune-app train`.", file=d)
+            return
+        if d.exists() and not d.is_dir():
+            raise ConfigError(f"The output '{d}' is a file.", "Choose a folder for the run.", file=d)
+        if (d / CONFIG_FILE).exists() or ckpt.list_checkpoints(d) or (d / adapters.ADAPTER_FILE).exists():
+            raise ConfigError(f"The run folder '{d}' already holds a run.",
+                              f"Continue it with --resume {d}, or choose a new output folder.", file=d)
+
+    def setup(self) -> Prepared:
+        cfg = self.cfg
+        cfg.validate()
+        self._check_run_dir()
+        self.emit(StateChanged("loading"))
+        if self.base is None:
+            self.base = load_base(cfg.model, progress=lambda d, t, w: self.emit(Progress(f"downloading {w}", d, t)))
+        base = self.base
+        mx.random.seed(cfg.seed)
+        self.adapter_config = adapters.attach(base, cfg)
+        if cfg.grad_checkpoint:
+            from finetune_app.core.training.grad_checkpoint import enable
+
+            enable(base.model.layers)
+        self.forward = Forward(base)
+        self.encoder = Encoder(base, completion_only=cfg.completion_only, image_size=cfg.image_size,
+                               image_features=fastvlm_feature_count(base) if base.is_fastvlm else None)
+        self.emit(StateChanged("preparing"))
+        self.vision_cache = None
+        if base.is_fastvlm and not cfg.train_vision:  # frozen tower: features once per image
+            from finetune_app.core.vision_cache import VisionFeatureCache
+
+            self.vision_cache = VisionFeatureCache(lambda pv: Forward.tower_features(base.model, pv))
+        data = prepare_examples(cfg, base, self.encoder,
+                                progress=lambda phase, d, t: self.emit(Progress(phase, d, t)),
+                                on_example=(lambda ex: self.vision_cache.add_examples([ex])) if self.vision_cache else None)
+        if data.skipped:
+            self.emit(Notice(f"{data.skipped} of {data.rows_found} rows were skipped because of problems "
+                             f"(run `finetune-app data check {cfg.data}` to see them)."))
+        self.data = data
+        self.train_lengths = [e.model_length for e in data.train]
+        n_batches = len(epoch_batches(self.train_lengths, cfg.batch_size, seed=cfg.seed, epoch=0))
+        self.steps_per_epoch = max(1, math.ceil(n_batches / cfg.grad_accumulation))
+        self.total_steps = cfg.iters or max(1, math.ceil((cfg.epochs or 1.0) * self.steps_per_epoch))
+        self.optimizer = make_optimizer(cfg.optimizer, cfg.learning_rate, cfg.weight_decay)
+        self.state = ckpt.TrainState(seed=cfg.seed, total_steps=self.total_steps)
+        self.metrics = MetricsLog(self.run_dir / METRICS_FILE)
+        if self.resume:
+            self._restore()
+        else:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            cfg.save(self.run_dir / CONFIG_FILE)
+        self.listeners.insert(0, self.metrics)
+        return data
+
+    def _restore(self) -> None:
+        found, skipped = ckpt.latest_valid(self.run_dir)
+        for bad in skipped:
+            self.emit(Notice(f"Checkpoint {bad.name} is damaged (incomplete or unreadable); falling back to an earlier one."))
+        if found is None:
+            raise ConfigError(f"No usable checkpoint in '{self.run_dir}'.",
+                              "Start a new run in a fresh folder (the run folder's adapter, if any, is kept).", file=self.run_dir)
+        self.state = ckpt.restore(found, self.base.model, self.optimizer)
+        self.state.total_steps = self.total_steps
+        self.metrics.truncate_after(self.state.step)
+        self.emit(Notice(f"Resuming from {found.name} (step {self.state.step} of {self.total_steps})."))
+
+    # ---- data --------------------------------------------------------------------------------
+    def _batches_of_epoch(self, epoch: int) -> list[list[int]]:
+        if epoch not in self._epoch_batches:
+            self._epoch_batches = {epoch: epoch_batches(self.train_lengths, self.cfg.batch_size,
+                                                        seed=self.cfg.seed, epoch=epoch)}
+        return self._epoch_batches[epoch]
+
+    def _next_micro_batch(self) -> list[int]:
+        s = self.state
+        batches = self._batches_of_epoch(s.epoch)
+        if s.batch_in_epoch >= len(batches):
+            s.epoch, s.batch_in_epoch = s.epoch + 1, 0
+            batches = self._batches_of_epoch(s.epoch)
+        positions = batches[s.batch_in_epoch]
+        s.batch_in_epoch += 1
+        return positions
+
+    def _materialise(self, ex: Example) -> Example:
+        if not ex.lazy_images:
+            return ex
+        sample = self.data.dataset.sample(ex.index)
+        return self.encoder.encode(sample, index=ex.index)
+
+    def _collate(self, examples: list[Example]) -> Batch:
+        tok = self.base.tokenizer
+        pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+        examples = [self._materialise(e) for e in examples]
+        batch = collate(examples, pad, self.forward.image_token_index)
+        if self.vision_cache is not None:
+            batch.tower_feats = self.vision_cache.batch_features(examples)
+        return batch
+
+    # ---- the step ----------------------------------------------------------------------------
+    def _loss(self, model, batch: Batch, norm: float):
+        total, _ = self.forward.loss_sum(model, batch)
+        return total / norm
+
+    def train_step(self, batches: list[Batch]):
+        """One optimizer step over the micro-batches (gradient accumulation): mean token loss."""
+        model = self.base.model
+        norm = float(sum(b.n_targets for b in batches)) or 1.0
+        loss_and_grad = nn.value_and_grad(model, lambda b: self._loss(model, b, norm))
+        grads, loss = None, mx.array(0.0)
+        for b in batches:
+            l, g = loss_and_grad(b)
+            grads = g if grads is None else tree_map(mx.add, grads, g)
+            loss = loss + l
+        grad_norm = None
+        if self.cfg.grad_clip:
+            grads, grad_norm = optim.clip_grad_norm(grads, self.cfg.grad_clip)
+        self.optimizer.update(model, grads)
+        return loss, grad_norm
+
+    # ---- evaluation --------------------------------------------------------------------------
+    def evaluate(self) -> tuple[float, int]:
+        model = self.base.model
+        model.eval()
+        bs = self.cfg.batch_size
+        total, count = mx.array(0.0), mx.array(0)
+        examples = self.data.valid
+        for i, start in enumerate(range(0, len(examples), bs)):
+            if self.cfg.val_batches and i >= self.cfg.val_batches:
+                break
+            s, n = self.forward.loss_sum(model, self._collate(examples[start:start + bs]))
+            total, count = total + s, count + n
+            mx.eval(total, count)
+        adapters.set_train_modes(model, self.cfg.fine_tune_type)
+        n = int(count.item())
+        return (float(total.item()) / n if n else float("nan")), n
+
+    def sample_generations(self) -> tuple[SampleItem, ...]:
+        from finetune_app.core.generate import GenerationSettings, generate_for_sample
+
+        items = []
+        settings = GenerationSettings(max_tokens=self.cfg.sample_max_tokens)
+        for k, sample in enumerate(self.data.samples[: self.cfg.sample_count]):
+            images = self.encoder.load_images(sample) if sample.images else []
+            text = generate_for_sample(self.base, sample, images, settings=settings, encoder=self.encoder)
+            first = sample.images[0].describe() if sample.images else ""
+            items.append(SampleItem(index=self.data.valid[k].index, prompt=sample.prompt, reference=sample.answer,
+                                    output=text, image=first))
+        adapters.set_train_modes(self.base.model, self.cfg.fine_tune_type)
+        return tuple(items)
+
+    def _evaluate_and_sample(self, step: int) -> float | None:
+        if not self.data.valid:
+            return None
+        t0 = time.perf_counter()
+        val_loss, n = self.evaluate()
+        self.emit(ValReport(step=step, val_loss=val_loss, val_tokens=n, seconds=time.perf_counter() - t0))
+        if self.state.best_val_loss is None or val_loss < self.state.best_val_loss:
+            self.state.best_val_loss = val_loss
+        if self.cfg.sample_count:
+            self.emit(SampleReport(step=step, items=self.sample_generations()))
+        return val_loss
+
+    # ---- checkpoints -------------------------------------------------------------------------
+    def save_checkpoint(self) -> Path:
+        path = ckpt.save(self.run_dir, self.base.model, self.adapter_config, self.optimizer, self.state,
+                         keep=self.cfg.keep_checkpoints, train_config=self.cfg)
+        adapters.save(self.base.model, self.adapter_config, self.run_dir)
+        self.emit(CheckpointSaved(step=self.state.step, path=str(path)))
+        return path
+
+    # ---- the loop ----------------------------------------------------------------------------
+    def run(self) -> RunResult:
+        t_start = time.perf_counter()
+        try:
+            self.setup()
+            return self._loop(t_start)
+        except FinetuneError as err:
+            self.emit(StateChanged("failed", err.message, step=self.state.step))
+            raise
+        except Exception as exc:
+            self.emit(StateChanged("failed", f"Unexpected error: {type(exc).__name__}: {exc}", step=self.state.step))
+            raise
+
+    def _loop(self, t_start: float) -> RunResult:
+        cfg, s, model = self.cfg, self.state, self.base.model
+        self.emit(StateChanged("started", step=s.step))
+        window = dict(loss=mx.array(0.0), steps=0, tokens=0, examples=0, t=time.perf_counter())
+        step_times: list[float] = []
+        last_loss = last_val = None
+        mx.reset_peak_memory()
+        while s.step < self.total_steps:
+            if self.control.paused and not self.control.stop_requested:
+                self.emit(StateChanged("paused", step=s.step))
+                t_pause = time.perf_counter()
+                self.control.wait_while_paused()
+                window["t"] += time.perf_counter() - t_pause
+                if not self.control.stop_requested:
+                    self.emit(StateChanged("resumed", step=s.step))
+            if self.control.stop_requested:
+                return self._stop(t_start, last_loss, last_val)
+            t0 = time.perf_counter()
+            mx.random.seed(step_seed(cfg.seed, s.step))
+            self.optimizer.learning_rate = learning_rate_at(
+                s.step, peak=cfg.learning_rate, total_steps=self.total_steps, schedule=cfg.lr_schedule,
+                warmup_steps=cfg.warmup_steps, min_ratio=cfg.min_lr_ratio)
+            lr = self.optimizer.learning_rate.item()
+            micro = [self._next_micro_batch() for _ in range(cfg.grad_accumulation)]
+            batches = [self._collate([self.data.train[i] for i in pos]) for pos in micro]
+            loss, grad_norm = self.train_step(batches)
+            mx.eval(model.trainable_parameters(), self.optimizer.state, loss)
+            s.step += 1
+            n_tok = sum(b.n_targets for b in batches)
+            s.trained_tokens += n_tok
+            window["loss"] = window["loss"] + loss
+            window["steps"] += 1
+            window["tokens"] += n_tok
+            window["examples"] += sum(b.n_examples for b in batches)
+            step_times.append(time.perf_counter() - t0)
+            if s.step % cfg.steps_per_report == 0 or s.step == self.total_steps:
+                elapsed = max(time.perf_counter() - window["t"], 1e-9)
+                last_loss = window["loss"].item() / window["steps"]
+                recent = step_times[-20:]
+                eta = (self.total_steps - s.step) * (sum(recent) / len(recent))
+                self.emit(TrainReport(
+                    step=s.step, total_steps=self.total_steps,
+                    epoch=s.epoch + s.batch_in_epoch / max(1, len(self._batches_of_epoch(s.epoch))),
+                    loss=last_loss, learning_rate=lr, tokens_per_second=window["tokens"] / elapsed,
+                    examples_per_second=window["examples"] / elapsed,
+                    peak_memory_gb=mx.get_peak_memory() / 1e9, active_memory_gb=mx.get_active_memory() / 1e9,
+                    step_time=elapsed / window["steps"], eta_seconds=eta, trained_tokens=s.trained_tokens,
+                    grad_norm=float(grad_norm.item()) if grad_norm is not None else None))
+                window = dict(loss=mx.array(0.0), steps=0, tokens=0, examples=0, t=time.perf_counter())
+            if s.step % cfg.steps_per_eval == 0 or s.step == self.total_steps:
+                t_eval = time.perf_counter()
+                last_val = self._evaluate_and_sample(s.step) if self.data.valid else last_val
+                window["t"] += time.perf_counter() - t_eval
+            if s.step % cfg.save_every == 0 and s.step < self.total_steps:
+                t_save = time.perf_counter()
+                self.save_checkpoint()
+                window["t"] += time.perf_counter() - t_save
+        self.save_checkpoint()
+        self.emit(StateChanged("finished", step=s.step))
+        return RunResult("finished", s.step, self.total_steps, last_loss, last_val, self.run_dir,
+                         time.perf_counter() - t_start)
+
+    def _stop(self, t_start, last_loss, last_val) -> RunResult:
+        self.emit(StateChanged("stopping", step=self.state.step))
+        if self.control.save_on_stop and self.state.step > 0:
+            self.save_checkpoint()
+        self.emit(StateChanged("stopped", "stopped by the user", step=self.state.step))
+        return RunResult("stopped", self.state.step, self.total_steps, last_loss, last_val, self.run_dir,
+                         time.perf_counter() - t_start)
+
+
+def train(config: TrainConfig, **kwargs) -> RunResult:
+    return Trainer(config, **kwargs).run()
