@@ -35,7 +35,8 @@ def row(i: int, fmt: str, rng: random.Random) -> dict:
             {"from": "human", "value": "<image>\nWhat is in the picture?"},
             {"from": "gpt", "value": caption}]}
     return {"images": [image], "messages": [
-        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is in the picture?"}]},
+        {"role": "user", "content": [{"type": "image"},
+                                     {"type": "text", "text": "What is in the picture?"}]},
         {"role": "assistant", "content": [{"type": "text", "text": caption}]}]}
 
 
@@ -74,7 +75,8 @@ def main(argv=None) -> int:
     print(f"validate(check_images=False): {t2 - t1:6.2f} s  -> {report.rows_usable:,} usable")
     print(f"open + validate:             {total:6.2f} s  (budget {args.budget:.1f} s; "
           f"CPU time {c2 - c0:.2f} s, load average {_load()})")
-    print(f"split(report):               {t3 - t2:6.2f} s  -> {len(train):,} train / {len(valid):,} valid")
+    print(f"split(report):               {t3 - t2:6.2f} s  -> {len(train):,} train / "
+          f"{len(valid):,} valid")
     print(f"50 random-access samples:    {(t4 - t3) * 1000:6.1f} ms")
     assert report.rows_usable == args.rows and len(page) >= 50
     return 0 if total < args.budget else 1

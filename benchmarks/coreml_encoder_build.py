@@ -72,7 +72,6 @@ def main() -> None:
     from mlx_vlm.models.fastvlm.vision import VisionModel
 
     from finetune_app.core.export import coreml_encoder as ce
-    from finetune_app.core.export import fastvit_graph as fg
 
     cfg = VisionConfig()
     print("contract:", ce.verify_app_contract(cfg))

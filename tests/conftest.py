@@ -8,3 +8,47 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """tiny_model(family, **overrides) -> folder of a tiny random-weight model, built once per session."""
+    from finetune_app.core.tiny_models import build_tiny_model
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    built: dict = {}
+
+    def get(family: str, **overrides) -> Path:
+        key = (family, json.dumps(overrides, sort_keys=True))
+        if key not in built:
+            name = family + ("-" + str(abs(hash(key[1]))) if overrides else "")
+            built[key] = build_tiny_model(family, root / name, seed=0, **overrides)
+        return built[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def shapes_data(tmp_path_factory):
+    """A small demo captioning set (images/ + captions.csv with its own validation split)."""
+    from finetune_app.core.data.demo import make_shapes_dataset
+
+    dest = tmp_path_factory.mktemp("data") / "shapes"
+    make_shapes_dataset(dest, n_train=24, n_valid=8, size=64, seed=0)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def instruction_data(tmp_path_factory):
+    from finetune_app.core.data.demo import make_instruction_dataset
+
+    dest = tmp_path_factory.mktemp("data") / "instructions"
+    make_instruction_dataset(dest, n=48, seed=0)
+    return dest
+

@@ -17,13 +17,13 @@ import pytest
 mx = pytest.importorskip("mlx.core")
 ct = pytest.importorskip("coremltools")
 
-from mlx.utils import tree_flatten  # noqa: E402
-from mlx_vlm.models.fastvlm.config import VisionConfig  # noqa: E402
-from mlx_vlm.models.fastvlm.vision import VisionModel  # noqa: E402
+from mlx.utils import tree_flatten
+from mlx_vlm.models.fastvlm.config import VisionConfig
+from mlx_vlm.models.fastvlm.vision import VisionModel
 
-from finetune_app.core.errors import FinetuneError, ModelError  # noqa: E402
-from finetune_app.core.export import coreml_encoder as ce  # noqa: E402
-from finetune_app.core.export import fastvit_graph as fg  # noqa: E402
+from finetune_app.core.errors import FinetuneError, ModelError
+from finetune_app.core.export import coreml_encoder as ce
+from finetune_app.core.export import fastvit_graph as fg
 
 SIZE = 1024
 RTOL = 1e-4
@@ -197,7 +197,7 @@ def test_batchnorm_uses_running_stats_even_in_train_mode(cfg):
 
 
 def test_quantized_linears_are_dequantized(cfg):
-    import mlx.nn as nn
+    from mlx import nn
     x = np.random.default_rng(6).random((1, 3, 256, 256), dtype=np.float32)
     t = VisionModel(cfg)
     randomize(t, seed=7)

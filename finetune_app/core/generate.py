@@ -28,6 +28,25 @@ def conversation(prompt: str, n_images: int) -> Sample:
                   images=tuple(ImageRef(label=f"image {i}") for i in range(n_images)))
 
 
+def vocab_guard(tokenizer):
+    """Logits processor that never picks ids past the tokenizer's vocabulary.
+
+    Models pad their embedding matrix (Qwen2-VL: 151,936 rows for 151,657 tokens); a padded id has
+    no text, and mlx-vlm's detokenizer raises IndexError on it. Masking those logits keeps greedy
+    decoding identical whenever it would have produced a real token."""
+    n = len(tokenizer)
+
+    def guard(tokens, logits):
+        import mlx.core as mx
+
+        if logits.shape[-1] <= n:
+            return logits
+        keep = mx.arange(logits.shape[-1]) < n
+        return mx.where(keep, logits, mx.array(-float("inf"), dtype=logits.dtype))
+
+    return guard
+
+
 def stream(base, prompt: str, images: list | None = None, *, settings: GenerationSettings | None = None,
            encoder=None, sample: Sample | None = None) -> Iterator[str]:
     """Yield the answer's text piece by piece. `images` are PIL images (already loaded).
@@ -44,7 +63,8 @@ def stream(base, prompt: str, images: list | None = None, *, settings: Generatio
     if base.kind == "vlm":
         from mlx_vlm import stream_generate
 
-        kwargs = dict(max_tokens=settings.max_tokens, temperature=settings.temperature)
+        kwargs = dict(max_tokens=settings.max_tokens, temperature=settings.temperature,
+                      logits_processors=[vocab_guard(base.tokenizer)])
         if settings.top_p < 1.0:
             kwargs["top_p"] = settings.top_p
         for chunk in stream_generate(model, base.processor, text, image=images or None, **kwargs):
@@ -55,7 +75,8 @@ def stream(base, prompt: str, images: list | None = None, *, settings: Generatio
         from mlx_lm.sample_utils import make_sampler
 
         sampler = make_sampler(temp=settings.temperature, top_p=settings.top_p if settings.top_p < 1 else 0.0)
-        for chunk in stream_generate(model, base.processor, text, max_tokens=settings.max_tokens, sampler=sampler):
+        for chunk in stream_generate(model, base.processor, text, max_tokens=settings.max_tokens, sampler=sampler,
+                                     logits_processors=[vocab_guard(base.tokenizer)]):
             if chunk.text:
                 yield chunk.text
 

@@ -59,7 +59,9 @@ class BaseModel:
     def tokenizer(self):
         """The Hugging Face tokenizer (under mlx-lm's wrapper or the VLM processor)."""
         tok = getattr(self.processor, "tokenizer", self.processor)
-        return getattr(tok, "_tokenizer", tok)
+        if type(tok).__name__ == "TokenizerWrapper":  # mlx-lm's wrapper around the HF tokenizer
+            tok = tok._tokenizer
+        return tok
 
 
 @dataclass(frozen=True)

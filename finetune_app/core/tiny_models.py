@@ -7,9 +7,10 @@ Each folder is built from the library's own `Model` class with seeded random flo
 (same seed -> identical weights), a small byte-level BPE tokenizer carrying the family's special
 tokens and chat template, and the family's processor files.
 
-FastVLM needs `compat.apply()` (done here): mlx-vlm 0.7.10 otherwise ignores the tower sizes in
-config.json and builds the 125M-parameter FastViTHD tower. Its tower is also initialised so its
-features depend on the image (see `_init_fastvit`).
+FastVLM needs `compat.apply()` (done here, and needed again before loading the folder in a fresh
+process): mlx-vlm 0.7.10 otherwise ignores the tower sizes in config.json and builds the
+125M-parameter FastViTHD tower. Its tower is also initialised so that its features depend on the
+image (see `_init_fastvit` and `_calibrate_fastvit`).
 
 API: `FAMILIES`, `build_tiny_model(family, dest, seed=0, **overrides)`,
 `cached_tiny_model(family, root=None)`, `build_tokenizer(family, dest)`, `make_tokenizer(family)`.
@@ -238,6 +239,12 @@ def make_tokenizer(family: str):
     raw.add_special_tokens(specials)
     if plain:
         raw.add_tokens(plain)
+    # Fill up to the model's (rounded) vocabulary with reserved specials, as Llama 3 does, so every
+    # id a random model can emit decodes (mlx-vlm's detokenizer raises IndexError on an id the
+    # tokenizer lacks).
+    size = raw.get_vocab_size(with_added_tokens=True)
+    target = -(-size // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+    raw.add_special_tokens([f"<|reserved_special_token_{i}|>" for i in range(target - size)])
     if bos is not None:  # Llama 3 prepends <|begin_of_text|> when encoding plain text.
         raw.post_processor = processors.TemplateProcessing(
             single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
@@ -249,7 +256,6 @@ def make_tokenizer(family: str):
         kwargs["bos_token"] = bos
     tok = PreTrainedTokenizerFast(**kwargs)
     tok.chat_template = CHAT_TEMPLATES[family]
-    tok.padding_side = "right" if family == "fastvlm" else "left" if family in VLM_FAMILIES else "right"
     return tok
 
 
@@ -264,6 +270,9 @@ def build_tokenizer(family: str, dest: str | Path) -> None:
     cfg_path = dest / "tokenizer_config.json"
     cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
     cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    # transformers 5 writes `extra_special_tokens` as a list; 4.x reads that key as a dict.
+    if isinstance(cfg.get("extra_special_tokens"), list):
+        cfg["additional_special_tokens"] = cfg.pop("extra_special_tokens")
     cfg.setdefault("chat_template", CHAT_TEMPLATES[family])
     atomic.write_json(cfg_path, cfg)
     atomic.write_text(dest / "chat_template.jinja", CHAT_TEMPLATES[family])
@@ -280,6 +289,8 @@ def tokenizer_size(family: str) -> int:
 
 
 def model_vocab_size(family: str) -> int:
+    """The model's vocabulary: the tokenizer's size rounded up to a multiple of VOCAB_MULTIPLE
+    (equal to it here, since the tokenizer is filled with reserved tokens)."""
     n = tokenizer_size(family)
     return -(-n // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
 
@@ -303,7 +314,7 @@ FASTVLM_VISION = {
     "image_size": 1024,
     "patch_size": 64,
     "layers": [1, 1, 1, 1, 1],
-    "embed_dims": [8, 16, 32, 32, 64],
+    "embed_dims": [4, 8, 16, 32, 64],
     "mlp_ratios": [2, 2, 2, 2, 2],
     "downsamples": [True, True, True, True, True],
     "pos_embs_shapes": [None, None, None, [7, 7], [7, 7]],
@@ -547,7 +558,7 @@ def _generic_init(name: str, value, seed: int):
 
 
 def _init_fastvit(model, seed: int, params: dict) -> None:
-    """Initialise the FastViTHD tower so its features depend on the image.
+    """Initialise the FastViTHD tower so its features depend on the image (step 1 of 2).
 
     Why a random tower collapses: mlx-vlm builds the tower in its *reparameterised* (inference)
     form. There, each RepMixer / RepCPE is a single depthwise conv that in a trained network
@@ -555,10 +566,11 @@ def _init_fastvit(model, seed: int, params: dict) -> None:
     Drawn at random, those convs have no identity path, and MLX's default uniform init has a
     variance gain of about 1/3 per conv (GELU halves it again), so the image signal shrinks
     several-fold per layer (to ~1e-7 after FastViTHD's ~50 convs) while the random biases do not:
-    the output becomes a bias-driven constant (relative spread across images ~1e-5 to 0) and
+    the output becomes a bias-driven constant (relative spread across images ~1e-5 to 0), and
     LayerNormChannel's eps then swamps what is left. BatchNorm is not the cause in eval mode
     (running stats 0/1 make it the identity). So: identity + small noise for RepMixer/RepCPE
-    convs (as reparameterisation would produce), He-scaled convs for the GELU blocks, zero biases.
+    convs (what reparameterisation would produce), He-scaled convs for the GELU blocks, zero
+    biases. `_calibrate_fastvit` then centres and scales each GELU's input.
     """
     import mlx.core as mx
     from mlx_vlm.models.fastvlm import vision as fv
@@ -584,6 +596,92 @@ def _init_fastvit(model, seed: int, params: dict) -> None:
             params[name] = mx.array(_normal(seed, name, value.shape, 1.0 / math.sqrt(value.shape[0])))
 
 
+def _calibration_images(seed: int, n: int = 16, size: int = 128) -> np.ndarray:
+    """Synthetic scenes (coloured ellipses and boxes on white or coloured grounds), NHWC in [0, 1]."""
+    rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, 0xCA11B])
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    out = np.empty((n, size, size, 3), np.float32)
+    for i in range(n):
+        img = np.ones((size, size, 3), np.float32) if i % 2 == 0 else \
+            np.broadcast_to(rng.uniform(0, 1, 3), (size, size, 3)).copy()
+        for _ in range(2):
+            colour = rng.uniform(0, 1, 3)
+            cx, cy = rng.uniform(0.2, 0.8, 2)
+            rx, ry = rng.uniform(0.08, 0.3, 2)
+            if rng.random() < 0.5:
+                inside = ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 1
+            else:
+                inside = (abs(xx - cx) <= rx) & (abs(yy - cy) <= ry)
+            img[inside] = colour
+        out[i] = img
+    return out
+
+
+def _calibrate_fastvit(vision_tower, seed: int) -> None:
+    """Data-dependent init (LSUV-style), step 2 of 2: one forward pass over synthetic scenes.
+
+    Every conv that feeds a GELU (stem, patch embeddings, ConvFFN fc1, conv_exp) gets its weight
+    and bias rescaled so that, per channel, its output has mean 0 and std 1 on the scenes, and
+    every BatchNorm gets the scenes' running mean/var, as a trained network's would be. Without
+    it, FastVLM's inputs (in [0, 1], no mean subtraction) push whole channels of the narrow
+    tiny tower into GELU's dead zone for some colours, and a linear probe loses colours; with it,
+    colour is linearly decodable from pooled features. Layers are calibrated in forward order
+    (each after everything upstream of it), in eval mode, on the CPU stream for determinism.
+    """
+    import mlx.core as mx
+    import mlx.nn as nn
+    from mlx_vlm.models.fastvlm import vision as fv
+
+    class _CalibratedConv(nn.Module):
+        def __init__(self, conv):
+            super().__init__()
+            self.conv = conv
+
+        def __call__(self, x):
+            y = self.conv(x)
+            mean = y.mean(axis=(0, 1, 2))
+            std = mx.sqrt(y.var(axis=(0, 1, 2)) + 1e-6)
+            self.conv.weight = self.conv.weight / std.reshape(-1, 1, 1, 1)
+            self.conv.bias = (self.conv.bias - mean) / std
+            y = self.conv(x)
+            mx.eval(y, self.conv.parameters())
+            return y
+
+    class _CalibratedBatchNorm(nn.Module):
+        def __init__(self, bn):
+            super().__init__()
+            self.bn = bn
+
+        def __call__(self, x):
+            self.bn.running_mean = x.mean(axis=(0, 1, 2))
+            self.bn.running_var = x.var(axis=(0, 1, 2))
+            return self.bn(x)
+
+    swaps = []
+    for _, mod in vision_tower.named_modules():
+        names = []
+        if isinstance(mod, fv.MobileOneBlock):
+            names.append(("reparam_conv", _CalibratedConv))
+        elif isinstance(mod, fv.ReparamLargeKernelConv):
+            names.append(("lkb_reparam", _CalibratedConv))
+        elif isinstance(mod, fv.ConvFFN):
+            names.append(("fc1", _CalibratedConv))
+        if isinstance(mod, fv.NamedSequential) and isinstance(mod.get("bn"), nn.BatchNorm):
+            names.append(("bn", _CalibratedBatchNorm))
+        for attr, wrapper in names:
+            original = getattr(mod, attr)
+            setattr(mod, attr, wrapper(original))
+            swaps.append((mod, attr, original))
+    vision_tower.eval()
+    try:
+        with mx.stream(mx.cpu):
+            _, feats, _ = vision_tower(mx.array(_calibration_images(seed)))
+            mx.eval(feats)
+    finally:
+        for mod, attr, original in swaps:
+            setattr(mod, attr, original)
+
+
 def _init_weights(model, seed: int, family: str) -> dict:
     """Seeded float32 weights for every array the model holds; returns the flat dict (and sets it)."""
     import mlx.core as mx
@@ -593,6 +691,9 @@ def _init_weights(model, seed: int, family: str) -> dict:
     if family == "fastvlm":
         _init_fastvit(model, seed, params)
     model.load_weights(list(params.items()), strict=True)
+    if family == "fastvlm":
+        _calibrate_fastvit(model.vision_tower, seed)
+        params = dict(tree_flatten(model.parameters()))
     mx.eval(model.parameters())
     return params
 
@@ -654,7 +755,8 @@ def build_tiny_model(family: str, dest: str | Path, *, seed: int = 0, overwrite:
     from . import compat
 
     _check_family(family)
-    compat.apply()
+    if family in VLM_FAMILIES:  # mlx-vlm is slow to import; text builds do not need it
+        compat.apply()
     cfg, pre, gen = _config(family)
     pre_over = overrides.pop("preprocessor_config", None)
     cfg = _deep_merge(cfg, overrides)

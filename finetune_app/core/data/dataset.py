@@ -48,7 +48,7 @@ class Dataset:
         self.problems = problems
         self.template = template
         self._parser = parser
-        self._ctx: dict[tuple[int, str | None], SourceCtx] = {}
+        self._ctx: dict[tuple, SourceCtx] = {}
         valid = [i for i, r in enumerate(rows) if r.split == "valid"]
         self.splits: dict[str, list[int]] = (
             {"train": [i for i, r in enumerate(rows) if r.split != "valid"], "valid": valid}
@@ -66,7 +66,8 @@ class Dataset:
         what = formats.FORMATS.get(self.format, self.format).split(" (")[0]
         splits = (f", own split {len(self.splits['train'])} train / {len(self.splits['valid'])} "
                   "valid") if self.splits else ""
-        return f"{self.path}: {what} [{self.format}, {self.container}], {len(self.rows):,} rows{splits}"
+        return (f"{self.path}: {what} [{self.format}, {self.container}], "
+                f"{len(self.rows):,} rows{splits}")
 
     # -- rows -> samples -------------------------------------------------------------------
     def sample(self, i: int) -> Sample:
@@ -87,40 +88,45 @@ class Dataset:
             got = err
         return self._finish(ref, got)
 
-    def iter_parsed(self, indices: Iterable[int] | None = None
+    def iter_parsed(self, indices: Iterable[int] | None = None, *, light: bool = False
                     ) -> Iterator[tuple[int, Sample | None, list[Problem]]]:
-        """(index, Sample or None, problems) for each row, reading each file sequentially."""
+        """(index, Sample or None, problems) for each row, reading each file sequentially.
+
+        light=True (validation without image checks): image paths come back as ImageRef labels
+        holding the absolute path, without Path objects; not for training."""
         indices = range(len(self.rows)) if indices is None else indices
-        rows, parser, finish = self.rows, self._parser, self._finish
+        rows, parser = self.rows, self._parser
         for src_i, group in itertools.groupby(indices, key=lambda i: rows[i].source):
             group = list(group)
             refs = [rows[i] for i in group]
             src = self.sources[src_i]
+            ctx = replace(src.ctx, light=True) if light else src.ctx
             reads = src.read_many((r.key, r.size) for r in refs)
             for i, ref, got in zip(group, refs, reads):
-                if type(got) is tuple and not got[1] and ref.split == src.ctx.split:
+                if type(got) is tuple and not got[1] and ref.split == ctx.split:
                     try:  # the common case, inlined: a clean row from a plain source
-                        sample, warnings = parser(got[0], src.ctx, ref.line)
+                        sample, warnings = parser(got[0], ctx, ref.line)
                         if not warnings:
                             yield i, sample, []
                             continue
                     except Exception:
                         pass  # _finish below reports it properly
-                yield (i, *finish(ref, got))
+                yield (i, *self._finish(ref, got, light))
 
     def samples(self, indices: Iterable[int] | None = None) -> Iterator[Sample]:
-        """Usable Samples in order; rows with problems are skipped (validate() reports them)."""
+        """Samples of the rows that parse, in order; the others are skipped (validate() reports
+        them, and also checks images and lengths)."""
         for _, sample, _ in self.iter_parsed(indices):
             if sample is not None:
                 yield sample
 
-    def _finish(self, ref: RowRef, got) -> tuple[Sample | None, list[Problem]]:
+    def _finish(self, ref: RowRef, got, light: bool = False) -> tuple[Sample | None, list[Problem]]:
         src = self.sources[ref.source]
         if isinstance(got, RowError):
             return None, [self._problem(ref, src, got.field, got.message)]
         row, warnings = got
         try:
-            sample, more = self._parser(row, self._ctx_for(ref, src), ref.line)
+            sample, more = self._parser(row, self._ctx_for(ref, src, light), ref.line)
         except RowError as err:
             return None, [self._problem(ref, src, err.field, err.message)]
         except Exception as exc:  # a reader bug must not stop a whole validation pass
@@ -135,13 +141,13 @@ class Dataset:
             message = f"item {ref.key + 1}: {message}"
         return Problem(src.name, ref.line, field, message, severity)
 
-    def _ctx_for(self, ref: RowRef, src: Source) -> SourceCtx:
-        if ref.split == src.ctx.split:
+    def _ctx_for(self, ref: RowRef, src: Source, light: bool = False) -> SourceCtx:
+        if ref.split == src.ctx.split and not light:
             return src.ctx
-        key = (ref.source, ref.split)
+        key = (ref.source, ref.split, light)
         ctx = self._ctx.get(key)
         if ctx is None:
-            ctx = self._ctx[key] = replace(src.ctx, split=ref.split)
+            ctx = self._ctx[key] = replace(src.ctx, split=ref.split, light=light)
         return ctx
 
     def _guess_images(self) -> bool:
@@ -196,16 +202,22 @@ def open_dataset(path: str | Path, *, format: str | None = None, template: dict 
             keys |= found
             failures += why
     if not keys:
-        raise DataError(f"none of the first rows could be read ({failures[0] if failures else 'no keys'}).",
-                        "Each row must be a JSON object such as {\"image\": ..., \"caption\": ...}.",
+        why = failures[0] if failures else "no keys"
+        raise DataError(f"none of the first rows could be read ({why}).",
+                        "Each row must be a JSON object such as "
+                        "{\"image\": ..., \"caption\": ...}.",
                         file=name, line=rows[0].line)
     if fmt is None:
-        fmt = formats.detect(keys)
+        # captions.csv is a caption file by definition: its errors should say so
+        fmt = "caption" if layout.container == "captions-folder" else formats.detect(keys)
+        if fmt is None and layout.container == "imagefolder":
+            fmt = "caption"
         if fmt is None:
             raise DataError(f"cannot tell the dataset format from its columns "
                             f"({', '.join(sorted(keys))}).",
                             f"Pass --format ({', '.join(formats.FORMATS)}) or a template mapping "
-                            "your columns, e.g. {\"prompt\": \"{question}\", \"answer\": \"{reply}\"}.",
+                            "your columns, e.g. "
+                            "{\"prompt\": \"{question}\", \"answer\": \"{reply}\"}.",
                             file=name)
     parser = formats.configure(fmt, keys, file=name, template_spec=template)
     if policy == "strict":

@@ -39,8 +39,9 @@ def _draw(colour: str, shape: str, size: int, rng: random.Random) -> Image.Image
         s = half * 0.9
         draw.rectangle([c - s, c - s, c + s, c + s], fill=fill)
     else:
-        draw.polygon([(c, c - half), (c + half * 0.95, c + half * 0.75),
-                      (c - half * 0.95, c + half * 0.75)], fill=fill)
+        dy = -half / 6  # put the centroid (not the bounding box) at the centre
+        draw.polygon([(c, c - half + dy), (c + half * 0.95, c + half * 0.75 + dy),
+                      (c - half * 0.95, c + half * 0.75 + dy)], fill=fill)
     return im
 
 
@@ -92,7 +93,8 @@ def _instruction_pool() -> list[dict]:
     for a in range(11):
         for b in range(11):
             rows.append({"instruction": "Add the two numbers and answer in words.",
-                         "input": f"{_NUMBERS[a]} and {_NUMBERS[b]}", "output": f"{_NUMBERS[a + b]}."})
+                         "input": f"{_NUMBERS[a]} and {_NUMBERS[b]}",
+                         "output": f"{_NUMBERS[a + b]}."})
     for a in range(11):
         for b in range(a + 1):
             rows.append({"instruction": "Subtract the second number from the first and answer in "

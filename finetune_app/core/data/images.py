@@ -26,6 +26,7 @@ _TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
               8: Image.Transpose.ROTATE_90}
 _HIGH_DEPTH = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 _ALPHA = ("RGBA", "LA", "PA", "RGBa", "La")
+_REEXPORT = "Re-export it as PNG or JPEG, or remove the row."
 
 
 def _fail(ref: ImageRef, problem: str, fix: str) -> DataError:
@@ -46,15 +47,18 @@ def _open(ref: ImageRef) -> tuple[Image.Image, io.BufferedIOBase]:
         if not path.is_file():
             raise _fail(ref, f"image path is not a file: {path}.", "Point at an image file.")
         if size == 0:
-            raise _fail(ref, "image file is empty (0 bytes).", "Re-export the image or remove the row.")
+            raise _fail(ref, "image file is empty (0 bytes).",
+                        "Re-export the image or remove the row.")
         try:
             fh = open(path, "rb")
         except OSError as exc:
-            raise _fail(ref, f"image cannot be opened ({exc.strerror}).", "Check its permissions.") from None
+            raise _fail(ref, f"image cannot be opened ({exc.strerror}).",
+                        "Check its permissions.") from None
     elif ref.data:
         fh = io.BytesIO(ref.data)
     else:
-        raise _fail(ref, "image is empty (no path and no data).", "Remove the row or fix the image.")
+        raise _fail(ref, "image is empty (no path and no data).",
+                    "Remove the row or fix the image.")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -102,14 +106,13 @@ def to_rgb(im: Image.Image) -> Image.Image:
         import numpy as np
 
         arr = np.asarray(im, dtype=np.float64)
-        hi = float(arr.max()) if arr.size else 0.0
-        if im.mode.startswith("I;16"):
-            arr = arr / 257.0
-        elif im.mode == "F" and hi <= 1.0:
-            arr = arr * 255.0
-        elif hi > 255:
-            lo = float(arr.min())
-            arr = (arr - lo) * (255.0 / (hi - lo) if hi > lo else 0.0)
+        lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+        if im.mode.startswith("I;16") or (im.mode == "I" and lo >= 0 and 255 < hi <= 65535):
+            arr = arr / 257.0  # 16-bit samples
+        elif im.mode == "F" and lo >= 0 and hi <= 1.0:
+            arr = arr * 255.0  # float in [0, 1]
+        elif lo < 0 or hi > 255:
+            arr = (arr - lo) * (255.0 / (hi - lo) if hi > lo else 0.0)  # anything else: stretch
         grey = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L")
         return grey.convert("RGB")
     if im.mode == "P" or (im.mode in ("L", "RGB", "1") and "transparency" in im.info):
@@ -164,7 +167,7 @@ def load_image(ref: ImageRef, *, max_pixels: int = 4096 * 4096,
                     "Downscale it or remove the row.") from None
     except Exception as exc:
         raise _fail(ref, f"image cannot be decoded ({type(exc).__name__}: {exc}); the file is "
-                    "corrupt or truncated.", "Re-export it as PNG or JPEG, or remove the row.") from None
+                    "corrupt or truncated.", _REEXPORT) from None
     finally:
         fh.close()
 
@@ -184,15 +187,17 @@ def inspect_image(ref: ImageRef) -> tuple[int, int]:
                     "Downscale it or remove the row.") from None
     except Exception as exc:
         raise _fail(ref, f"image cannot be decoded ({type(exc).__name__}: {exc}); the file is "
-                    "corrupt or truncated.", "Re-export it as PNG or JPEG, or remove the row.") from None
+                    "corrupt or truncated.", _REEXPORT) from None
     finally:
         fh.close()
 
 
 def image_key(ref: ImageRef) -> str:
-    """Identity of an image for duplicate detection and caching: its path, or a hash of its bytes."""
+    """Identity of an image for duplicates and caching: its path, or a hash of its bytes."""
     if ref.path is not None:
         return os.fspath(ref.path)
+    if ref.data is None:
+        return ref.label  # a path-less reference made for a light validation pass
     import hashlib
 
-    return "sha1:" + hashlib.sha1(ref.data or b"").hexdigest()
+    return "sha1:" + hashlib.sha1(ref.data).hexdigest()

@@ -51,11 +51,13 @@ def find_layout(path: str | Path) -> Layout:
 
 
 def _ctx(file: Path, root: Path, base: Path | None = None, split: str | None = None) -> SourceCtx:
-    return SourceCtx(file=str(file), base=norm_dir(base or file.parent), root=norm_dir(root),
-                     split=split)
+    base = base or file.parent
+    return SourceCtx(file=str(file), base=norm_dir(base), root=norm_dir(root), split=split,
+                     base_alias=file.name.lower() == "captions.csv" and base.name == "images")
 
 
-def file_source(path: Path, root: Path, base: Path | None = None, split: str | None = None) -> Source:
+def file_source(path: Path, root: Path, base: Path | None = None,
+                split: str | None = None) -> Source:
     """The right reader for one data file, by suffix (and by content for .json)."""
     ctx = _ctx(path, root, base, split)
     suffix = path.suffix.lower()
@@ -109,7 +111,8 @@ def _folder(p: Path) -> Layout:
     if len(files) == 1:
         return _file(files[0])
     if files:
-        raise DataError(f"the folder {p} holds several data files ({', '.join(f.name for f in files)}).",
+        names = ", ".join(f.name for f in files)
+        raise DataError(f"the folder {p} holds several data files ({names}).",
                         "Pass the file to use, or name them train.jsonl and valid.jsonl.", file=p)
     raise DataError(f"no dataset found in {p}.", f"Expected {LAYOUTS_HELP}.", file=p)
 
@@ -153,7 +156,8 @@ def _metadata(p: Path) -> Layout | None:
         if not meta or split not in ("train", "valid", "test"):
             continue
         if split == "test":
-            problems.append(Problem(str(meta), None, None, "the test split is not used.", "warning"))
+            problems.append(Problem(str(meta), None, None, "the test split is not used.",
+                                    "warning"))
             continue
         sources.append(file_source(meta, p, sub, split))
     return Layout("imagefolder", p, sources, problems) if sources else None

@@ -103,7 +103,8 @@ class Report:
                 (f" [{p.field}]" if p.field else "")
             lines.append(f"  {p.severity:7} {where}: {p.message}")
         if len(self.problems) > max_problems:
-            lines.append(f"  ... and {len(self.problems) - max_problems:,} more (use --json for all)")
+            more = len(self.problems) - max_problems
+            lines.append(f"  ... and {more:,} more (use --json for all)")
         if self.duplicates:
             lines.append(f"Duplicates: {len(self.duplicates):,} row(s) repeat an earlier row")
         lines += self._length_lines()

@@ -16,7 +16,8 @@ _SCALE = float(1 << 64)
 
 
 def _unit(seed: int, key: str) -> float:
-    digest = hashlib.blake2b(f"{seed}\0{key}".encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    data = f"{seed}\0{key}".encode("utf-8", "surrogatepass")
+    digest = hashlib.blake2b(data, digest_size=8).digest()
     return int.from_bytes(digest, "big") / _SCALE
 
 

@@ -27,9 +27,8 @@ def normalise_bytes(data: bytes, file: str) -> tuple[bytes, list[Problem]]:
         try:
             data = data.decode("utf-16").encode("utf-8")
         except UnicodeDecodeError as exc:
-            problems.append(Problem(file, None, None,
-                                    f"file starts like UTF-16 but cannot be decoded ({exc.reason}). "
-                                    "Save it as UTF-8.", "error"))
+            problems.append(Problem(file, None, None, "file starts like UTF-16 but cannot be "
+                                    f"decoded ({exc.reason}). Save it as UTF-8.", "error"))
             return b"", problems
         problems.append(Problem(file, None, None, "file is UTF-16; it was read, but save it as "
                                 "UTF-8 for other tools (PowerShell '>' writes UTF-16).", "warning"))
@@ -55,7 +54,8 @@ def decode_text(data: bytes, file: str) -> tuple[str, list[Problem]]:
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         problems.append(Problem(file, line, None,
-                                f"file is not valid UTF-8 (first bad byte 0x{data[exc.start:exc.start + 1].hex()} "
+                                "file is not valid UTF-8 (first bad byte "
+                                f"0x{data[exc.start:exc.start + 1].hex()} "
                                 "here); read it as Windows-1252. Save the file as UTF-8 so accents "
                                 "come out right.", "warning"))
         return data.decode("cp1252", errors="replace"), problems

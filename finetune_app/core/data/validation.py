@@ -49,7 +49,8 @@ def validate(dataset: Dataset, *, token_counter: TokenCounter | None = None,
     split_counts: dict[str, int] = {}
     every = max(1, total // 200)
     check_rows = check_images or token_counter is not None
-    for done, (i, sample, row_problems) in enumerate(dataset.iter_parsed(), 1):
+    light = not check_images and token_counter is None  # no Path objects needed
+    for done, (i, sample, row_problems) in enumerate(dataset.iter_parsed(light=light), 1):
         if row_problems:
             problems.extend(row_problems)
             if any(p.severity == "error" for p in row_problems):
@@ -65,9 +66,11 @@ def validate(dataset: Dataset, *, token_counter: TokenCounter | None = None,
             if earlier != i:
                 duplicates.append((i, earlier))
                 ref = dataset.rows[earlier]
+                other = dataset.sources[ref.source].name
+                where = f" of {other}" if other != sample.source else ""
                 problems.append(Problem(sample.source, sample.line, None,
-                                        f"duplicate of the row at line {ref.line} "
-                                        f"({dataset.sources[ref.source].name}).", "warning"))
+                                        f"duplicate of the row at line {ref.line}{where} "
+                                        "(same images and turns); remove one.", "warning"))
             if sample.split:
                 split_counts[sample.split] = split_counts.get(sample.split, 0) + 1
         if progress is not None and (done % every == 0 or done == total):

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -49,7 +50,7 @@ def _coremltools():
     ct_log.setLevel(logging.ERROR)
     previous = root.level
     try:
-        import coremltools as ct  # noqa: F401
+        import coremltools as ct
     finally:
         ct_log.setLevel(level)
         root.setLevel(previous)
@@ -326,7 +327,7 @@ def check_mlpackage(path, *, expected_width: int, image_size: int = fg.APP_IMAGE
     ct = _coremltools()
     try:
         spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
-    except Exception as exc:  # noqa: BLE001 - any reader failure means an unusable package
+    except Exception as exc:
         raise FinetuneError(f"coremltools cannot read {path.name}: {exc}", fix,
                             file=path) from exc
 
@@ -436,8 +437,8 @@ def evaluate_mlpackage_numpy(path, images: np.ndarray, *, program=None) -> np.nd
         def value(param, _op=op):
             v = _op.inputs[param]
             if isinstance(v, (list, tuple)):
-                return [env[x.name] if x.name in env else x.val for x in v]
-            return env[v.name] if v.name in env else v.val
+                return [env.get(x.name, x.val) for x in v]
+            return env.get(v.name, v.val)
 
         def has(param, _op=op):
             return param in _op.inputs and _op.inputs[param] is not None

@@ -22,8 +22,9 @@ Only mlx-vlm's inference-time (reparameterised) FastViTHD form exists, so that i
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -84,7 +85,7 @@ class FastViTArch:
     image_size: int
 
     @classmethod
-    def from_config(cls, cfg: Any) -> "FastViTArch":
+    def from_config(cls, cfg: Any) -> FastViTArch:
         layers = tuple(int(v) for v in _cfg_get(cfg, "layers"))
         n = len(layers)
         pos = _cfg_get(cfg, "pos_embs_shapes") or [None] * n
@@ -162,7 +163,7 @@ def tower_weights(vision_tower) -> dict[str, np.ndarray]:
     Quantized linear layers (QLoRA bases) are dequantized. LoRA-wrapped layers must be fused
     first: their keys would not match the tower and are reported by `define_fastvithd`."""
     import mlx.core as mx
-    import mlx.nn as nn
+    from mlx import nn
     from mlx.utils import tree_flatten
 
     out: dict[str, np.ndarray] = {}
@@ -188,7 +189,7 @@ def tower_weights(vision_tower) -> dict[str, np.ndarray]:
 class _Weights:
     """Looks weights up by tower key, converts their layout, and remembers what was used."""
 
-    def __init__(self, weights: Mapping[str, np.ndarray], ops: "Ops"):
+    def __init__(self, weights: Mapping[str, np.ndarray], ops: Ops):
         self._w = weights
         self._ops = ops
         self.used: set[str] = set()
@@ -384,8 +385,8 @@ def define_fastvithd(ops: Ops, images, weights: Mapping[str, np.ndarray], arch: 
     # conv_exp: depthwise-style 3x3 expanding to cls_ratio x channels, with SE.
     x = _mobileone(ops, W, x, "conv_exp", d[-1], arch.feature_width, 3, 1, 1, d[-1], se=True)
     # B x C x H x W -> B x (H*W) x C, as get_input_embeddings does (there in NHWC).
-    b, c, h, w = ops.shape(x)
-    x = ops.transpose(ops.reshape(x, (b, c, h * w)), (0, 2, 1), name=output_name)
+    b, c, *hw = ops.shape(x)
+    x = ops.transpose(ops.reshape(x, (b, c, hw[0] * hw[1])), (0, 2, 1), name=output_name)
 
     leftover = sorted(k for k in weights
                       if k not in W.used and not k.startswith(PREFIX + "head."))
@@ -505,7 +506,7 @@ def conv2d_nchw(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, *, s
                 pads: Sequence[int] = (0, 0, 0, 0), groups: int = 1,
                 dilation: int = 1) -> np.ndarray:
     """Grouped 2-D cross-correlation. x [N, C, H, W], weight [O, C/g, kH, kW], pads (t, b, l, r)."""
-    n, c, h, w = x.shape
+    n, c = x.shape[:2]
     o, cg, kh, kw = weight.shape
     g = groups
     if c != cg * g or o % g:

@@ -46,7 +46,8 @@ def detect(keys: set[str]) -> str | None:
         return "alpaca"
     if first_key(keys, instruct.QUESTION_KEYS) and first_key(keys, instruct.ANSWER_KEYS):
         return "qa"
-    if first_key(keys, caption.IMAGE_KEYS) and (first_key(keys, caption.TEXT_KEYS) or len(keys) == 2):
+    if first_key(keys, caption.IMAGE_KEYS) and (first_key(keys, caption.TEXT_KEYS)
+                                                or len(keys) == 2):
         return "caption"
     return None
 

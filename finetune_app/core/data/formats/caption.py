@@ -7,8 +7,17 @@ The user turn is an optional `prompt` column, else a fixed instruction.
 
 from __future__ import annotations
 
-from finetune_app.core.data.formats.common import (RowError, SourceCtx, first_key, found,
-                                                   image_refs, sample_meta, text_of)
+from pathlib import Path
+
+from finetune_app.core.data.formats.common import (
+    RowError,
+    SourceCtx,
+    first_key,
+    found,
+    image_refs,
+    sample_meta,
+    text_of,
+)
 from finetune_app.core.data.sample import Sample, Turn
 from finetune_app.core.errors import DataError
 
@@ -21,14 +30,14 @@ DEFAULT_PROMPT = "Describe this image."
 def configure(keys: set[str], *, file: str):
     image_key = first_key(keys, IMAGE_KEYS)
     if image_key is None:
-        raise DataError(f"{file} has no image column (found: {found(keys)}).",
+        raise DataError(f"{Path(file).name} has no image column (found: {found(keys)}).",
                         "Name the column 'image' (or 'file_name'), or pass --format / a template "
                         "that maps your columns.", file=file, field="image")
     text_key = first_key(keys, TEXT_KEYS)
     if text_key is None:
         rest = sorted(k for k in keys if k != image_key and k not in OTHER_KEYS)
         if len(rest) != 1:
-            raise DataError(f"{file} has no 'caption' column (found: {found(keys)}).",
+            raise DataError(f"{Path(file).name} has no 'caption' column (found: {found(keys)}).",
                             "Rename the caption column to 'caption', or pass --format / a template "
                             "such as {\"answer\": \"{your_column}\"}.", file=file, field="caption")
         text_key = rest[0]

@@ -8,12 +8,25 @@ what mlx-vlm's `--data DIR` layout does.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
-from finetune_app.core.data.formats.common import (IMAGE_MARKER, ROLE_NAMES, RowError,
-                                                   SourceCtx, attach_images,
-                                                   check_answer, first_key, found, image_ref,
-                                                   image_refs, role_of, sample_meta, take_markers,
-                                                   text_of)
+from finetune_app.core.data.formats.common import (
+    IMAGE_MARKER,
+    ROLE_NAMES,
+    RowError,
+    SourceCtx,
+    attach_images,
+    check_answer,
+    first_key,
+    found,
+    image_ref,
+    image_refs,
+    role_of,
+    row_image_key,
+    sample_meta,
+    take_markers,
+    text_of,
+)
 from finetune_app.core.data.sample import Sample, Turn
 from finetune_app.core.errors import DataError
 
@@ -43,23 +56,32 @@ def _system_turn(row: dict) -> list[Turn]:
 def configure_sharegpt(keys: set[str], *, file: str):
     conv_key = first_key(keys, ("conversations", "conversation"))
     if conv_key is None:
-        raise DataError(f"{file} has no 'conversations' field (found: {found(keys)}).",
-                        "ShareGPT rows need 'conversations': [{\"from\": \"human\", \"value\": ...}, "
+        raise DataError(f"{Path(file).name} has no 'conversations' field (found: {found(keys)}).",
+                        "ShareGPT rows need 'conversations': "
+                        "[{\"from\": \"human\", \"value\": ...}, "
                         "...]. Pass the right --format for this file.", file=file,
                         field="conversations")
-    image_key = first_key(keys, IMAGE_KEYS)
-
     def parse(row: dict, ctx: SourceCtx, line: int | None):
+        image_key = row_image_key(row, IMAGE_KEYS)
         conv = _as_list(row.get(conv_key), conv_key)
         turns = _system_turn(row)
         markers = 0
         for n, msg in enumerate(conv, 1):
-            if not isinstance(msg, dict):
+            if type(msg) is not dict:
                 raise RowError(conv_key, f"turn {n} is not an object with 'from' and 'value'.")
-            speaker = msg.get("from", msg.get("role"))
-            text, k = take_markers(text_of(msg.get("value", msg.get("content")), conv_key))
-            turns.append(Turn(role_of(speaker, conv_key, n), text, k))
-            markers += k
+            speaker = msg["from"] if "from" in msg else msg.get("role")
+            role = ROLE_NAMES.get(speaker) if type(speaker) is str else None
+            if role is None:
+                role = role_of(speaker, conv_key, n)
+            value = msg["value"] if "value" in msg else msg.get("content")
+            if type(value) is not str:
+                value = text_of(value, conv_key)
+            if IMAGE_MARKER in value:
+                value, k = take_markers(value)
+                markers += k
+            else:
+                k = 0
+            turns.append(Turn(role, value, k))
         images = image_refs(row.get(image_key), ctx, image_key) if image_key else []
         turns = attach_images(turns, markers, len(images), image_key or "image")
         warnings = check_answer(turns, conv_key)
@@ -71,12 +93,11 @@ def configure_sharegpt(keys: set[str], *, file: str):
 
 def configure_messages(keys: set[str], *, file: str):
     if "messages" not in keys:
-        raise DataError(f"{file} has no 'messages' field (found: {found(keys)}).",
+        raise DataError(f"{Path(file).name} has no 'messages' field (found: {found(keys)}).",
                         "Chat rows need 'messages': [{\"role\": \"user\", \"content\": ...}, ...]. "
                         "Pass the right --format for this file.", file=file, field="messages")
-    image_key = first_key(keys, IMAGE_KEYS)
-
     def parse(row: dict, ctx: SourceCtx, line: int | None):
+        image_key = row_image_key(row, IMAGE_KEYS)
         msgs = row.get("messages")
         if type(msgs) is not list:
             msgs = _as_list(msgs, "messages")

@@ -17,9 +17,10 @@ from pathlib import Path
 from finetune_app.core.data.sample import ImageRef, Turn
 
 IMAGE_MARKER = "<image>"
-# a relative POSIX path with no '.'-led segment, '//', backslash or surrounding blanks
-_SIMPLE = re.compile(r"(?!\s)(?:[^/\\.][^/\\]*/)*[^/\\.][^/\\]*(?<!\s)\Z") if os.sep == "/" \
-    else re.compile(r"(?!)")
+# a relative POSIX path with no '.'-led segment, '//', backslash, colon (URIs, drive letters) or
+# surrounding blanks: safe to join to the base folder without normalising
+_SIMPLE = re.compile(r"(?!\s)(?:[^/\\.:][^/\\:]*/)*[^/\\.:][^/\\:]*(?<!\s)\Z") \
+    if os.sep == "/" else re.compile(r"(?!)")
 _MARKER_RE = re.compile(r"[ \t]*<image>[ \t]*\n?")
 
 # What datasets call their roles -> ours. Anything else is an "unknown role" row problem.
@@ -49,17 +50,24 @@ class SourceCtx:
     root: str  # images must stay inside this folder (absolute, normalised)
     split: str | None = None
     trust_image_dicts: bool = False  # HF Image features: their paths were written by `datasets`
+    # validation without image checks: simple paths become ImageRef(label=absolute path) with no
+    # Path object (Python 3.11's pathlib costs ~7 us per path, a third of a row's parse time)
+    light: bool = False
+    # captions.csv + images/: rows may say "cat.png" or "images/cat.png" for the same file
+    base_alias: bool = False
 
     def __post_init__(self):
-        # 'images/' when the base is an images/ folder below the root (captions.csv layout):
-        # such paths take the slow path, which resolves them against the root instead
-        prefix = os.path.basename(self.base) + "/" if self.base != self.root else "\0"
+        # with base_alias, paths starting with the base folder's name take the slow path, which
+        # resolves them against the root instead
+        prefix = os.path.basename(self.base) + "/" if self.base_alias else "\0"
         object.__setattr__(self, "base_prefix", prefix)
         object.__setattr__(self, "base_slash", self.base.rstrip("/") + "/")
 
     def simple_path(self, value: str) -> ImageRef | None:
         """Fast path for most rows: a plain relative path below the base, nothing to normalise."""
         if _SIMPLE.match(value) and not value.startswith(self.base_prefix):
+            if self.light:
+                return ImageRef(None, None, self.base_slash + value)
             return ImageRef(Path(self.base_slash + value), None, value)
         return None
 
@@ -87,9 +95,7 @@ def resolve_image_path(value: str, ctx: SourceCtx, field_name: str) -> ImageRef:
         path = os.path.normpath(value)
     else:
         base = ctx.base
-        first = value.split("/", 1)[0]
-        # captions.csv next to images/: accept "cat.png" and "images/cat.png" alike
-        if base != ctx.root and first == os.path.basename(base):
+        if ctx.base_alias and value.split("/", 1)[0] == os.path.basename(base):
             base = os.path.dirname(base)
         path = os.path.normpath(os.path.join(base, value))
     if not is_inside(path, ctx.root):
@@ -126,7 +132,8 @@ def image_ref(value, ctx: SourceCtx, field_name: str) -> ImageRef:
         return ImageRef(data=bytes(value), label=f"{field_name} (embedded)")
     if isinstance(value, str):
         if not value.strip():
-            raise RowError(field_name, "image path is empty. Give a path relative to the dataset file.")
+            raise RowError(field_name, "image path is empty. Give a path relative to the "
+                           "dataset file.")
         if value.startswith("data:"):
             return _data_uri(value, field_name)
         if value.startswith(("http://", "https://")):
@@ -234,10 +241,20 @@ def check_answer(turns: list[Turn], field_name: str) -> list:
                 raise RowError(field_name, f"turn {i + 1}: the assistant answer is empty.")
             answered = True
     if not answered:
-        raise RowError(field_name, "no assistant answer in the conversation; nothing to learn from.")
+        raise RowError(field_name, "no assistant answer in the conversation; nothing to "
+                       "learn from.")
     if turns[-1].role != "assistant":
-        return [(field_name, "the conversation ends with a non-assistant turn; it is not trained on.")]
+        return [(field_name, "the conversation ends with a non-assistant turn; it is not "
+                 "trained on.")]
     return []
+
+
+def row_image_key(row: dict, candidates) -> str | None:
+    """The image field of this row (checked per row: the first rows may have no images)."""
+    for key in candidates:
+        if key in row:
+            return key
+    return None
 
 
 def first_key(keys, candidates) -> str | None:

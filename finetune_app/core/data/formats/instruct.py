@@ -6,9 +6,21 @@ optional `images`/`image` column makes either a vision row (`<image>` markers pl
 
 from __future__ import annotations
 
-from finetune_app.core.data.formats.common import (RowError, SourceCtx, attach_images,
-                                                   check_answer, first_key, found, image_refs,
-                                                   sample_meta, take_markers, text_of)
+from pathlib import Path
+
+from finetune_app.core.data.formats.common import (
+    RowError,
+    SourceCtx,
+    attach_images,
+    check_answer,
+    first_key,
+    found,
+    image_refs,
+    row_image_key,
+    sample_meta,
+    take_markers,
+    text_of,
+)
 from finetune_app.core.data.sample import Sample, Turn
 from finetune_app.core.errors import DataError
 
@@ -17,7 +29,8 @@ QUESTION_KEYS = ("question", "query", "prompt", "input", "instruction")
 ANSWER_KEYS = ("answer", "response", "completion", "output", "answers", "chosen")
 
 
-def _finish(turns: list[Turn], row: dict, ctx: SourceCtx, line, image_key, answer_key):
+def _finish(turns: list[Turn], row: dict, ctx: SourceCtx, line, answer_key):
+    image_key = row_image_key(row, IMAGE_KEYS)
     markers = sum(t.n_images for t in turns)
     images = image_refs(row.get(image_key), ctx, image_key) if image_key else []
     turns = attach_images(turns, markers, len(images), image_key or "image")
@@ -39,10 +52,9 @@ def _system(row: dict) -> list[Turn]:
 def configure_alpaca(keys: set[str], *, file: str):
     missing = [k for k in ("instruction", "output") if k not in keys]
     if missing:
-        raise DataError(f"{file} has no '{missing[0]}' column (found: {found(keys)}).",
+        raise DataError(f"{Path(file).name} has no '{missing[0]}' column (found: {found(keys)}).",
                         "Alpaca rows need 'instruction', optional 'input', and 'output'. Rename "
                         "the columns or pass the right --format.", file=file, field=missing[0])
-    image_key = first_key(keys, IMAGE_KEYS)
 
     def parse(row: dict, ctx: SourceCtx, line: int | None):
         instruction = text_of(row.get("instruction"), "instruction")
@@ -63,7 +75,7 @@ def configure_alpaca(keys: set[str], *, file: str):
             turns += [_user(text_of(pair[0], "history")),
                       Turn("assistant", text_of(pair[1], "history"))]
         turns += [_user(prompt), Turn("assistant", text_of(output, "output"))]
-        return _finish(turns, row, ctx, line, image_key, "output")
+        return _finish(turns, row, ctx, line, "output")
 
     return parse
 
@@ -73,11 +85,10 @@ def configure_qa(keys: set[str], *, file: str):
     answer_key = first_key(keys, ANSWER_KEYS)
     if question_key is None or answer_key is None:
         what = "question" if question_key is None else "answer"
-        raise DataError(f"{file} has no '{what}' column (found: {found(keys)}).",
+        raise DataError(f"{Path(file).name} has no '{what}' column (found: {found(keys)}).",
                         "Question/answer rows need 'question' and 'answer' (or prompt/completion). "
                         "Rename the columns or pass a template such as "
                         "{\"prompt\": \"{q}\", \"answer\": \"{a}\"}.", file=file, field=what)
-    image_key = first_key(keys, IMAGE_KEYS)
 
     def parse(row: dict, ctx: SourceCtx, line: int | None):
         question = text_of(row.get(question_key), question_key)
@@ -87,6 +98,6 @@ def configure_qa(keys: set[str], *, file: str):
         if answer is None or not text_of(answer, answer_key).strip():
             raise RowError(answer_key, f"the answer ('{answer_key}') is empty or missing.")
         turns = _system(row) + [_user(question), Turn("assistant", text_of(answer, answer_key))]
-        return _finish(turns, row, ctx, line, image_key, answer_key)
+        return _finish(turns, row, ctx, line, answer_key)
 
     return parse

@@ -8,9 +8,17 @@ from __future__ import annotations
 
 import re
 import string
+from pathlib import Path
 
-from finetune_app.core.data.formats.common import (RowError, SourceCtx, attach_images, found,
-                                                   image_refs, sample_meta, take_markers)
+from finetune_app.core.data.formats.common import (
+    RowError,
+    SourceCtx,
+    attach_images,
+    found,
+    image_refs,
+    sample_meta,
+    take_markers,
+)
 from finetune_app.core.data.sample import Sample, Turn
 from finetune_app.core.errors import DataError
 
@@ -78,7 +86,8 @@ def configure(keys: set[str], *, file: str, template: dict):
             referenced.update(_fields(spec, image_slot, file))
     absent = sorted(c for c in referenced if keys and c not in keys)
     if absent:
-        raise DataError(f"the template uses column '{absent[0]}', which {file} does not have "
+        raise DataError(f"the template uses column '{absent[0]}', which {Path(file).name} "
+                        "does not have "
                         f"(found: {found(keys)}).", "Fix the column name in the template.",
                         file=file, field=absent[0])
 
@@ -92,7 +101,7 @@ def configure(keys: set[str], *, file: str, template: dict):
             try:
                 out[slot] = fmt.format_map(values)
             except (KeyError, IndexError, AttributeError, ValueError, TypeError) as exc:
-                raise RowError(slot, f"template '{slot}' cannot be filled from this row ({exc}).")
+                raise RowError(slot, f"template '{slot}' cannot be filled from this row ({exc}).") from None
         if not out["answer"].strip():
             raise RowError("answer", "the templated answer is empty.")
         images = []

@@ -55,7 +55,8 @@ class Source:
     def read(self, key: int, size: int) -> tuple[dict, Warnings]:
         raise NotImplementedError
 
-    def read_many(self, refs: Iterable[tuple[int, int]]) -> Iterator[tuple[dict, Warnings] | RowError]:
+    def read_many(self, refs: Iterable[tuple[int, int]]
+                  ) -> Iterator[tuple[dict, Warnings] | RowError]:
         for key, size in refs:
             try:
                 yield self.read(key, size)

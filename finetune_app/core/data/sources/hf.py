@@ -34,7 +34,8 @@ def load_disk(path: Path):
     try:
         return ds.load_from_disk(str(path))
     except Exception as exc:  # the library raises many kinds for a damaged folder
-        raise DataError(f"cannot read the Hugging Face dataset folder ({type(exc).__name__}: {exc}).",
+        raise DataError("cannot read the Hugging Face dataset folder "
+                        f"({type(exc).__name__}: {exc}).",
                         "Save it again with dataset.save_to_disk(folder).", file=path) from None
 
 
@@ -64,8 +65,9 @@ def split_sources(obj, ctx: SourceCtx) -> tuple[list["HfSource"], list[Problem]]
     sources = [HfSource(obj[n], ctx, s) for n, s in ((train, "train"), (valid, "valid")) if n]
     for name in names:
         if name not in (train, valid):
-            problems.append(Problem(ctx.file, None, "split", f"split '{name}' ({obj[name].num_rows} "
-                                    "rows) is not used; only train and validation are.", "warning"))
+            problems.append(Problem(ctx.file, None, "split",
+                                    f"split '{name}' ({obj[name].num_rows} rows) is not used; "
+                                    "only train and validation are.", "warning"))
     if not sources:
         raise DataError(f"the dataset has no 'train' split (found: {', '.join(names)}).",
                         "Name the training split 'train'.", file=ctx.file, field="split")

@@ -1,7 +1,9 @@
 """JSON Lines and JSON array files.
 
 JSONL is indexed by byte offset (one pass, no JSON parsing) so a 100k-row file opens in well under
-a second and each row is parsed only when asked for. A JSON array must be parsed whole; we do it
+a second and each row is parsed only when asked for (with orjson when it happens to be installed,
+falling back to the standard library for anything it rejects, and for the error messages).
+A JSON array must be parsed whole; we do it
 element by element to keep each element's line number, and stop (with a report entry) where the
 array breaks instead of losing the rows before it.
 """
@@ -16,12 +18,27 @@ from typing import Iterable, Iterator
 
 from finetune_app.core.data.formats.common import RowError, SourceCtx
 from finetune_app.core.data.sources import Source
-from finetune_app.core.data.textio import UTF8_BOM, UTF16_BOMS, decode_line, decode_text, normalise_bytes
+from finetune_app.core.data.textio import (
+    UTF8_BOM,
+    UTF16_BOMS,
+    decode_line,
+    decode_text,
+    normalise_bytes,
+)
 from finetune_app.core.errors import Problem
 
 _WS = re.compile(r"[ \t\n\r]*")
 _loads = json.JSONDecoder().decode
+try:  # optional: 3-4x faster on valid lines; not a dependency
+    from orjson import loads as _fast_loads
+except ImportError:  # pragma: no cover
+    _fast_loads = None
 _JSON_FIX = "Each line must be one complete JSON object; fix or remove the line."
+
+
+def _why(exc: json.JSONDecodeError) -> str:
+    """'Expecting value at column 7' (the stdlib's messages, without its 'at: line 1 col...')."""
+    return f"{exc.msg.removesuffix(' at')} at column {exc.colno}"
 
 
 def _type_name(obj) -> str:
@@ -31,6 +48,13 @@ def _type_name(obj) -> str:
 
 def parse_line(raw: bytes) -> tuple[dict, list]:
     """One JSONL line -> dict (RowError otherwise), with an encoding warning if any."""
+    if _fast_loads is not None:
+        try:
+            obj = _fast_loads(raw)
+            if type(obj) is dict:
+                return obj, []
+        except Exception:
+            pass  # the standard library below gives the precise error (or accepts NaN, big ints)
     warnings = []
     try:
         text = raw.decode("utf-8")
@@ -41,7 +65,7 @@ def parse_line(raw: bytes) -> tuple[dict, list]:
         obj = _loads(text)
     except json.JSONDecodeError as exc:
         hint = " The line looks cut off." if exc.pos >= len(raw.rstrip()) else ""
-        raise RowError(None, f"not valid JSON ({exc.msg} at column {exc.colno}).{hint} {_JSON_FIX}") from None
+        raise RowError(None, f"not valid JSON ({_why(exc)}).{hint} {_JSON_FIX}") from None
     except RecursionError:
         raise RowError(None, "JSON nested too deeply to read.") from None
     if not isinstance(obj, dict):
@@ -146,7 +170,7 @@ class JsonArraySource(Source):
             try:
                 obj, end = decoder.raw_decode(text, i)
             except json.JSONDecodeError as exc:
-                self._broken(exc.lineno, f"{exc.msg} at column {exc.colno}", len(rows))
+                self._broken(exc.lineno, _why(exc), len(rows))
                 break
             except RecursionError:
                 self._broken(line, "nested too deeply", len(rows))
@@ -175,7 +199,7 @@ class JsonArraySource(Source):
             if exc.msg == "Extra data":  # one object per line: JSON Lines named .json
                 raise IsJsonl() from None
             self.problems.append(Problem(self.name, exc.lineno, None,
-                                         f"not valid JSON ({exc.msg} at column {exc.colno}).",
+                                         f"not valid JSON ({_why(exc)}).",
                                          "error"))
             return []
         except RecursionError:

@@ -45,8 +45,10 @@ class CsvSource(Source):
         if not text.strip():
             return []
         first = text.split("\n", 1)[0]
-        delimiter = "\t" if self.path.suffix.lower() == ".tsv" or ("\t" in first and "," not in first) \
-            else (";" if ";" in first and "," not in first else ",")
+        if self.path.suffix.lower() == ".tsv" or ("\t" in first and "," not in first):
+            delimiter = "\t"
+        else:  # semicolons: spreadsheets in locales with a decimal comma
+            delimiter = ";" if ";" in first and "," not in first else ","
         csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # long answers exceed the 128 KiB default
         reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
         rows, prev_end, split_col, skipped = [], 0, None, {}
@@ -84,7 +86,8 @@ class CsvSource(Source):
             if not h:
                 header[i] = f"column{i + 1}"
                 self.problems.append(Problem(self.name, line, header[i],
-                                             f"column {i + 1} has no name in the header.", "warning"))
+                                             f"column {i + 1} has no name in the header.",
+                                             "warning"))
         dupes = sorted({h for h in header if header.count(h) > 1})
         if dupes:
             self.problems.append(Problem(self.name, line, dupes[0],

@@ -1,0 +1,168 @@
+"""Write model folders the Python libraries load: mlx-vlm (VLMs) and mlx-lm (text), and the
+MLXVLM variant mlx-swift-lm reads (mlx-vlm names plus a complete FastVLM `vision_config`).
+
+Weights are the model's own parameter names (what `mlx_vlm.utils.save_weights` writes), in
+`model.safetensors` or 5 GB shards, with `model.safetensors.index.json`. config.json is the base's,
+with `quantization` set or removed. Tokenizer, chat template, processor and generation files are
+copied from the base folder; nothing executable (`*.py`) and no PyTorch weights are copied.
+See shared/reference/bundles.md sections 1 and 3.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import json
+import shutil
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten
+
+from finetune_app.core import atomic
+
+SHARD_BYTES = 5 * 1024**3
+WEIGHTS_INDEX = "model.safetensors.index.json"
+# Files of a model folder that travel with an export (everything else is left behind).
+SUPPORT_PATTERNS = (
+    "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "*.tiktoken", "vocab.json",
+    "vocab.txt", "merges.txt", "added_tokens.json", "special_tokens_map.json", "chat_template.json",
+    "chat_template.jinja", "preprocessor_config.json", "processor_config.json",
+    "video_preprocessor_config.json", "generation_config.json", "LICENSE", "LICENSE.*", "LICENCE*",
+)
+# mlx-swift-lm's MLXVLM reads these FastViTHD keys from vision_config (bundles.md section 3).
+MLXVLM_FASTVLM_TOP_KEYS = ("eos_token_id", "mm_projector_type", "mm_hidden_size",
+                           "tokenizer_model_max_length", "tokenizer_padding_side")
+
+
+def model_weights(model: nn.Module) -> dict[str, mx.array]:
+    return dict(tree_flatten(model.parameters()))
+
+
+def save_weights(weights: dict[str, mx.array], folder: Path, *, shard_bytes: int = SHARD_BYTES,
+                 progress=None) -> list[str]:
+    """model.safetensors (or model-0000i-of-0000n.safetensors shards) + the index; returns names."""
+    shards: list[dict[str, mx.array]] = [{}]
+    size = 0
+    for key in sorted(weights):
+        v = weights[key]
+        if size and size + v.nbytes > shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][key] = v
+        size += v.nbytes
+    n = len(shards)
+    names = ["model.safetensors"] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+    weight_map = {}
+    for i, (name, shard) in enumerate(zip(names, shards)):
+        mx.eval(list(shard.values()))
+        mx.save_safetensors(str(folder / name), shard, metadata={"format": "mlx"})
+        weight_map.update({k: name for k in shard})
+        if progress:
+            progress((i + 1) / n, f"Wrote {name}")
+    total = int(sum(v.nbytes for v in weights.values()))
+    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+    atomic.write_json(folder / WEIGHTS_INDEX, index)
+    return names + [WEIGHTS_INDEX]
+
+
+def read_weights(folder: Path) -> dict[str, mx.array]:
+    out: dict[str, mx.array] = {}
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        out.update(mx.load(str(f)))
+    return out
+
+
+def support_files(src: Path) -> list[Path]:
+    return [p for p in sorted(Path(src).iterdir())
+            if p.is_file() and any(fnmatch.fnmatch(p.name, pat) for pat in SUPPORT_PATTERNS)]
+
+
+def copy_support_files(src: Path, dst: Path, *, skip: tuple[str, ...] = ()) -> list[str]:
+    copied = []
+    for p in support_files(src):
+        if p.name in skip:
+            continue
+        shutil.copyfile(p, dst / p.name)
+        copied.append(p.name)
+    return copied
+
+
+def export_config(base_config: dict, quantization: dict | None) -> dict:
+    """The base's config.json for the exported weights: quantization set or removed."""
+    cfg = copy.deepcopy(base_config)
+    for key in ("quantization", "quantization_config", "_name_or_path", "model_file"):
+        cfg.pop(key, None)
+    if isinstance(cfg.get("text_config"), dict):
+        cfg["text_config"].pop("quantization_config", None)
+        cfg["text_config"].pop("quantization", None)
+    if quantization:
+        cfg["quantization"] = dict(quantization)
+        cfg["quantization_config"] = dict(quantization)
+    return cfg
+
+
+def write_config(folder: Path, config: dict) -> None:
+    atomic.write_json(folder / "config.json", config)
+
+
+def write_mlx_bundle(base, model: nn.Module, folder: Path, *, quantization: dict | None,
+                     progress=None) -> list[str]:
+    """The mlx-vlm / mlx-lm folder: weights, config.json, tokenizer and processor files."""
+    names = save_weights(model_weights(model), folder, progress=progress)
+    write_config(folder, export_config(base.config, quantization))
+    names += ["config.json"] + copy_support_files(base.path, folder)
+    return names
+
+
+# ---- mlx-swift-lm (MLXVLM) ----------------------------------------------------------------------
+
+def fastvlm_full_vision_config(model: nn.Module, base_config: dict) -> dict:
+    """Every FastViTHD key MLXVLM decodes, from the loaded tower's (patched) config."""
+    from finetune_app.core import compat
+
+    vision = dict(base_config.get("vision_config") or {})
+    vision.update(compat.fastvlm_vision_dict(model.config.vision_config))
+    vision.setdefault("model_type", base_config.get("model_type", "llava_qwen2"))
+    return vision
+
+
+def mlxvlm_config(base, model: nn.Module, quantization: dict | None) -> dict:
+    """config.json for mlx-swift-lm: the mlx-vlm config plus what MLXVLM's FastVLM requires."""
+    cfg = export_config(base.config, quantization)
+    if quantization:  # mlx-swift decodes only group_size/bits here; no HF-style duplicate
+        cfg.pop("quantization_config", None)
+    if not base.is_fastvlm:
+        return cfg
+    mc = model.config
+    cfg["model_type"] = "llava_qwen2" if cfg.get("model_type") not in ("llava_qwen2", "fastvlm") else cfg["model_type"]
+    cfg["vision_config"] = fastvlm_full_vision_config(model, base.config)
+    eos = cfg.get("eos_token_id", getattr(mc, "eos_token_id", None))
+    if isinstance(eos, list):  # MLXVLM decodes a single Int
+        eos = eos[0] if eos else None
+    if eos is None:
+        eos = base.tokenizer.eos_token_id
+    cfg["eos_token_id"] = int(eos)
+    cfg.setdefault("mm_projector_type", getattr(mc, "mm_projector_type", "mlp2x_gelu"))
+    cfg.setdefault("mm_hidden_size", int(getattr(mc, "mm_hidden_size")))
+    cfg.setdefault("tokenizer_model_max_length", int(getattr(mc, "tokenizer_model_max_length", 8192) or 8192))
+    cfg.setdefault("tokenizer_padding_side", getattr(mc, "tokenizer_padding_side", "right") or "right")
+    cfg.setdefault("image_token_index", int(getattr(mc, "image_token_index", -200)))
+    return cfg
+
+
+def write_mlxvlm_bundle(base, model: nn.Module, folder: Path, *, quantization: dict | None,
+                        progress=None) -> list[str]:
+    names = save_weights(model_weights(model), folder, progress=progress)
+    write_config(folder, mlxvlm_config(base, model, quantization))
+    names += ["config.json"] + copy_support_files(base.path, folder)
+    if base.is_fastvlm:  # MLXVLM picks its processor by preprocessor_config.json's processor_class
+        for name in ("preprocessor_config.json", "processor_config.json"):
+            path = folder / name
+            data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+            data["processor_class"] = "FastVLMProcessor"
+            atomic.write_json(path, data)
+            if name not in names:
+                names.append(name)
+    return names
