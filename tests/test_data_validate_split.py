@@ -8,7 +8,7 @@ import pytest
 from test_data_fixtures import jsonl, png, write
 
 from finetune_app.core.data import open_dataset, split, validate
-from finetune_app.core.errors import DataError
+from finetune_app.core.errors import ConfigError, DataError
 
 
 def _rows(n, start=0):
@@ -86,7 +86,7 @@ def test_split_small_sets_and_duplicates_never_leak(tmp_path):
     assert split([7], min_valid=1) == ([7], [])
     assert split([], min_valid=1) == ([], [])
     assert split(list(range(10)), valid_fraction=0.0) == (list(range(10)), [])
-    with pytest.raises(Exception):
+    with pytest.raises(ConfigError):
         split(report, valid_fraction=1.5)
 
 

@@ -61,12 +61,9 @@ def _vision_linear_names(model: nn.Module) -> list[str]:
 
 
 def _projector_modules(model: nn.Module) -> list[nn.Module]:
-    found = []
-    for name, m in model.named_modules():
-        parts = name.split(".")
-        if parts and parts[-1] in PROJECTOR_NAMES and not any(p in parts[:-1] for p in PROJECTOR_NAMES):
-            found.append(m)
-    return found
+    """Modules of the vision-to-language projector (FastVLM's mm_projector is a plain list of
+    layers, so match every module under a projector name, not only the named one)."""
+    return [m for name, m in model.named_modules() if any(p in name.split(".") for p in PROJECTOR_NAMES)]
 
 
 def set_train_modes(model: nn.Module, fine_tune_type: str) -> None:

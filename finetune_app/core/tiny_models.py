@@ -34,7 +34,8 @@ import numpy as np
 from . import atomic
 
 # Bump when the files a build writes change, so cached folders are rebuilt.
-BUILDER_VERSION = 1
+# 2: narrower, calibrated FastVLM tower.
+BUILDER_VERSION = 2
 
 FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "fastvlm", "llama", "qwen2", "qwen3")
 VLM_FAMILIES = frozenset({"qwen2_vl", "qwen2_5_vl", "qwen3_vl", "fastvlm"})
@@ -772,6 +773,7 @@ def build_tiny_model(family: str, dest: str | Path, *, seed: int = 0, overwrite:
 
     dest = Path(dest)
     with atomic.staged_dir(dest, overwrite=overwrite) as stage:
+        os.chmod(stage, 0o755)  # mkdtemp makes it private; a model folder is ordinary data
         _save_weights(params, stage)
         _write_json(stage / "config.json", cfg)
         _write_json(stage / "generation_config.json", gen)

@@ -6,3 +6,7 @@ dataset_browser + dataset_model (the lazy thumbnail grid), hyperparams, training
 widgets (small shared pieces), workers (background jobs and the training QThread), stall_meter
 (how long the event loop stalls), welcome (first launch).
 """
+
+from finetune_app.ui import qt_compat as _qt_compat
+
+_qt_compat.install()  # before any signal is emitted (see qt_compat: PySide6 6.12 + CPython 3.11)

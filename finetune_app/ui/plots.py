@@ -20,8 +20,10 @@ class ThemedPlot(pg.PlotWidget):
     """A PlotWidget whose background, axes and grid follow the palette when it changes."""
 
     def __init__(self, title: str = "", *, left: str = "", bottom: str = "", parent=None):
-        super().__init__(parent=parent)
+        self._ready = False
         self._title = title
+        super().__init__(parent=parent)
+        self._ready = True
         self.plotItem.setMenuEnabled(False)
         self.plotItem.hideButtons()
         self.setMouseEnabled(x=False, y=False)
@@ -33,6 +35,8 @@ class ThemedPlot(pg.PlotWidget):
         self.apply_palette()
 
     def apply_palette(self) -> None:
+        if not self._ready:
+            return
         pal = self.palette()
         bg = pal.color(QPalette.ColorRole.Base)
         fg = pal.color(QPalette.ColorRole.Text)

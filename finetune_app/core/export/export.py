@@ -232,8 +232,8 @@ def check_disk_space(dest: Path, need: int) -> None:
     free = shutil.disk_usage(where).free
     margin = int(need * 0.1) + 20 * 1024 * 1024
     if free < need + margin:
-        raise ExportError(f"Not enough free disk space in '{where}': the export needs about {human_bytes(need + margin)} "
-                          f"({human_bytes(need)} plus a safety margin), and {human_bytes(free)} is free.",
+        raise ExportError(f"Not enough free disk space in '{where}': the export needs about {human_bytes(need)} "
+                          f"({human_bytes(need + margin)} with a safety margin), and {human_bytes(free)} is free.",
                           "Free some space or choose a destination on another disk.", file=where)
 
 
@@ -259,7 +259,18 @@ def remove_stale_stages(dest: Path) -> list[Path]:
         try:
             pid = int(marker.read_text().strip())
         except (OSError, ValueError):
-            continue  # not ours, or still being created
+            pid = None
+        if pid is None:
+            # An export writes its marker right after creating the folder; a folder still without
+            # one after a few seconds was killed in between.
+            try:
+                stale = time.time() - p.stat().st_mtime > 5 and not any(p.iterdir())
+            except OSError:
+                stale = False
+            if stale:
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p)
+            continue
         if not _pid_alive(pid):
             shutil.rmtree(p, ignore_errors=True)
             removed.append(p)

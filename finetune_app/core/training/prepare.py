@@ -39,14 +39,14 @@ def prepare_examples(cfg: TrainConfig, base, encoder: Encoder, *,
     from finetune_app.core.data import open_dataset, split, validate
 
     dataset = open_dataset(cfg.data, format=cfg.data_format)
-    if dataset.has_images and base.kind == "text":
-        raise DataError(f"The dataset '{cfg.data}' has images, but {base.family} reads text only.",
-                        "Choose a vision-language base model (FastVLM, Qwen2-VL, ...) or a text-only dataset.", file=cfg.data)
     n = len(dataset)
     if n == 0:
         raise DataError(f"The dataset '{cfg.data}' has no rows.", "Check that the file is not empty and that its format is one Finetune reads (see `finetune-app data check`).", file=cfg.data)
     # Row checks without decoding images (encoding below decodes each image once and reports failures).
     report = validate(dataset, check_images=False, progress=(lambda d, t: progress("checking rows", d, t)) if progress else None)
+    if report.has_images and base.kind == "text":
+        raise DataError(f"The dataset '{cfg.data}' has images, but {base.family} reads text only.",
+                        "Choose a vision-language base model (FastVLM, Qwen2-VL, ...) or a text-only dataset.", file=cfg.data)
     problems: list[Problem] = list(report.problems)
     train_idx, valid_idx = split(report, valid_fraction=cfg.valid_fraction, seed=cfg.seed)
     order = [(i, "train") for i in train_idx] + [(i, "valid") for i in valid_idx]

@@ -3,9 +3,8 @@
 JSONL is indexed by byte offset (one pass, no JSON parsing) so a 100k-row file opens in well under
 a second and each row is parsed only when asked for (with orjson when it happens to be installed,
 falling back to the standard library for anything it rejects, and for the error messages).
-A JSON array must be parsed whole; we do it
-element by element to keep each element's line number, and stop (with a report entry) where the
-array breaks instead of losing the rows before it.
+A JSON array must be parsed whole; we do it element by element to keep each element's line
+number, and stop (with a report entry) where the array breaks instead of losing the rows before it.
 """
 
 from __future__ import annotations
@@ -64,7 +63,7 @@ def parse_line(raw: bytes) -> tuple[dict, list]:
     try:
         obj = _loads(text)
     except json.JSONDecodeError as exc:
-        hint = " The line looks cut off." if exc.pos >= len(raw.rstrip()) else ""
+        hint = " The line looks cut off." if exc.pos >= len(text.rstrip()) else ""
         raise RowError(None, f"not valid JSON ({_why(exc)}).{hint} {_JSON_FIX}") from None
     except RecursionError:
         raise RowError(None, "JSON nested too deeply to read.") from None

@@ -1,0 +1,538 @@
+"""The hyperparameter form: every TrainConfig setting, presets, checks as you type, a memory estimate.
+
+The form is a view of `TrainConfig`: each field's tooltip is `TrainConfig.help(name)`, presets are
+`core.config.PRESETS`, and the red borders come from `TrainConfig.problems()` (plus "not a number"
+for text that does not parse), so the form and the engine can never disagree about what is valid.
+The memory estimate is `core.models.estimate_memory_gb` for the chosen model, batch and sequence
+length, against this machine's memory, with a warning before a run would swap.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import fields
+from pathlib import Path
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QFrame, QGridLayout,
+                               QGroupBox, QHBoxLayout, QLabel, QLineEdit, QPushButton, QScrollArea,
+                               QSizePolicy, QVBoxLayout, QWidget)
+
+from finetune_app.core.config import FINE_TUNE_TYPES, OPTIMIZERS, PRESETS, SCHEDULES, TrainConfig
+from finetune_app.ui.widgets import Banner, heading, message_of, secondary
+
+RED = "#d93025"
+SWAP_ADVICE = ("It would swap, which makes training very slow. Lower the batch size or the max length, "
+               "turn on 4-bit quantization, or turn on 'Save memory'.")
+CUSTOM = "Custom"
+
+GROUPS: list[tuple[str, list[str]]] = [
+    ("Adapter", ["fine_tune_type", "lora_rank", "lora_alpha", "lora_dropout", "lora_targets",
+                 "train_vision", "train_projector"]),
+    ("Length of training", ["iters", "epochs", "batch_size", "grad_accumulation"]),
+    ("Learning rate", ["optimizer", "learning_rate", "lr_schedule", "warmup_steps", "min_lr_ratio",
+                       "weight_decay", "grad_clip"]),
+    ("Memory and speed", ["max_length", "image_size", "quantize_bits", "quantize_group_size",
+                          "quantize_vision", "grad_checkpoint", "compile"]),
+    ("Checking progress", ["valid_fraction", "steps_per_eval", "val_batches", "steps_per_report",
+                           "sample_count", "sample_max_tokens", "save_every", "keep_checkpoints"]),
+    ("Data", ["completion_only", "data_format", "strict_data", "seed"]),
+]
+
+LABELS = {
+    "fine_tune_type": "Method", "lora_rank": "Adapter size (rank)", "lora_alpha": "Adapter strength (alpha)",
+    "lora_dropout": "Adapter dropout", "lora_targets": "Layers to adapt",
+    "train_vision": "Also adapt the vision tower", "train_projector": "Also train the projector",
+    "iters": "Steps", "epochs": "Epochs", "batch_size": "Batch size", "grad_accumulation": "Accumulate batches",
+    "optimizer": "Optimizer", "learning_rate": "Learning rate", "lr_schedule": "Schedule",
+    "warmup_steps": "Warm-up steps", "min_lr_ratio": "Final rate (fraction)", "weight_decay": "Weight decay",
+    "grad_clip": "Gradient cap", "max_length": "Max length (tokens)", "image_size": "Image size limit (px)",
+    "quantize_bits": "Quantize the base (QLoRA)", "quantize_group_size": "Quantization group",
+    "quantize_vision": "Quantize the vision tower too", "grad_checkpoint": "Save memory (recompute)",
+    "compile": "Compile the step", "valid_fraction": "Held out for validation",
+    "steps_per_eval": "Validate every (steps)", "val_batches": "Validation batches",
+    "steps_per_report": "Report every (steps)", "sample_count": "Sample captions", "sample_max_tokens": "Sample length (tokens)",
+    "save_every": "Checkpoint every (steps)", "keep_checkpoints": "Checkpoints kept",
+    "completion_only": "Learn only the answers", "data_format": "Dataset format",
+    "strict_data": "Refuse rows with problems", "seed": "Random seed", "output": "Run folder",
+}
+PLACEHOLDERS = {"iters": "from epochs", "epochs": "3 when steps are empty", "lora_targets": "all projections",
+                "image_size": "model's own", "val_batches": "whole split", "grad_clip": "no cap",
+                "output": "a new folder under the app's runs"}
+CHOICES = {
+    "fine_tune_type": [(t.upper() if t != "full" else "Full fine-tune", t) for t in FINE_TUNE_TYPES],
+    "optimizer": [(o, o) for o in OPTIMIZERS],
+    "lr_schedule": [(s, s) for s in SCHEDULES],
+    "quantize_bits": [("No", None), ("4-bit", 4), ("8-bit", 8)],
+    "quantize_group_size": [(str(g), g) for g in (32, 64, 128)],
+}
+
+
+def _data_formats():
+    from finetune_app.core.data.formats import FORMATS
+
+    return [("Detect automatically", None)] + [(name, name) for name in FORMATS if name != "template"]
+
+
+def _field_types() -> dict[str, str]:
+    return {f.name: str(f.type) for f in fields(TrainConfig)}
+
+
+def machine_memory_bytes() -> int:
+    """Physical memory of this machine (0 when it cannot be told)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        pass
+    try:  # macOS without SC_PHYS_PAGES
+        import subprocess
+
+        out = subprocess.run(["sysctl", "-n", "hw.memsize"], capture_output=True, text=True, timeout=2)
+        return int(out.stdout.strip())
+    except Exception:
+        return 0
+
+
+# ---- one field ----------------------------------------------------------------------------------
+
+class Field(QWidget):
+    """An editor for one TrainConfig setting, with its tooltip and its problem underneath."""
+
+    changed = Signal()
+
+    def __init__(self, name: str, type_text: str, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.name = name
+        self.type_text = type_text
+        self.optional = "None" in type_text
+        self.kind = ("bool" if type_text == "bool" else "list" if type_text.startswith("list") else
+                     "int" if type_text.startswith("int") else "float" if type_text.startswith("float") else "str")
+        help_text = TrainConfig.help(name)
+        choices = _data_formats() if name == "data_format" else CHOICES.get(name)
+        if self.kind == "bool":
+            self.editor = QCheckBox()
+            self.editor.toggled.connect(self.changed)
+        elif choices:
+            self.editor = QComboBox()
+            for label, value in choices:
+                self.editor.addItem(label, value)
+            self.editor.currentIndexChanged.connect(self.changed)
+        else:
+            self.editor = QLineEdit()
+            self.editor.setPlaceholderText(PLACEHOLDERS.get(name, ""))
+            self.editor.textChanged.connect(self.changed)
+            self.editor.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+        self.editor.setObjectName(f"field_{name}")
+        self.editor.setToolTip(help_text)
+        self.message = QLabel()
+        self.message.setObjectName(f"problem_{name}")
+        self.message.setWordWrap(True)
+        self.message.setStyleSheet(f"color: {RED};")
+        self.message.hide()
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(2)
+        layout.addWidget(self.editor)
+        layout.addWidget(self.message)
+        self.problem: str | None = None
+
+    # value <-> widget
+    def set_value(self, value) -> None:
+        e = self.editor
+        if isinstance(e, QCheckBox):
+            e.setChecked(bool(value))
+        elif isinstance(e, QComboBox):
+            i = e.findData(value)
+            if i < 0:  # a value the list does not offer (from a TOML file): show it anyway
+                e.addItem(str(value), value)
+                i = e.count() - 1
+            e.setCurrentIndex(i)
+        elif value is None:
+            e.setText("")
+        elif isinstance(value, list):
+            e.setText(", ".join(value))
+        elif isinstance(value, float):
+            e.setText(_float_text(value))
+        else:
+            e.setText(str(value))
+
+    def value(self) -> tuple[object, str | None]:
+        """(value for TrainConfig, parse problem or None)."""
+        e = self.editor
+        if isinstance(e, QCheckBox):
+            return e.isChecked(), None
+        if isinstance(e, QComboBox):
+            return e.currentData(), None
+        text = e.text().strip()
+        if not text:
+            if self.optional:
+                return None, None
+            return (None, "is empty") if self.kind in ("int", "float") else ("", None)
+        if self.kind == "list":
+            return [t.strip() for t in re.split(r"[,\s]+", text) if t.strip()], None
+        if self.kind == "int":
+            try:
+                return int(text.replace("_", "").replace(",", "")), None
+            except ValueError:
+                try:
+                    float(text)
+                    return None, "must be a whole number"
+                except ValueError:
+                    return None, f"'{text}' is not a number"
+        if self.kind == "float":
+            try:
+                v = float(text.replace("_", ""))
+            except ValueError:
+                return None, f"'{text}' is not a number"
+            if not math.isfinite(v):
+                return None, "must be a finite number"
+            return v, None
+        return text, None
+
+    def show_problem(self, problem: str | None) -> None:
+        if problem == self.problem:
+            return
+        self.problem = problem
+        if problem:
+            self.message.setText(f"{LABELS.get(self.name, self.name)} {problem}.")
+            self.message.show()
+            if isinstance(self.editor, QLineEdit):
+                self.editor.setStyleSheet(f"QLineEdit {{ border: 2px solid {RED}; border-radius: 4px; padding: 1px 3px; }}")
+            else:
+                self.editor.setStyleSheet(f"color: {RED};")
+        else:
+            self.message.hide()
+            self.editor.setStyleSheet("")
+
+
+def _float_text(v: float) -> str:
+    if v != 0 and (abs(v) < 1e-3 or abs(v) >= 1e6):
+        return f"{v:g}"
+    text = repr(v)
+    return text[:-2] if text.endswith(".0") else text
+
+
+# ---- the form -----------------------------------------------------------------------------------
+
+class HyperparamForm(QWidget):
+    """Signals: `configChanged()` after any edit, `validityChanged(bool)`."""
+
+    configChanged = Signal()
+    validityChanged = Signal(bool)
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setObjectName("hyperparamForm")
+        self.fields: dict[str, Field] = {}
+        self.model_choice = None  # workers.ModelChoice
+        self.train_rows: int | None = None
+        self.longest_row: int | None = None  # tokens, from the dataset check
+        self.longest_exact = False
+        self.memory_ram = machine_memory_bytes()
+        self._loading = False
+        self._valid = True
+        self._problems: dict[str, str] = {}
+        types = _field_types()
+
+        # presets and files
+        self.preset = QComboBox()
+        self.preset.setObjectName("presetCombo")
+        for name in PRESETS:
+            self.preset.addItem(name.capitalize(), name)
+        self.preset.addItem(CUSTOM, None)
+        self.preset.setToolTip("Quick test: 50 steps to check that everything works. Balanced: 3 epochs, a "
+                               "good first run. Quality: 5 epochs, a larger adapter and a gentler rate.")
+        self.preset.activated.connect(lambda _i: self.apply_preset(self.preset.currentData()))
+        self.load_button = QPushButton("Load…")
+        self.load_button.setObjectName("loadConfigButton")
+        self.load_button.setToolTip("Load settings from a TOML file (a run folder's train_config.toml works too).")
+        self.load_button.clicked.connect(self.choose_load)
+        self.save_button = QPushButton("Save…")
+        self.save_button.setObjectName("saveConfigButton")
+        self.save_button.setToolTip("Save these settings as a TOML file (`finetune-app train --config FILE` reads it).")
+        self.save_button.clicked.connect(self.choose_save)
+        top = QHBoxLayout()
+        top.addWidget(QLabel("Preset"))
+        top.addWidget(self.preset)
+        top.addStretch(1)
+        top.addWidget(self.load_button)
+        top.addWidget(self.save_button)
+
+        # run folder
+        self.output = Field("output", "str")
+        self.fields["output"] = self.output
+        self.output.changed.connect(self._on_changed)
+        out_browse = QPushButton("Choose…")
+        out_browse.clicked.connect(self.choose_output)
+        out_row = QHBoxLayout()
+        out_row.addWidget(self.output, 1)
+        out_row.addWidget(out_browse, 0, Qt.AlignmentFlag.AlignTop)
+
+        self.steps_note = secondary(QLabel(""))
+        self.steps_note.setObjectName("stepsNote")
+        self.steps_note.setWordWrap(True)
+
+        # groups in two columns
+        grid = QGridLayout()
+        grid.setHorizontalSpacing(14)
+        grid.setVerticalSpacing(10)
+        for i, (title, names) in enumerate(GROUPS):
+            box = QGroupBox(title)
+            form = QFormLayout(box)
+            form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+            form.setLabelAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+            for name in names:
+                f = Field(name, types[name])
+                f.changed.connect(self._on_changed)
+                self.fields[name] = f
+                label = QLabel(LABELS.get(name, name))
+                label.setToolTip(TrainConfig.help(name))
+                label.setBuddy(f.editor)
+                form.addRow(label, f)
+            if title == "Length of training":
+                form.addRow(self.steps_note)
+            grid.addWidget(box, i // 2, i % 2, Qt.AlignmentFlag.AlignTop)
+        grid.setColumnStretch(0, 1)
+        grid.setColumnStretch(1, 1)
+
+        # memory
+        self.memory = Banner("info", closable=False)
+        self.memory.setObjectName("memoryEstimate")
+        self.summary = Banner("error", closable=False)
+        self.summary.setObjectName("formProblems")
+
+        inner = QWidget()
+        inner_layout = QVBoxLayout(inner)
+        inner_layout.setContentsMargins(0, 0, 6, 0)
+        run_box = QFormLayout()
+        run_label = QLabel(LABELS["output"])
+        run_label.setToolTip(TrainConfig.help("output"))
+        run_box.addRow(run_label, out_row)
+        inner_layout.addLayout(run_box)
+        inner_layout.addLayout(grid)
+        inner_layout.addStretch(1)
+        scroll = QScrollArea()
+        scroll.setObjectName("hyperparamScroll")
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setWidget(inner)
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(heading("Training settings", 1))
+        layout.addLayout(top)
+        layout.addWidget(self.memory)
+        layout.addWidget(self.summary)
+        layout.addWidget(scroll, 1)
+
+        self.set_config(TrainConfig())
+        self.apply_preset("balanced")
+
+    # -- values --------------------------------------------------------------------------------
+    def set_config(self, cfg: TrainConfig) -> None:
+        self._loading = True
+        try:
+            for name, f in self.fields.items():
+                f.set_value(getattr(cfg, name))
+        finally:
+            self._loading = False
+        self._on_changed()
+
+    def values(self) -> tuple[dict, dict[str, str]]:
+        """Field values and the fields whose text does not parse."""
+        out, parse_problems = {}, {}
+        for name, f in self.fields.items():
+            value, problem = f.value()
+            if problem:
+                parse_problems[name] = problem
+            else:
+                out[name] = value
+        return out, parse_problems
+
+    def config(self, **paths) -> TrainConfig:
+        """The TrainConfig the form describes (fields that do not parse keep their defaults)."""
+        values, _ = self.values()
+        cfg = TrainConfig().replace(**values)
+        return cfg.replace(**paths) if paths else cfg
+
+    def problems(self) -> dict[str, str]:
+        values, problems = self.values()
+        cfg = TrainConfig().replace(**values)
+        try:
+            engine = cfg.problems()
+        except TypeError as exc:  # a comparison between values of the wrong types
+            engine = {"iters": f"cannot be checked ({exc})"}
+        for name, reason in engine.items():
+            problems.setdefault(name, reason)
+        if cfg.iters is None and cfg.epochs is None:
+            problems.setdefault("epochs", "is needed when the steps are empty (or give the steps)")
+        return problems
+
+    def is_valid(self) -> bool:
+        return not self._problems
+
+    # -- presets -------------------------------------------------------------------------------
+    def apply_preset(self, name: str | None) -> None:
+        if not name or name not in PRESETS:
+            return
+        self._loading = True
+        try:
+            for key, value in PRESETS[name].items():
+                self.fields[key].set_value(value)
+        finally:
+            self._loading = False
+        self._on_changed()
+
+    def matching_preset(self) -> str | None:
+        values, _ = self.values()
+        for name, preset in PRESETS.items():
+            if all(values.get(k, object()) == v for k, v in preset.items()):
+                return name
+        return None
+
+    # -- reactions -----------------------------------------------------------------------------
+    def _on_changed(self) -> None:
+        if self._loading:
+            return
+        problems = self.problems()
+        self._problems = problems
+        for name, f in self.fields.items():
+            f.show_problem(problems.get(name))
+        hidden = {k: v for k, v in problems.items() if k not in self.fields}
+        if hidden:
+            self.summary.show_message("Settings to fix", "; ".join(f"{k} {v}" for k, v in hidden.items()))
+        else:
+            self.summary.hide()
+        preset = self.matching_preset()
+        i = self.preset.findData(preset) if preset else self.preset.findData(None)
+        self.preset.blockSignals(True)
+        self.preset.setCurrentIndex(i)
+        self.preset.blockSignals(False)
+        self.update_estimates()
+        valid = not problems
+        if valid != self._valid:
+            self._valid = valid
+            self.validityChanged.emit(valid)
+        self.configChanged.emit()
+
+    def set_model(self, choice) -> None:
+        self.model_choice = choice
+        self.update_estimates()
+
+    def set_dataset_stats(self, train_rows: int | None, longest: int | None, exact: bool) -> None:
+        self.train_rows, self.longest_row, self.longest_exact = train_rows, longest, exact
+        self.update_estimates()
+
+    def total_steps(self, cfg: TrainConfig | None = None) -> int | None:
+        cfg = cfg or self.config()
+        if cfg.iters:
+            return cfg.iters
+        if not self.train_rows or not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
+            return None
+        per_epoch = max(1, math.ceil(math.ceil(self.train_rows / cfg.batch_size) / max(1, cfg.grad_accumulation)))
+        return max(1, math.ceil((cfg.epochs or 3.0) * per_epoch))
+
+    def update_estimates(self) -> None:
+        cfg = self.config()
+        steps = self.total_steps(cfg)
+        if steps is None:
+            self.steps_note.setText("Open a dataset to see how many steps this is." if not cfg.iters else "")
+        elif cfg.iters:
+            self.steps_note.setText(f"{steps:,} steps (steps win over epochs when both are set).")
+        else:
+            self.steps_note.setText(f"≈ {steps:,} steps: {cfg.epochs or 3.0:g} epoch(s) of "
+                                    f"{self.train_rows:,} training rows at batch {cfg.batch_size}.")
+        self._update_memory(cfg)
+
+    def memory_estimate(self, cfg: TrainConfig | None = None) -> tuple[float, int, int] | None:
+        """(estimated GB, sequence length used, machine bytes), or None without a model."""
+        from finetune_app.core.models import estimate_memory_gb
+
+        choice = self.model_choice
+        if choice is None:
+            return None
+        cfg = cfg or self.config()
+        info, arch = choice.info, choice.arch
+        dtype_bytes = {"float32": 4.0, "bfloat16": 2.0, "float16": 2.0}.get(info.dtype, 2.0)
+        m = re.match(r"(\d+)-bit", info.quantization or "")
+        bits = cfg.quantize_bits or (int(m.group(1)) if m else None)
+        seq = cfg.max_length if isinstance(cfg.max_length, int) and cfg.max_length > 0 else 2048
+        if self.longest_row:
+            seq = min(seq, self.longest_row)
+        batch = cfg.batch_size if isinstance(cfg.batch_size, int) and cfg.batch_size > 0 else 1
+        rank = cfg.lora_rank if isinstance(cfg.lora_rank, int) and cfg.lora_rank > 0 else 16
+        h, inter = arch.get("hidden_size", 1024), arch.get("intermediate_size", 4096)
+        kv = arch.get("kv_heads", 1) * arch.get("head_dim", 64)
+        per_layer = rank * (2 * h + 2 * (h + kv) + 2 * h + 2 * (h + inter) + (inter + h))
+        trainable = info.parameters if cfg.fine_tune_type == "full" else per_layer * arch.get("num_layers", 24)
+        gb = estimate_memory_gb(info.parameters, dtype_bytes=dtype_bytes, quantize_bits=bits,
+                                trainable_params=trainable, batch_size=batch, seq_len=seq,
+                                hidden_size=h, num_layers=arch.get("num_layers", 24),
+                                grad_checkpoint=bool(cfg.grad_checkpoint))
+        return gb, seq, self.memory_ram
+
+    def memory_warning(self) -> str | None:
+        """A sentence when the run would likely swap (used before starting), else None."""
+        est = self.memory_estimate()
+        if est is None or not est[2]:
+            return None
+        gb, _, ram = est
+        if gb * 1e9 >= 0.8 * ram:
+            return (f"This run needs about {gb:.1f} GB, and this machine has {ram / 1e9:.1f} GB. "
+                    + SWAP_ADVICE)
+        return None
+
+    def _update_memory(self, cfg: TrainConfig) -> None:
+        est = self.memory_estimate(cfg)
+        if est is None:
+            self.memory.show_message("Memory", "Choose a model to see how much memory this run needs.", "info")
+            return
+        gb, seq, ram = est
+        seq_note = (f"sequence {seq:,} tokens" + ("" if self.longest_exact or not self.longest_row
+                                                   else " (estimated from the dataset)"))
+        base = f"About <b>{gb:.1f} GB</b> for batch {cfg.batch_size}, {seq_note}"
+        if not ram:
+            self.memory.show_message("Memory", base + ".", "info")
+            return
+        share = gb * 1e9 / ram
+        if share >= 0.8:
+            self.memory.show_message("Memory: this would swap", f"{base}, but this machine has "
+                                     f"{ram / 1e9:.1f} GB. " + SWAP_ADVICE, "error")
+        elif share >= 0.6:
+            self.memory.show_message("Memory: tight", f"{base} of this machine's {ram / 1e9:.1f} GB "
+                                     f"({share:.0%}). Other apps may push it into swap.", "warning")
+        else:
+            self.memory.show_message("Memory: fits", f"{base} of this machine's {ram / 1e9:.1f} GB "
+                                     f"({share:.0%}).", "success")
+
+    # -- files ---------------------------------------------------------------------------------
+    def choose_output(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Choose a Run Folder")
+        if path:
+            self.fields["output"].set_value(path)
+
+    def choose_save(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save Settings", str(Path.home() / "train_config.toml"),
+                                              "TOML files (*.toml)")
+        if path:
+            self.save(path)
+
+    def choose_load(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Load Settings", str(Path.home()), "TOML files (*.toml);;All files (*)")
+        if path:
+            self.load(path)
+
+    def save(self, path: str | Path, **paths) -> Path:
+        return self.config(**paths).save(path)
+
+    def load(self, path: str | Path) -> TrainConfig | None:
+        """Fill the form from a TOML file; the model and data it names are returned to the caller."""
+        try:
+            cfg = TrainConfig.load(path)
+        except Exception as exc:
+            self.summary.show_message("These settings cannot be loaded", message_of(exc), "error")
+            return None
+        self.set_config(cfg)
+        return cfg

@@ -1,0 +1,438 @@
+"""The main window: Dataset, Model & Settings and Training screens, the toolbar, files dropped on it.
+
+It wires the screens together (a chosen model makes the dataset recount its tokens and the form
+estimate memory; the dataset's split sizes follow the form's validation share and seed), decides
+when a run can start and says why not, starts runs on the training thread, persists settings and
+recent items, and asks before closing while a model is training.
+"""
+
+from __future__ import annotations
+
+import time
+import tomllib
+from pathlib import Path
+
+from PySide6.QtCore import QByteArray, Qt, QTimer
+from PySide6.QtGui import QAction, QKeySequence
+from PySide6.QtWidgets import (QLabel, QMainWindow, QMessageBox, QStyle, QTabWidget,
+                               QToolBar, QVBoxLayout, QWidget)
+
+from finetune_app.core.config import TrainConfig
+from finetune_app.ui.app import app_data_dir, runs_dir, settings
+from finetune_app.ui.dataset_browser import DatasetBrowser
+from finetune_app.ui.hyperparams import HyperparamForm
+from finetune_app.ui.model_picker import ModelPicker
+from finetune_app.ui.training_view import TrainingView
+from finetune_app.ui.widgets import Banner, message_of
+from finetune_app.ui.workers import Task, TrainingRun, build_demo
+
+RECENT_DATASETS_KEY = "datasets/recent"
+FORM_KEY = "form/config"
+DOWNLOAD_MODEL = "mlx-community/FastVLM-0.5B-bf16"
+# The demo: a tiny random Qwen2-VL learns "a {colour} {shape}" (600 steps: colour and shape mostly
+# right on held-out pictures; see shared/reference/mlx-findings.md).
+DEMO_SETTINGS = dict(fine_tune_type="lora", lora_rank=16, lora_alpha=16.0, learning_rate=1e-3, iters=600,
+                     epochs=None, batch_size=4, lr_schedule="cosine", warmup_steps=0, steps_per_report=10,
+                     steps_per_eval=100, save_every=200, sample_count=4, sample_max_tokens=12)
+
+TAB_DATASET, TAB_SETTINGS, TAB_TRAINING = 0, 1, 2
+
+
+def recent_datasets() -> list[str]:
+    value = settings().value(RECENT_DATASETS_KEY, [])
+    if isinstance(value, str):
+        value = [value]
+    return [str(v) for v in (value or []) if str(v).strip()]
+
+
+def ask_close_while_training(parent) -> bool:
+    """True when the person chose "Stop and Save" (the window then closes once the run has saved)."""
+    box = QMessageBox(parent)
+    box.setObjectName("closeWhileTrainingDialog")
+    box.setIcon(QMessageBox.Icon.Warning)
+    box.setWindowTitle("Training is running")
+    box.setText("A model is training. Stop it and save before closing?")
+    box.setInformativeText("The adapter and a checkpoint are saved in the run folder, so nothing learned is lost.")
+    stop = box.addButton("Stop and Save", QMessageBox.ButtonRole.AcceptRole)
+    box.addButton(QMessageBox.StandardButton.Cancel)
+    box.setDefaultButton(stop)
+    box.exec()
+    return box.clickedButton() is stop
+
+
+def _is_model_folder(path: Path) -> bool:
+    return path.is_dir() and (path / "config.json").is_file() and any(path.glob("*.safetensors"))
+
+
+class MainWindow(QMainWindow):
+    def __init__(self) -> None:
+        super().__init__()
+        self.setObjectName("mainWindow")
+        self.setWindowTitle("Finetune")
+        self.setUnifiedTitleAndToolBarOnMac(True)
+        self.setAcceptDrops(True)
+        self.model_choice = None
+        self.dataset_check = None
+        self.run: TrainingRun | None = None
+        self._close_when_stopped = False
+        self._demo_task: Task | None = None
+
+        self.picker = ModelPicker()
+        self.browser = DatasetBrowser()
+        self.form = HyperparamForm()
+        self.training = TrainingView()
+
+        settings_page = QWidget()
+        sp = QVBoxLayout(settings_page)
+        sp.addWidget(self.picker)
+        sp.addSpacing(6)
+        sp.addWidget(self.form, 1)
+
+        self.tabs = QTabWidget()
+        self.tabs.setObjectName("mainTabs")
+        self.tabs.setDocumentMode(True)
+        self.tabs.addTab(self.browser, "Dataset")
+        self.tabs.addTab(settings_page, "Model && Settings")
+        self.tabs.addTab(self.training, "Training")
+        self.notice = Banner("info")
+        self.notice.setObjectName("windowNotice")
+        central = QWidget()
+        cl = QVBoxLayout(central)
+        cl.setContentsMargins(8, 6, 8, 4)
+        cl.addWidget(self.notice)
+        cl.addWidget(self.tabs, 1)
+        self.setCentralWidget(central)
+
+        self._build_actions()
+        self._build_status()
+
+        self.picker.modelChosen.connect(self._on_model)
+        self.picker.modelCleared.connect(self._on_model_cleared)
+        self.browser.checked.connect(self._on_dataset)
+        self.browser.opening.connect(self._on_dataset_opening)
+        self.form.configChanged.connect(self._on_form_changed)
+        self.training.startRequested.connect(self.start_training)
+        self.training.runEnded.connect(self._on_run_ended)
+        self.training.stateShown.connect(lambda _s: self._update_ready())
+
+        self._restore_settings()
+        self._on_form_changed()
+        self._update_ready()
+
+    # -- chrome ------------------------------------------------------------------------------------
+    def _build_actions(self) -> None:
+        style = self.style()
+        icon = style.standardIcon
+        SP = QStyle.StandardPixmap
+        self.act_open = QAction(icon(SP.SP_DirOpenIcon), "Open Dataset…", self)
+        self.act_open.setShortcut(QKeySequence.StandardKey.Open)
+        self.act_open.triggered.connect(self._open_dataset_dialog)
+        self.act_model = QAction(icon(SP.SP_DriveHDIcon), "Choose Model…", self)
+        self.act_model.setShortcut(QKeySequence("Ctrl+M"))
+        self.act_model.triggered.connect(self._focus_model)
+        self.act_start = QAction(icon(SP.SP_MediaPlay), "Start Training", self)
+        self.act_start.setShortcut(QKeySequence("Ctrl+R"))
+        self.act_start.triggered.connect(self.start_training)
+        self.act_pause = QAction(icon(SP.SP_MediaPause), "Pause", self)
+        self.act_pause.triggered.connect(self.training.toggle_pause)
+        self.act_stop = QAction(icon(SP.SP_MediaStop), "Stop…", self)
+        self.act_stop.setShortcut(QKeySequence("Ctrl+."))
+        self.act_stop.triggered.connect(self.training.request_stop)
+        self.act_load = QAction("Load Settings…", self)
+        self.act_load.triggered.connect(self._load_settings_dialog)
+        self.act_save = QAction("Save Settings…", self)
+        self.act_save.setShortcut(QKeySequence.StandardKey.Save)
+        self.act_save.triggered.connect(self.form.choose_save)
+        self.act_demo = QAction("Set Up the Demo", self)
+        self.act_demo.triggered.connect(self.start_demo)
+
+        tb = QToolBar("Main")
+        tb.setObjectName("mainToolbar")
+        tb.setMovable(False)
+        tb.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        for a in (self.act_open, self.act_model):
+            tb.addAction(a)
+        tb.addSeparator()
+        for a in (self.act_start, self.act_pause, self.act_stop):
+            tb.addAction(a)
+        self.addToolBar(tb)
+
+        file_menu = self.menuBar().addMenu("&File")
+        file_menu.addAction(self.act_open)
+        self.recent_menu = file_menu.addMenu("Open Recent Dataset")
+        self.recent_menu.aboutToShow.connect(self._fill_recent_menu)
+        file_menu.addAction(self.act_model)
+        file_menu.addSeparator()
+        file_menu.addAction(self.act_load)
+        file_menu.addAction(self.act_save)
+        file_menu.addSeparator()
+        file_menu.addAction(self.act_demo)
+        file_menu.addSeparator()
+        quit_action = file_menu.addAction("Quit", self.close)
+        quit_action.setShortcut(QKeySequence.StandardKey.Quit)
+        quit_action.setMenuRole(QAction.MenuRole.QuitRole)
+        run_menu = self.menuBar().addMenu("&Training")
+        for a in (self.act_start, self.act_pause, self.act_stop):
+            run_menu.addAction(a)
+
+    def _build_status(self) -> None:
+        self.status_model = QLabel("No model")
+        self.status_model.setObjectName("statusModel")
+        self.status_data = QLabel("No dataset")
+        self.status_data.setObjectName("statusData")
+        self.statusBar().addPermanentWidget(self.status_model)
+        self.statusBar().addPermanentWidget(self.status_data)
+
+    def _fill_recent_menu(self) -> None:
+        self.recent_menu.clear()
+        items = recent_datasets()
+        if not items:
+            self.recent_menu.addAction("No recent datasets").setEnabled(False)
+        for path in items:
+            self.recent_menu.addAction(path, lambda p=path: self.open_dataset(p))
+
+    def _focus_model(self) -> None:
+        self.tabs.setCurrentIndex(TAB_SETTINGS)
+        self.picker.source.setFocus()
+        self.picker.source.lineEdit().selectAll()
+
+    def _open_dataset_dialog(self) -> None:
+        self.tabs.setCurrentIndex(TAB_DATASET)
+        self.browser.choose_folder()
+
+    def _load_settings_dialog(self) -> None:
+        self.tabs.setCurrentIndex(TAB_SETTINGS)
+        self.form.choose_load()
+
+    # -- opening things ----------------------------------------------------------------------------
+    def open_paths(self, paths) -> None:
+        """Files and folders from the command line or dropped on the window: each goes where it fits."""
+        for raw in paths:
+            path = Path(raw).expanduser()
+            if path.suffix.lower() == ".toml" and path.is_file():
+                cfg = self.form.load(path)
+                if cfg is not None:
+                    self.tabs.setCurrentIndex(TAB_SETTINGS)
+            elif _is_model_folder(path):
+                self.load_model(str(path))
+            else:
+                self.open_dataset(str(path))
+
+    def open_dataset(self, path: str) -> None:
+        self.tabs.setCurrentIndex(TAB_DATASET)
+        self.browser.open_path(path)
+
+    def load_model(self, source: str) -> None:
+        self.picker.load(source)
+
+    def dragEnterEvent(self, event) -> None:
+        if event.mimeData().hasUrls() and any(u.isLocalFile() for u in event.mimeData().urls()):
+            event.acceptProposedAction()
+
+    def dragMoveEvent(self, event) -> None:
+        if event.mimeData().hasUrls():
+            event.acceptProposedAction()
+
+    def dropEvent(self, event) -> None:
+        paths = [u.toLocalFile() for u in event.mimeData().urls() if u.isLocalFile()]
+        if paths:
+            event.acceptProposedAction()
+            self.open_paths(paths)
+
+    # -- reactions ---------------------------------------------------------------------------------
+    def _on_model(self, choice) -> None:
+        self.model_choice = choice
+        self.browser.set_model(choice)
+        self.form.set_model(choice)
+        self.status_model.setText(f"Model: {choice.info.family} · {choice.name}")
+        self._update_ready()
+
+    def _on_model_cleared(self) -> None:
+        self.model_choice = None
+        self.form.set_model(None)
+        self.status_model.setText("Model: loading…")
+        self._update_ready()
+
+    def _on_dataset_opening(self, path: str) -> None:
+        self.dataset_check = None
+        self.status_data.setText(f"Dataset: opening {Path(path).name}…")
+        self._update_ready()
+
+    def _on_dataset(self, check) -> None:
+        self.dataset_check = check
+        r = check.report
+        self.status_data.setText(f"Dataset: {Path(str(check.dataset.path)).name} · {r.rows_usable:,} usable rows")
+        lengths = r.token_lengths.values()
+        self.form.set_dataset_stats(len(self.browser.train_rows), max(lengths) if lengths else None,
+                                    check.exact_tokens)
+        path = str(check.dataset.path)
+        items = [path] + [p for p in recent_datasets() if p != path]
+        s = settings()
+        s.setValue(RECENT_DATASETS_KEY, items[:10])
+        self._update_ready()
+
+    def _on_form_changed(self) -> None:
+        cfg = self.form.config()
+        if isinstance(cfg.valid_fraction, float) and isinstance(cfg.seed, int):
+            self.browser.set_split_params(cfg.valid_fraction, cfg.seed)
+        self.browser.set_max_length(cfg.max_length if isinstance(cfg.max_length, int) else None)
+        if self.dataset_check is not None:
+            self.form.train_rows = len(self.browser.train_rows)
+        self._update_ready()
+
+    def why_not_ready(self) -> str:
+        """Empty when a run can start; else what is missing, in plain words."""
+        if self.run is not None and self.run.is_running():
+            return "A run is in progress."
+        missing = []
+        if self.model_choice is None:
+            missing.append("choose a base model (Model & Settings)")
+        if self.dataset_check is None:
+            missing.append("open a dataset")
+        elif not self.dataset_check.report.rows_usable:
+            missing.append("fix the dataset: no row is usable")
+        if not self.form.is_valid():
+            missing.append("fix the settings marked in red")
+        return ("To start: " + "; ".join(missing) + ".") if missing else ""
+
+    def _update_ready(self) -> None:
+        why = self.why_not_ready()
+        running = self.training.is_running()
+        self.training.set_can_start(not why, why)
+        self.act_start.setEnabled(not why and not running)
+        self.act_start.setToolTip(why or "Start training with these settings")
+        state = self.training.state
+        self.act_pause.setEnabled(state in ("started", "resumed", "paused", "pausing"))
+        self.act_pause.setText("Resume" if state in ("paused", "pausing") else "Pause")
+        self.act_stop.setEnabled(running and state != "stopping")
+
+    # -- training ----------------------------------------------------------------------------------
+    def new_run_folder(self) -> Path:
+        name = Path(str(self.dataset_check.dataset.path)).name or "run"
+        base = runs_dir() / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        folder, n = base, 1
+        while folder.exists():
+            n += 1
+            folder = base.with_name(f"{base.name}-{n}")
+        return folder
+
+    def start_training(self) -> bool:
+        why = self.why_not_ready()
+        if why or self.training.is_running():
+            if why:
+                self.notice.show_message("Not ready to train", why, "warning")
+            return False
+        warning = self.form.memory_warning()
+        if warning:
+            answer = QMessageBox.warning(self, "Not enough memory", warning + "\n\nStart anyway?",
+                                         QMessageBox.StandardButton.Cancel | QMessageBox.StandardButton.Yes,
+                                         QMessageBox.StandardButton.Cancel)
+            if answer != QMessageBox.StandardButton.Yes:
+                return False
+        form_cfg = self.form.config()
+        output = form_cfg.output or str(self.new_run_folder())
+        cfg = form_cfg.replace(model=str(self.model_choice.path), data=str(self.dataset_check.dataset.path),
+                               output=output)
+        try:
+            cfg.validate()
+        except Exception as exc:
+            self.notice.show_message("These settings cannot start a run", message_of(exc), "error")
+            return False
+        self.notice.hide()
+        self.run = TrainingRun(cfg, parent=self)
+        self.training.attach(self.run)
+        self.run.start()
+        self.tabs.setCurrentIndex(TAB_TRAINING)
+        self._save_form()
+        self._update_ready()
+        return True
+
+    def _on_run_ended(self, state: str) -> None:
+        if self.run is not None:
+            self.run.wait(10000)
+        self._update_ready()
+        if self._close_when_stopped:
+            self._close_when_stopped = False
+            QTimer.singleShot(0, self.close)
+
+    # -- demo and welcome --------------------------------------------------------------------------
+    def maybe_show_welcome(self) -> None:
+        """Show the first-launch welcome once the window is on screen."""
+        QTimer.singleShot(0, self._welcome)
+
+    def _welcome(self) -> None:
+        from finetune_app.ui.welcome import CHOICE_DEMO, CHOICE_DOWNLOAD, run_welcome
+
+        choice = run_welcome(self, settings())
+        if choice == CHOICE_DEMO:
+            self.start_demo()
+        elif choice == CHOICE_DOWNLOAD:
+            self.tabs.setCurrentIndex(TAB_SETTINGS)
+            self.picker.load(DOWNLOAD_MODEL)
+
+    def start_demo(self) -> None:
+        """Build the tiny model and the shapes pictures in the app-data folder, then load both."""
+        if self._demo_task is not None:
+            return
+        dest = app_data_dir() / "demo"
+        self.notice.show_message("Setting up the demo", "Building a tiny model and drawing the demo pictures…", "info")
+        task = Task(lambda t: build_demo(dest, t), name="demo", uses_mlx=True, parent=self)
+        task.progressed.connect(lambda text: self.notice.show_message("Setting up the demo", str(text), "info"))
+        task.succeeded.connect(self._on_demo_ready)
+        task.failed.connect(lambda exc: self._demo_failed(exc))
+        self._demo_task = task
+        task.start()
+
+    def _on_demo_ready(self, paths) -> None:
+        self._demo_task = None
+        model, data = paths
+        self.form.set_config(self.form.config().replace(**DEMO_SETTINGS, output=""))
+        self.load_model(str(model))
+        self.open_dataset(str(data))
+        self.notice.show_message(
+            "The demo is ready",
+            "A tiny model that has never seen a picture will learn to name the colour and shape in "
+            "each one. Press Start Training and watch the sample captions on the Training screen.", "success")
+
+    def _demo_failed(self, exc) -> None:
+        self._demo_task = None
+        self.notice.show_message("The demo could not be set up", message_of(exc), "error")
+
+    # -- settings ----------------------------------------------------------------------------------
+    def _save_form(self) -> None:
+        s = settings()
+        s.setValue(FORM_KEY, self.form.config().replace(output="").to_toml())
+
+    def _restore_settings(self) -> None:
+        s = settings()
+        geometry = s.value("window/geometry")
+        if isinstance(geometry, QByteArray) and not geometry.isEmpty():
+            self.restoreGeometry(geometry)
+        else:
+            self.resize(1280, 820)
+        text = s.value(FORM_KEY)
+        if isinstance(text, str) and text.strip():
+            try:
+                data = tomllib.loads(text)
+                data = {k: v for k, v in data.items() if k not in ("model", "data", "output")}
+                self.form.set_config(TrainConfig.from_dict(data))
+            except Exception:
+                pass  # settings from another version: keep the defaults
+
+    def _save_settings(self) -> None:
+        s = settings()
+        s.setValue("window/geometry", self.saveGeometry())
+        self._save_form()
+        s.sync()
+
+    def closeEvent(self, event) -> None:
+        if self.training.is_running():
+            if ask_close_while_training(self):
+                self._close_when_stopped = True
+                self.training.stop(save=True)
+            event.ignore()
+            return
+        self._save_settings()
+        if self.run is not None:
+            self.run.wait(30000)
+        super().closeEvent(event)

@@ -1,0 +1,493 @@
+"""The training screen: live curves, the numbers that matter, sample captions, and the controls.
+
+Events arrive as queued signals from the training thread (workers.TrainingRun). Each slot only
+appends to lists; a 10 Hz timer redraws the plots, so a burst of reports never stalls the window.
+Sample captions of the same validation images are shown per evaluation, newest first, so the
+person sees them improve. A failed run shows its reason in a panel, never a traceback.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from pathlib import Path
+
+import pyqtgraph as pg
+from PySide6.QtCore import QEvent, Qt, QTimer, QUrl, Signal
+from PySide6.QtGui import QDesktopServices, QImage, QImageReader, QPixmap
+from PySide6.QtWidgets import (QFrame, QGridLayout, QGroupBox, QHBoxLayout, QLabel, QMessageBox,
+                               QPlainTextEdit, QProgressBar, QPushButton, QScrollArea, QSizePolicy,
+                               QSplitter, QVBoxLayout, QWidget)
+
+from finetune_app.ui.plots import BLUE, GREEN, ORANGE, PURPLE, ThemedPlot
+from finetune_app.ui.widgets import Banner, format_duration, heading, secondary
+
+EMA_BETA = 0.8  # smoothing of the training loss (debiased, like TensorBoard's)
+REDRAW_MS = 100  # plots redraw at most 10 times a second
+MAX_SAMPLE_GROUPS = 30
+SAMPLE_THUMB = 72
+
+RUNNING = ("loading", "preparing", "started", "resumed", "paused", "stopping")
+ENDED = ("stopped", "finished", "failed")
+
+STATE_TEXT = {
+    "idle": "Ready", "loading": "Loading the model…", "preparing": "Preparing the data…",
+    "started": "Training", "resumed": "Training", "paused": "Paused", "pausing": "Pausing after this step…",
+    "stopping": "Stopping…", "stopped": "Stopped", "finished": "Finished", "failed": "Failed",
+}
+
+
+def ask_stop(parent: QWidget, step: int) -> str | None:
+    """Ask how to stop: "save", "discard" or None (keep training)."""
+    box = QMessageBox(parent)
+    box.setObjectName("stopDialog")
+    box.setIcon(QMessageBox.Icon.Question)
+    box.setWindowTitle("Stop training?")
+    box.setText(f"Stop training at step {step:,}?")
+    box.setInformativeText("Saving keeps the adapter and a checkpoint in the run folder, so you can use it "
+                           "or continue later.")
+    save = box.addButton("Stop and Save", QMessageBox.ButtonRole.AcceptRole)
+    discard = box.addButton("Stop without Saving", QMessageBox.ButtonRole.DestructiveRole)
+    box.addButton("Keep Training", QMessageBox.ButtonRole.RejectRole)
+    box.setDefaultButton(save)
+    box.exec()
+    clicked = box.clickedButton()
+    return "save" if clicked is save else "discard" if clicked is discard else None
+
+
+class Stat(QFrame):
+    """One number with its name under it."""
+
+    def __init__(self, name: str, object_name: str):
+        super().__init__()
+        self.setObjectName(object_name)
+        self.value = QLabel("–")
+        self.value.setObjectName(f"{object_name}Value")
+        f = self.value.font()
+        f.setPointSizeF(f.pointSizeF() + 4)
+        f.setBold(True)
+        self.value.setFont(f)
+        self.name = secondary(QLabel(name))
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(4, 2, 4, 2)
+        layout.setSpacing(0)
+        layout.addWidget(self.value)
+        layout.addWidget(self.name)
+
+    def set(self, text: str) -> None:
+        self.value.setText(text)
+
+
+class SampleCard(QFrame):
+    """A validation image with its reference caption and the model's output at one step."""
+
+    def __init__(self, item, thumbs: dict):
+        super().__init__()
+        self.setObjectName("sampleCard")
+        self.setFrameShape(QFrame.Shape.StyledPanel)
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(6, 6, 6, 6)
+        if item.image:
+            pic = QLabel()
+            pic.setFixedSize(SAMPLE_THUMB, SAMPLE_THUMB)
+            pic.setAlignment(Qt.AlignmentFlag.AlignCenter)
+            pixmap = _thumb(item.image, thumbs)
+            if pixmap is not None:
+                pic.setPixmap(pixmap)
+            layout.addWidget(pic)
+        right = QVBoxLayout()
+        match = item.output.strip().lower().rstrip(".") == item.reference.strip().lower().rstrip(".")
+        colour = GREEN if match else ORANGE
+        prompt = "" if item.image else f"<span style='opacity:.7'>{html.escape(item.prompt[:160])}</span><br>"
+        out = html.escape(item.output) if item.output else "<i>(nothing)</i>"
+        label = QLabel(f"{prompt}<span style='opacity:.7'>expected</span> {html.escape(item.reference)}<br>"
+                       f"<span style='opacity:.7'>model</span> <b style='color:{colour}'>{out}</b>")
+        label.setObjectName("sampleText")
+        label.setWordWrap(True)
+        label.setTextFormat(Qt.TextFormat.RichText)
+        label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        right.addWidget(label)
+        layout.addLayout(right, 1)
+        self.matches = match
+
+
+def _thumb(path: str, cache: dict) -> QPixmap | None:
+    if path in cache:
+        return cache[path]
+    pixmap = None
+    if path and Path(path).is_file():
+        reader = QImageReader(path)
+        reader.setAutoTransform(True)
+        size = reader.size()
+        if size.isValid():
+            reader.setScaledSize(size.scaled(SAMPLE_THUMB, SAMPLE_THUMB, Qt.AspectRatioMode.KeepAspectRatio))
+        image: QImage = reader.read()
+        if not image.isNull():
+            pixmap = QPixmap.fromImage(image)
+    cache[path] = pixmap
+    return pixmap
+
+
+class TrainingView(QWidget):
+    """Shows one run at a time. `startRequested` asks the main window to build and start a run."""
+
+    startRequested = Signal()
+    runEnded = Signal(str)  # final state: finished / stopped / failed
+    stateShown = Signal(str)  # the state the screen shows now (for toolbar actions)
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setObjectName("trainingView")
+        self.run = None  # workers.TrainingRun
+        self.state = "idle"
+        self.step = 0
+        self.total_steps = 0
+        self._thumbs: dict[str, QPixmap | None] = {}
+        self._dirty = False
+        self._t_started: float | None = None
+        self._paused_for = 0.0
+        self._t_paused: float | None = None
+        self.sample_reports: list = []
+        self.reset_data()
+
+        # -- header and controls -----------------------------------------------------------------
+        self.status = heading("Ready", 4)
+        self.status.setObjectName("trainingStatus")
+        self.run_folder = secondary(QLabel(""))
+        self.run_folder.setObjectName("runFolder")
+        self.run_folder.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.start_button = QPushButton("Start Training")
+        self.start_button.setObjectName("startButton")
+        self.start_button.clicked.connect(self.startRequested)
+        self.pause_button = QPushButton("Pause")
+        self.pause_button.setObjectName("pauseButton")
+        self.pause_button.clicked.connect(self.toggle_pause)
+        self.stop_button = QPushButton("Stop…")
+        self.stop_button.setObjectName("stopButton")
+        self.stop_button.clicked.connect(self.request_stop)
+        self.open_folder = QPushButton("Show Run Folder")
+        self.open_folder.setObjectName("openRunFolder")
+        self.open_folder.clicked.connect(self._open_run_folder)
+        self.start_hint = secondary(QLabel(""))
+        self.start_hint.setObjectName("startHint")
+        self.start_hint.setWordWrap(True)
+        head = QHBoxLayout()
+        titles = QVBoxLayout()
+        titles.addWidget(self.status)
+        titles.addWidget(self.run_folder)
+        head.addLayout(titles, 1)
+        for b in (self.start_button, self.pause_button, self.stop_button, self.open_folder):
+            head.addWidget(b, 0, Qt.AlignmentFlag.AlignTop)
+        self.progress = QProgressBar()
+        self.progress.setObjectName("trainingProgress")
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        self.progress.setFormat("")
+
+        self.error = Banner("error")
+        self.error.setObjectName("trainingError")
+
+        # -- numbers -----------------------------------------------------------------------------
+        self.stats = {}
+        stats_row = QHBoxLayout()
+        for key, name in (("step", "step"), ("epoch", "epoch"), ("loss", "training loss"),
+                          ("val", "validation loss"), ("tps", "tokens / s"), ("mem", "peak memory"),
+                          ("elapsed", "elapsed"), ("eta", "remaining")):
+            s = Stat(name, f"stat_{key}")
+            self.stats[key] = s
+            stats_row.addWidget(s)
+        stats_row.addStretch(1)
+
+        # -- plots -------------------------------------------------------------------------------
+        self.loss_plot = ThemedPlot("Loss", left="loss", bottom="step")
+        self.loss_plot.setObjectName("lossPlot")
+        self.loss_plot.addLegend(offset=(-10, 10))
+        self.raw_curve = self.loss_plot.plot([], [], name="training (raw)",
+                                             pen=pg.mkPen(BLUE, width=1, alpha=0.4),
+                                             symbol="o", symbolSize=4, symbolBrush=BLUE, symbolPen=None)
+        self.raw_curve.setOpacity(0.45)
+        self.ema_curve = self.loss_plot.plot([], [], name="training (smoothed)", pen=pg.mkPen(BLUE, width=2.5))
+        self.val_curve = self.loss_plot.plot([], [], name="validation", pen=pg.mkPen(ORANGE, width=2),
+                                             symbol="s", symbolSize=7, symbolBrush=ORANGE, symbolPen=None)
+        self.loss_plot.apply_palette()
+        self.lr_plot = ThemedPlot("Learning rate", left="rate", bottom="step")
+        self.lr_plot.setObjectName("lrPlot")
+        self.lr_curve = self.lr_plot.plot([], [], pen=pg.mkPen(PURPLE, width=2))
+        self.lr_plot.setMaximumHeight(190)
+        self.lr_plot.getAxis("left").setWidth(60)
+        self.loss_plot.getAxis("left").setWidth(60)
+        self.lr_plot.setXLink(self.loss_plot)
+
+        plots = QWidget()
+        pl = QVBoxLayout(plots)
+        pl.setContentsMargins(0, 0, 0, 0)
+        pl.addWidget(self.loss_plot, 3)
+        pl.addWidget(self.lr_plot, 1)
+
+        # -- samples and log ---------------------------------------------------------------------
+        self.samples_box = QWidget()
+        self.samples_layout = QVBoxLayout(self.samples_box)
+        self.samples_layout.setContentsMargins(0, 0, 0, 0)
+        self.samples_empty = secondary(QLabel("Captions of the same validation images appear here at "
+                                              "each evaluation, so you can watch them improve."))
+        self.samples_empty.setWordWrap(True)
+        self.samples_layout.addWidget(self.samples_empty)
+        self.samples_layout.addStretch(1)
+        samples_scroll = QScrollArea()
+        samples_scroll.setObjectName("samplesScroll")
+        samples_scroll.setWidgetResizable(True)
+        samples_scroll.setWidget(self.samples_box)
+        samples_scroll.setFrameShape(QFrame.Shape.NoFrame)
+        self.log = QPlainTextEdit()
+        self.log.setObjectName("trainingLog")
+        self.log.setReadOnly(True)
+        self.log.setMaximumBlockCount(500)
+        self.log.setMaximumHeight(130)
+        side = QWidget()
+        sl = QVBoxLayout(side)
+        sl.setContentsMargins(0, 0, 0, 0)
+        sl.addWidget(heading("Samples", 1))
+        sl.addWidget(samples_scroll, 1)
+        sl.addWidget(heading("Log", 1))
+        sl.addWidget(self.log)
+        side.setMinimumWidth(340)
+
+        split = QSplitter(Qt.Orientation.Horizontal)
+        split.addWidget(plots)
+        split.addWidget(side)
+        split.setStretchFactor(0, 3)
+        split.setStretchFactor(1, 2)
+        split.setChildrenCollapsible(False)
+
+        layout = QVBoxLayout(self)
+        layout.addLayout(head)
+        layout.addWidget(self.start_hint)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.error)
+        layout.addLayout(stats_row)
+        layout.addWidget(split, 1)
+
+        self._redraw_timer = QTimer(self)
+        self._redraw_timer.setInterval(REDRAW_MS)
+        self._redraw_timer.timeout.connect(self._redraw)
+        self._clock = QTimer(self)
+        self._clock.setInterval(1000)
+        self._clock.timeout.connect(self._tick_clock)
+        self._update_buttons()
+
+    # -- data ------------------------------------------------------------------------------------
+    def reset_data(self) -> None:
+        self.loss_steps: list[int] = []
+        self.losses: list[float] = []
+        self.ema: list[float] = []
+        self._ema_raw = 0.0
+        self.val_steps: list[int] = []
+        self.val_losses: list[float] = []
+        self.lrs: list[float] = []
+        self.sample_reports = []
+        self._dirty = True
+
+    def loss_points(self) -> int:
+        """Raw loss points currently drawn in the plot."""
+        x, _ = self.raw_curve.getData()
+        return 0 if x is None else len(x)
+
+    # -- run wiring --------------------------------------------------------------------------------
+    def attach(self, run) -> None:
+        """Show `run` (a workers.TrainingRun not yet started): clear the screen and connect it."""
+        self.run = run
+        self.reset_data()
+        self._clear_samples()
+        self.error.hide()
+        self.log.clear()
+        self.step, self.total_steps = 0, run.config.iters or 0
+        self._t_started, self._paused_for, self._t_paused = time.perf_counter(), 0.0, None
+        for s in self.stats.values():
+            s.set("–")
+        self.run_folder.setText(f"Run folder: {run.config.output}")
+        run.connect(stateChanged=self.on_state, progressed=self.on_progress, trainReport=self.on_train,
+                    valReport=self.on_val, sampleReport=self.on_samples,
+                    checkpointSaved=self.on_checkpoint, notice=self.on_notice, done=self.on_done)
+        self._set_state("loading")
+        self._log("Starting a run in " + run.config.output)
+        self._redraw_timer.start()
+        self._clock.start()
+
+    def is_running(self) -> bool:
+        return self.run is not None and self.state not in ENDED and self.state != "idle"
+
+    def set_can_start(self, ok: bool, why: str = "") -> None:
+        self._can_start, self._why = ok, why
+        self._update_buttons()
+
+    def _update_buttons(self) -> None:
+        running = self.is_running()
+        can = getattr(self, "_can_start", False)
+        self.start_button.setEnabled(can and not running)
+        self.start_hint.setText("" if running or can else getattr(self, "_why", ""))
+        self.start_hint.setVisible(bool(self.start_hint.text()))
+        active = self.state in ("started", "resumed", "paused", "pausing")
+        self.pause_button.setEnabled(active)
+        self.pause_button.setText("Resume" if self.state in ("paused", "pausing") else "Pause")
+        self.stop_button.setEnabled(running and self.state != "stopping")
+        self.open_folder.setEnabled(self.run is not None and Path(self.run.config.output).is_dir())
+
+    def _set_state(self, state: str, reason: str = "") -> None:
+        self.state = state
+        text = STATE_TEXT.get(state, state.capitalize())
+        if state == "stopped" and self.run is not None and not self.run.control.save_on_stop:
+            text = "Stopped without saving"
+        self.status.setText(text)
+        self._update_buttons()
+        self.stateShown.emit(state)
+
+    # -- controls ----------------------------------------------------------------------------------
+    def toggle_pause(self) -> None:
+        if self.run is None:
+            return
+        if self.state in ("paused", "pausing"):
+            self.run.resume()
+            self._set_state("resumed" if self.state == "paused" else "started")
+        elif self.state in ("started", "resumed"):
+            self.run.pause()
+            self._set_state("pausing")
+
+    def request_stop(self) -> None:
+        if not self.is_running():
+            return
+        choice = ask_stop(self, self.step)
+        if choice is None or not self.is_running():
+            return
+        self.stop(save=choice == "save")
+
+    def stop(self, *, save: bool = True) -> None:
+        if self.run is not None and self.is_running():
+            self.run.stop(save=save)
+            self._log("Stopping" + (" and saving…" if save else " without saving…"))
+            self._set_state("stopping")
+
+    # -- event slots (GUI thread, queued) ----------------------------------------------------------
+    def on_state(self, state: str, reason: str, step: int) -> None:
+        if state == "paused":
+            self._t_paused = time.perf_counter()
+        elif state in ("resumed", "stopping") and self._t_paused is not None:
+            self._paused_for += time.perf_counter() - self._t_paused
+            self._t_paused = None
+        if state == "started":
+            self.progress.setRange(0, max(1, self.total_steps))
+            self.progress.setFormat("step %v of %m")
+        if state == "failed":
+            self.error.show_message("Training failed", reason or "The run stopped with an error.")
+            self._log(f"Failed: {reason}")
+        else:
+            self._log(STATE_TEXT.get(state, state) + (f" ({reason})" if reason else "")
+                      + (f" at step {step:,}" if step and state in ("paused", "resumed", "stopped", "finished") else ""))
+        if self.state == "stopping" and state not in ENDED:
+            return  # a stop was asked for: keep saying so until the run has ended
+        self._set_state(state, reason)
+
+    def on_progress(self, phase: str, done: int, total: int) -> None:
+        if self.state in ("loading", "preparing"):
+            self.progress.setRange(0, max(1, total))
+            self.progress.setValue(min(done, total))
+            self.progress.setFormat(f"{phase.capitalize()}… %v of %m" if total else phase.capitalize() + "…")
+
+    def on_train(self, r) -> None:
+        self.step, self.total_steps = r.step, r.total_steps
+        self.loss_steps.append(r.step)
+        self.losses.append(r.loss)
+        n = len(self.losses)
+        self._ema_raw = EMA_BETA * self._ema_raw + (1 - EMA_BETA) * r.loss
+        self.ema.append(self._ema_raw / (1 - EMA_BETA ** n))
+        self.lrs.append(r.learning_rate)
+        self._dirty = True
+        self.progress.setRange(0, max(1, r.total_steps))
+        self.progress.setValue(r.step)
+        self.progress.setFormat("step %v of %m")
+        s = self.stats
+        s["step"].set(f"{r.step:,} / {r.total_steps:,}")
+        s["epoch"].set(f"{r.epoch:.2f}")
+        s["loss"].set(f"{r.loss:.3f}")
+        s["tps"].set(f"{r.tokens_per_second:,.0f}")
+        s["mem"].set(f"{r.peak_memory_gb:.2f} GB")
+        s["eta"].set(format_duration(r.eta_seconds))
+
+    def on_val(self, r) -> None:
+        self.val_steps.append(r.step)
+        self.val_losses.append(r.val_loss)
+        self._dirty = True
+        self.stats["val"].set(f"{r.val_loss:.3f}")
+        self._log(f"Validation loss {r.val_loss:.3f} at step {r.step:,} ({r.val_tokens:,} tokens, {r.seconds:.1f} s)")
+
+    def on_samples(self, report) -> None:
+        self.sample_reports.append(report)
+        self.samples_empty.hide()
+        box = QGroupBox(f"Step {report.step:,}")
+        box.setObjectName("sampleGroup")
+        grid = QGridLayout(box)
+        grid.setContentsMargins(6, 6, 6, 6)
+        cards = [SampleCard(item, self._thumbs) for item in report.items]
+        cols = 1
+        for i, card in enumerate(cards):
+            grid.addWidget(card, i // cols, i % cols)
+        right = sum(c.matches for c in cards)
+        box.setTitle(f"Step {report.step:,} · {right} of {len(cards)} right")
+        self.samples_layout.insertWidget(1, box)  # newest first, under the hint
+        groups = [self.samples_layout.itemAt(i).widget() for i in range(self.samples_layout.count())]
+        groups = [g for g in groups if isinstance(g, QGroupBox)]
+        for old in groups[MAX_SAMPLE_GROUPS:]:
+            old.setParent(None)
+            old.deleteLater()
+
+    def on_checkpoint(self, step: int, path: str) -> None:
+        self._log(f"Checkpoint saved at step {step:,}: {Path(path).name}")
+        self._update_buttons()
+
+    def on_notice(self, message: str) -> None:
+        self._log(message)
+
+    def on_done(self, result) -> None:
+        self._redraw()
+        self._redraw_timer.stop()
+        self._clock.stop()
+        self._tick_clock()
+        final = "failed" if result is None else result.status
+        if self.state not in ENDED:
+            self._set_state(final)
+        if result is not None:
+            self._log(f"{result.status.capitalize()} at step {result.step:,} of {result.total_steps:,} "
+                      f"in {format_duration(result.seconds)}. Adapter: {result.run_dir}")
+            self.stats["eta"].set(format_duration(0) if result.status == "finished" else "–")
+        self._update_buttons()
+        self.runEnded.emit(final)
+
+    # -- drawing -----------------------------------------------------------------------------------
+    def _redraw(self) -> None:
+        if not self._dirty:
+            return
+        self._dirty = False
+        self.raw_curve.setData(self.loss_steps, self.losses)
+        self.ema_curve.setData(self.loss_steps, self.ema)
+        self.val_curve.setData(self.val_steps, self.val_losses)
+        self.lr_curve.setData(self.loss_steps, self.lrs)
+
+    def _tick_clock(self) -> None:
+        if self._t_started is None:
+            return
+        paused = self._paused_for + ((time.perf_counter() - self._t_paused) if self._t_paused else 0.0)
+        self.stats["elapsed"].set(format_duration(time.perf_counter() - self._t_started - paused))
+
+    def _clear_samples(self) -> None:
+        for i in reversed(range(self.samples_layout.count())):
+            w = self.samples_layout.itemAt(i).widget()
+            if isinstance(w, QGroupBox):
+                w.setParent(None)
+                w.deleteLater()
+        self.samples_empty.show()
+
+    def _log(self, text: str) -> None:
+        self.log.appendPlainText(time.strftime("%H:%M:%S  ") + text)
+
+    def _open_run_folder(self) -> None:
+        if self.run is not None:
+            QDesktopServices.openUrl(QUrl.fromLocalFile(str(self.run.config.output)))
