@@ -99,16 +99,22 @@ def independent_loss(model_dir, family, data_file):
     return total, count
 
 
+@pytest.mark.parametrize("path", ["fast", "reference"])
 @pytest.mark.parametrize("family", ["qwen2_vl", "fastvlm", "llama"])
-def test_trainer_loss_matches_independent_computation(family, tiny_model, tmp_path):
+def test_trainer_loss_matches_independent_computation(family, path, tiny_model, tmp_path):
+    """Both training paths: the fast one (cached tower features, compiled step) and the reference
+    one (the library's own forward)."""
     model_dir = tiny_model(family)
     data_file = write_rows(tmp_path / "data", with_images=family != "llama")
+    fast = path == "fast"
     cfg = TrainConfig(model=str(model_dir), data=str(data_file), output=str(tmp_path / "run"), iters=1,
-                      batch_size=3, valid_fraction=0.0, sample_count=0, grad_clip=None)
+                      batch_size=3, valid_fraction=0.0, sample_count=0, grad_clip=None,
+                      compile=fast, cache_vision=fast)
     trainer = Trainer(cfg)
     trainer.setup()
+    assert (trainer.fast is not None) == fast
     assert len(trainer.data.train) == 3
-    batch = trainer._collate(trainer.data.train)
+    batch = trainer.make_batch(trainer.data.train)
     loss, _ = trainer.train_step([batch])  # the loss before the update, as the trainer reports it
     total, count = independent_loss(model_dir, family, data_file)
     assert batch.n_targets == count, "the trainer supervises exactly the answer tokens"

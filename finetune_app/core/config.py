@@ -67,6 +67,7 @@ class TrainConfig:
     data_format: str | None = field(default=None, metadata={"help": "Dataset format (detected automatically when empty)."})
     strict_data: bool = field(default=False, metadata={"help": "Refuse to start when any row has a problem (default: skip bad rows)."})
     compile: bool = field(default=True, metadata={"help": "Compile the training step where the model allows it (faster)."})
+    cache_vision: bool = field(default=True, metadata={"help": "Compute a frozen vision tower's features once per image and reuse them every epoch (same results, faster)."})
 
     # ---- derived -------------------------------------------------------------------------
     @property

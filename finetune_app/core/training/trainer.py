@@ -24,6 +24,7 @@ from finetune_app.core.data.tokenize import Encoder, Example
 from finetune_app.core.errors import ConfigError, FinetuneError
 from finetune_app.core.models import BaseModel, load_base
 from finetune_app.core.training import checkpoint as ckpt
+from finetune_app.core.training import fastpath
 from finetune_app.core.training.control import Control
 from finetune_app.core.training.events import (CheckpointSaved, MetricsLog, Notice, Progress, SampleItem,
                                                SampleReport, StateChanged, TrainReport, ValReport)
@@ -116,14 +117,15 @@ class Trainer:
         self.encoder = Encoder(base, completion_only=cfg.completion_only, image_size=cfg.image_size,
                                image_features=fastvlm_feature_count(base) if base.is_fastvlm else None)
         self.emit(StateChanged("preparing"))
-        self.vision_cache = None
-        if base.is_fastvlm and not cfg.train_vision:  # frozen tower: features once per image
-            from finetune_app.core.vision_cache import VisionFeatureCache
-
-            self.vision_cache = VisionFeatureCache(lambda pv: Forward.tower_features(base.model, pv))
+        # The fast path (cached frozen-tower features, compiled step) where the model allows it;
+        # the reference path (the library's own forward, uncompiled) otherwise.
+        self.fast = None
+        kind = fastpath.supported(base, cfg)
+        if kind and (cfg.compile or kind != "text"):
+            self.fast = fastpath.FastPath(base, cfg, kind, compile=cfg.compile)
         data = prepare_examples(cfg, base, self.encoder,
                                 progress=lambda phase, d, t: self.emit(Progress(phase, d, t)),
-                                on_example=(lambda ex: self.vision_cache.add_examples([ex])) if self.vision_cache else None)
+                                on_example=self.fast.prepare_example if self.fast else None)
         if data.skipped:
             self.emit(Notice(f"{data.skipped} of {data.rows_found} rows were skipped because of problems "
                              f"(run `finetune-app data check {cfg.data}` to see them)."))
@@ -178,22 +180,23 @@ class Trainer:
         sample = self.data.dataset.sample(ex.index)
         return self.encoder.encode(sample, index=ex.index)
 
-    def _collate(self, examples: list[Example]) -> Batch:
+    def make_batch(self, examples: list[Example]):
+        """A fast-path Plan or a reference-path Batch (both know their n_targets)."""
+        if self.fast is not None:
+            return self.fast.plan(examples)
         tok = self.base.tokenizer
         pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-        examples = [self._materialise(e) for e in examples]
-        batch = collate(examples, pad, self.forward.image_token_index)
-        if self.vision_cache is not None:
-            batch.tower_feats = self.vision_cache.batch_features(examples)
-        return batch
+        return collate([self._materialise(e) for e in examples], pad, self.forward.image_token_index)
 
     # ---- the step ----------------------------------------------------------------------------
     def _loss(self, model, batch: Batch, norm: float):
         total, _ = self.forward.loss_sum(model, batch)
         return total / norm
 
-    def train_step(self, batches: list[Batch]):
+    def train_step(self, batches: list):
         """One optimizer step over the micro-batches (gradient accumulation): mean token loss."""
+        if self.fast is not None:
+            return self.fast.train_step(batches, self.optimizer, self.cfg.grad_clip)
         model = self.base.model
         norm = float(sum(b.n_targets for b in batches)) or 1.0
         loss_and_grad = nn.value_and_grad(model, lambda b: self._loss(model, b, norm))
@@ -218,7 +221,8 @@ class Trainer:
         for i, start in enumerate(range(0, len(examples), bs)):
             if self.cfg.val_batches and i >= self.cfg.val_batches:
                 break
-            s, n = self.forward.loss_sum(model, self._collate(examples[start:start + bs]))
+            batch = self.make_batch(examples[start:start + bs])
+            s, n = self.fast.loss_of(batch) if self.fast is not None else self.forward.loss_sum(model, batch)
             total, count = total + s, count + n
             mx.eval(total, count)
         adapters.set_train_modes(model, self.cfg.fine_tune_type)
@@ -296,7 +300,7 @@ class Trainer:
                 warmup_steps=cfg.warmup_steps, min_ratio=cfg.min_lr_ratio)
             lr = self.optimizer.learning_rate.item()
             micro = [self._next_micro_batch() for _ in range(cfg.grad_accumulation)]
-            batches = [self._collate([self.data.train[i] for i in pos]) for pos in micro]
+            batches = [self.make_batch([self.data.train[i] for i in pos]) for pos in micro]
             loss, grad_norm = self.train_step(batches)
             mx.eval(model.trainable_parameters(), self.optimizer.state, loss)
             s.step += 1
@@ -305,7 +309,7 @@ class Trainer:
             window["loss"] = window["loss"] + loss
             window["steps"] += 1
             window["tokens"] += n_tok
-            window["examples"] += sum(b.n_examples for b in batches)
+            window["examples"] += sum(len(pos) for pos in micro)
             step_times.append(time.perf_counter() - t0)
             if s.step % cfg.steps_per_report == 0 or s.step == self.total_steps:
                 elapsed = max(time.perf_counter() - window["t"], 1e-9)

@@ -1,0 +1,181 @@
+"""The whole app flow, driven offscreen: demo dataset, tiny local model, preset, start, live loss,
+pause, resume, samples, stop-and-save, adapter on disk; the event loop stays responsive throughout.
+
+Real behaviour only: a real tiny Qwen2-VL trains on real demo pictures on the app's training
+thread, and the assertions read the window's own widgets and the run folder on disk.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("PySide6")
+pytest.importorskip("pyqtgraph")
+
+from PySide6.QtCore import Qt, QTimer  # noqa: E402
+from PySide6.QtWidgets import QApplication, QMessageBox  # noqa: E402
+
+pytestmark = pytest.mark.gui
+
+STALL_P99_LIMIT_MS = 50.0
+
+
+@pytest.fixture
+def app_env(tmp_path, monkeypatch, qapp):
+    monkeypatch.setenv("FINETUNE_SETTINGS_DIR", str(tmp_path / "settings"))
+    monkeypatch.setenv("FINETUNE_DATA_DIR", str(tmp_path / "appdata"))
+    monkeypatch.setenv("FINETUNE_NO_WELCOME", "1")
+    from finetune_app.ui.app import create_app
+
+    return create_app()
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    from finetune_app.core.tiny_models import cached_tiny_model
+
+    return cached_tiny_model("qwen2_vl")
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    from finetune_app.core.data.demo import make_shapes_dataset
+
+    return make_shapes_dataset(tmp_path_factory.mktemp("demo") / "shapes", n_train=32, n_valid=8, size=64, seed=0)
+
+
+@pytest.fixture
+def window(app_env, qtbot):
+    from finetune_app.ui.main_window import MainWindow
+
+    w = MainWindow()
+    qtbot.addWidget(w)
+    w.resize(1300, 850)
+    w.show()
+    return w
+
+
+def click_in_dialog(name: str, button_text: str, qtbot) -> list:
+    """Click `button_text` in the QMessageBox called `name` as soon as it is open."""
+    clicked = []
+
+    def poll():
+        for widget in QApplication.topLevelWidgets():
+            if isinstance(widget, QMessageBox) and widget.objectName() == name and widget.isVisible():
+                for b in widget.buttons():
+                    if b.text() == button_text:
+                        clicked.append(button_text)
+                        b.click()
+                        return
+        QTimer.singleShot(20, poll)
+
+    QTimer.singleShot(0, poll)
+    return clicked
+
+
+def set_field(window, name: str, text: str, qtbot) -> None:
+    editor = window.form.fields[name].editor
+    editor.clear()
+    qtbot.keyClicks(editor, text)
+
+
+def test_whole_flow_trains_pauses_resumes_stops_and_saves(window, qtbot, shapes, tiny_model):
+    from finetune_app.ui.stall_meter import StallMeter
+
+    w = window
+    # 1. open the demo dataset (what Open Dataset / a drop does) and pick the tiny local model
+    w.open_paths([str(shapes)])
+    w.tabs.setCurrentIndex(1)
+    w.picker.source.setEditText(str(tiny_model))
+    qtbot.mouseClick(w.picker.load_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: w.model_choice is not None and w.dataset_check is not None
+                    and not w.browser.is_busy(), timeout=60000)
+    assert "Qwen2-VL (vision-language)" in w.picker.summary.text()
+    assert w.browser.model.rowCount() == 40
+    assert w.dataset_check.exact_tokens, "token lengths are recounted with the chosen model"
+    assert "Qwen2-VL tokenizer" in w.browser.histogram.plotItem.titleLabel.text
+    assert "Training</b> 32" in w.browser.splits.text() and "Validation</b> 8" in w.browser.splits.text()
+
+    # 2. choose a preset, then adjust two fields by typing
+    combo = w.form.preset
+    combo.setCurrentIndex(combo.findData("quick test"))
+    combo.activated.emit(combo.currentIndex())
+    assert w.form.fields["iters"].editor.text() == "50"
+    set_field(w, "steps_per_report", "2", qtbot)
+    set_field(w, "steps_per_eval", "10", qtbot)
+    set_field(w, "sample_count", "2", qtbot)
+    set_field(w, "sample_max_tokens", "6", qtbot)
+    assert w.form.is_valid(), w.form.problems()
+    assert w.why_not_ready() == ""
+
+    # 3. start, with the event loop's stalls measured from here to the end
+    meter = StallMeter(10)
+    meter.start()
+    qtbot.mouseClick(w.training.start_button, Qt.MouseButton.LeftButton)
+    assert w.tabs.currentIndex() == 2
+    run_dir = Path(w.run.config.output)
+    qtbot.waitUntil(lambda: w.training.loss_points() >= 3, timeout=90000)
+    first_losses = list(w.training.losses)
+    assert all(x == x and x > 0 for x in first_losses)
+
+    # 4. pause: the run stops advancing
+    qtbot.mouseClick(w.training.pause_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: w.training.state == "paused", timeout=30000)
+    assert w.training.pause_button.text() == "Resume"
+    step_at_pause, points_at_pause = w.training.step, len(w.training.losses)
+    qtbot.wait(800)
+    assert w.training.step == step_at_pause and len(w.training.losses) == points_at_pause
+
+    # 5. resume: more points arrive, and the first evaluation brings sample captions
+    qtbot.mouseClick(w.training.pause_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: len(w.training.losses) > points_at_pause, timeout=30000)
+    qtbot.waitUntil(lambda: len(w.training.sample_reports) >= 1 and len(w.training.val_losses) >= 1,
+                    timeout=60000)
+    report = w.training.sample_reports[0]
+    assert len(report.items) == 2 and all(Path(i.image).is_file() for i in report.items)
+    from finetune_app.ui.training_view import SampleCard
+
+    assert len(w.training.samples_box.findChildren(SampleCard)) == 2
+
+    # 6. stop, answering the dialog with "Stop and Save"
+    clicked = click_in_dialog("stopDialog", "Stop and Save", qtbot)
+    qtbot.mouseClick(w.training.stop_button, Qt.MouseButton.LeftButton)
+    assert clicked == ["Stop and Save"]
+    qtbot.waitUntil(lambda: w.training.state == "stopped", timeout=60000)
+    qtbot.waitUntil(lambda: not w.run.is_running(), timeout=30000)
+    meter.stop()
+
+    # 7. the adapter is on disk, with the metrics the plot showed
+    assert (run_dir / "adapters.safetensors").is_file()
+    assert (run_dir / "adapter_config.json").is_file()
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train_steps = [r["step"] for r in rows if r.get("kind") == "train"]
+    assert train_steps == w.training.loss_steps
+    assert w.training.loss_points() == len(train_steps)
+    assert w.act_start.isEnabled(), "a new run can start once this one has stopped"
+
+    stats = meter.stats()
+    print(f"\nUI stalls while training: {stats['ticks']} ticks, median {stats['p50_ms']:.1f} ms, "
+          f"p99 {stats['p99_ms']:.1f} ms, max {stats['max_ms']:.1f} ms")
+    assert stats["ticks"] > 100
+    assert stats["p99_ms"] < STALL_P99_LIMIT_MS, stats
+
+
+def test_failed_run_shows_reason_in_panel(window, qtbot, shapes, tiny_model, tmp_path):
+    w = window
+    w.open_paths([str(shapes), str(tiny_model)])
+    qtbot.waitUntil(lambda: w.model_choice is not None and w.dataset_check is not None
+                    and not w.browser.is_busy(), timeout=60000)
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the run folder should be")
+    set_field(w, "output", str(blocker), qtbot)
+    assert w.start_training()
+    qtbot.waitUntil(lambda: w.training.state == "failed", timeout=60000)
+    assert w.training.error.isVisible()
+    assert "is a file" in w.training.error.text.text()
+    assert "Traceback" not in w.training.error.text.text()
+    qtbot.waitUntil(lambda: not w.run.is_running(), timeout=30000)
+    assert w.act_start.isEnabled()
