@@ -79,8 +79,11 @@ def run(args) -> int:
     from finetune_app.core.training.control import Control
     from finetune_app.core.training.trainer import Trainer
 
+    from finetune_app.core.distributed import world
+
     cfg, resume = build_config(args)
     control = Control()
+    main_rank = world().is_main  # under mlx.launch only rank 0 prints
 
     def on_sigint(signum, frame):
         if control.stop_requested:
@@ -90,9 +93,12 @@ def run(args) -> int:
 
     old = signal.signal(signal.SIGINT, on_sigint)
     try:
-        result = Trainer(cfg, listeners=[ConsolePrinter(quiet=args.quiet)], control=control, resume=resume).run()
+        printers = [ConsolePrinter(quiet=args.quiet)] if main_rank else []
+        result = Trainer(cfg, listeners=printers, control=control, resume=resume).run()
     finally:
         signal.signal(signal.SIGINT, old)
+    if not main_rank:
+        return 0 if result.status == "finished" else 130
     print(f"{result.status}: step {result.step}/{result.total_steps}, final loss "
           f"{result.final_loss if result.final_loss is None else round(result.final_loss, 4)}, "
           f"validation loss {result.final_val_loss if result.final_val_loss is None else round(result.final_val_loss, 4)}, "

@@ -59,7 +59,10 @@ def _round_up(n: int, k: int) -> int:
 
 
 class FastPath:
-    def __init__(self, base, cfg, kind: str, *, compile: bool = True):
+    def __init__(self, base, cfg, kind: str, *, compile: bool = True, world=None):
+        from finetune_app.core.distributed import world as current_world
+
+        self.world = world or current_world()
         self.base = base
         self.cfg = cfg
         self.kind = kind
@@ -218,7 +221,8 @@ class FastPath:
 
         if accumulate:
             def grads_only(norm, *arrays):
-                return loss_and_grad(norm, *arrays)
+                loss, grads = loss_and_grad(norm, *arrays)
+                return self.world.sum(loss), self.world.sum_tree(grads)
 
             if not self.compile:
                 return grads_only
@@ -228,6 +232,7 @@ class FastPath:
 
         def full_step(norm, *arrays):
             loss, grads = loss_and_grad(norm, *arrays)
+            loss, grads = self.world.sum(loss), self.world.sum_tree(grads)  # data parallel: sum shards
             grad_norm = mx.array(0.0)
             if grad_clip:
                 grads, grad_norm = optim.clip_grad_norm(grads, grad_clip)
@@ -239,8 +244,9 @@ class FastPath:
         state = [model.state, optimizer.state, mx.random.state]
         return partial(mx.compile, inputs=state, outputs=state)(full_step)
 
-    def train_step(self, plans: list[Plan], optimizer, grad_clip):
-        norm = mx.array(float(sum(p.n_targets for p in plans)) or 1.0)
+    def train_step(self, plans: list[Plan], optimizer, grad_clip, norm: float | None = None):
+        """`norm`: supervised tokens of the whole (global) step; the plans' own count by default."""
+        norm = mx.array(float(norm if norm is not None else sum(p.n_targets for p in plans)) or 1.0)
         if len(plans) == 1:
             step = self._steps.get("full") or self._steps.setdefault("full", self.make_step(optimizer, grad_clip, False))
             loss, grad_norm = step(norm, *self._arrays(plans[0]))

@@ -17,7 +17,7 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 from mlx.utils import tree_map
 
-from finetune_app.core import adapters
+from finetune_app.core import adapters, distributed
 from finetune_app.core.config import TrainConfig
 from finetune_app.core.data.batching import Batch, collate, epoch_batches
 from finetune_app.core.data.tokenize import Encoder, Example
@@ -71,6 +71,7 @@ class Trainer:
         self.resume = resume
         self.base = base
         self.run_dir = Path(config.output).expanduser()
+        self.world = distributed.world()
         self.state = ckpt.TrainState(seed=config.seed)
         self._epoch_batches: dict[int, list[list[int]]] = {}
         self._val_cache: list[float] = []
@@ -88,6 +89,8 @@ class Trainer:
     # ---- setup -------------------------------------------------------------------------------
     def _check_run_dir(self) -> None:
         d = self.run_dir
+        if not self.world.is_main:  # rank 0 checks and writes the run folder
+            return
         if self.resume:
             if not (d / CONFIG_FILE).is_file():
                 raise ConfigError(f"'{d}' holds no run to resume (no {CONFIG_FILE}).",
@@ -139,10 +142,11 @@ class Trainer:
         self.metrics = MetricsLog(self.run_dir / METRICS_FILE)
         if self.resume:
             self._restore()
-        else:
+        elif self.world.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             cfg.save(self.run_dir / CONFIG_FILE)
-        self.listeners.insert(0, self.metrics)
+        if self.world.is_main:
+            self.listeners.insert(0, self.metrics)
         return data
 
     def _restore(self) -> None:
@@ -154,7 +158,8 @@ class Trainer:
                               "Start a new run in a fresh folder (the run folder's adapter, if any, is kept).", file=self.run_dir)
         self.state = ckpt.restore(found, self.base.model, self.optimizer)
         self.state.total_steps = self.total_steps
-        self.metrics.truncate_after(self.state.step)
+        if self.world.is_main:
+            self.metrics.truncate_after(self.state.step)
         self.emit(Notice(f"Resuming from {found.name} (step {self.state.step} of {self.total_steps})."))
 
     # ---- data --------------------------------------------------------------------------------
@@ -193,18 +198,21 @@ class Trainer:
         total, _ = self.forward.loss_sum(model, batch)
         return total / norm
 
-    def train_step(self, batches: list):
-        """One optimizer step over the micro-batches (gradient accumulation): mean token loss."""
+    def train_step(self, batches: list, norm: float | None = None):
+        """One optimizer step over the micro-batches (gradient accumulation): mean token loss.
+
+        `norm` is the supervised-token count of the whole step (all ranks when data-parallel)."""
         if self.fast is not None:
-            return self.fast.train_step(batches, self.optimizer, self.cfg.grad_clip)
+            return self.fast.train_step(batches, self.optimizer, self.cfg.grad_clip, norm)
         model = self.base.model
-        norm = float(sum(b.n_targets for b in batches)) or 1.0
+        norm = float(norm if norm is not None else sum(b.n_targets for b in batches)) or 1.0
         loss_and_grad = nn.value_and_grad(model, lambda b: self._loss(model, b, norm))
         grads, loss = None, mx.array(0.0)
         for b in batches:
             l, g = loss_and_grad(b)
             grads = g if grads is None else tree_map(mx.add, grads, g)
             loss = loss + l
+        loss, grads = self.world.sum(loss), self.world.sum_tree(grads)
         grad_norm = None
         if self.cfg.grad_clip:
             grads, grad_norm = optim.clip_grad_norm(grads, self.cfg.grad_clip)
@@ -221,10 +229,13 @@ class Trainer:
         for i, start in enumerate(range(0, len(examples), bs)):
             if self.cfg.val_batches and i >= self.cfg.val_batches:
                 break
+            if i % self.world.size != self.world.rank:  # data parallel: batches round robin
+                continue
             batch = self.make_batch(examples[start:start + bs])
             s, n = self.fast.loss_of(batch) if self.fast is not None else self.forward.loss_sum(model, batch)
             total, count = total + s, count + n
             mx.eval(total, count)
+        total, count = self.world.sum(total), self.world.sum(count)
         adapters.set_train_modes(model, self.cfg.fine_tune_type)
         n = int(count.item())
         return (float(total.item()) / n if n else float("nan")), n
@@ -243,6 +254,17 @@ class Trainer:
         adapters.set_train_modes(self.base.model, self.cfg.fine_tune_type)
         return tuple(items)
 
+    def _shard(self, positions: list[int]) -> list[Example]:
+        """This rank's examples of a global micro-batch. A rank left without any gets a copy of
+        one with nothing supervised, so it still joins the gradient sum with zeros."""
+        mine = [self.data.train[i] for i in self.world.shard(positions)]
+        if mine:
+            return mine
+        import dataclasses
+
+        ex = self.data.train[positions[0]]
+        return [dataclasses.replace(ex, target_mask=ex.target_mask & False)]
+
     def _evaluate_and_sample(self, step: int) -> float | None:
         if not self.data.valid:
             return None
@@ -251,12 +273,14 @@ class Trainer:
         self.emit(ValReport(step=step, val_loss=val_loss, val_tokens=n, seconds=time.perf_counter() - t0))
         if self.state.best_val_loss is None or val_loss < self.state.best_val_loss:
             self.state.best_val_loss = val_loss
-        if self.cfg.sample_count:
+        if self.cfg.sample_count and self.world.is_main:
             self.emit(SampleReport(step=step, items=self.sample_generations()))
         return val_loss
 
     # ---- checkpoints -------------------------------------------------------------------------
-    def save_checkpoint(self) -> Path:
+    def save_checkpoint(self) -> Path | None:
+        if not self.world.is_main:
+            return None
         path = ckpt.save(self.run_dir, self.base.model, self.adapter_config, self.optimizer, self.state,
                          keep=self.cfg.keep_checkpoints, train_config=self.cfg)
         adapters.save(self.base.model, self.adapter_config, self.run_dir)
@@ -300,11 +324,11 @@ class Trainer:
                 warmup_steps=cfg.warmup_steps, min_ratio=cfg.min_lr_ratio)
             lr = self.optimizer.learning_rate.item()
             micro = [self._next_micro_batch() for _ in range(cfg.grad_accumulation)]
-            batches = [self.make_batch([self.data.train[i] for i in pos]) for pos in micro]
-            loss, grad_norm = self.train_step(batches)
+            n_tok = sum(self.data.train[i].n_targets for pos in micro for i in pos)  # global
+            batches = [self.make_batch(self._shard(pos)) for pos in micro]
+            loss, grad_norm = self.train_step(batches, n_tok)
             mx.eval(model.trainable_parameters(), self.optimizer.state, loss)
             s.step += 1
-            n_tok = sum(b.n_targets for b in batches)
             s.trained_tokens += n_tok
             window["loss"] = window["loss"] + loss
             window["steps"] += 1
