@@ -120,6 +120,19 @@ def child_mlx_lm(spec: dict) -> None:
     emit_json({"ev": "done", "t": now()})
 
 
+def child_mlx_vlm(spec: dict) -> None:
+    """`python -m mlx_vlm.train` after our loading compat patch (only for the tiny FastVLM, whose
+    configurable tower mlx-vlm cannot load by itself), so what gets recorded is its training error."""
+    import runpy
+
+    sys.path.insert(0, str(REPO))
+    from finetune_app.core import compat
+
+    compat.apply()
+    sys.argv = ["mlx_vlm.train"] + spec["argv"]
+    runpy.run_module("mlx_vlm.train", run_name="__main__", alter_sys=True)
+
+
 def child_eval(spec: dict) -> None:
     """Mean validation token loss of an adapter, the same way for every tool's adapter."""
     sys.path.insert(0, str(REPO))
@@ -193,6 +206,25 @@ def child_info(spec: dict) -> None:
                "max_len": int(max(e.model_length for e in tr))})
 
 
+def child_load(spec: dict) -> None:
+    """Load a model fully (weights evaluated) through our loader: does a big config load at all?"""
+    sys.path.insert(0, str(REPO))
+    import resource
+
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+
+    from finetune_app.core.models import load_base
+
+    t0 = time.perf_counter()
+    base = load_base(spec["model"])
+    params = tree_flatten(base.model.parameters())
+    mx.eval([v for _, v in params])
+    emit_json({"ev": "load", "seconds": time.perf_counter() - t0, "params": int(sum(v.size for _, v in params)),
+               "gb": sum(v.nbytes for _, v in params) / 1e9, "dtype": str(params[0][1].dtype).replace("mlx.core.", ""),
+               "rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9})
+
+
 def child_peak(spec: dict) -> None:
     """Peak matmul rate: an n x n x n matmul in `dtype`, best of several timed runs."""
     import mlx.core as mx
@@ -211,8 +243,8 @@ def child_peak(spec: dict) -> None:
                "seconds": best, "device": str(mx.default_device())})
 
 
-CHILDREN = {"--child-ours": child_ours, "--child-mlx-lm": child_mlx_lm, "--child-eval": child_eval,
-            "--child-info": child_info, "--child-peak": child_peak}
+CHILDREN = {"--child-ours": child_ours, "--child-mlx-lm": child_mlx_lm, "--child-mlx-vlm": child_mlx_vlm, "--child-eval": child_eval,
+            "--child-info": child_info, "--child-peak": child_peak, "--child-load": child_load}
 
 
 # =================================================================================================
@@ -301,8 +333,7 @@ def make_data(kind: str, dest: Path, args) -> Path:
     --answer-fraction of it)."""
     from finetune_app.core.data.demo import make_instruction_dataset, make_shapes_dataset
 
-    n_train = args.n_train or (300 if kind == "vlm" else 240)
-    n_valid = args.n_valid or (60 if kind == "vlm" else 30)
+    n_train, n_valid = args.n_train, args.n_valid
     dest.mkdir(parents=True, exist_ok=True)
     rows = {"train": [], "valid": []}
     if kind == "vlm":
@@ -509,6 +540,14 @@ def flops_per_example(info: dict, vision_runs: bool) -> float:
     return f
 
 
+SETUP_DEFAULTS = {  # used where the flag is not given
+    "qwen2_vl": dict(n_train=300, n_valid=60, report_every=10, warmup_steps=10),
+    # FastVLM's tower sees 1024 px (256 features per image): a few rows keep three epochs short here
+    "fastvlm": dict(n_train=40, n_valid=8, report_every=5, warmup_steps=5),
+    "text": dict(n_train=240, n_valid=30, report_every=10, warmup_steps=10),
+}
+
+
 def setups(args) -> dict:
     return {
         "qwen2_vl": dict(kind="vlm", family="qwen2_vl", steps=args.steps,
@@ -530,6 +569,9 @@ def tool_cmd(tool: str, model: Path, data: Path, out: Path, args, setup: dict) -
         spec_file.write_text(json.dumps({"argv": mlx_lm_argv(model, data, out, args, setup)}))
         return me + ["--child-mlx-lm", str(spec_file)]
     extra = ["--pad-to-multiple", "1"] if tool == "mlx_vlm-best" else []
+    if setup["family"] == "fastvlm" and not args.model:
+        spec_file.write_text(json.dumps({"argv": mlx_vlm_argv(model, data, out, args, setup, extra)}))
+        return me + ["--child-mlx-vlm", str(spec_file)]
     return [sys.executable, "-m", "mlx_vlm.train"] + mlx_vlm_argv(model, data, out, args, setup, extra)
 
 
@@ -541,6 +583,14 @@ def call(kind: str, spec: dict, log: Path) -> dict:
     if res["rc"] != 0 or not evs:
         raise RuntimeError(f"{kind} child failed (rc {res['rc']}): {res['stderr_tail']}")
     return evs[-1]
+
+
+def git_state() -> str:
+    try:
+        return subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+    except Exception:
+        return ""
 
 
 def median(xs):
@@ -557,6 +607,10 @@ def fmt(x, nd=2):
 
 
 def run_setup(name: str, setup: dict, args, work: Path, peak: dict | None) -> dict:
+    args = argparse.Namespace(**vars(args))
+    for k, v in SETUP_DEFAULTS[name].items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
     wdir = work / name
     wdir.mkdir(parents=True, exist_ok=True)
     print(f"\n=== {name}: building model and data in {wdir}", flush=True)
@@ -572,6 +626,15 @@ def run_setup(name: str, setup: dict, args, work: Path, peak: dict | None) -> di
     print(f"model {model} ({info['params_total']:,} params, LM {info['params_lm']:,}, vision {info['params_vision']:,}, "
           f"{info['dtype']}); {info['n_train']} train / {info['n_valid']} valid rows, mean length "
           f"{info['mean_len']:.1f} tokens, {info['mean_supervised']:.1f} supervised; {total_steps} steps", flush=True)
+    if args.dry_run:  # check a config (build, load, tokenise) without training
+        if args.dry_run_load:
+            ev = call("load", {"model": str(model)}, wdir / "load.log")
+            print(f"loaded non-lazily in {ev['seconds']:.1f} s: {ev['params']:,} parameters, {ev['gb']:.2f} GB of weights "
+                  f"({ev['dtype']}), max RSS of the loading process {ev['rss_gb']:.2f} GB", flush=True)
+        for tool in setup["tools"]:
+            print(f"{tool}: " + " ".join(tool_cmd(tool, model, data, wdir / f"{tool}-r0", args, setup)))
+        print("DRYRUN " + json.dumps({"setup": name, "model": str(model), "info": info, "total_steps": total_steps}))
+        return {"setup": name, "info": info}
     runs = []
     failed_once: set[str] = set()
     for rep in range(args.repeats):
@@ -607,6 +670,8 @@ def run_setup(name: str, setup: dict, args, work: Path, peak: dict | None) -> di
                 print(f"{row['ex_per_s']:.2f} ex/s, {row['sup_tok_per_s']:.0f} sup tok/s, peak {fmt(row.get('peak_mem_gb'), 3)} GB, "
                       f"val {fmt(row.get('val_loss'), 4)} (load {res['load_end']:.2f})", flush=True)
             row.update(date=datetime.date.today().isoformat(), device_note=args.device_note, total_steps=total_steps,
+                       git=git_state(),
+                       warmup_steps=args.warmup_steps, report_every=args.report_every,
                        batch_size=args.batch_size, model=str(model), info=info)
             runs.append(row)
             print("RUN " + json.dumps(row), flush=True)
@@ -648,11 +713,18 @@ def summarise(name, setup, runs, info, total_steps, args) -> dict:
             continue
         r = {k: (ours[k] / med[k]) if ours.get(k) and med.get(k) else None
              for k in ("ex_per_s", "sup_tok_per_s", "e2e_ex_per_s", "peak_mem_gb", "max_rss_gb")}
+        # paired: ours in repeat i over theirs in repeat i (neighbouring runs share the machine's load)
+        pairs = [(a["ex_per_s"], b["ex_per_s"]) for a in runs for b in runs
+                 if a["tool"] == "ours" and b["tool"] == tool and a["repeat"] == b["repeat"]
+                 and "ex_per_s" in a and "ex_per_s" in b]
+        r["paired_ex_per_s"] = [round(x / y, 3) for x, y in pairs]
+        r["paired_median"] = median(r["paired_ex_per_s"])
         ratios[f"ours/{tool}"] = r
-        print(f"ratio ours/{tool:<14} ex/s x{fmt(r['ex_per_s'])}  sup tok/s x{fmt(r['sup_tok_per_s'])}  "
-              f"e2e x{fmt(r['e2e_ex_per_s'])}  peak mem x{fmt(r['peak_mem_gb'])}  RSS x{fmt(r['max_rss_gb'])}")
-    summary = {"setup": name, "total_steps": total_steps, "batch_size": args.batch_size, "repeats": args.repeats,
-               "info": info, "medians": by_tool, "ratios": ratios, "date": datetime.date.today().isoformat(),
+        print(f"ratio ours/{tool:<14} ex/s x{fmt(r['ex_per_s'])} (paired per repeat: {r['paired_ex_per_s']}, "
+              f"median x{fmt(r['paired_median'])})  e2e x{fmt(r['e2e_ex_per_s'])}  "
+              f"peak mem x{fmt(r['peak_mem_gb'])}  RSS x{fmt(r['max_rss_gb'])}")
+    summary = {"setup": name, "total_steps": total_steps, "warmup_steps": args.warmup_steps, "batch_size": args.batch_size, "repeats": args.repeats,
+               "info": info, "medians": by_tool, "ratios": ratios, "date": (runs[0].get("date") if runs else None) or datetime.date.today().isoformat(),
                "device_note": args.device_note}
     print("SUMMARY " + json.dumps(summary), flush=True)
     return summary
@@ -671,10 +743,13 @@ def plot(summaries: list[dict], path: str) -> None:
         spreads = [s["medians"][t]["ex_per_s_all"] for t in tools]
         colors = ["#2c7fb8" if t.startswith("ours") else "#bbbbbb" for t in tools]
         ax.bar(range(len(tools)), vals, color=colors)
-        for i, sp in enumerate(spreads):
+        for i, (t, sp) in enumerate(zip(tools, spreads)):
             ax.plot([i] * len(sp), sp, "k.", ms=4)
             if not sp:
                 ax.text(i, 0, "cannot\ntrain", ha="center", va="bottom", fontsize=8)
+            r = (s["ratios"].get(f"ours/{t}") or {}).get("ex_per_s")
+            if r:
+                ax.text(i, max([vals[i]] + sp) * 1.02, f"ours x{r:.2f}", ha="center", va="bottom", fontsize=8)
         ax.set_xticks(range(len(tools)))
         ax.set_xticklabels([t.replace("-", "\n") for t in tools], fontsize=8)
         ax.set_title(f"{s['setup']} ({s['total_steps']} steps, batch {s['batch_size']})", fontsize=9)
@@ -699,10 +774,10 @@ def main(argv=None) -> int:
     p.add_argument("--dropout", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-seq-length", type=int, default=2048)
-    p.add_argument("--report-every", type=int, default=10, help="report interval (both tools)")
-    p.add_argument("--warmup-steps", type=int, default=10, help="steps excluded from the steady-state rate")
-    p.add_argument("--n-train", type=int, default=None, help="training rows (default: 300 shapes, 240 instructions)")
-    p.add_argument("--n-valid", type=int, default=None, help="validation rows (default: 60 shapes, 30 instructions)")
+    p.add_argument("--report-every", type=int, default=None, help="report interval, both tools (default per setup)")
+    p.add_argument("--warmup-steps", type=int, default=None, help="steps excluded from the steady-state rate (default: one report)")
+    p.add_argument("--n-train", type=int, default=None, help="training rows (default per setup: SETUP_DEFAULTS)")
+    p.add_argument("--n-valid", type=int, default=None, help="validation rows (default per setup)")
     p.add_argument("--image-size", type=int, default=64, help="side of the generated demo images (px)")
     p.add_argument("--seq-len", type=int, default=None, help="pad rows with filler words towards this many tokens")
     p.add_argument("--answer-fraction", type=float, default=0.25, help="share of --seq-len padding that goes into answers")
@@ -716,12 +791,44 @@ def main(argv=None) -> int:
     p.add_argument("--peak-size", type=int, default=8192)
     p.add_argument("--peak-dtype", default="bfloat16")
     p.add_argument("--peak-tflops", type=float, default=None, help="known peak TFLOP/s (instead of measuring)")
+    p.add_argument("--dry-run", action="store_true", help="build the model and data, count, print the commands; no training")
+    p.add_argument("--dry-run-load", action="store_true", help="with --dry-run: also load the model fully once")
     p.add_argument("--work", default=None, help="work folder (default: a temporary one, removed after)")
     p.add_argument("--keep", action="store_true", help="keep run folders")
     p.add_argument("--json-out", default=None, help="append one JSON line per run to this file")
     p.add_argument("--plot", default=None, help="write a bar chart (PNG) of the medians here (matplotlib)")
+    p.add_argument("--report-from", nargs="+", default=None, metavar="JSONL",
+                   help="only summarise (and --plot) the run rows of earlier --json-out files")
+    p.add_argument("--plot-from", nargs="+", default=None, metavar="FILE",
+                   help="only plot: read the SUMMARY lines of earlier outputs (needs --plot)")
     p.add_argument("--run-timeout", type=float, default=None, help="kill a run after this many seconds")
     args = p.parse_args(argv)
+    if args.report_from:
+        rows = []
+        for i, f in enumerate(args.report_from):  # repeats of different files stay apart (pairing)
+            for line in Path(f).read_text().splitlines():
+                if line.strip():
+                    r = json.loads(line)
+                    r["repeat"] += 100 * i
+                    rows.append(r)
+        summaries = []
+        for name in dict.fromkeys(r["setup"] for r in rows):
+            rs = [r for r in rows if r["setup"] == name]
+            tools = list(dict.fromkeys(r["tool"] for r in rs))
+            a = argparse.Namespace(**vars(args))
+            a.repeats, a.batch_size = len({r["repeat"] for r in rs}), rs[0]["batch_size"]
+            a.device_note = rs[0].get("device_note")
+            a.warmup_steps = rs[0].get("warmup_steps")
+            info = next((r["info"] for r in rs if "lora_params" in r.get("info", {})), rs[0]["info"])
+            summaries.append(summarise(name, {"tools": tools}, rs, info, rs[0]["total_steps"], a))
+        if args.plot:
+            plot(summaries, args.plot)
+        return 0
+    if args.plot_from:
+        summaries = [json.loads(line[8:]) for f in args.plot_from for line in Path(f).read_text().splitlines()
+                     if line.startswith("SUMMARY ")]
+        plot(summaries, args.plot or "perf.png")
+        return 0
     if args.device_note is None:
         args.device_note = f"{platform.machine()} {os.cpu_count()} cores ({platform.processor() or platform.system()})"
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-train-")).resolve()
@@ -744,7 +851,7 @@ def main(argv=None) -> int:
     finally:
         if not args.work and not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    if args.plot and summaries:
+    if args.plot and summaries and not args.dry_run:
         plot(summaries, args.plot)
     return 0
 

@@ -94,6 +94,10 @@ def run(args) -> int:
     old = signal.signal(signal.SIGINT, on_sigint)
     try:
         printers = [ConsolePrinter(quiet=args.quiet)] if main_rank else []
+        if main_rank:  # the run history (finetune_app.core.runs); FINETUNE_RECORD_RUNS=0 turns it off
+            from finetune_app.core.runs import default_recorder
+
+            printers += [r for r in [default_recorder(cfg, resume=resume)] if r is not None]
         result = Trainer(cfg, listeners=printers, control=control, resume=resume).run()
     finally:
         signal.signal(signal.SIGINT, old)

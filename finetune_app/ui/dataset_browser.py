@@ -14,11 +14,26 @@ import re
 from pathlib import Path
 
 import pyqtgraph as pg
-from PySide6.QtCore import QItemSelectionModel, QModelIndex, QSize, Qt, Signal
-from PySide6.QtWidgets import (QAbstractItemView, QFileDialog, QFrame, QHBoxLayout, QLabel,
-                               QListView, QListWidget, QListWidgetItem, QMenu, QProgressBar,
-                               QPushButton, QSplitter, QStackedWidget, QStyle, QTextBrowser,
-                               QToolButton, QVBoxLayout, QWidget)
+from PySide6.QtCore import QItemSelectionModel, QModelIndex, Qt, Signal
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QFileDialog,
+    QFrame,
+    QHBoxLayout,
+    QLabel,
+    QListView,
+    QListWidget,
+    QListWidgetItem,
+    QMenu,
+    QProgressBar,
+    QSplitter,
+    QStackedWidget,
+    QStyle,
+    QTextBrowser,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
 
 from finetune_app.ui.dataset_model import THUMB, DatasetListModel, ThumbnailDelegate
 from finetune_app.ui.plots import BLUE, ORANGE, ThemedPlot

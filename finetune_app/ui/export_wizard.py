@@ -37,7 +37,6 @@ from PySide6.QtWidgets import (
     QHeaderView,
     QLabel,
     QLineEdit,
-    QMessageBox,
     QPlainTextEdit,
     QProgressBar,
     QPushButton,
@@ -50,7 +49,12 @@ from PySide6.QtWidgets import (
     QWizardPage,
 )
 
-from finetune_app.core.export.export import TARGET_HELP, TARGETS, ExportOptions, human_bytes
+from finetune_app.core.export.export import (
+    TARGET_HELP,
+    TARGETS,
+    ExportOptions,
+    human_bytes,
+)
 
 PAGE_SOURCE, PAGE_QUANT, PAGE_DEST, PAGE_SUMMARY, PAGE_PROGRESS, PAGE_RESULT = range(6)
 TARGET_TITLES = {
@@ -428,6 +432,7 @@ class ProgressPage(QWizardPage):
         self.message.setText("Starting…")
         self.w.start_export()
 
+    @Slot(float, str)
     def on_progress(self, fraction: float, message: str) -> None:
         self.bar.setValue(int(fraction * 1000))
         self.message.setText(message)
@@ -439,6 +444,7 @@ class ProgressPage(QWizardPage):
         self.completeChanged.emit()
         self.w.next()
 
+    @Slot(str)
     def on_failed(self, message: str) -> None:
         self.error = message
         self.cancel.setEnabled(False)
@@ -549,13 +555,15 @@ class ExportWizard(QWizard):
         self._worker = ExportWorker(self.options())
         self._worker.moveToThread(self._thread)
         self._thread.started.connect(self._worker.run)
-        self._worker.progressed.connect(self.progress_page.on_progress)
-        self._worker.finished.connect(self._on_finished)
-        self._worker.failed.connect(self.progress_page.on_failed)
+        queued = Qt.QueuedConnection  # the worker's signals are handled on the GUI thread
+        self._worker.progressed.connect(self.progress_page.on_progress, queued)
+        self._worker.finished.connect(self._on_finished, queued)
+        self._worker.failed.connect(self.progress_page.on_failed, queued)
         self._worker.finished.connect(self._thread.quit)
         self._worker.failed.connect(self._thread.quit)
         self._thread.start()
 
+    @Slot(object)
     def _on_finished(self, result) -> None:
         self.result = result
         self.progress_page.on_finished()
@@ -570,14 +578,12 @@ class ExportWizard(QWizard):
         return self._thread is not None and self._thread.isRunning()
 
     def reject(self) -> None:
-        if self.is_running():
-            if QMessageBox.question(self, "Export running", "Cancel the export? Nothing will be written.") != QMessageBox.Yes:
-                return
+        if self.is_running():  # closing while exporting cancels it (nothing is written)
             self.cancel_export()
-            self._thread.wait()
+            self._thread.wait(5000)
         super().reject()
 
     def done(self, r: int) -> None:
         if self.is_running():
-            self._thread.wait()
+            self._thread.wait(5000)
         super().done(r)

@@ -14,8 +14,16 @@ from pathlib import Path
 
 from PySide6.QtCore import QByteArray, Qt, QTimer
 from PySide6.QtGui import QAction, QKeySequence
-from PySide6.QtWidgets import (QLabel, QMainWindow, QMessageBox, QStyle, QTabWidget,
-                               QToolBar, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (
+    QLabel,
+    QMainWindow,
+    QMessageBox,
+    QStyle,
+    QTabWidget,
+    QToolBar,
+    QVBoxLayout,
+    QWidget,
+)
 
 from finetune_app.core.config import TrainConfig
 from finetune_app.ui.app import app_data_dir, runs_dir, settings
@@ -114,6 +122,7 @@ class MainWindow(QMainWindow):
         self.training.startRequested.connect(self.start_training)
         self.training.runEnded.connect(self._on_run_ended)
         self.training.stateShown.connect(lambda _s: self._update_ready())
+        self.training.image_resolver = self._sample_image
 
         self._restore_settings()
         self._on_form_changed()
@@ -346,6 +355,21 @@ class MainWindow(QMainWindow):
         self._save_form()
         self._update_ready()
         return True
+
+    def _sample_image(self, item):
+        """The ImageRef of a run's sample item: row `item.index` of the run's dataset."""
+        run = self.run
+        check = self.dataset_check
+        if run is None:
+            return None
+        if check is not None and str(check.dataset.path) == run.config.data:
+            dataset = check.dataset
+        else:
+            from finetune_app.core.data import open_dataset
+
+            dataset = open_dataset(run.config.data, format=run.config.data_format)
+        sample = dataset.sample(item.index)
+        return sample.images[0] if sample.images else None
 
     def _on_run_ended(self, state: str) -> None:
         if self.run is not None:

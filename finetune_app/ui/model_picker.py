@@ -11,11 +11,28 @@ from __future__ import annotations
 from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import (QComboBox, QFileDialog, QGridLayout, QHBoxLayout, QLabel,
-                               QProgressBar, QPushButton, QSizePolicy, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QGridLayout,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QSizePolicy,
+    QVBoxLayout,
+    QWidget,
+)
 
 from finetune_app.ui.app import settings
-from finetune_app.ui.widgets import Banner, format_bytes, format_count, heading, message_of, secondary
+from finetune_app.ui.widgets import (
+    Banner,
+    format_bytes,
+    format_count,
+    heading,
+    message_of,
+    secondary,
+)
 from finetune_app.ui.workers import ModelChoice, Task, load_model_choice
 
 RECENT_KEY = "models/recent"

@@ -11,13 +11,26 @@ from __future__ import annotations
 import html
 import time
 from pathlib import Path
+from typing import Callable
 
 import pyqtgraph as pg
-from PySide6.QtCore import QEvent, Qt, QTimer, QUrl, Signal
-from PySide6.QtGui import QDesktopServices, QImage, QImageReader, QPixmap
-from PySide6.QtWidgets import (QFrame, QGridLayout, QGroupBox, QHBoxLayout, QLabel, QMessageBox,
-                               QPlainTextEdit, QProgressBar, QPushButton, QScrollArea, QSizePolicy,
-                               QSplitter, QVBoxLayout, QWidget)
+from PySide6.QtCore import Qt, QTimer, QUrl, Signal
+from PySide6.QtGui import QDesktopServices, QPixmap
+from PySide6.QtWidgets import (
+    QFrame,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QMessageBox,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QScrollArea,
+    QSplitter,
+    QVBoxLayout,
+    QWidget,
+)
 
 from finetune_app.ui.plots import BLUE, GREEN, ORANGE, PURPLE, ThemedPlot
 from finetune_app.ui.widgets import Banner, format_duration, heading, secondary
@@ -81,7 +94,7 @@ class Stat(QFrame):
 class SampleCard(QFrame):
     """A validation image with its reference caption and the model's output at one step."""
 
-    def __init__(self, item, thumbs: dict):
+    def __init__(self, item, pixmap: QPixmap | None):
         super().__init__()
         self.setObjectName("sampleCard")
         self.setFrameShape(QFrame.Shape.StyledPanel)
@@ -89,13 +102,13 @@ class SampleCard(QFrame):
         layout.setContentsMargins(6, 6, 6, 6)
         if item.image:
             pic = QLabel()
+            pic.setObjectName("sampleImage")
             pic.setFixedSize(SAMPLE_THUMB, SAMPLE_THUMB)
             pic.setAlignment(Qt.AlignmentFlag.AlignCenter)
-            pixmap = _thumb(item.image, thumbs)
             if pixmap is not None:
                 pic.setPixmap(pixmap)
             layout.addWidget(pic)
-        right = QVBoxLayout()
+        self.has_picture = pixmap is not None
         match = item.output.strip().lower().rstrip(".") == item.reference.strip().lower().rstrip(".")
         colour = GREEN if match else ORANGE
         prompt = "" if item.image else f"<span style='opacity:.7'>{html.escape(item.prompt[:160])}</span><br>"
@@ -106,26 +119,8 @@ class SampleCard(QFrame):
         label.setWordWrap(True)
         label.setTextFormat(Qt.TextFormat.RichText)
         label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        right.addWidget(label)
-        layout.addLayout(right, 1)
+        layout.addWidget(label, 1)
         self.matches = match
-
-
-def _thumb(path: str, cache: dict) -> QPixmap | None:
-    if path in cache:
-        return cache[path]
-    pixmap = None
-    if path and Path(path).is_file():
-        reader = QImageReader(path)
-        reader.setAutoTransform(True)
-        size = reader.size()
-        if size.isValid():
-            reader.setScaledSize(size.scaled(SAMPLE_THUMB, SAMPLE_THUMB, Qt.AspectRatioMode.KeepAspectRatio))
-        image: QImage = reader.read()
-        if not image.isNull():
-            pixmap = QPixmap.fromImage(image)
-    cache[path] = pixmap
-    return pixmap
 
 
 class TrainingView(QWidget):
@@ -142,7 +137,9 @@ class TrainingView(QWidget):
         self.state = "idle"
         self.step = 0
         self.total_steps = 0
-        self._thumbs: dict[str, QPixmap | None] = {}
+        self._thumbs: dict[int, QPixmap | None] = {}
+        # SampleItem -> ImageRef of its picture (the main window looks it up in the open dataset)
+        self.image_resolver: Callable | None = None
         self._dirty = False
         self._t_started: float | None = None
         self._paused_for = 0.0
@@ -297,6 +294,7 @@ class TrainingView(QWidget):
         """Show `run` (a workers.TrainingRun not yet started): clear the screen and connect it."""
         self.run = run
         self.reset_data()
+        self._thumbs.clear()
         self._clear_samples()
         self.error.hide()
         self.log.clear()
@@ -314,7 +312,10 @@ class TrainingView(QWidget):
         self._clock.start()
 
     def is_running(self) -> bool:
-        return self.run is not None and self.state not in ENDED and self.state != "idle"
+        """A run is on screen and has not ended (its thread may still be saving)."""
+        if self.run is None or self.state in ENDED or self.state == "idle":
+            return False
+        return self.run.is_running() or not self.run.started
 
     def set_can_start(self, ok: bool, why: str = "") -> None:
         self._can_start, self._why = ok, why
@@ -426,7 +427,7 @@ class TrainingView(QWidget):
         box.setObjectName("sampleGroup")
         grid = QGridLayout(box)
         grid.setContentsMargins(6, 6, 6, 6)
-        cards = [SampleCard(item, self._thumbs) for item in report.items]
+        cards = [SampleCard(item, self.sample_pixmap(item)) for item in report.items]
         cols = 1
         for i, card in enumerate(cards):
             grid.addWidget(card, i // cols, i % cols)
@@ -438,6 +439,27 @@ class TrainingView(QWidget):
         for old in groups[MAX_SAMPLE_GROUPS:]:
             old.setParent(None)
             old.deleteLater()
+
+    def sample_pixmap(self, item) -> QPixmap | None:
+        """The picture of a sample item: its path when it is one, else asked of `image_resolver`."""
+        if not item.image:
+            return None
+        if item.index in self._thumbs:
+            return self._thumbs[item.index]
+        from finetune_app.core.data.sample import ImageRef
+        from finetune_app.ui.dataset_model import load_thumbnail
+
+        path = Path(item.image)
+        ref = ImageRef(path=path) if path.is_absolute() and path.is_file() else None
+        if ref is None and self.image_resolver is not None:
+            try:
+                ref = self.image_resolver(item)
+            except Exception:
+                ref = None
+        image = load_thumbnail(ref, SAMPLE_THUMB) if ref is not None else None
+        pixmap = QPixmap.fromImage(image) if image is not None and not image.isNull() else None
+        self._thumbs[item.index] = pixmap
+        return pixmap
 
     def on_checkpoint(self, step: int, path: str) -> None:
         self._log(f"Checkpoint saved at step {step:,}: {Path(path).name}")

@@ -164,7 +164,12 @@ def architecture(config: dict) -> dict:
 
 def load_model_choice(source: str, task: Task) -> ModelChoice:
     """Resolve (download with progress) and describe a model without keeping its weights."""
-    from finetune_app.core.models import BaseModel, describe, load_base, resolve_model_path
+    from finetune_app.core.models import (
+        BaseModel,
+        describe,
+        load_base,
+        resolve_model_path,
+    )
 
     def progress(done: int, total: int, what: str) -> None:
         task.report(("download", done, total, what))
@@ -314,6 +319,7 @@ class TrainingRun(QObject):
         self.thread.started.connect(self.worker.run)
         self.worker.done.connect(self.thread.quit, Qt.ConnectionType.DirectConnection)
         self.result = None
+        self.started = False
         self.worker.done.connect(self._keep_result, Qt.ConnectionType.QueuedConnection)
 
     def connect(self, **slots) -> None:
@@ -329,6 +335,7 @@ class TrainingRun(QObject):
         return self.worker.control
 
     def start(self) -> None:
+        self.started = True
         self.thread.start()
 
     def is_running(self) -> bool:

@@ -33,6 +33,8 @@ class TrainState:
     batch_in_epoch: int = 0  # next micro-batch within that epoch
     trained_tokens: int = 0
     best_val_loss: float | None = None
+    val_loss: float | None = None  # the latest validation loss ...
+    val_step: int | None = None  # ... and the step it was measured at (== step: this checkpoint's own)
     total_steps: int = 0
     seed: int = 0
     rng: str = "reseeded per step from (seed, step)"
@@ -52,9 +54,71 @@ def save(run_dir: Path, model, adapter_config: dict, optimizer, state: TrainStat
 
 
 def rotate(root: Path, keep: int) -> None:
+    """Keep the newest `keep` checkpoints and the one with the best validation loss."""
     steps = list_checkpoints(root.parent)
-    for old in steps[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+    if keep <= 0 or len(steps) <= keep:
+        return
+    kept = set(steps[-keep:])
+    best = best_checkpoint(root.parent)
+    if best is not None:
+        kept.add(best)
+    for old in steps:
+        if old not in kept:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def checkpoint_val_loss(ckpt: Path) -> float | None:
+    """The validation loss measured at this checkpoint's own step (None: not evaluated there)."""
+    try:
+        data = json.loads((Path(ckpt) / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if data.get("val_loss") is None or data.get("val_step") != data.get("step"):
+        return None
+    return float(data["val_loss"])
+
+
+def best_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint with the lowest validation loss measured at its step (earliest on ties)."""
+    scored = [(v, i, c) for i, c in enumerate(list_checkpoints(run_dir))
+              if (v := checkpoint_val_loss(c)) is not None and v == v]
+    return min(scored)[2] if scored else None
+
+
+# ---- disk space -----------------------------------------------------------------------------------
+DISK_MARGIN = 16 * 2**20  # bytes kept free beyond the estimate (metrics, config, file system slack)
+
+
+def estimate_checkpoint_bytes(model, fine_tune_type: str = "lora") -> int:
+    """One checkpoint: the adapter (trainable weights) plus the optimizer state (up to two
+    moments of the same size, Adam-style): 3x the trainable-parameter bytes."""
+    weights = adapters.trainable_weights(model, fine_tune_type)
+    return 3 * sum(int(v.nbytes) for v in weights.values())
+
+
+def free_bytes(path: Path) -> int:
+    p = Path(path).expanduser().absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return shutil.disk_usage(p).free
+
+
+def check_disk_space(run_dir: Path, checkpoint_bytes: int, *, when: str = "start") -> None:
+    """Refuse (FinetuneError with the figures) when the disk cannot hold one more checkpoint and the
+    run folder's adapter copy (a third of a checkpoint) beside it."""
+    from finetune_app.core.errors import FinetuneError
+
+    need = checkpoint_bytes + checkpoint_bytes // 3 + DISK_MARGIN
+    free = free_bytes(run_dir)
+    if free < need:
+        mb = lambda n: f"{n / 1e6:,.1f} MB"  # noqa: E731
+        what = "cannot start" if when == "start" else "stopped before writing its next checkpoint"
+        raise FinetuneError(
+            f"Not enough disk space: the run {what}. A checkpoint needs about {mb(need)} "
+            f"({mb(checkpoint_bytes)} of adapter and optimizer state, plus the adapter copy and a margin) "
+            f"but only {mb(free)} is free on the disk holding '{run_dir}'.",
+            "Free some space (delete old runs in the run history), keep fewer checkpoints, "
+            "or choose a run folder on another disk.", file=run_dir)
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:

@@ -27,7 +27,12 @@ import numpy as np
 from finetune_app.core.vision_cache import VisionFeatureCache, content_key
 
 QWEN_MROPE = ("qwen2_vl", "qwen2_5_vl")
-PAD_MULTIPLE = 8  # bounds the number of shapes the compiled step is traced for
+
+def padded_length(n: int) -> int:
+    """Round a batch's length up to a multiple of 1/32 of its power-of-two ceiling: under 6.25%
+    padding, and at most 16 distinct shapes per octave for the compiled step to be traced for."""
+    step = max(1, (1 << max(0, (n - 1).bit_length())) // 32)
+    return -(-n // step) * step
 
 
 @dataclass
@@ -52,10 +57,6 @@ def supported(base, cfg) -> str | None:
     if base.model_type in QWEN_MROPE and not cfg.train_projector:  # the merger sits inside the tower
         return "qwen"
     return None
-
-
-def _round_up(n: int, k: int) -> int:
-    return -(-n // k) * k
 
 
 class FastPath:
@@ -124,7 +125,7 @@ class FastPath:
             if self.kind == "fastvlm":
                 n += int((e.input_ids == self.image_token).sum()) * (F - 1)
             lengths.append(n)
-        M = _round_up(max(lengths), PAD_MULTIPLE)
+        M = padded_length(max(lengths))
         if self.kind == "text":  # model positions are token positions; pad ids too
             L = M
         ids = np.zeros((B, L), np.int32)

@@ -112,6 +112,9 @@ class Trainer:
         base = self.base
         mx.random.seed(cfg.seed)
         self.adapter_config = adapters.attach(base, cfg)
+        self.checkpoint_bytes = ckpt.estimate_checkpoint_bytes(base.model, cfg.fine_tune_type)
+        if self.world.is_main:  # refuse to start when the disk cannot hold a checkpoint
+            ckpt.check_disk_space(self.run_dir, self.checkpoint_bytes)
         if cfg.grad_checkpoint:
             from finetune_app.core.training.grad_checkpoint import enable
 
@@ -142,6 +145,8 @@ class Trainer:
         self.metrics = MetricsLog(self.run_dir / METRICS_FILE)
         if self.resume:
             self._restore()
+            if self.world.is_main:  # an extension (more steps or epochs) is remembered
+                cfg.save(self.run_dir / CONFIG_FILE)
         elif self.world.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             cfg.save(self.run_dir / CONFIG_FILE)
@@ -271,6 +276,7 @@ class Trainer:
         t0 = time.perf_counter()
         val_loss, n = self.evaluate()
         self.emit(ValReport(step=step, val_loss=val_loss, val_tokens=n, seconds=time.perf_counter() - t0))
+        self.state.val_loss, self.state.val_step = val_loss, step
         if self.state.best_val_loss is None or val_loss < self.state.best_val_loss:
             self.state.best_val_loss = val_loss
         if self.cfg.sample_count and self.world.is_main:
@@ -281,6 +287,7 @@ class Trainer:
     def save_checkpoint(self) -> Path | None:
         if not self.world.is_main:
             return None
+        ckpt.check_disk_space(self.run_dir, self.checkpoint_bytes, when="checkpoint")
         path = ckpt.save(self.run_dir, self.base.model, self.adapter_config, self.optimizer, self.state,
                          keep=self.cfg.keep_checkpoints, train_config=self.cfg)
         adapters.save(self.base.model, self.adapter_config, self.run_dir)
