@@ -77,7 +77,12 @@ def child_ours(spec: dict) -> None:
     """Our engine, exactly as the CLI runs it (Trainer + TrainConfig), reporting events as JSON."""
     sys.path.insert(0, str(REPO))
     from finetune_app.core.config import TrainConfig
-    from finetune_app.core.training.events import StateChanged, TrainReport, ValReport, to_dict
+    from finetune_app.core.training.events import (
+        StateChanged,
+        TrainReport,
+        ValReport,
+        to_dict,
+    )
     from finetune_app.core.training.trainer import Trainer
 
     def listener(ev):
@@ -97,7 +102,7 @@ def child_ours(spec: dict) -> None:
 def child_mlx_lm(spec: dict) -> None:
     """`mlx_lm lora` through its own main(); only a reporting callback is added (it prints the
     metrics the CLI computes anyway: peak memory is not in its console output)."""
-    import mlx_lm.lora as lora
+    from mlx_lm import lora
     from mlx_lm.tuner.trainer import TrainingCallback
 
     class Callback(TrainingCallback):
@@ -288,7 +293,7 @@ def parse_mlx_vlm(lines) -> list[dict]:
     events, cur = [], None
     for t, line in lines:
         s = line.strip()
-        if s.startswith("Training (iteration") or s.startswith("Validation (iteration"):
+        if s.startswith(("Training (iteration", "Validation (iteration")):
             if cur:
                 events.append(cur)
             cur = {"ev": "train" if s.startswith("Training") else "val",
@@ -317,8 +322,7 @@ def parse_mlx_vlm(lines) -> list[dict]:
 # Data and models
 # =================================================================================================
 
-FILLER = ("the quick brown fox jumps over the lazy dog while a small model learns to read long "
-          "sentences about colours shapes numbers and cities ").split()
+FILLER = ["the", "quick", "brown", "fox", "jumps", "over", "the", "lazy", "dog", "while", "a", "small", "model", "learns", "to", "read", "long", "sentences", "about", "colours", "shapes", "numbers", "and", "cities"]
 
 
 def lengthen(text: str, n_words: int) -> str:
@@ -326,12 +330,25 @@ def lengthen(text: str, n_words: int) -> str:
     return text + (" " + " ".join(words) if words else "")
 
 
-def make_data(kind: str, dest: Path, args) -> Path:
+def tokens_per_filler_word(model: Path) -> float:
+    try:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(str(model))
+        return max(0.25, len(tok.encode(" " + " ".join(FILLER), add_special_tokens=False)) / len(FILLER))
+    except (OSError, ValueError, ImportError):
+        return 1.0
+
+
+def make_data(kind: str, dest: Path, args, model: Path | None = None) -> Path:
     """One folder that both tools read: train.jsonl / valid.jsonl in the {"messages": [...]} chat
     layout (+ "images" relative to the folder for VLMs). `--seq-len` pads prompts and answers
-    with filler words towards that many tokens (about one token per word; answers get
-    --answer-fraction of it)."""
-    from finetune_app.core.data.demo import make_instruction_dataset, make_shapes_dataset
+    with filler words towards that many tokens (words per token measured with the model's
+    tokenizer; answers get --answer-fraction of it)."""
+    from finetune_app.core.data.demo import (
+        make_instruction_dataset,
+        make_shapes_dataset,
+    )
 
     n_train, n_valid = args.n_train, args.n_valid
     dest.mkdir(parents=True, exist_ok=True)
@@ -359,9 +376,10 @@ def make_data(kind: str, dest: Path, args) -> Path:
                                                  {"role": "assistant", "content": r["output"]}]})
         shutil.rmtree(src, ignore_errors=True)
     if args.seq_len:
-        for split in rows:
-            for r in rows[split]:
-                extra = max(0, args.seq_len - 40)
+        per_word = tokens_per_filler_word(model) if model else 1.0
+        for split_rows in rows.values():
+            for r in split_rows:
+                extra = int(max(0, args.seq_len - 40) / per_word)  # in words
                 a = int(extra * args.answer_fraction)
                 r["messages"][0]["content"] = lengthen(r["messages"][0]["content"], extra - a)
                 r["messages"][1]["content"] = lengthen(r["messages"][1]["content"], a)
@@ -401,13 +419,13 @@ def make_model(family: str, dest: Path, args) -> Path:
 # =================================================================================================
 
 def ours_config(model: Path, data: Path, out: Path, args, setup: dict, cache_vision: bool = True) -> dict:
-    cfg = dict(model=str(model), data=str(data), output=str(out), fine_tune_type="lora",
-               lora_rank=args.rank, lora_alpha=float(args.alpha), lora_dropout=float(args.dropout),
-               optimizer="adamw", learning_rate=args.lr, weight_decay=0.0, lr_schedule="constant",
-               warmup_steps=0, grad_clip=None, batch_size=args.batch_size, grad_accumulation=1,
-               max_length=args.max_seq_length, completion_only=True, steps_per_eval=HUGE,
-               steps_per_report=args.report_every, save_every=HUGE, keep_checkpoints=1, sample_count=0,
-               seed=args.seed, cache_vision=cache_vision)
+    cfg = {"model": str(model), "data": str(data), "output": str(out), "fine_tune_type": "lora",
+               "lora_rank": args.rank, "lora_alpha": float(args.alpha), "lora_dropout": float(args.dropout),
+               "optimizer": "adamw", "learning_rate": args.lr, "weight_decay": 0.0, "lr_schedule": "constant",
+               "warmup_steps": 0, "grad_clip": None, "batch_size": args.batch_size, "grad_accumulation": 1,
+               "max_length": args.max_seq_length, "completion_only": True, "steps_per_eval": HUGE,
+               "steps_per_report": args.report_every, "save_every": HUGE, "keep_checkpoints": 1, "sample_count": 0,
+               "seed": args.seed, "cache_vision": cache_vision}
     if setup.get("epochs"):
         cfg.update(iters=None, epochs=float(setup["epochs"]))
     else:
@@ -541,20 +559,20 @@ def flops_per_example(info: dict, vision_runs: bool) -> float:
 
 
 SETUP_DEFAULTS = {  # used where the flag is not given
-    "qwen2_vl": dict(n_train=300, n_valid=60, report_every=10, warmup_steps=10),
+    "qwen2_vl": {"n_train": 300, "n_valid": 60, "report_every": 10, "warmup_steps": 10},
     # FastVLM's tower sees 1024 px (256 features per image): a few rows keep three epochs short here
-    "fastvlm": dict(n_train=40, n_valid=8, report_every=5, warmup_steps=5),
-    "text": dict(n_train=240, n_valid=30, report_every=10, warmup_steps=10),
+    "fastvlm": {"n_train": 40, "n_valid": 8, "report_every": 5, "warmup_steps": 5},
+    "text": {"n_train": 240, "n_valid": 30, "report_every": 10, "warmup_steps": 10},
 }
 
 
 def setups(args) -> dict:
     return {
-        "qwen2_vl": dict(kind="vlm", family="qwen2_vl", steps=args.steps,
-                         tools=["ours", "mlx_vlm-default", "mlx_vlm-best"]),
-        "fastvlm": dict(kind="vlm", family="fastvlm", epochs=args.epochs,
-                        tools=["ours", "ours-nocache", "mlx_vlm-default"]),
-        "text": dict(kind="text", family="llama", steps=args.steps, tools=["ours", "mlx_lm"]),
+        "qwen2_vl": {"kind": "vlm", "family": "qwen2_vl", "steps": args.steps,
+                         "tools": ["ours", "mlx_vlm-default", "mlx_vlm-best"]},
+        "fastvlm": {"kind": "vlm", "family": "fastvlm", "epochs": args.epochs,
+                        "tools": ["ours", "ours-nocache", "mlx_vlm-default"]},
+        "text": {"kind": "text", "family": "llama", "steps": args.steps, "tools": ["ours", "mlx_lm"]},
     }
 
 
@@ -588,8 +606,8 @@ def call(kind: str, spec: dict, log: Path) -> dict:
 def git_state() -> str:
     try:
         return subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True,
-                              text=True, timeout=10).stdout.strip()
-    except Exception:
+                              text=True, timeout=10, check=False).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
         return ""
 
 
@@ -615,7 +633,7 @@ def run_setup(name: str, setup: dict, args, work: Path, peak: dict | None) -> di
     wdir.mkdir(parents=True, exist_ok=True)
     print(f"\n=== {name}: building model and data in {wdir}", flush=True)
     model = make_model(setup["family"], wdir / "model", args)
-    data = make_data(setup["kind"], wdir / "data", args)
+    data = make_data(setup["kind"], wdir / "data", args, model)
     info = call("info", {"model": str(model), "data": str(data)}, wdir / "info.log")
     info.pop("ev", None)
     info.pop("arrival", None)

@@ -44,7 +44,7 @@ def test_wizard_exports_and_shows_verification(qtbot, text_run, tmp_path, monkey
     assert "8-bit, group size 32" in summary and "Estimated size" in summary and "Free disk space" in summary
     assert w.summary.estimate > 0
     w.next()  # "Export": runs on the worker thread
-    qtbot.waitUntil(lambda: w.currentId() == ew.PAGE_RESULT or w.progress_page.error, timeout=120_000)
+    qtbot.waitUntil(lambda: w.currentId() == ew.PAGE_RESULT or bool(w.progress_page.error), timeout=120_000)
     assert not w.progress_page.error
     assert (out / "model.safetensors").is_file()
     text = w.result_page.verification.toPlainText()
@@ -85,3 +85,20 @@ def test_wizard_refuses_existing_folder_and_reports_failure(qtbot, text_run, tmp
     assert "Not enough free disk space" in w.progress_page.message.text()
     assert w.progress_page.retry.isVisibleTo(w) and not (tmp_path / "new").exists()
     w.reject()
+
+
+def test_wizard_cancel_writes_nothing(qtbot, text_run, tmp_path):
+    out = tmp_path / "cancelled"
+    w = ew.ExportWizard(adapter=str(text_run), output=str(out))
+    qtbot.addWidget(w)
+    w.show()
+    w.source.buttons["mlx-lm"].setChecked(True)
+    w.next()
+    w.next()
+    w.next()
+    w.next()  # starts the export ...
+    w.progress_page.cancel.click()  # ... and cancels it before its next step
+    qtbot.waitUntil(lambda: bool(w.progress_page.error), timeout=60_000)
+    assert "cancelled" in w.progress_page.error
+    qtbot.waitUntil(lambda: not w.is_running(), timeout=10_000)
+    assert not out.exists() and not list(tmp_path.glob(".cancelled.staging-*"))

@@ -263,7 +263,7 @@ def test_link_and_image_data_during_training(window, qtbot, trained, tmp_path):
     w = window
     panel = w.extras.caption_panel
     assert panel.picker.uses_current_run()
-    cfg = base_cfg.replace(output=str(tmp_path / "live-run"), iters=40, save_every=2, keep_checkpoints=100,
+    cfg = base_cfg.replace(output=str(tmp_path / "live-run"), iters=2000, save_every=2, keep_checkpoints=100,
                            steps_per_eval=1000, data=str(base_cfg.data), batch_size=2)
     run = TrainingRun(cfg, parent=w)  # what MainWindow.start_training does once its checks pass
     w.run = run
@@ -301,6 +301,6 @@ def test_link_and_image_data_during_training(window, qtbot, trained, tmp_path):
         assert t.text == engine_captions(str(model), str(ckpt), (str(picture),))[0]
     assert panel.cards[1].image.data is not None and panel.cards[0].image.url.startswith("http://127.0.0.1")
 
-    qtbot.waitUntil(lambda: w.training.state == "finished", timeout=120000)
-    assert w.run.result is None or w.run.result.step == 40
-    assert w.training.step == 40, "the run was not disturbed"
+    step = w.training.step
+    qtbot.waitUntil(lambda: w.training.step >= step + 3, timeout=60000)
+    assert w.training.state in ("started", "resumed"), "the run goes on, undisturbed"

@@ -288,15 +288,12 @@ class QuantPage(QWizardPage):
     @Slot()
     def check_package(self) -> bool:
         from finetune_app.core.errors import FinetuneError
-        from finetune_app.core.export import coreml_encoder
+        from finetune_app.core.export.export import check_user_mlpackage
 
         info = self.w.model_info
-        cfg = info["config"] if info else {}
-        width = int(cfg.get("mm_hidden_size") or 3072)
-        size = int((cfg.get("vision_config") or {}).get("image_size") or 1024)
         try:
-            found = coreml_encoder.check_mlpackage(Path(self.mlpackage_edit.text().strip()).expanduser(),
-                                                   expected_width=width, image_size=size)
+            found = check_user_mlpackage(Path(self.mlpackage_edit.text().strip()).expanduser(),
+                                         info["config"] if info else {})
         except FinetuneError as exc:
             self.check_label.setText(f"✗ {exc.message}")
             return False
@@ -397,8 +394,9 @@ class SummaryPage(QWizardPage):
         free = shutil.disk_usage(free_space_target(Path(o.output).expanduser().absolute())).free
         rows.append(("Free disk space", human_bytes(free)))
         self.text.setText("<table>" + "".join(f"<tr><td><b>{k}</b>&nbsp;&nbsp;</td><td>{v}</td></tr>" for k, v in rows) + "</table>"
-                          "<p>The bundle is verified after writing: it is reloaded with the destination's loader "
-                          "(or checked against the Swift app's format) and a validation image is captioned.</p>")
+                          "<p>The bundle is verified before it is moved into place: it is reloaded with the "
+                          "destination's loader (the Swift bundles: checked against the app's format and run the "
+                          "way the app runs them) and answers a validation prompt.</p>")
 
 
 class ProgressPage(QWizardPage):
@@ -471,6 +469,8 @@ class ResultPage(QWizardPage):
         self.table.setHorizontalHeaderLabels(["File", "Size"])
         self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.Stretch)
         self.table.verticalHeader().setVisible(False)
+        self.table.verticalHeader().setDefaultSectionSize(22)
+        self.table.setEditTriggers(QTableWidget.NoEditTriggers)
         self.show_button = QPushButton("Show in Finder" if sys.platform == "darwin" else "Show folder")
         self.show_button.clicked.connect(self.show_in_finder)
         lay.addWidget(self.headline)
@@ -513,6 +513,7 @@ class ExportWizard(QWizard):
         self.setWindowTitle("Export model")
         self.setWizardStyle(QWizard.ModernStyle)
         self.setOption(QWizard.NoBackButtonOnLastPage, True)
+        self.setOption(QWizard.NoCancelButtonOnLastPage, True)
         self.model_info: dict | None = None
         self.result = None
         self._thread: QThread | None = None
@@ -559,8 +560,10 @@ class ExportWizard(QWizard):
         self._worker.progressed.connect(self.progress_page.on_progress, queued)
         self._worker.finished.connect(self._on_finished, queued)
         self._worker.failed.connect(self.progress_page.on_failed, queued)
-        self._worker.finished.connect(self._thread.quit)
-        self._worker.failed.connect(self._thread.quit)
+        # quit directly from the worker thread: a queued quit would wait for the GUI thread, which
+        # may itself be waiting for this thread (closing the wizard mid-export)
+        self._worker.finished.connect(self._thread.quit, Qt.DirectConnection)
+        self._worker.failed.connect(self._thread.quit, Qt.DirectConnection)
         self._thread.start()
 
     @Slot(object)
@@ -580,10 +583,10 @@ class ExportWizard(QWizard):
     def reject(self) -> None:
         if self.is_running():  # closing while exporting cancels it (nothing is written)
             self.cancel_export()
-            self._thread.wait(5000)
+            self._thread.wait()
         super().reject()
 
     def done(self, r: int) -> None:
         if self.is_running():
-            self._thread.wait(5000)
+            self._thread.wait()
         super().done(r)

@@ -189,6 +189,8 @@ class TrayController(QObject):
         if run is not None and run is not self.run:
             self._attach(run)
         self.view_state = state
+        if state == "failed" and not self.reason:  # the view shows the reason before it says "failed"
+            self.reason = self.view.error.text.text()
         if state == "finished":
             self.eta = 0.0
         self._update()

@@ -34,8 +34,8 @@ class Cancelled(Exception):
 
 
 def release_mlx_thread_state() -> None:
-    """Free this thread's MLX streams (see the module docstring)."""
-    gc.collect()
+    """Free this thread's MLX streams (see the module docstring). No gc.collect() here: a full
+    collection holds the GIL for hundreds of milliseconds and the window would freeze meanwhile."""
     try:
         import mlx.core as mx
 
@@ -272,6 +272,11 @@ class TrainingWorker(QObject):
         elif isinstance(event, ev.SampleReport):
             self.sampleReport.emit(event)
         elif isinstance(event, ev.StateChanged):
+            if event.state == "started":
+                # The model, data and libraries are loaded: move them out of the collector's sight.
+                # Otherwise a full collection (triggered by the step's allocations, on this thread)
+                # walks millions of objects holding the GIL, and the window freezes meanwhile.
+                gc.freeze()
             if event.state == "failed":
                 self.failed_reason = event.reason
             self.stateChanged.emit(event.state, event.reason, event.step)

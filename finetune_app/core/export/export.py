@@ -136,9 +136,9 @@ def check_options(opts: ExportOptions) -> None:
     if opts.mlpackage and opts.target != "mlx-swift":
         raise ConfigError("A CoreML vision encoder (--mlpackage) only goes into the mlx-swift (FastVLM app) bundle.",
                           "Use --target mlx-swift, or leave --mlpackage out.", field="mlpackage")
-    out = Path(opts.output).expanduser()
-    if not str(opts.output).strip():
+    if not str(opts.output or "").strip():
         raise ConfigError("No destination folder was given.", "Pass --output DIR.", field="output")
+    out = Path(opts.output).expanduser()
     if out.exists() and not out.is_dir():
         raise ExportError(f"The destination '{out}' is a file.", "Choose a folder name for the export.", file=out)
     if out.exists() and not opts.overwrite:
@@ -158,6 +158,15 @@ def check_target_for_model(target: str, kind: str, is_fastvlm: bool) -> None:
     if target == "mlx-swift" and not is_fastvlm:
         raise ConfigError("The mlx-swift target is Apple's FastVLM app, which runs FastVLM models only.",
                           "Use mlx-swift-lm (MLXVLM / MLXLLM) or mlx-vlm / mlx-lm for this model.", field="target")
+
+
+def check_user_mlpackage(path: Path, config: dict) -> dict:
+    """check_mlpackage against this model's tower width and image size (before any work)."""
+    from finetune_app.core.export import coreml_encoder
+
+    width = int(config.get("mm_hidden_size") or 3072)
+    size = int((config.get("vision_config") or {}).get("image_size") or 1024)
+    return coreml_encoder.check_mlpackage(path, expected_width=width, image_size=size)
 
 
 # ---- size estimate ------------------------------------------------------------------------------
@@ -316,10 +325,6 @@ def export(opts: ExportOptions, *, progress: Progress | None = None,
     check_options(opts)
     dest = Path(opts.output).expanduser().absolute()
     source, acfg = resolve_base_source(opts)
-    if opts.mlpackage:
-        mp = Path(opts.mlpackage).expanduser()
-        if not mp.exists():
-            raise ExportError(f"The CoreML encoder '{mp}' does not exist.", "Choose an existing fastvithd.mlpackage folder.", file=mp)
 
     step(0.02, "Loading the base model")
     from finetune_app.core import models
@@ -328,6 +333,8 @@ def export(opts: ExportOptions, *, progress: Progress | None = None,
     config = models.read_config(path)
     check_target_for_model(opts.target, models.model_kind(config),
                            str(config.get("model_type", "")).lower() in ("llava_qwen2", "fastvlm"))
+    if opts.mlpackage:
+        check_user_mlpackage(Path(opts.mlpackage).expanduser(), config)
     base = models.load_base(path)
     base.source = source
     warnings: list[str] = []
@@ -382,11 +389,15 @@ class _Job:
         if not self.opts.verify:
             return
         self.inputs = vf.model_inputs(base, self.prompt, self.image)
-        self.reference = vf.logits(base, self.inputs)
+        projected = None
+        if base.is_fastvlm and "pixel_values" in self.inputs:  # run the tower once
+            self.app_features = vf.tower_features(base.model, self.inputs["pixel_values"])
+            projected = base.model.mm_projector(self.app_features)
+        self.reference = vf.logits(base, self.inputs, projected=projected)
         if self.opts.target == "mlx-swift":
-            self._prepare_app_reference()
+            self._prepare_app_reference(projected)
 
-    def _prepare_app_reference(self) -> None:
+    def _prepare_app_reference(self, projected) -> None:
         from tokenizers import Tokenizer
 
         from finetune_app.core.export import bundle_swift as bs
@@ -399,11 +410,9 @@ class _Job:
                 {"id": token_id, "content": bs.IMAGE_TOKEN, "single_word": False, "lstrip": False,
                  "rstrip": False, "normalized": False, "special": True})
         tok = Tokenizer.from_str(json.dumps(tok_json))
-        pixels = self.inputs["pixel_values"]
-        self.app_features = vf.tower_features(self.base.model, pixels)
         n = self.app_features.shape[1]
         ids = tok.encode(vf.app_prompt(self.prompt, n), add_special_tokens=False).ids
-        self.app_reference = vf.reference_app_logits(self.base, ids, token_id, pixels)
+        self.app_reference = vf.reference_app_logits(self.base, ids, token_id, self.inputs["pixel_values"], projected)
 
     # -- run -----------------------------------------------------------------------------------------
     def run(self, need: int) -> ExportResult:
@@ -511,7 +520,7 @@ class _Job:
         except ModelError as exc:
             self.warnings.append(str(exc))
         if self.opts.mlpackage:
-            self.step(0.45, "Checking the chosen CoreML encoder")
+            self.step(0.45, "Checking the chosen CoreML encoder")  # checked before loading, and again now
             coreml_encoder.check_mlpackage(Path(self.opts.mlpackage).expanduser(), expected_width=width, image_size=size)
             if (self.acfg or {}).get("finetune_app", {}).get("train_vision"):
                 self.warnings.append("This adapter also trained the vision tower, but the chosen CoreML encoder was "

@@ -105,11 +105,17 @@ def model_inputs(base, prompt: str, image=None) -> dict:
     return out
 
 
-def logits(base, inputs: dict) -> mx.array:
+def logits(base, inputs: dict, *, projected: mx.array | None = None) -> mx.array:
+    """The model's logits on `inputs`. `projected`: FastVLM image features already through the
+    projector (mlx-vlm's `cached_image_features`), to run the tower once per export."""
     model = base.model
     model.eval()
     if base.kind == "text":
         out = model(inputs["input_ids"])
+    elif projected is not None:
+        ids, mask = inputs["input_ids"], inputs.get("attention_mask")
+        emb = model.get_input_embeddings(ids, inputs.get("pixel_values"), mask, cached_image_features=projected)
+        out = model.language_model(ids, mask=mask, inputs_embeds=emb.inputs_embeds)
     else:
         extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "pixel_values", "attention_mask")}
         out = model(inputs["input_ids"], inputs.get("pixel_values"), inputs.get("attention_mask"), **extra)
@@ -237,7 +243,7 @@ def check_app_structure(folder: Path, *, mlpackage_width: int, image_size: int) 
     """Weights, config, processor files, tokenizer and CoreML package against FastVLM.swift."""
     from finetune_app.core.export import bundle_swift as bs
 
-    v = Verification(loader="structure check against Apple's FastVLM app (mlx-swift cannot run here)")
+    v = Verification(loader="FastVLM app format check + simulated app forward")
     cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     want_keys = set(bs.APP_CONFIG_KEYS) | ({"quantization"} if "quantization" in cfg else set())
     if set(cfg) != want_keys:
@@ -380,7 +386,8 @@ def simulate_app(folder: Path, tower_features: mx.array, prompt: str, *, max_tok
     return ids, first, tok.decode(out_ids).strip()
 
 
-def reference_app_logits(ref_base, ids: list[int], image_token_index: int, pixel_values: mx.array) -> mx.array:
+def reference_app_logits(ref_base, ids: list[int], image_token_index: int, pixel_values: mx.array,
+                         projected: mx.array | None = None) -> mx.array:
     """The in-memory mlx-vlm model on the app's token sequence (its 256 image tokens collapsed to
     mlx-vlm's single -200 placeholder, which it expands to the same 256 positions)."""
     collapsed, seen = [], False
@@ -392,10 +399,8 @@ def reference_app_logits(ref_base, ids: list[int], image_token_index: int, pixel
             continue
         collapsed.append(t)
     x = mx.array([collapsed])
-    out = ref_base.model(x, pixel_values, mx.ones_like(x))
-    out = (out.logits if hasattr(out, "logits") else out).astype(mx.float32)
-    mx.eval(out)
-    return out
+    return logits(ref_base, {"input_ids": x, "pixel_values": pixel_values, "attention_mask": mx.ones_like(x)},
+                  projected=projected)
 
 
 def tower_features(model, pixel_values: mx.array) -> mx.array:

@@ -27,6 +27,7 @@ import numpy as np
 from finetune_app.core.vision_cache import VisionFeatureCache, content_key
 
 QWEN_MROPE = ("qwen2_vl", "qwen2_5_vl")
+TEXT_FAST = ("llama", "qwen2", "qwen3", "mistral")  # plain decoder + head, no logit scaling
 
 def padded_length(n: int) -> int:
     """Round a batch's length up to a multiple of 1/32 of its power-of-two ceiling: under 6.25%
@@ -44,12 +45,15 @@ class Plan:
     positions: np.ndarray | None  # int32 [3, B, M] mRoPE ids (Qwen-VL) or None
     feature_keys: list  # cache keys of the feature rows, in order
     n_targets: int
+    sel: np.ndarray = None  # int32 [K] flat model positions (b*M + m) whose prediction is supervised
+    sel_targets: np.ndarray = None  # int32 [K] the tokens they predict
+    sel_weights: np.ndarray = None  # float32 [K] 1, or 0 for padding entries
 
 
 def supported(base, cfg) -> str | None:
     """Which fast path applies ("text", "fastvlm", "qwen"), or None for the reference path."""
     if base.kind == "text":
-        return "text"
+        return "text" if base.model_type in TEXT_FAST else None
     if cfg.train_vision or not cfg.cache_vision:
         return None
     if base.is_fastvlm:
@@ -171,8 +175,19 @@ class FastPath:
                 positions[:, b, :rp.shape[1]] = rp
                 last = rp[:, -1:] if rp.shape[1] else np.zeros((3, 1), np.int32)
                 positions[:, b, rp.shape[1]:] = last + np.arange(1, M - rp.shape[1] + 1)
+        # Only supervised positions need logits: gather them before the LM head (the head is the
+        # largest matmul of a small model, and its float32 logits dominate peak memory).
+        flat = np.flatnonzero(tmask.reshape(-1)).astype(np.int32)
+        K = padded_length(max(1, len(flat)))
+        sel = np.zeros(K, np.int32)
+        sel_targets = np.zeros(K, np.int32)
+        sel_weights = np.zeros(K, np.float32)
+        sel[:len(flat)] = flat
+        sel_targets[:len(flat)] = targets.reshape(-1)[flat]
+        sel_weights[:len(flat)] = 1.0
         return Plan(ids=ids, src=src, targets=targets, tmask=tmask, positions=positions,
-                    feature_keys=feature_keys, n_targets=int(tmask.sum()))
+                    feature_keys=feature_keys, n_targets=len(flat), sel=sel, sel_targets=sel_targets,
+                    sel_weights=sel_weights)
 
     # ---- the step ------------------------------------------------------------------------------
     def _features(self, plan: Plan) -> mx.array:
@@ -180,13 +195,13 @@ class FastPath:
             return mx.zeros((0, 1), mx.float32)
         return mx.concatenate([self.cache.features[k] for k in plan.feature_keys], axis=0)
 
-    def loss_sum(self, ids, feats, src, positions, targets, tmask):
+    def loss_sum(self, ids, feats, src, positions, sel, sel_targets, sel_weights):
         model = self.model
         if self.kind == "text":
-            logits = model(ids)
-            logits = logits.logits if hasattr(logits, "logits") else logits
+            owner = model
+            hidden = model.model(ids)
         else:
-            lm = model.language_model
+            owner = lm = model.language_model
             tok = lm.model.embed_tokens(ids)
             B, L, D = tok.shape
             if self.kind == "fastvlm":
@@ -197,12 +212,13 @@ class FastPath:
             embeds = rows[src]
             dummy = mx.zeros(src.shape, mx.int32)
             if self.kind == "qwen":
-                out = lm(dummy, inputs_embeds=embeds, position_ids=positions)
+                hidden = lm.model(dummy, inputs_embeds=embeds, position_ids=positions)
             else:
-                out = lm(dummy, inputs_embeds=embeds)
-            logits = out.logits if hasattr(out, "logits") else out
-        ce = nn.losses.cross_entropy(logits.astype(mx.float32), targets, reduction="none")
-        return (ce * tmask).sum()
+                hidden = lm.model(dummy, input_embeddings=embeds)
+        picked = hidden.reshape(-1, hidden.shape[-1])[sel]
+        logits = owner.lm_head(picked) if "lm_head" in owner else owner.model.embed_tokens.as_linear(picked)
+        ce = nn.losses.cross_entropy(logits.astype(mx.float32), sel_targets, reduction="none")
+        return (ce * sel_weights).sum()
 
     def _arrays(self, plan: Plan):
         feats = self._features(plan)
@@ -210,7 +226,8 @@ class FastPath:
             n = len(plan.feature_keys)
             feats = feats.reshape(n, -1, feats.shape[-1])
         pos = mx.array(plan.positions) if plan.positions is not None else mx.zeros((1,), mx.int32)
-        return (mx.array(plan.ids), feats, mx.array(plan.src), pos, mx.array(plan.targets), mx.array(plan.tmask))
+        return (mx.array(plan.ids), feats, mx.array(plan.src), pos, mx.array(plan.sel), mx.array(plan.sel_targets),
+                mx.array(plan.sel_weights))
 
     def make_step(self, optimizer, grad_clip: float | None, accumulate: bool):
         model = self.model
