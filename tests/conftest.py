@@ -8,6 +8,10 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# Run records go to a throwaway database, never the user's real run history.
+import tempfile as _tempfile
+
+os.environ.setdefault("FINETUNE_DATA_DIR", _tempfile.mkdtemp(prefix="finetune-test-data-"))
 
 import json
 import sys

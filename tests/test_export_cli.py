@@ -20,11 +20,11 @@ import pytest
 
 pytest.importorskip("mlx.core")
 
-from test_export_support import make_adapter  # noqa: E402
+from test_export_support import make_adapter
 
-from finetune_app.cli import main  # noqa: E402
-from finetune_app.core.export import paths  # noqa: E402
-from finetune_app.core.tiny_models import cached_tiny_model  # noqa: E402
+from finetune_app.cli import main
+from finetune_app.core.export import paths
+from finetune_app.core.tiny_models import cached_tiny_model
 
 
 @pytest.fixture(scope="module")

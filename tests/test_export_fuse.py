@@ -16,10 +16,10 @@ import pytest
 mx = pytest.importorskip("mlx.core")
 nn = pytest.importorskip("mlx.nn")
 
-from test_export_support import make_adapter, max_abs, text_logits, vlm_load, vlm_logits  # noqa: E402
+from test_export_support import make_adapter, max_abs, text_logits, vlm_load, vlm_logits
 
-from finetune_app.core.export.export import ExportOptions, export  # noqa: E402
-from finetune_app.core.tiny_models import cached_tiny_model  # noqa: E402
+from finetune_app.core.export.export import ExportOptions, export
+from finetune_app.core.tiny_models import cached_tiny_model
 
 TOL = 1e-4
 
@@ -105,7 +105,6 @@ def test_quantized_vlm_loads_and_generates(tmp_path):
     assert isinstance(model.language_model.model.layers[0].self_attn.q_proj, nn.QuantizedLinear)
     from mlx_vlm import generate
     from mlx_vlm.prompt_utils import apply_chat_template
-
     from test_export_support import PROMPT, sample_image
 
     text = generate(model, proc, apply_chat_template(proc, mcfg, PROMPT, num_images=1), image=[sample_image()],

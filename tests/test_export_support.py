@@ -10,7 +10,7 @@ import pytest
 
 mx = pytest.importorskip("mlx.core")
 
-from finetune_app.core.export import paths  # noqa: E402
+from finetune_app.core.export import paths
 
 PROMPT = "Describe this image."
 TEXT = "The capital of France is"
@@ -79,8 +79,9 @@ def text_logits(model, tokenizer) -> mx.array:
 
 
 def vlm_load(path, adapter_path=None):
-    from finetune_app.core import compat
     from mlx_vlm import load
+
+    from finetune_app.core import compat
 
     compat.apply()  # config-driven FastViTHD sizes for the tiny FastVLM
     model, processor = load(str(path), adapter_path=str(adapter_path) if adapter_path else None)

@@ -8,11 +8,11 @@ import pytest
 pytest.importorskip("mlx.core")
 pytest.importorskip("pytestqt")
 
-from PySide6.QtWidgets import QWizard  # noqa: E402
-from test_export_support import make_adapter  # noqa: E402
+from PySide6.QtWidgets import QWizard
+from test_export_support import make_adapter
 
-from finetune_app.core.tiny_models import cached_tiny_model  # noqa: E402
-from finetune_app.ui import export_wizard as ew  # noqa: E402
+from finetune_app.core.tiny_models import cached_tiny_model
+from finetune_app.ui import export_wizard as ew
 
 pytestmark = pytest.mark.gui
 
@@ -74,9 +74,8 @@ def test_wizard_refuses_existing_folder_and_reports_failure(qtbot, text_run, tmp
     w.dest.overwrite.setChecked(False)
     w.dest.output_edit.setText(str(tmp_path / "new"))
     w.next()
-    from collections import namedtuple
-
     import shutil
+    from collections import namedtuple
 
     Usage = namedtuple("Usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda p: Usage(10**9, 10**9, 10))

@@ -138,7 +138,7 @@ def _browse_row(edit: QLineEdit, button_text: str, pick) -> QWidget:
 
 
 class SourcePage(QWizardPage):
-    def __init__(self, wizard: "ExportWizard"):
+    def __init__(self, wizard: ExportWizard):
         super().__init__()
         self.w = wizard
         self.setTitle("What to export")
@@ -224,7 +224,7 @@ class SourcePage(QWizardPage):
 
 
 class QuantPage(QWizardPage):
-    def __init__(self, wizard: "ExportWizard"):
+    def __init__(self, wizard: ExportWizard):
         super().__init__()
         self.w = wizard
         self.setTitle("Precision")
@@ -313,7 +313,7 @@ class QuantPage(QWizardPage):
 
 
 class DestPage(QWizardPage):
-    def __init__(self, wizard: "ExportWizard"):
+    def __init__(self, wizard: ExportWizard):
         super().__init__()
         self.w = wizard
         self.setTitle("Destination")
@@ -353,7 +353,7 @@ class DestPage(QWizardPage):
 
 
 class SummaryPage(QWizardPage):
-    def __init__(self, wizard: "ExportWizard"):
+    def __init__(self, wizard: ExportWizard):
         super().__init__()
         self.w = wizard
         self.setTitle("Summary")
@@ -400,7 +400,7 @@ class SummaryPage(QWizardPage):
 
 
 class ProgressPage(QWizardPage):
-    def __init__(self, wizard: "ExportWizard"):
+    def __init__(self, wizard: ExportWizard):
         super().__init__()
         self.w = wizard
         self.setTitle("Exporting")
@@ -455,7 +455,7 @@ class ProgressPage(QWizardPage):
 
 
 class ResultPage(QWizardPage):
-    def __init__(self, wizard: "ExportWizard"):
+    def __init__(self, wizard: ExportWizard):
         super().__init__()
         self.w = wizard
         self.setTitle("Exported")

@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 
 import mlx.core as mx
-import mlx.nn as nn
+from mlx import nn
 from mlx.utils import tree_flatten
 
 from finetune_app.core import atomic
@@ -145,7 +145,7 @@ def mlxvlm_config(base, model: nn.Module, quantization: dict | None) -> dict:
         eos = base.tokenizer.eos_token_id
     cfg["eos_token_id"] = int(eos)
     cfg.setdefault("mm_projector_type", getattr(mc, "mm_projector_type", "mlp2x_gelu"))
-    cfg.setdefault("mm_hidden_size", int(getattr(mc, "mm_hidden_size")))
+    cfg.setdefault("mm_hidden_size", int(mc.mm_hidden_size))
     cfg.setdefault("tokenizer_model_max_length", int(getattr(mc, "tokenizer_model_max_length", 8192) or 8192))
     cfg.setdefault("tokenizer_padding_side", getattr(mc, "tokenizer_padding_side", "right") or "right")
     cfg.setdefault("image_token_index", int(getattr(mc, "image_token_index", -200)))

@@ -24,7 +24,7 @@ import shutil
 from pathlib import Path
 
 import mlx.core as mx
-import mlx.nn as nn
+from mlx import nn
 
 from finetune_app.core import atomic
 from finetune_app.core.errors import ModelError

@@ -22,12 +22,12 @@ import os
 import shutil
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from finetune_app.core import atomic
-from finetune_app.core.errors import AdapterError, ConfigError, FinetuneError
+from finetune_app.core.errors import ConfigError, FinetuneError
 
 TARGETS = ("adapter", "mlx-vlm", "mlx-lm", "mlx-swift", "mlx-swift-lm")
 TARGET_HELP = {
@@ -366,6 +366,7 @@ class _Job:
         self.inputs = None
         self.fuse_report = None
         self.quant = None
+        self.ref_label = "base+adapter" if opts.adapter else "the base model"
 
     def known_paths(self) -> list:
         extra = [self.base.path, self.dest, self.dest.parent]
@@ -555,7 +556,7 @@ class _Job:
             loaded = vf.load_with_adapter(base.path, stage, base.kind)
             text_qlora = base.kind == "text" and bool((self.acfg or {}).get("base_quantization"))
             v = vf.verify_python(loaded, loader=loader, prompt=self.prompt, image=self.image, reference=self.reference,
-                                 tolerance=None if text_qlora else tol, inputs=self.inputs)
+                                 tolerance=None if text_qlora else tol, inputs=self.inputs, reference_label=self.ref_label)
             if text_qlora:
                 v.warnings.append(f"mlx-lm applies this QLoRA adapter to the base as stored (it does not quantize it), "
                                   f"so its logits differ from training by {v.max_logit_diff:.3g}; use a quantized base "
@@ -568,7 +569,7 @@ class _Job:
             loader += " (same names and config MLXVLM/MLXLLM read; mlx-swift-lm cannot run here)"
         loaded = vf.load_bundle(stage, base.kind)
         v = vf.verify_python(loaded, loader=loader, prompt=self.prompt, image=self.image, reference=self.reference,
-                             tolerance=tol, inputs=self.inputs)
+                             tolerance=tol, inputs=self.inputs, reference_label=self.ref_label)
         if target == "mlx-swift-lm" and base.is_fastvlm:
             self._check_mlxvlm(stage, v)
         return v
@@ -592,9 +593,10 @@ class _Job:
         from finetune_app.core.export import verify as vf
 
         v = vf.check_app_structure(stage, mlpackage_width=self.app_width, image_size=self.app_image_size)
+        v.reference = self.ref_label
         if not v.ok:
             return v
-        ids, got, text = vf.simulate_app(stage, self.app_features, self.prompt)
+        _ids, got, text = vf.simulate_app(stage, self.app_features, self.prompt)
         ref = self.app_reference
         n = min(ref.shape[-1], got.shape[-1])
         v.prompt, v.output = self.prompt, text
@@ -602,7 +604,7 @@ class _Job:
         v.tolerance = tol
         what = "app forward simulated on the exported weights (256 <image> tokens replaced by the tower features)"
         if tol is not None and v.max_logit_diff > tol:
-            v.problems.append(f"{what}: logits differ from base+adapter by {v.max_logit_diff:.3g}")
+            v.problems.append(f"{what}: logits differ from {v.reference} by {v.max_logit_diff:.3g}")
         else:
             v.checks.append(what)
         v.warnings.append("The bundle's numbers were checked here; loading it in the Swift app itself needs a Mac with Xcode.")

@@ -19,8 +19,8 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 TEXT_SUFFIXES = {".json", ".jinja", ".txt", ".toml", ".md", ".yaml", ".yml", ".model.json", ".py"}
 BINARY_METADATA = {".safetensors", ".mlmodel"}
@@ -60,7 +60,7 @@ def portable_name(path: str) -> str:
 
 def _is_machine_path(candidate: str, known: list[str]) -> bool:
     for k in known:
-        if candidate == k or candidate.startswith(k + "/") or candidate.startswith(k + "\\"):
+        if candidate == k or candidate.startswith((k + "/", k + "\\")):
             return True
     if re.match(r"^[A-Za-z]:[\\/]", candidate):
         return True

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import mlx.core as mx
-import mlx.nn as nn
+from mlx import nn
 
 from finetune_app.core.adapters import VISION_NAMES
 from finetune_app.core.errors import ConfigError
@@ -29,7 +29,7 @@ class QuantizeSettings:
     group_size: int = 64
     quantize_vision: bool = False
 
-    def check(self) -> "QuantizeSettings":
+    def check(self) -> QuantizeSettings:
         if self.bits not in BITS:
             raise ConfigError(f"Cannot quantize to {self.bits} bits.", "Choose 4 or 8 bits.", field="quantize")
         if self.group_size not in GROUP_SIZES:

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlx.core as mx
-import mlx.nn as nn
 import numpy as np
+from mlx import nn
 
 DEFAULT_TEXT_PROMPT = "What is the capital of France?"
 FULL_PRECISION_TOLERANCE = 1e-4
@@ -34,6 +34,7 @@ class Verification:
     output: str = ""
     max_logit_diff: float | None = None
     tolerance: float | None = None
+    reference: str = "base+adapter"
     checks: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -44,7 +45,8 @@ class Verification:
 
     def to_dict(self) -> dict:
         return {"loader": self.loader, "ok": self.ok, "prompt": self.prompt, "output": self.output,
-                "max_logit_diff": self.max_logit_diff, "tolerance": self.tolerance, "checks": self.checks,
+                "max_logit_diff": self.max_logit_diff, "tolerance": self.tolerance, "reference": self.reference,
+                "checks": self.checks,
                 "problems": self.problems, "warnings": self.warnings}
 
     def lines(self) -> list[str]:
@@ -55,7 +57,7 @@ class Verification:
             out.append(f"  output: {self.output!r}")
         if self.max_logit_diff is not None:
             tol = f" (tolerance {self.tolerance:g})" if self.tolerance else " (quantized: no tolerance)"
-            out.append(f"  max |logit difference| vs base+adapter: {self.max_logit_diff:.3g}{tol}")
+            out.append(f"  max |logit difference| vs {self.reference}: {self.max_logit_diff:.3g}{tol}")
         out += [f"  ok: {c}" for c in self.checks]
         out += [f"  warning: {w}" for w in self.warnings]
         out += [f"  problem: {p}" for p in self.problems]
@@ -182,17 +184,18 @@ def load_with_adapter(base_path: Path, adapter_dir: Path, kind: str):
 
 
 def verify_python(loaded, *, loader: str, prompt: str, image, reference: mx.array | None,
-                  tolerance: float | None, inputs: dict | None = None) -> Verification:
-    v = Verification(loader=loader, prompt=prompt, tolerance=tolerance)
+                  tolerance: float | None, inputs: dict | None = None,
+                  reference_label: str = "base+adapter") -> Verification:
+    v = Verification(loader=loader, prompt=prompt, tolerance=tolerance, reference=reference_label)
     v.checks.append(f"loaded with {loader}")
     if reference is not None:
         got = logits(loaded, inputs if inputs is not None else model_inputs(loaded, prompt, image))
         v.max_logit_diff = max_diff(got, reference)
         if tolerance is not None:
             if v.max_logit_diff <= tolerance:
-                v.checks.append(f"logits match base+adapter within {tolerance:g}")
+                v.checks.append(f"logits match {v.reference} within {tolerance:g}")
             else:
-                v.problems.append(f"logits differ from base+adapter by {v.max_logit_diff:.3g} (tolerance {tolerance:g})")
+                v.problems.append(f"logits differ from {v.reference} by {v.max_logit_diff:.3g} (tolerance {tolerance:g})")
     v.output = caption(loaded, prompt, image)
     return v
 
