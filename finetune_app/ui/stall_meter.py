@@ -6,16 +6,25 @@ tests (p99 under 50 ms while a tiny model trains) and available for diagnosing a
 
 from __future__ import annotations
 
+import sys
+import threading
 import time
+import traceback
 
 from PySide6.QtCore import QObject, Qt, QTimer
 
 
 class StallMeter(QObject):
-    def __init__(self, interval_ms: int = 10, parent: QObject | None = None):
+    """`gaps` holds every tick's lateness; `stalls` the ones over `report_over` seconds, each with
+    where the other threads were when the window got the GIL back (often the culprit's line)."""
+
+    def __init__(self, interval_ms: int = 10, parent: QObject | None = None, *, report_over: float = 0.04):
         super().__init__(parent)
         self.interval = interval_ms / 1000.0
+        self.report_over = report_over
         self.gaps: list[float] = []  # seconds later than the interval, per tick
+        self.stalls: list[tuple[float, float, list[str]]] = []  # (seconds since start, gap, stacks)
+        self._t0 = 0.0
         self._timer = QTimer(self)
         self._timer.setTimerType(Qt.TimerType.PreciseTimer)
         self._timer.setInterval(interval_ms)
@@ -23,7 +32,7 @@ class StallMeter(QObject):
         self._last: float | None = None
 
     def start(self) -> None:
-        self._last = time.perf_counter()
+        self._last = self._t0 = time.perf_counter()
         self._timer.start()
 
     def stop(self) -> None:
@@ -33,8 +42,26 @@ class StallMeter(QObject):
     def _tick(self) -> None:
         now = time.perf_counter()
         if self._last is not None:
-            self.gaps.append(max(0.0, now - self._last - self.interval))
+            gap = max(0.0, now - self._last - self.interval)
+            self.gaps.append(gap)
+            if gap > self.report_over:
+                self.stalls.append((self._last - self._t0, gap, self._other_threads()))
         self._last = now
+
+    @staticmethod
+    def _other_threads() -> list[str]:
+        main = threading.main_thread().ident
+        out = []
+        for ident, frame in sys._current_frames().items():
+            if ident != main:
+                where = traceback.extract_stack(frame)[-3:][::-1]
+                out.append(" <- ".join(f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno} {f.name}" for f in where))
+        return out
+
+    def worst(self, n: int = 5) -> str:
+        """The n longest stalls, for a test's or a person's eyes."""
+        rows = sorted(self.stalls, key=lambda s: -s[1])[:n]
+        return "\n".join(f"  {gap * 1000:6.0f} ms at {t:6.2f} s: " + " | ".join(stacks) for t, gap, stacks in rows)
 
     def percentile(self, q: float) -> float:
         if not self.gaps:

@@ -32,7 +32,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from finetune_app.ui.plots import BLUE, GREEN, ORANGE, PURPLE, ThemedPlot
+from finetune_app.ui.plots import BLUE, GREEN, ORANGE, PURPLE, ThemedPlot, nice_ceiling
 from finetune_app.ui.widgets import Banner, format_duration, heading, secondary
 
 EMA_BETA = 0.8  # smoothing of the training loss (debiased, like TensorBoard's)
@@ -199,9 +199,9 @@ class TrainingView(QWidget):
         self.loss_plot = ThemedPlot("Loss", left="loss", bottom="step")
         self.loss_plot.setObjectName("lossPlot")
         self.loss_plot.addLegend(offset=(-10, 10))
-        self.raw_curve = self.loss_plot.plot([], [], name="training (raw)",
-                                             pen=pg.mkPen(BLUE, width=1, alpha=0.4),
-                                             symbol="o", symbolSize=4, symbolBrush=BLUE, symbolPen=None)
+        # A thin line, no markers: scatter markers are painted in Python, which costs the window
+        # the GIL several times per repaint while the trainer runs.
+        self.raw_curve = self.loss_plot.plot([], [], name="training (raw)", pen=pg.mkPen(BLUE, width=1))
         self.raw_curve.setOpacity(0.45)
         self.ema_curve = self.loss_plot.plot([], [], name="training (smoothed)", pen=pg.mkPen(BLUE, width=2.5))
         self.val_curve = self.loss_plot.plot([], [], name="validation", pen=pg.mkPen(ORANGE, width=2),
@@ -492,6 +492,13 @@ class TrainingView(QWidget):
         self.ema_curve.setData(self.loss_steps, self.ema)
         self.val_curve.setData(self.val_steps, self.val_losses)
         self.lr_curve.setData(self.loss_steps, self.lrs)
+        # Ranges change only when the data outgrows them (cheap redraws, a steady picture).
+        last = max(self.loss_steps[-1] if self.loss_steps else 0, self.val_steps[-1] if self.val_steps else 0)
+        x_max = max(self.total_steps, last, 1)
+        finite = [v for v in self.losses + self.val_losses if v == v and abs(v) != float("inf")]
+        self.loss_plot.set_view(0, x_max, 0, nice_ceiling(max(finite) * 1.05) if finite else 1.0)
+        lrs = [v for v in self.lrs if v == v]
+        self.lr_plot.set_view(0, x_max, 0, nice_ceiling(max(lrs) * 1.1) if lrs and max(lrs) > 0 else 1.0)
 
     def _tick_clock(self) -> None:
         if self._t_started is None:

@@ -162,6 +162,23 @@ def architecture(config: dict) -> dict:
             "heads": heads, "kv_heads": kv_heads, "head_dim": head_dim}
 
 
+# What a run imports on first use. Importing is pure Python under the GIL; done on the training
+# thread it makes the window stutter for a second at the start of the first run, so the model
+# task imports them early, while the person is still choosing settings.
+WARM_IMPORTS = ("finetune_app.core.training.trainer", "finetune_app.core.generate", "mlx_lm.tuner.utils",
+                "mlx_lm.generate", "mlx_lm.sample_utils", "mlx_vlm.generate")
+
+
+def warm_imports() -> None:
+    import importlib
+
+    for name in WARM_IMPORTS:
+        try:
+            importlib.import_module(name)
+        except Exception:  # an optional module missing only means no warm-up for it
+            pass
+
+
 def load_model_choice(source: str, task: Task) -> ModelChoice:
     """Resolve (download with progress) and describe a model without keeping its weights."""
     from finetune_app.core.models import (
@@ -182,6 +199,7 @@ def load_model_choice(source: str, task: Task) -> ModelChoice:
                      path=base.path, config=base.config, source=source)
     arch = architecture(base.config)
     del base
+    warm_imports()
     return ModelChoice(source=source, path=path, info=info, tokenizer_base=lite, arch=arch)
 
 

@@ -1,10 +1,11 @@
 """Export orchestrator: adapter, fused mlx-vlm / mlx-lm model (full precision or 4/8-bit), Apple's
 FastVLM app bundle (mlx-swift + fastvithd.mlpackage), and the mlx-swift-lm (MLXVLM) layout.
 
-`export(ExportOptions(...), progress=...)` does, in order: check the options; load the base model
-and apply the adapter with the libraries' loaders; compute reference logits of base+adapter on a
-validation prompt; fuse (dequantize + merge) and quantize when asked; check free disk space
-against the size estimate; write everything into a hidden staging folder beside the destination;
+`export(ExportOptions(...), progress=...)` does, in order: check the options (and a user's CoreML
+package); load the base model; check free disk space against the size estimate (from the
+safetensors headers); apply the adapter with the libraries' loaders; compute reference logits of
+base+adapter on a validation prompt; fuse (dequantize + merge) and quantize when asked; write
+everything into a hidden staging folder beside the destination;
 strip absolute paths of this machine and refuse to continue if any remain; verify the staged
 bundle with the destination's loader (or structurally, for Swift); and only then move it into
 place, whole. A failure or kill at any point leaves no bundle at the destination
@@ -317,8 +318,6 @@ class _Steps:
 
 def export(opts: ExportOptions, *, progress: Progress | None = None,
            should_stop: Callable[[], bool] | None = None) -> ExportResult:
-    from finetune_app.core.export import paths
-
     t0 = time.monotonic()
     step = _Steps(progress, should_stop)
     step(0.0, "Checking the options")
@@ -348,9 +347,6 @@ def export(opts: ExportOptions, *, progress: Progress | None = None,
     job = _Job(opts, base, acfg, dest, step, warnings)
     result = job.run(need)
     result.seconds = time.monotonic() - t0
-    leftover = paths.find_machine_paths(dest, job.known_paths())
-    if leftover:  # cannot happen (checked in the stage), kept as a last guard
-        raise ExportError(f"The exported bundle still names folders of this machine: {leftover[:3]}.", "Report this as a bug.")
     step(1.0, f"Exported to {dest}")
     return result
 
