@@ -84,8 +84,8 @@ def main() -> int:
         run_env = dict(env, CUDA_VISIBLE_DEVICES="0") if n == 1 and backend == "nccl" else env
         t0 = time.time()
         r = subprocess.run(cmd, capture_output=True, text=True, env=run_env)
-        if r.returncode != 0:
-            print(r.stdout[-3000:], r.stderr[-3000:])
+        if r.returncode != 0 or not (out / "metrics.jsonl").exists():
+            print(r.stdout[-4000:], r.stderr[-4000:])
             return 1
         results[n] = {"processes": n, "wall_s": round(time.time() - t0, 1), **steady(out)}
         print(json.dumps(results[n]), flush=True)

@@ -189,3 +189,29 @@ def test_failed_run_shows_reason_in_panel(window, qtbot, shapes, qwen_model, tmp
     assert "is a file" in w.training.error.text.text()
     assert "Traceback" not in w.training.error.text.text()
     qtbot.waitUntil(w.act_start.isEnabled, timeout=30000)
+
+
+def test_closing_mid_training_asks_then_stops_and_saves(window, qtbot, shapes, qwen_model):
+    w = window
+    w.open_paths([str(shapes), str(qwen_model)])
+    qtbot.waitUntil(lambda: w.model_choice is not None and w.dataset_check is not None
+                    and not w.browser.is_busy(), timeout=60000)
+    set_field(w, "iters", "2000", qtbot)
+    set_field(w, "steps_per_report", "1", qtbot)
+    set_field(w, "steps_per_eval", "1000", qtbot)
+    assert w.start_training()
+    run_dir = Path(w.run.config.output)
+    qtbot.waitUntil(lambda: w.training.loss_points() >= 2, timeout=60000)
+
+    clicked = click_in_dialog("closeWhileTrainingDialog", "Cancel", qtbot)
+    w.close()
+    assert clicked == ["Cancel"]
+    assert w.isVisible() and w.training.is_running()  # "Cancel": keep training
+
+    clicked = click_in_dialog("closeWhileTrainingDialog", "Stop and Save", qtbot)
+    w.close()
+    assert clicked == ["Stop and Save"]
+    qtbot.waitUntil(lambda: not w.isVisible(), timeout=60000)  # closes once the run has saved
+    assert w.training.state == "stopped"
+    assert (run_dir / "adapters.safetensors").is_file()
+    assert w.training.step < 2000

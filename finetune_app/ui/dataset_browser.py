@@ -309,6 +309,8 @@ class DatasetBrowser(QWidget):
         try:
             vf = self.valid_fraction if isinstance(self.valid_fraction, float) and 0 <= self.valid_fraction < 1 else 0.1
             self.train_rows, self.valid_rows = split(report, valid_fraction=vf, seed=int(self.seed or 0))
+            self._valid_set = set(self.valid_rows)
+            self._train_set = set(self.train_rows)
         except Exception as exc:
             self.splits.setText(f"Split: {message_of(exc)}")
             return
@@ -430,7 +432,8 @@ class DatasetBrowser(QWidget):
         sample = current.data(DatasetListModel.SampleRole)
         problem = current.data(DatasetListModel.ProblemRole)
         row = current.row()
-        part = "validation" if row in set(self.valid_rows) else "training" if row in set(self.train_rows) else "skipped"
+        part = ("validation" if row in getattr(self, "_valid_set", ()) else
+                "training" if row in getattr(self, "_train_set", ()) else "skipped")
         ref = self.check.dataset.rows[row] if self.check else None
         where = ""
         if ref is not None:

@@ -55,7 +55,7 @@ GROUPS: list[tuple[str, list[str]]] = [
     ("Learning rate", ["optimizer", "learning_rate", "lr_schedule", "warmup_steps", "min_lr_ratio",
                        "weight_decay", "grad_clip"]),
     ("Memory and speed", ["max_length", "image_size", "quantize_bits", "quantize_group_size",
-                          "quantize_vision", "grad_checkpoint", "compile"]),
+                          "quantize_vision", "grad_checkpoint", "compile", "cache_vision"]),
     ("Checking progress", ["valid_fraction", "steps_per_eval", "val_batches", "steps_per_report",
                            "sample_count", "sample_max_tokens", "save_every", "keep_checkpoints"]),
     ("Data", ["completion_only", "data_format", "strict_data", "seed"]),
@@ -71,7 +71,7 @@ LABELS = {
     "grad_clip": "Gradient cap", "max_length": "Max length (tokens)", "image_size": "Image size limit (px)",
     "quantize_bits": "Quantize the base (QLoRA)", "quantize_group_size": "Quantization group",
     "quantize_vision": "Quantize the vision tower too", "grad_checkpoint": "Save memory (recompute)",
-    "compile": "Compile the step", "valid_fraction": "Held out for validation",
+    "compile": "Compile the step", "cache_vision": "Reuse picture features", "valid_fraction": "Held out for validation",
     "steps_per_eval": "Validate every (steps)", "val_batches": "Validation batches",
     "steps_per_report": "Report every (steps)", "sample_count": "Sample captions", "sample_max_tokens": "Sample length (tokens)",
     "save_every": "Checkpoint every (steps)", "keep_checkpoints": "Checkpoints kept",
@@ -298,7 +298,10 @@ class HyperparamForm(QWidget):
         grid = QGridLayout()
         grid.setHorizontalSpacing(14)
         grid.setVerticalSpacing(10)
-        for i, (title, names) in enumerate(GROUPS):
+        grouped = {n for _, names in GROUPS for n in names} | {"model", "data", "output"}
+        others = [n for n in types if n not in grouped]  # settings newer than this form
+        groups = GROUPS + ([("Other", others)] if others else [])
+        for i, (title, names) in enumerate(groups):
             box = QGroupBox(title)
             form = QFormLayout(box)
             form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)

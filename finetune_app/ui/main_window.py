@@ -68,6 +68,21 @@ def ask_close_while_training(parent) -> bool:
     return box.clickedButton() is stop
 
 
+def ask_start_despite_memory(parent, warning: str) -> bool:
+    """Before a run that would swap: True only when the person chose "Start Anyway"."""
+    box = QMessageBox(parent)
+    box.setObjectName("memoryWarningDialog")
+    box.setIcon(QMessageBox.Icon.Warning)
+    box.setWindowTitle("Not enough memory")
+    box.setText("This run would probably not fit in memory.")
+    box.setInformativeText(warning)
+    start = box.addButton("Start Anyway", QMessageBox.ButtonRole.AcceptRole)
+    cancel = box.addButton(QMessageBox.StandardButton.Cancel)
+    box.setDefaultButton(cancel)
+    box.exec()
+    return box.clickedButton() is start
+
+
 def _is_model_folder(path: Path) -> bool:
     return path.is_dir() and (path / "config.json").is_file() and any(path.glob("*.safetensors"))
 
@@ -332,12 +347,8 @@ class MainWindow(QMainWindow):
                 self.notice.show_message("Not ready to train", why, "warning")
             return False
         warning = self.form.memory_warning()
-        if warning:
-            answer = QMessageBox.warning(self, "Not enough memory", warning + "\n\nStart anyway?",
-                                         QMessageBox.StandardButton.Cancel | QMessageBox.StandardButton.Yes,
-                                         QMessageBox.StandardButton.Cancel)
-            if answer != QMessageBox.StandardButton.Yes:
-                return False
+        if warning and not ask_start_despite_memory(self, warning):
+            return False
         form_cfg = self.form.config()
         output = form_cfg.output or str(self.new_run_folder())
         cfg = form_cfg.replace(model=str(self.model_choice.path), data=str(self.dataset_check.dataset.path),
