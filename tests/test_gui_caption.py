@@ -93,8 +93,7 @@ def window(app_env, qtbot):
     from finetune_app.ui.extras import attach_extras
     from finetune_app.ui.main_window import MainWindow
 
-    w = MainWindow()
-    qtbot.addWidget(w)
+    w = MainWindow()  # closed below, once no run is left (qtbot's own close would ask about a live run)
     extras = attach_extras(w)
     extras.caption_panel.max_tokens.setValue(MAX_TOKENS)
     w.resize(1200, 800)
@@ -105,6 +104,8 @@ def window(app_env, qtbot):
         qtbot.waitUntil(lambda: not w.training.is_running(), timeout=60000)
         w.run.wait(30000)
     extras.shutdown()
+    w.close()
+    w.deleteLater()
     QApplication.instance().setQuitOnLastWindowClosed(True)
 
 
@@ -304,3 +305,5 @@ def test_link_and_image_data_during_training(window, qtbot, trained, tmp_path):
     step = w.training.step
     qtbot.waitUntil(lambda: w.training.step >= step + 3, timeout=60000)
     assert w.training.state in ("started", "resumed"), "the run goes on, undisturbed"
+    w.training.stop(save=False)
+    qtbot.waitUntil(lambda: not w.training.is_running(), timeout=60000)

@@ -43,8 +43,7 @@ def window(app_env, qtbot):
     from finetune_app.ui.extras import attach_extras
     from finetune_app.ui.main_window import MainWindow
 
-    w = MainWindow()
-    qtbot.addWidget(w)
+    w = MainWindow()  # closed below, once no run is left (qtbot's own close would ask about a live run)
     extras = attach_extras(w)
     extras.tray.quit_function = lambda: extras.tray.quit_calls.append(True)
     extras.tray.quit_calls = []
@@ -55,6 +54,8 @@ def window(app_env, qtbot):
         qtbot.waitUntil(lambda: not w.training.is_running(), timeout=60000)
         w.run.wait(30000)
     extras.shutdown()
+    w.close()
+    w.deleteLater()
     QApplication.instance().setQuitOnLastWindowClosed(True)
 
 

@@ -33,7 +33,8 @@ class World:
         return positions[self.rank::self.size]
 
     def sum(self, x):
-        return mx.distributed.all_sum(x, group=self.group, stream=mx.cpu) if self.distributed else x
+        # the back-end picks its stream: NCCL on the GPU, ring and MPI on the CPU
+        return mx.distributed.all_sum(x, group=self.group) if self.distributed else x
 
     def sum_tree(self, tree):
         return tree_map(self.sum, tree) if self.distributed else tree
