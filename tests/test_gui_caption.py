@@ -155,7 +155,10 @@ def test_drop_files_on_window_gives_base_and_adapter_captions(window, qtbot, tra
     assert panel.cards[2].sides["base"].state.text() == "queued (2 ahead)"
 
     qtbot.waitUntil(lambda: not panel.is_busy(), timeout=90000)
-    latest = run_dir / "checkpoints" / "step-0000004"
+    from finetune_app.core.training import checkpoint as ckpt
+
+    latest = ckpt.latest_valid(run_dir)[0]
+    label = f"checkpoint step {int(latest.name.split('-')[1])}"  # step 4 (longer in screenshot mode)
     base_expected = engine_captions(str(model), None, tuple(map(str, pictures)))
     tuned_expected = engine_captions(str(model), str(latest), tuple(map(str, pictures)))
     for card, base, tuned in zip(panel.cards, base_expected, tuned_expected, strict=True):
@@ -163,11 +166,11 @@ def test_drop_files_on_window_gives_base_and_adapter_captions(window, qtbot, tra
         assert not b.error and not t.error, (b.error, t.error)
         assert b.text == base, "the base caption is the engine's own"
         assert t.text == tuned, "the fine-tuned caption is the engine's own output for base + adapter"
-        assert t.label == "checkpoint step 4"
+        assert t.label == label
         assert b.body.text() == (base or "(no text)") and t.body.text() == (tuned or "(no text)")
     assert base_expected != tuned_expected, "the adapter changes what the model says"
     assert ("base", "loading base model…") in statuses
-    assert ("tuned", "loading checkpoint step 4…") in statuses
+    assert ("tuned", f"loading {label}…") in statuses
     assert sum(1 for s in statuses if s[1] == "loading base model…") == 1, "models are loaded once, then reused"
 
     # copy and save
@@ -179,7 +182,7 @@ def test_drop_files_on_window_gives_base_and_adapter_captions(window, qtbot, tra
     assert [r["base"] for r in rows] == list(base_expected)
     panel.save(tmp_path / "captions.json")
     saved = json.loads((tmp_path / "captions.json").read_text(encoding="utf-8"))
-    assert [r["tuned_model"] for r in saved] == ["checkpoint step 4"] * 3
+    assert [r["tuned_model"] for r in saved] == [label] * 3
     assert saved[0]["image"] == str(pictures[0].resolve())
 
     if SHOT_DIR:

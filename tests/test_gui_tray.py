@@ -114,7 +114,9 @@ def test_menu_and_icon_follow_a_run(window, qtbot, tiny_model, shapes_data, tmp_
     assert tray.icon_name == f"trayTraining{math.floor(tray.step / 24 * 10) * 10}Template.png", "progress ring"
     assert "Pause" in lines and "Stop and Save…" in lines
 
-    # pause from the menu
+    # pause from the menu (after the first validation, so the menu has every number)
+    qtbot.waitUntil(lambda: tray.val_loss is not None, timeout=60000)
+    assert re.fullmatch(r"Validation loss \d+\.\d{3} · best \d+\.\d{3}", tray.validation_text())
     tray.act_pause.trigger()
     qtbot.waitUntil(lambda: tray.view_state == "paused", timeout=30000)
     step = tray.step
@@ -145,6 +147,11 @@ def test_menu_and_icon_follow_a_run(window, qtbot, tiny_model, shapes_data, tmp_
     qtbot.waitUntil(lambda: bool(tray.notifications), timeout=30000)  # once the worker is done
     title, text, kind = tray.notifications[-1]
     assert (title, kind) == ("Training finished", "information") and text.startswith("24 steps · validation loss")
+
+    # File ▸ Quit goes through the tray's quit; with no run going it quits at once
+    (quit_action,) = w.extras.quit_actions
+    quit_action.trigger()
+    assert tray.quit_calls == [True] and not w.isVisible()
 
 
 def test_failed_run_shows_failed_icon_and_notification(window, qtbot, tiny_model, shapes_data, tmp_path):
@@ -181,7 +188,6 @@ def test_close_hides_while_training_and_quit_saves_a_resumable_checkpoint(window
     step_at_close = tray.step
     qtbot.waitUntil(lambda: tray.step > step_at_close, timeout=30000)  # still training
 
-    assert w.extras.quit_actions, "File ▸ Quit goes through the tray's quit"
     clicked = click_in_dialog("quitWhileTrainingDialog", "Stop, Save and Quit")
     tray.act_quit.trigger()
     assert clicked == ["Stop, Save and Quit"]

@@ -576,7 +576,8 @@ def compare_items(cache: ModelCache, model: str | None, tuned: TunedSource, item
             tuned_model, resolved = cache.tuned(model, tuned)  # first: a newer checkpoint is picked up per row
             with cache.base(model) as base:
                 encoder = Encoder(base, image_size=image_size)
-                images = [_load_ref(r) for r in item.images]
+                # dataset rows: their images as the trainer loads them (the run's image_size)
+                images = encoder.load_images(item.sample) if item.sample is not None else [_load_ref(r) for r in item.images]
                 row.base = _generate(base, item, images, settings, encoder,
                                      (lambda piece, i=i: on_text(i, "base", piece)) if on_text else None, cancelled)
             tuned_model, resolved = cache.tuned(model, tuned)

@@ -558,43 +558,158 @@ def _generic_init(name: str, value, seed: int):
     return value.astype(mx.float32) if hasattr(value, "astype") else value
 
 
-def _init_fastvit(model, seed: int, params: dict) -> None:
-    """Initialise the FastViTHD tower so its features depend on the image (step 1 of 2).
+# How the tiny FastViTHD tower is initialised and calibrated (`_init_fastvit`, `_calibrate_fastvit`).
+FASTVIT_GELU_SHIFT = 2.0  # calibrated mean (std 1) of main-path convs feeding GELU: no dead zone
+FASTVIT_BRANCH_ALPHA = 1.0  # residual-branch std / stream std, per channel (sets layer_scale)
+FASTVIT_STAGE0_ALPHA = 0.1  # stage 0 carries the full-resolution luminance channel: keep it clean
+FASTVIT_SE_GATE_BIAS = 2.0  # squeeze-excite gates ~0.88 on every channel (random ones shut ~1/5)
+FASTVIT_OBLIQUES = (45.0, 135.0)  # line filters of the first downsampling (2 outputs per input)
 
-    Why a random tower collapses: mlx-vlm builds the tower in its *reparameterised* (inference)
-    form. There, each RepMixer / RepCPE is a single depthwise conv that in a trained network
-    carries the identity of the residual it was folded from (`x + s*(mixer(x) - norm(x))`).
-    Drawn at random, those convs have no identity path, and MLX's default uniform init has a
-    variance gain of about 1/3 per conv (GELU halves it again), so the image signal shrinks
-    several-fold per layer (to ~1e-7 after FastViTHD's ~50 convs) while the random biases do not:
-    the output becomes a bias-driven constant (relative spread across images ~1e-5 to 0), and
-    LayerNormChannel's eps then swamps what is left. BatchNorm is not the cause in eval mode
-    (running stats 0/1 make it the identity). So: identity + small noise for RepMixer/RepCPE
-    convs (what reparameterisation would produce), He-scaled convs for the GELU blocks, zero
-    biases. `_calibrate_fastvit` then centres and scales each GELU's input.
-    """
-    import mlx.core as mx
+
+def _gaussian_kernel(size: int, sigma: float) -> np.ndarray:
+    yy, xx = np.mgrid[0:size, 0:size] - size // 2
+    g = np.exp(-(xx ** 2 + yy ** 2) / (2 * sigma ** 2))
+    return g / g.sum()
+
+
+def _line_kernel(size: int, theta_deg: float, across: float = 0.8, along: float = 3.0) -> np.ndarray:
+    """Zero-mean elongated second derivative of a Gaussian: a V1-like oriented line/edge detector
+    (sharply tuned: it barely answers edges 45 degrees off its orientation)."""
+    yy, xx = np.mgrid[0:size, 0:size] - size // 2
+    t = math.radians(theta_deg)
+    u = xx * math.cos(t) + yy * math.sin(t)
+    v = -xx * math.sin(t) + yy * math.cos(t)
+    k = (u ** 2 / across ** 2 - 1) * np.exp(-u ** 2 / (2 * across ** 2) - v ** 2 / (2 * along ** 2))
+    k -= k.mean()
+    return k / np.abs(k).sum()
+
+
+def _downsample_roles(in_ch: int, out_ch: int, first: bool) -> list:
+    """Role of each output of a PatchEmbed's grouped conv (input o // r feeds output o, r = out/in):
+    "+"/"-" a smoothing pair, "smooth" an unpaired smoothing, or an angle in degrees (a line
+    filter: the first downsampling's last input channel, the stem's luminance channel)."""
+    r = out_ch // in_ch
+    roles = []
+    for o in range(out_ch):
+        j = o % r
+        if first and o // r == in_ch - 1:
+            roles.append(FASTVIT_OBLIQUES[j] if r == 2 else FASTVIT_OBLIQUES[0] + 180.0 * j / r)
+        elif r % 2 == 0:
+            roles.append("+" if j % 2 == 0 else "-")
+        else:
+            roles.append("smooth")
+    return roles
+
+
+def _fastvit_plan(vision_tower) -> dict:
+    """Parameter name (under the tower) -> how `_init_fastvit` draws it, for the special convs."""
     from mlx_vlm.models.fastvlm import vision as fv
 
-    tower = "vision_tower"
-    identity_convs = set()
-    for mname, mod in model.vision_tower.named_modules():
+    plan = {}
+    for mname, mod in vision_tower.named_modules():
         if isinstance(mod, (fv.RepMixer, fv.RepCPE)):
-            identity_convs.add(f"{tower}.{mname}.reparam_conv.weight")
+            plan[f"{mname}.reparam_conv.weight"] = ("identity",)
+        elif isinstance(mod, fv.SEBlock):
+            plan[f"{mname}.expand.weight"] = ("se_expand",)
+            plan[f"{mname}.expand.bias"] = ("se_bias",)
+    first = True
+    for i, layer in enumerate(vision_tower.vision_model.network):
+        if isinstance(layer, fv.PatchEmbed):
+            conv = layer.proj[0].lkb_reparam
+            out_ch, per_group = conv.weight.shape[0], conv.weight.shape[-1]
+            if per_group == 1 and out_ch % conv.groups == 0:  # FastViTHD's depthwise-style conv
+                plan[f"vision_model.network.{i}.proj.0.lkb_reparam.weight"] = (
+                    "downsample", _downsample_roles(conv.groups, out_ch, first))
+            first = False
+    stem = "vision_model.patch_embed.blocks"
+    plan[f"{stem}.0.reparam_conv.weight"] = ("stem_rgb",)
+    plan[f"{stem}.1.reparam_conv.weight"] = ("stem_depthwise",)
+    plan[f"{stem}.2.reparam_conv.weight"] = ("near_identity",)
+    return plan
+
+
+def _init_fastvit(model, seed: int, params: dict) -> None:
+    """Initialise the FastViTHD tower like a trained one, with seeded random weights (step 1 of 2).
+
+    Why a random tower fails: mlx-vlm builds the tower in its *reparameterised* (inference) form.
+    There, each RepMixer / RepCPE is a single depthwise conv that in a trained network carries
+    the identity of the residual it was folded from (`x + s*(mixer(x) - norm(x))`). Drawn at
+    random, those convs have no identity path, and MLX's default uniform init has a variance gain
+    of about 1/3 per conv (GELU halves it again), so the image signal shrinks several-fold per
+    layer (to ~1e-7 after FastViTHD's ~50 convs) while the random biases do not: the output
+    becomes a bias-driven constant. Fixing the scale is not enough either: the main path is a
+    chain of ~12 conv+GELU layers without residuals, only 4-16 channels wide, and a random conv
+    standardised to mean 0 pushes a colour's whole response into GELU's flat negative side in
+    some channels, so colour is scrambled (a linear probe on the pooled output: ~62% colour on the
+    demo shapes) and a LoRA on the language model cannot learn it; and nothing in a random tower
+    answers the *shape* (circle vs square) strongly enough to be learnt.
+
+    What a trained tower has, and this init gives:
+      * identity paths: RepMixer / RepCPE convs are identity + small noise (what reparameterising
+        `x + s*(mixer(x) - norm(x))` produces), the stem's 1x1 MobileOne is identity + noise;
+      * colour kept through every GELU: main-path convs feeding GELU are calibrated to mean 2,
+        std 1 (GELU's monotone, near-linear side), and each stride-2 PatchEmbed conv turns every
+        input channel into a +/- pair of Gaussian-smoothed copies, calibrated to mean 0, so the
+        pair keeps it exactly (GELU(z) - GELU(-z) = z) and adds its magnitude (an energy feature);
+      * oriented edge detectors: the stem's last channel is luminance (mean of RGB, smoothed), and
+        the first downsampling turns it into two oblique (45 and 135 degree) line-filter
+        responses, rectified by GELU; pooled, they tell a circle (oblique edges) from a square
+        (none) -- the V1-like first-layer features a trained CNN has;
+      * residual branches (ConvFFN, attention) that add to, not replace, the stream: He-scaled
+        convs, then `layer_scale` set by `_calibrate_fastvit` so each branch's std is
+        FASTVIT_BRANCH_ALPHA (stage 0: FASTVIT_STAGE0_ALPHA) times the stream's, per channel;
+      * near-neutral squeeze-excite gates (random ones shut a fifth of the output channels).
+    Everything else: He init for convs, N(0, 1/fan_in) linears, zero biases.
+    `_calibrate_fastvit` then sets means, scales, layer scales and BatchNorm statistics.
+    """
+    import mlx.core as mx
+
+    tower = "vision_tower"
+    plan = {f"{tower}.{k}": v for k, v in _fastvit_plan(model.vision_tower).items()}
     for name, value in list(params.items()):
         if not name.startswith(tower + "."):
             continue
         leaf = name.rsplit(".", 1)[-1]
-        if name in identity_convs:
-            out, kh, kw, ig = value.shape
-            w = _normal(seed, name, value.shape, 0.5 / math.sqrt(kh * kw * ig))
+        role = plan.get(name, (None,))
+        shape = tuple(value.shape)
+        he = math.sqrt(2.0 / _fan_in(shape)) if len(shape) > 1 else 0.0
+        if role[0] == "identity":  # depthwise [C, k, k, 1]
+            _, kh, kw, ig = shape
+            w = _normal(seed, name, shape, 0.5 / math.sqrt(kh * kw * ig))
             w[:, kh // 2, kw // 2, :] += 1.0
-            params[name] = mx.array(w)
-        elif leaf == "weight" and value.ndim == 4:  # other convs: He init for GELU
-            params[name] = mx.array(_normal(seed, name, value.shape,
-                                            math.sqrt(2.0 / _fan_in(value.shape))))
-        elif leaf == "proj" and value.ndim == 2:  # GlobalPool2D: [in_dim, out_dim]
-            params[name] = mx.array(_normal(seed, name, value.shape, 1.0 / math.sqrt(value.shape[0])))
+        elif role[0] == "near_identity" and shape[0] == shape[-1]:  # 1x1 [C, 1, 1, C]
+            w = _normal(seed, name, shape, 0.3 / math.sqrt(shape[-1]))
+            w[np.arange(shape[0]), 0, 0, np.arange(shape[0])] += 1.0
+        elif role[0] == "stem_rgb":  # [C, 3, 3, 3]: random colour filters + luminance
+            w = _normal(seed, name, shape, he)
+            n = shape[1] * shape[2] * shape[3]
+            w[-1] = 1.0 / n + _normal(seed, name + "/luminance", shape[1:], 0.1 / n)
+        elif role[0] == "stem_depthwise" and shape[-1] == 1:  # [C, 3, 3, 1]
+            w = _normal(seed, name, shape, he)
+            n = shape[1] * shape[2]
+            w[-1] = 1.0 / n + _normal(seed, name + "/luminance", shape[1:], 0.1 / n)
+        elif role[0] == "downsample":  # [out, k, k, 1]
+            _, kh, kw, _ = shape
+            smooth = _gaussian_kernel(kh, 1.5)[..., None]
+            w = _normal(seed, name, shape, 0.2 / math.sqrt(kh * kw))
+            for o, r in enumerate(role[1]):
+                if r in ("+", "smooth"):
+                    w[o] += smooth
+                elif r == "-":
+                    w[o] -= smooth
+                else:
+                    w[o] = _line_kernel(kh, r)[..., None]
+        elif role[0] == "se_expand":
+            w = _normal(seed, name, shape, 0.1 / math.sqrt(_fan_in(shape)))
+        elif role[0] == "se_bias":
+            w = np.full(shape, FASTVIT_SE_GATE_BIAS, np.float32)
+        elif leaf == "weight" and len(shape) == 4:  # other convs: He init for GELU
+            w = _normal(seed, name, shape, he)
+        elif leaf == "proj" and len(shape) == 2:  # GlobalPool2D: [in_dim, out_dim]
+            w = _normal(seed, name, shape, 1.0 / math.sqrt(shape[0]))
+        else:
+            continue
+        params[name] = mx.array(w.astype(np.float32))
 
 
 def _calibration_images(seed: int, n: int = 16, size: int = 128) -> np.ndarray:
@@ -618,32 +733,41 @@ def _calibration_images(seed: int, n: int = 16, size: int = 128) -> np.ndarray:
     return out
 
 
-def _calibrate_fastvit(vision_tower, seed: int) -> None:
+def _channel_stats(y):
+    import mlx.core as mx
+
+    axes = tuple(range(y.ndim - 1))
+    return y.mean(axis=axes), mx.sqrt(y.var(axis=axes) + 1e-6)
+
+
+def _calibrate_fastvit(vision_tower, seed: int):
     """Data-dependent init (LSUV-style), step 2 of 2: one forward pass over synthetic scenes.
 
-    Every conv that feeds a GELU (stem, patch embeddings, ConvFFN fc1, conv_exp) gets its weight
-    and bias rescaled so that, per channel, its output has mean 0 and std 1 on the scenes, and
-    every BatchNorm gets the scenes' running mean/var, as a trained network's would be. Without
-    it, FastVLM's inputs (in [0, 1], no mean subtraction) push whole channels of the narrow
-    tiny tower into GELU's dead zone for some colours, and a linear probe loses colours; with it,
-    colour is linearly decodable from pooled features. Layers are calibrated in forward order
-    (each after everything upstream of it), in eval mode, on the CPU stream for determinism.
+    In forward order (each layer after everything upstream of it), in eval mode, on the CPU
+    stream for determinism:
+      * main-path convs feeding GELU (stem, PatchEmbed 1x1, conv_exp) get weight and bias
+        rescaled so that, per channel, their output has mean FASTVIT_GELU_SHIFT and std 1 on the
+        scenes; PatchEmbed's +/- pairs and line filters get mean 0, std 1 (so GELU rectifies
+        them); ConvFFN's fc1 (inside a residual branch) gets mean 0, std 1;
+      * every BatchNorm gets the scenes' running mean/var, as a trained network's would be;
+      * every block's `layer_scale` (`layer_scale_1/2`) is set so the residual branch's std is
+        FASTVIT_BRANCH_ALPHA (stage 0: FASTVIT_STAGE0_ALPHA) times the stream's, per channel.
+    Returns the tower's output features on the scenes (for `_calibrate_projector`).
     """
     import mlx.core as mx
-    import mlx.nn as nn
+    from mlx import nn
     from mlx_vlm.models.fastvlm import vision as fv
 
     class _CalibratedConv(nn.Module):
-        def __init__(self, conv):
+        def __init__(self, conv, mean):
             super().__init__()
             self.conv = conv
+            self.target = mean
 
         def __call__(self, x):
-            y = self.conv(x)
-            mean = y.mean(axis=(0, 1, 2))
-            std = mx.sqrt(y.var(axis=(0, 1, 2)) + 1e-6)
+            mean, std = _channel_stats(self.conv(x))
             self.conv.weight = self.conv.weight / std.reshape(-1, 1, 1, 1)
-            self.conv.bias = (self.conv.bias - mean) / std
+            self.conv.bias = (self.conv.bias - mean) / std + self.target
             y = self.conv(x)
             mx.eval(y, self.conv.parameters())
             return y
@@ -654,33 +778,114 @@ def _calibrate_fastvit(vision_tower, seed: int) -> None:
             self.bn = bn
 
         def __call__(self, x):
-            self.bn.running_mean = x.mean(axis=(0, 1, 2))
-            self.bn.running_var = x.var(axis=(0, 1, 2))
+            self.bn.running_mean, std = _channel_stats(x)
+            self.bn.running_var = std * std
             return self.bn(x)
 
-    swaps = []
-    for _, mod in vision_tower.named_modules():
-        names = []
+    def branch_scale(alpha, stream, branch):
+        scale = alpha * _channel_stats(stream)[1] / _channel_stats(branch)[1]
+        mx.eval(scale)
+        return scale.reshape(1, 1, -1)
+
+    class _CalibratedRepMixerBlock(nn.Module):  # RepMixerBlock.__call__, setting layer_scale
+        def __init__(self, block, alpha):
+            super().__init__()
+            self.block, self.alpha = block, alpha
+
+        def __call__(self, x):
+            b = self.block
+            x = b.token_mixer(x)
+            f = b.convffn(x)
+            b.layer_scale = branch_scale(self.alpha, x, f)
+            return x + b.layer_scale * f
+
+    class _CalibratedAttentionBlock(nn.Module):  # AttentionBlock.__call__, setting layer scales
+        def __init__(self, block, alpha):
+            super().__init__()
+            self.block, self.alpha = block, alpha
+
+        def __call__(self, x):
+            b = self.block
+            f = b.token_mixer(b.norm(x))
+            b.layer_scale_1 = branch_scale(self.alpha, x, f)
+            x = x + b.layer_scale_1 * f
+            f = b.convffn(x)
+            b.layer_scale_2 = branch_scale(self.alpha, x, f)
+            return x + b.layer_scale_2 * f
+
+    shift = FASTVIT_GELU_SHIFT
+    plan = _fastvit_plan(vision_tower)
+    swaps = []  # (container, key, original); key is an attribute name or a list index
+    for mname, mod in vision_tower.named_modules():
         if isinstance(mod, fv.MobileOneBlock):
-            names.append(("reparam_conv", _CalibratedConv))
+            swaps.append((mod, "reparam_conv", _CalibratedConv(mod.reparam_conv, shift)))
         elif isinstance(mod, fv.ReparamLargeKernelConv):
-            names.append(("lkb_reparam", _CalibratedConv))
+            roles = plan.get(f"{mname}.lkb_reparam.weight", ("", None))[1]
+            mean = shift if roles is None else mx.array(
+                [shift if r == "smooth" else 0.0 for r in roles], dtype=mx.float32)
+            swaps.append((mod, "lkb_reparam", _CalibratedConv(mod.lkb_reparam, mean)))
         elif isinstance(mod, fv.ConvFFN):
-            names.append(("fc1", _CalibratedConv))
+            swaps.append((mod, "fc1", _CalibratedConv(mod.fc1, 0.0)))
         if isinstance(mod, fv.NamedSequential) and isinstance(mod.get("bn"), nn.BatchNorm):
-            names.append(("bn", _CalibratedBatchNorm))
-        for attr, wrapper in names:
-            original = getattr(mod, attr)
-            setattr(mod, attr, wrapper(original))
-            swaps.append((mod, attr, original))
+            swaps.append((mod, "bn", _CalibratedBatchNorm(mod.bn)))
+    first_stage = True
+    for layer in vision_tower.vision_model.network:
+        if not isinstance(layer, list):  # a stage: CallableModuleList of blocks
+            continue
+        alpha = FASTVIT_STAGE0_ALPHA if first_stage else FASTVIT_BRANCH_ALPHA
+        first_stage = False
+        for i, block in enumerate(layer):
+            if isinstance(block, fv.RepMixerBlock):
+                swaps.append((layer, i, _CalibratedRepMixerBlock(block, alpha)))
+            elif isinstance(block, fv.AttentionBlock):
+                swaps.append((layer, i, _CalibratedAttentionBlock(block, alpha)))
+    originals = []
+    for container, key, wrapper in swaps:
+        if isinstance(key, int):
+            originals.append((container, key, container[key]))
+            container[key] = wrapper
+        else:
+            originals.append((container, key, getattr(container, key)))
+            setattr(container, key, wrapper)
     vision_tower.eval()
     try:
         with mx.stream(mx.cpu):
             _, feats, _ = vision_tower(mx.array(_calibration_images(seed)))
             mx.eval(feats)
     finally:
-        for mod, attr, original in swaps:
-            setattr(mod, attr, original)
+        for container, key, original in reversed(originals):
+            if isinstance(key, int):
+                container[key] = original
+            else:
+                setattr(container, key, original)
+    return feats
+
+
+def _calibrate_projector(model, feats) -> None:
+    """Scale the mm_projector like a trained one: its hidden layer standardised (mean 0, std 1 per
+    unit on the calibration scenes' tower features), its output centred and at the scale of the
+    language model's token embeddings, so image tokens neither drown nor vanish next to text."""
+    import mlx.core as mx
+    from mlx import nn
+
+    proj = model.mm_projector
+    layers = list(proj) if isinstance(proj, list) else [proj]
+    linears = [m for m in layers if isinstance(m, nn.Linear)]
+    target = float(np.std(np.array(model.language_model.model.embed_tokens.weight)))
+    x = feats.reshape(-1, feats.shape[-1])
+    with mx.stream(mx.cpu):
+        for m in layers:
+            if isinstance(m, nn.Linear) and m is not linears[-1]:
+                mean, std = _channel_stats(m(x))
+                m.weight = m.weight / std[:, None]
+                m.bias = (m.bias - mean) / std
+            elif m is linears[-1]:
+                y = m(x)
+                scale = target / mx.sqrt(y.var(axis=0).mean() + 1e-12)
+                m.weight = m.weight * scale
+                m.bias = (m.bias - y.mean(axis=0)) * scale
+            x = m(x)
+        mx.eval([m.parameters() for m in linears])
 
 
 def _init_weights(model, seed: int, family: str) -> dict:
@@ -693,7 +898,7 @@ def _init_weights(model, seed: int, family: str) -> dict:
         _init_fastvit(model, seed, params)
     model.load_weights(list(params.items()), strict=True)
     if family == "fastvlm":
-        _calibrate_fastvit(model.vision_tower, seed)
+        _calibrate_projector(model, _calibrate_fastvit(model.vision_tower, seed))
         params = dict(tree_flatten(model.parameters()))
     mx.eval(model.parameters())
     return params
@@ -739,20 +944,54 @@ def _write_json(path: Path, obj) -> None:
 # Public API
 # ---------------------------------------------------------------------------------------------
 
-def tiny_config(family: str, **overrides) -> dict:
-    """The config.json a build would write (overrides deep-merged: nested dicts merge)."""
+def _with_image_size(family: str, image_size: int | None, overrides: dict,
+                     pre_over: dict | None) -> tuple[dict, dict | None]:
+    """(config overrides, processor overrides) with `image_size` (see `build_tiny_model`) folded
+    in; an explicit override of the same keys must agree with it."""
+    if image_size is None:
+        return overrides, pre_over
+    if family != "fastvlm":
+        raise ValueError(f"image_size applies to the fastvlm family only, not {family!r} "
+                         "(the Qwen-VL processors size images by min/max_pixels)")
+    stride = int(_deep_merge(FASTVLM_VISION, overrides.get("vision_config") or {})["patch_size"])
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0 \
+            or image_size % stride:
+        raise ValueError(f"image_size must be a positive multiple of {stride} (the tower's "
+                         f"stride), got {image_size!r}")
+    sized = {"crop_size": {"height": image_size, "width": image_size},
+             "size": {"shortest_edge": image_size}}
+    cfg_over = _deep_merge({"vision_config": {"image_size": image_size}}, overrides)
+    pre_over = _deep_merge(sized, pre_over or {})
+    if cfg_over["vision_config"].get("image_size") != image_size or \
+            {k: pre_over[k] for k in sized} != sized:
+        raise ValueError(f"image_size={image_size} conflicts with an explicit vision_config "
+                         "image_size or preprocessor crop_size/size override")
+    return cfg_over, pre_over
+
+
+def tiny_config(family: str, *, image_size: int | None = None, **overrides) -> dict:
+    """The config.json a build would write (overrides deep-merged: nested dicts merge;
+    `image_size` as in `build_tiny_model`)."""
     _check_family(family)
     cfg, _, _ = _config(family)
-    return _deep_merge(cfg, {k: v for k, v in overrides.items() if k != "preprocessor_config"})
+    overrides = {k: v for k, v in overrides.items() if k != "preprocessor_config"}
+    return _deep_merge(cfg, _with_image_size(family, image_size, overrides, None)[0])
 
 
 def build_tiny_model(family: str, dest: str | Path, *, seed: int = 0, overwrite: bool = True,
-                     **overrides) -> Path:
+                     image_size: int | None = None, **overrides) -> Path:
     """Write a complete model folder for `family` at `dest` (atomically) and return its path.
 
     `overrides` are deep-merged into config.json (e.g. `num_hidden_layers=3`,
     `vision_config={"depth": 1}`); `preprocessor_config={...}` merges into the image processor's
-    file. They must keep the config consistent (the library builds the model from it)."""
+    file. They must keep the config consistent (the library builds the model from it).
+
+    `image_size` (FastVLM only): the square size the processor resizes images to and the tower
+    is configured for, a multiple of 64 (the tower's stride). It sets config.json's
+    `vision_config.image_size` and the processor's `crop_size` and `size.shortest_edge` together;
+    e.g. `build_tiny_model("fastvlm", dest, image_size=256)` gives 4x4 = 16 image features per
+    image instead of the default 1024 px's 256, and trains several times faster. An explicit
+    override of one of those keys must agree with it (ValueError otherwise)."""
     from . import compat
 
     _check_family(family)
@@ -760,7 +999,8 @@ def build_tiny_model(family: str, dest: str | Path, *, seed: int = 0, overwrite:
         compat.apply()
     cfg, pre, gen = _config(family)
     pre_over = overrides.pop("preprocessor_config", None)
-    cfg = _deep_merge(cfg, overrides)
+    cfg_over, pre_over = _with_image_size(family, image_size, overrides, pre_over)
+    cfg = _deep_merge(cfg, cfg_over)
     if pre is not None and pre_over:
         pre = _deep_merge(pre, pre_over)
 
@@ -788,7 +1028,8 @@ def build_tiny_model(family: str, dest: str | Path, *, seed: int = 0, overwrite:
             _write_json(stage / "video_preprocessor_config.json", video)
         manifest = {
             "family": family, "seed": seed, "builder_version": BUILDER_VERSION,
-            "overrides": _jsonable(overrides),
+            "overrides": _jsonable(overrides if image_size is None
+                                   else {"image_size": image_size, **overrides}),
             "files": sorted(p.name for p in stage.iterdir()),
             "num_parameters": int(sum(v.size for v in params.values())),
         }

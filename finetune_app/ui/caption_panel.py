@@ -27,6 +27,7 @@ from typing import Callable
 from PySide6.QtCore import (
     QBuffer,
     QByteArray,
+    QCoreApplication,
     QIODevice,
     QMimeData,
     QObject,
@@ -241,6 +242,9 @@ class InferenceService(QObject):
         self._next = 1
         self._worker: _Worker | None = None
         self._closed = False
+        app = QCoreApplication.instance()
+        if app is not None:  # the worker thread must end (and free its MLX state) before the app does
+            app.aboutToQuit.connect(self.shutdown)
 
     # -- GUI side --------------------------------------------------------------------------------
     def submit(self, request) -> int:

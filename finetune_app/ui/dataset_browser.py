@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pyqtgraph as pg
 from PySide6.QtCore import QItemSelectionModel, QModelIndex, Qt, Signal
+from PySide6.QtGui import QPalette
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QFileDialog,
@@ -368,9 +369,13 @@ class DatasetBrowser(QWidget):
         x0 = [b["from"] for b in bins]
         x1 = [b["to"] + 1 for b in bins]
         heights = [b["count"] for b in bins]
-        self._bars = pg.BarGraphItem(x0=x0, x1=x1, height=heights, brush=pg.mkBrush(BLUE), pen=pg.mkPen(None))
+        edge = plot.palette().color(QPalette.ColorRole.Base)
+        self._bars = pg.BarGraphItem(x0=x0, x1=x1, height=heights, brush=pg.mkBrush(BLUE), pen=pg.mkPen(edge, width=1))
         plot.addItem(self._bars)
         lo, hi = min(x0), max(x1)
+        if hi - lo < 10:  # one length (or nearly): show it as a bar among its neighbours
+            pad = max(5, (10 - (hi - lo)) // 2 + 1)
+            lo, hi = max(0, lo - pad), hi + pad
         if self.max_length:
             self._max_line = pg.InfiniteLine(pos=self.max_length, angle=90,
                                              pen=pg.mkPen(ORANGE, width=2, style=Qt.PenStyle.DashLine))

@@ -10,6 +10,7 @@ before the ones scrolled past.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
 
@@ -22,6 +23,7 @@ from PySide6.QtCore import (
     QSize,
     Qt,
     QThreadPool,
+    QTimer,
     Signal,
     Slot,
 )
@@ -72,14 +74,17 @@ class ThumbnailLoader(QObject):
     loaded = Signal(str, QImage)
     MAX_WAITING = 400  # older requests beyond this are dropped (they scrolled away)
 
-    def __init__(self, edge: int = THUMB, threads: int = 2, parent: QObject | None = None):
+    def __init__(self, edge: int = THUMB, threads: int | None = None, parent: QObject | None = None):
         super().__init__(parent)
         self.edge = edge
         self.pool = QThreadPool(self)
-        self.pool.setMaxThreadCount(threads)
+        # leave a core to the window (and the trainer): decoding competes with painting
+        self.pool.setMaxThreadCount(threads or max(1, min(4, (os.cpu_count() or 2) - 1)))
         self._lock = threading.Lock()
         self._stack: list[tuple[str, object]] = []  # newest last
         self._waiting: set[str] = set()
+        self._runners = 0  # jobs started and not yet finished; each drains the stack
+        self._kick_pending = False
         self.decoded = 0  # images decoded so far (tests and diagnostics)
 
     def request(self, key: str, ref) -> None:
@@ -91,7 +96,17 @@ class ThumbnailLoader(QObject):
             if len(self._stack) > self.MAX_WAITING:
                 old_key, _ = self._stack.pop(0)
                 self._waiting.discard(old_key)
-        self.pool.start(_ThumbJob(self))
+        if not self._kick_pending:  # one kick per pass of the event loop, not one per request
+            self._kick_pending = True
+            QTimer.singleShot(0, self._kick)
+
+    def _kick(self) -> None:
+        self._kick_pending = False
+        with self._lock:
+            n = min(self.pool.maxThreadCount() - self._runners, len(self._stack))
+            self._runners += max(0, n)
+        for _ in range(n):
+            self.pool.start(_ThumbJob(self))
 
     def pending(self) -> int:
         with self._lock:
@@ -102,22 +117,26 @@ class ThumbnailLoader(QObject):
             self._stack.clear()
             self._waiting.clear()
 
-    def _work(self) -> None:  # on a pool thread
-        with self._lock:
-            if not self._stack:
+    def _work(self) -> None:  # on a pool thread: newest request first, until none is left
+        while True:
+            with self._lock:
+                if not self._stack:
+                    self._runners -= 1
+                    return
+                key, ref = self._stack.pop()
+            try:
+                image = load_thumbnail(ref, self.edge)
+            except Exception:
+                image = QImage()
+            with self._lock:
+                self._waiting.discard(key)
+                self.decoded += 1
+            try:
+                self.loaded.emit(key, image)
+            except RuntimeError:  # the loader was deleted while this image decoded
+                with self._lock:
+                    self._runners -= 1
                 return
-            key, ref = self._stack.pop()
-        try:
-            image = load_thumbnail(ref, self.edge)
-        except Exception:
-            image = QImage()
-        with self._lock:
-            self._waiting.discard(key)
-            self.decoded += 1
-        try:
-            self.loaded.emit(key, image)
-        except RuntimeError:  # the loader was deleted while this image decoded
-            pass
 
 
 class DatasetListModel(QAbstractListModel):
@@ -126,6 +145,7 @@ class DatasetListModel(QAbstractListModel):
     SampleRole = Qt.ItemDataRole.UserRole + 1  # the parsed Sample (or None)
     ProblemRole = Qt.ItemDataRole.UserRole + 2  # first problem message of the row, or None
     ImageRole = Qt.ItemDataRole.UserRole + 3  # ImageRef of the first image, or None
+    CellRole = Qt.ItemDataRole.UserRole + 4  # (pixmap or None, caption, problem): one call per paint
     SAMPLE_CACHE = 600
     PIXMAP_CACHE = 1500
 
@@ -184,27 +204,36 @@ class DatasetListModel(QAbstractListModel):
         if not index.isValid() or self.dataset is None:
             return None
         row = index.row()
-        if role in (Qt.ItemDataRole.DisplayRole, Qt.ItemDataRole.DecorationRole,
+        if role in (Qt.ItemDataRole.DisplayRole, Qt.ItemDataRole.DecorationRole, self.CellRole,
                     Qt.ItemDataRole.ToolTipRole, self.SampleRole, self.ProblemRole, self.ImageRole):
             self.requested_rows.add(row)
         else:
             return None
         sample, problems = self.sample(row)
         problem = self._problems.get(row) or (problems[0].message if sample is None and problems else None)
+        if role == self.CellRole:
+            return self._decoration(row, sample), self._display(sample, problem), problem
         if role == self.ProblemRole:
             return problem
         if role == self.SampleRole:
             return sample
         if role == Qt.ItemDataRole.DisplayRole:
-            if sample is None:
-                return f"⚠ {problem or 'unreadable row'}"
-            text = _preview(sample)
-            return f"⚠ {text}" if problem else text
+            return self._display(sample, problem)
         if role == self.ImageRole:
             return sample.images[0] if sample is not None and sample.images else None
         if role == Qt.ItemDataRole.ToolTipRole:
             return _tooltip(sample, problem)
-        # DecorationRole
+        return self._decoration(row, sample)  # DecorationRole
+
+    @staticmethod
+    def _display(sample, problem) -> str:
+        if sample is None:
+            return f"⚠ {problem or 'unreadable row'}"
+        text = _preview(sample)
+        return f"⚠ {text}" if problem else text
+
+    def _decoration(self, row: int, sample):
+        """The cached thumbnail, or None after asking the loader for it."""
         if sample is None or not sample.images:
             return None
         key = f"{self._generation}:{row}"
@@ -277,24 +306,23 @@ class ThumbnailDelegate(QStyledItemDelegate):
             painter.setBrush(pal.color(QPalette.ColorRole.Highlight))
             painter.drawRoundedRect(rect, 8, 8)
         thumb = QRect(rect.center().x() - self.edge // 2, rect.top() + 6, self.edge, self.edge)
-        pixmap = index.data(Qt.ItemDataRole.DecorationRole)
-        problem = index.data(DatasetListModel.ProblemRole)
+        pixmap, text, problem = index.data(DatasetListModel.CellRole) or (None, "", None)
         if isinstance(pixmap, QPixmap) and not pixmap.isNull():
             size = pixmap.size().scaled(self.edge, self.edge, Qt.AspectRatioMode.KeepAspectRatio)
             target = QRect(0, 0, size.width(), size.height())
             target.moveCenter(thumb.center())
             painter.drawPixmap(target, pixmap)
-        else:  # placeholder while it loads (or a text row)
+        else:  # placeholder while it loads, or for a picture that cannot be read
             mid = QColor(pal.color(QPalette.ColorRole.Mid))
             mid.setAlpha(90)
-            painter.setPen(Qt.PenStyle.NoPen)
-            painter.setBrush(mid)
-            painter.drawRoundedRect(thumb, 6, 6)
+            painter.fillRect(thumb, mid)  # plain: cheap to paint while scrolling fast
+            if isinstance(pixmap, QPixmap):  # decoded, but nothing came out: say so
+                painter.setPen(pal.color(QPalette.ColorRole.PlaceholderText))
+                painter.drawText(thumb, Qt.AlignmentFlag.AlignCenter, "no picture")
         if problem:
             painter.setPen(QPen(QColor("#d93025"), 2))
             painter.setBrush(Qt.BrushStyle.NoBrush)
             painter.drawRoundedRect(thumb.adjusted(1, 1, -1, -1), 6, 6)
-        text = index.data(Qt.ItemDataRole.DisplayRole) or ""
         fm = option.fontMetrics
         text_rect = QRect(rect.left() + 4, thumb.bottom() + 6, rect.width() - 8, fm.lineSpacing() * 2)
         text = fm.elidedText(text, Qt.TextElideMode.ElideRight, text_rect.width() * 2 - fm.averageCharWidth() * 2)

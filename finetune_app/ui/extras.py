@@ -119,7 +119,11 @@ class Extras(QObject):
 
 
 def attach_extras(window) -> Extras:
-    """Add caption tests, comparison, the menu-bar item and picture drops to a MainWindow."""
+    """Add caption tests, comparison, the menu-bar item and picture drops to a MainWindow
+    (once: a second call returns the same Extras)."""
+    existing = getattr(window, "extras", None)
+    if isinstance(existing, Extras):
+        return existing
     extras = Extras(window)
     window.extras = extras
     return extras

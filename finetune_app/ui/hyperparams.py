@@ -512,6 +512,11 @@ class HyperparamForm(QWidget):
         if est is None:
             self.memory.show_message("Memory", "Choose a model to see how much memory this run needs.", "info")
             return
+        blocking = {"batch_size", "max_length", "lora_rank", "quantize_bits", "fine_tune_type"} & set(self._problems)
+        if blocking:
+            self.memory.show_message("Memory", "Fix the settings marked in red to see how much memory "
+                                     "this run needs.", "info")
+            return
         gb, seq, ram = est
         seq_note = (f"sequence {seq:,} tokens" + ("" if self.longest_exact or not self.longest_row
                                                    else " (estimated from the dataset)"))

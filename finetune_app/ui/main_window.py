@@ -131,6 +131,8 @@ class MainWindow(QMainWindow):
 
         self.picker.modelChosen.connect(self._on_model)
         self.picker.modelCleared.connect(self._on_model_cleared)
+        self.picker.failed.connect(lambda _msg: self.status_model.setText("No model"))
+        self.picker.cancelled.connect(lambda: self.status_model.setText("No model"))
         self.browser.checked.connect(self._on_dataset)
         self.browser.opening.connect(self._on_dataset_opening)
         self.form.configChanged.connect(self._on_form_changed)

@@ -61,6 +61,7 @@ class ModelPicker(QWidget):
     modelChosen = Signal(object)
     modelCleared = Signal()
     failed = Signal(str)
+    cancelled = Signal()
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
@@ -176,6 +177,7 @@ class ModelPicker(QWidget):
             return
         self.choice = None
         self.modelCleared.emit()
+        self.clear_details()
         self.summary.setText(f"Looking at {source}…")
         self.progress.setRange(0, 0)
         self.progress_label.setText("Checking the model…")
@@ -200,6 +202,7 @@ class ModelPicker(QWidget):
         self.progress_box.hide()
         self.load_button.setEnabled(True)
         self.summary.setText("No model chosen yet.")
+        self.cancelled.emit()
         self._show_error("Download cancelled", "Nothing was loaded. Files already downloaded stay in "
                          "the Hugging Face cache, so loading this model again continues where it stopped.",
                          kind="info")
@@ -242,6 +245,10 @@ class ModelPicker(QWidget):
         labels["dtype"].setText(info.dtype)
         labels["quant"].setText(info.quantization)
         labels["path"].setText(str(choice.path))
+
+    def clear_details(self) -> None:
+        for label in self._detail_labels.values():
+            label.setText("–")
 
     def _on_failed(self, exc) -> None:
         if self.sender() is not self._task:

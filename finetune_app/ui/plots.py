@@ -76,6 +76,8 @@ class ThemedPlot(pg.PlotWidget):
         legend = self.plotItem.legend
         if legend is not None:
             legend.setLabelTextColor(fg)
+            for _sample, label in legend.items:  # existing labels keep their colour otherwise
+                label.setText(label.text, color=fg.name())
             legend.setBrush(pg.mkBrush(QColor(bg.red(), bg.green(), bg.blue(), 200)))
 
     def set_view(self, x0: float, x1: float, y0: float, y1: float) -> None:

@@ -9,6 +9,7 @@ person sees them improve. A failed run shows its reason in a panel, never a trac
 from __future__ import annotations
 
 import html
+import math
 import time
 from pathlib import Path
 from typing import Callable
@@ -35,7 +36,7 @@ from PySide6.QtWidgets import (
 from finetune_app.ui.plots import BLUE, GREEN, ORANGE, PURPLE, ThemedPlot, nice_ceiling
 from finetune_app.ui.widgets import Banner, format_duration, heading, secondary
 
-EMA_BETA = 0.8  # smoothing of the training loss (debiased, like TensorBoard's)
+EMA_STEPS = 20.0  # the smoothed loss averages over about this many steps, however often reports come
 REDRAW_MS = 100  # plots redraw at most 10 times a second
 MAX_SAMPLE_GROUPS = 30
 SAMPLE_THUMB = 72
@@ -202,7 +203,7 @@ class TrainingView(QWidget):
         # A thin line, no markers: scatter markers are painted in Python, which costs the window
         # the GIL several times per repaint while the trainer runs.
         self.raw_curve = self.loss_plot.plot([], [], name="training (raw)", pen=pg.mkPen(BLUE, width=1))
-        self.raw_curve.setOpacity(0.45)
+        self.raw_curve.setOpacity(0.55)
         self.ema_curve = self.loss_plot.plot([], [], name="training (smoothed)", pen=pg.mkPen(BLUE, width=2.5))
         self.val_curve = self.loss_plot.plot([], [], name="validation", pen=pg.mkPen(ORANGE, width=2),
                                              symbol="s", symbolSize=7, symbolBrush=ORANGE, symbolPen=None)
@@ -278,6 +279,7 @@ class TrainingView(QWidget):
         self.losses: list[float] = []
         self.ema: list[float] = []
         self._ema_raw = 0.0
+        self._ema_weight = 0.0
         self.val_steps: list[int] = []
         self.val_losses: list[float] = []
         self.lrs: list[float] = []
@@ -303,6 +305,8 @@ class TrainingView(QWidget):
         for s in self.stats.values():
             s.set("–")
         self.run_folder.setText(f"Run folder: {run.config.output}")
+        self.progress.setRange(0, 0)  # busy until the first phase reports
+        self.progress.setFormat("Starting…")
         run.connect(stateChanged=self.on_state, progressed=self.on_progress, trainReport=self.on_train,
                     valReport=self.on_val, sampleReport=self.on_samples,
                     checkpointSaved=self.on_checkpoint, notice=self.on_notice, done=self.on_done)
@@ -378,7 +382,10 @@ class TrainingView(QWidget):
             self.progress.setRange(0, max(1, self.total_steps))
             self.progress.setFormat("step %v of %m")
         if state == "failed":
-            self.error.show_message("Training failed", reason or "The run stopped with an error.")
+            self.error.show_message("Training failed", reason or "The run stopped with an error.", "error")
+            if self.progress.maximum() == 0:
+                self.progress.setRange(0, 1)
+                self.progress.setFormat("Not started")
             self._log(f"Failed: {reason}")
         else:
             self._log(STATE_TEXT.get(state, state) + (f" ({reason})" if reason else "")
@@ -397,9 +404,12 @@ class TrainingView(QWidget):
         self.step, self.total_steps = r.step, r.total_steps
         self.loss_steps.append(r.step)
         self.losses.append(r.loss)
-        n = len(self.losses)
-        self._ema_raw = EMA_BETA * self._ema_raw + (1 - EMA_BETA) * r.loss
-        self.ema.append(self._ema_raw / (1 - EMA_BETA ** n))
+        # Exponential average with a time constant in steps (debiased: the first points count fully).
+        gap = r.step - (self.loss_steps[-2] if len(self.loss_steps) > 1 else 0)
+        a = 1.0 - math.exp(-max(gap, 1) / EMA_STEPS)
+        self._ema_raw = (1 - a) * self._ema_raw + a * r.loss
+        self._ema_weight = (1 - a) * self._ema_weight + a
+        self.ema.append(self._ema_raw / self._ema_weight)
         self.lrs.append(r.learning_rate)
         self._dirty = True
         self.progress.setRange(0, max(1, r.total_steps))

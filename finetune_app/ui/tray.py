@@ -81,8 +81,9 @@ def tinted(path: Path, colour: QColor, dpr: float = 1.0) -> QPixmap:
     return pixmap
 
 
-def tray_icon(state: str, progress: float | None = None, *, platform: str | None = None) -> QIcon:
-    """The menu-bar icon for a state: a mask on macOS, tinted for the panel elsewhere."""
+def tray_icon(state: str, progress: float | None = None, *, platform: str | None = None,
+              colour: QColor | None = None) -> QIcon:
+    """The menu-bar icon for a state: a mask on macOS, tinted for the panel (or `colour`) elsewhere."""
     platform = platform or sys.platform
     one, two = tray_icon_path(state, progress), tray_icon_path(state, progress, scale=2)
     if platform == "darwin":
@@ -91,7 +92,7 @@ def tray_icon(state: str, progress: float | None = None, *, platform: str | None
         icon.addFile(str(two))
         icon.setIsMask(True)
         return icon
-    colour = panel_colour()
+    colour = colour or panel_colour()
     icon = QIcon()
     icon.addPixmap(tinted(one, colour, 1.0))
     icon.addPixmap(tinted(two, colour, 2.0))
@@ -307,7 +308,11 @@ class TrayController(QObject):
         name = tray_icon_name(state, fraction if state == "training" else None)
         if name != self.icon_name or self.tray.icon().isNull():
             self.icon_name = name
-            self.tray.setIcon(tray_icon(state, fraction if state == "training" else None))
+            progress = fraction if state == "training" else None
+            self.tray.setIcon(tray_icon(state, progress))
+            # the same picture beside the status line, in the menu's own text colour
+            text = self.menu.palette().color(QPalette.ColorGroup.Active, QPalette.ColorRole.WindowText)
+            self.act_status.setIcon(tray_icon(state, progress, colour=text))
 
     def _update(self) -> None:
         new_state = tray_state(self.view_state) if self.run is not None else "idle"

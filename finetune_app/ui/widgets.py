@@ -69,9 +69,11 @@ class Banner(QFrame):
         self._restyle()
 
     def _restyle(self) -> None:
+        # Selected by a property, not the object name: screens rename their banners.
         c = QColor(self.COLOURS.get(self._kind, "#888888"))
+        self.setProperty("banner", True)
         self.setStyleSheet(
-            f"QFrame#{self.objectName()} {{ border: 1px solid rgba({c.red()},{c.green()},{c.blue()},170);"
+            f"QFrame[banner=\"true\"] {{ border: 1px solid rgba({c.red()},{c.green()},{c.blue()},170);"
             f" border-left: 4px solid {c.name()}; border-radius: 6px;"
             f" background: rgba({c.red()},{c.green()},{c.blue()},28); }}")
 
@@ -94,12 +96,9 @@ class Banner(QFrame):
 
 
 def secondary(label: QLabel) -> QLabel:
-    """Dim a label's text (captions, hints), following the palette so dark mode works."""
-    pal = label.palette()
-    colour = pal.color(QPalette.ColorRole.WindowText)
-    colour.setAlphaF(0.62)
-    pal.setColor(QPalette.ColorRole.WindowText, colour)
-    label.setPalette(pal)
+    """Dim a label's text (captions, hints) with the palette's placeholder colour, so it follows
+    light and dark mode when the palette changes."""
+    label.setForegroundRole(QPalette.ColorRole.PlaceholderText)
     return label
 
 

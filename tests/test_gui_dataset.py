@@ -1,0 +1,224 @@
+"""The dataset browser: a 10,000-row grid that parses and decodes only what is on screen, problems
+that jump to their row, the conversation view for text data, split sizes, and drops on the window.
+
+Real files only: datasets are written to disk and opened through the engine's own reader and
+validator; thumbnails are decoded from real PNGs on the loader's thread pool.
+"""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("PySide6")
+pytest.importorskip("pyqtgraph")
+
+from PySide6.QtCore import QMimeData, QPoint, QPointF, Qt, QUrl
+from PySide6.QtGui import QDragEnterEvent, QDropEvent
+from PySide6.QtWidgets import QApplication
+
+pytestmark = pytest.mark.gui
+
+N_ROWS = 10_000
+
+
+@pytest.fixture
+def app_env(tmp_path, monkeypatch, qapp):
+    monkeypatch.setenv("FINETUNE_SETTINGS_DIR", str(tmp_path / "settings"))
+    monkeypatch.setenv("FINETUNE_DATA_DIR", str(tmp_path / "appdata"))
+    monkeypatch.setenv("FINETUNE_NO_WELCOME", "1")
+    from finetune_app.ui.app import create_app
+
+    return create_app()
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    from finetune_app.core.data.demo import make_shapes_dataset
+
+    return make_shapes_dataset(tmp_path_factory.mktemp("d") / "shapes", n_train=24, n_valid=6, size=64, seed=1)
+
+
+@pytest.fixture(scope="module")
+def big_dataset(tmp_path_factory, shapes):
+    """10,000 caption rows over 30 real pictures (distinct captions, so no duplicates)."""
+    root = tmp_path_factory.mktemp("big") / "big"
+    shutil.copytree(shapes / "images", root / "images")
+    names = sorted(p.name for p in (root / "images").iterdir())
+    with open(root / "captions.csv", "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["filename", "caption"])
+        for i in range(N_ROWS):
+            w.writerow([names[i % len(names)], f"picture number {i}"])
+    return root
+
+
+@pytest.fixture
+def broken(tmp_path, shapes):
+    """The demo set with one picture missing (line 5) and one empty caption (the last line)."""
+    root = tmp_path / "broken"
+    shutil.copytree(shapes, root)
+    (root / "images" / "00003.png").unlink()
+    with open(root / "captions.csv", "a", encoding="utf-8") as fh:
+        fh.write("00001.png,,train\n")
+    return root
+
+
+@pytest.fixture
+def browser(app_env, qtbot):
+    from finetune_app.ui.dataset_browser import DatasetBrowser
+
+    b = DatasetBrowser()
+    qtbot.addWidget(b)
+    b.resize(1200, 800)
+    b.show()
+    qtbot.waitExposed(b)
+    return b
+
+
+def open_and_wait(browser, path, qtbot, timeout=60000):
+    browser.open_path(str(path))
+    qtbot.waitUntil(lambda: browser.check is not None and not browser.is_busy(), timeout=timeout)
+    QApplication.processEvents()
+
+
+def visible_rows(view) -> tuple[int, int]:
+    vp = view.viewport().rect()
+    first = view.indexAt(vp.topLeft() + QPoint(8, 8)).row()
+    last = view.indexAt(vp.bottomRight() - QPoint(8, 8)).row()
+    if last < 0:  # the last cell of the last line may be empty space
+        last = max(view.indexAt(QPoint(x, vp.bottom() - 8)).row() for x in range(8, vp.width(), 20))
+    return first, last
+
+
+def test_ten_thousand_rows_parse_and_decode_only_what_is_shown(browser, big_dataset, qtbot):
+    from finetune_app.ui.stall_meter import StallMeter
+
+    open_and_wait(browser, big_dataset, qtbot)
+    model, grid = browser.model, browser.grid
+    assert model.rowCount() == N_ROWS
+    assert browser.check.report.rows_usable == N_ROWS
+    assert browser.stack.currentWidget() is grid
+
+    # only the rows on screen were asked for, and their pictures arrive from the thread pool
+    qtbot.waitUntil(lambda: visible_rows(grid)[1] > 0, timeout=10000)
+    first, last = visible_rows(grid)
+    on_screen = last - first + 1
+    assert 10 <= on_screen < 200
+    assert model.requested_rows, "the view asked for the rows it shows"
+    assert max(model.requested_rows) <= last + on_screen, sorted(model.requested_rows)[-5:]
+    assert len(model.requested_rows) < 3 * on_screen
+    qtbot.waitUntil(lambda: all(model.thumbnail_cached(r) for r in range(first, last + 1)), timeout=20000)
+    assert model.loader.decoded < 3 * on_screen, "pictures off screen were not decoded"
+    assert model.loader.pool.maxThreadCount() >= 1
+
+    # scroll through the whole grid: the event loop keeps ticking, and only shown rows are read
+    meter = StallMeter(10)
+    meter.start()
+    bar = grid.verticalScrollBar()
+    for k in range(1, 21):
+        bar.setValue(bar.maximum() * k // 20)
+        qtbot.wait(15)
+    model.requested_rows.clear()
+    grid.scrollToBottom()
+    qtbot.wait(100)
+    meter.stop()
+    first, last = visible_rows(grid)
+    assert last == N_ROWS - 1
+    assert model.requested_rows and min(model.requested_rows) >= first - (last - first + 1)
+    qtbot.waitUntil(lambda: model.thumbnail_cached(N_ROWS - 1), timeout=20000)
+    assert len(model._samples) <= model.SAMPLE_CACHE
+    stats = meter.stats()
+    print(f"\nscrolling 10,000 rows: p99 stall {stats['p99_ms']:.1f} ms, max {stats['max_ms']:.1f} ms")
+    assert stats["p99_ms"] < 100, meter.worst()
+
+    # the caption under a thumbnail is the row's caption
+    idx = model.index(N_ROWS - 1)
+    assert model.data(idx) == f"picture number {N_ROWS - 1}"
+
+
+def test_problems_are_listed_and_jump_to_their_row(browser, broken, qtbot):
+    open_and_wait(browser, broken, qtbot)
+    report = browser.check.report
+    assert report.rows_found == 31 and report.rows_usable == 29
+    items = [browser.problems.item(i) for i in range(browser.problems.count())]
+    texts = [i.text() for i in items]
+    assert any("line 5" in t and "image not found" in t for t in texts), texts
+    assert any("line 32" in t and "empty" in t for t in texts), texts
+    assert "will be skipped" in browser.counts.text()
+
+    missing = next(i for i in items if "line 5" in i.text())
+    browser.problems.itemClicked.emit(missing)
+    assert browser.grid.currentIndex().row() == 3  # line 5 of the CSV is the fourth row
+    assert "line 5" in browser.details.text() and "image not found" in browser.details.text()
+    assert browser.model.data(browser.model.index(3)).startswith("⚠")
+    empty = next(i for i in items if "line 32" in i.text())
+    browser.problems.itemClicked.emit(empty)
+    assert browser.grid.currentIndex().row() == 30
+    # the dataset's own split, counted over usable rows only
+    assert "Training</b> 23" in browser.splits.text() and "Validation</b> 6" in browser.splits.text()
+    assert "own split" in browser.splits.text()
+
+
+def test_text_dataset_shows_conversations_histogram_and_split(browser, tmp_path, qtbot):
+    import json
+
+    rows = [{"instruction": f"Say the number {i} in words.", "input": "", "output": f"number {i}" * (1 + i % 5)}
+            for i in range(60)]
+    path = tmp_path / "alpaca.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    open_and_wait(browser, path, qtbot)
+    assert browser.stack.currentIndex() == 2, "text rows get the conversation view"
+    browser.select_row(7)
+    html = browser.conversation.toHtml()
+    assert "Say the number 7 in words." in html and "Assistant" in html
+    # no model chosen: the histogram is a labelled estimate
+    assert "rough estimate" in browser.histogram.plotItem.titleLabel.text
+    assert "characters ÷ 4" in browser.histogram_note.text()
+    assert browser._bars is not None
+    # no own split: a held-out share that follows the settings
+    assert "10% held out" in browser.splits.text()
+    before = len(browser.valid_rows)
+    browser.set_split_params(0.5, 0)
+    assert "50% held out" in browser.splits.text()
+    assert len(browser.valid_rows) > before and len(browser.train_rows) + len(browser.valid_rows) == 60
+
+
+def test_unreadable_dataset_shows_the_engine_message(browser, tmp_path, qtbot):
+    bad = tmp_path / "nothing.jsonl"
+    bad.write_text("this is not json\n", encoding="utf-8")
+    failures = []
+    browser.failed.connect(failures.append)
+    browser.open_path(str(bad))
+    qtbot.waitUntil(lambda: bool(failures), timeout=30000)
+    assert browser.error.isVisible()
+    assert "nothing.jsonl" in browser.error.text.text()
+    assert "Traceback" not in browser.error.text.text()
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # QDragEnterEvent's QPoint constructor
+def test_dropping_a_folder_on_the_window_opens_it(app_env, qtbot, shapes):
+    from finetune_app.ui.main_window import MainWindow
+
+    w = MainWindow()
+    qtbot.addWidget(w)
+    w.show()
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(shapes))])
+    pos = QPointF(w.width() / 2, w.height() / 2)
+    enter = QDragEnterEvent(pos.toPoint(), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
+                            Qt.KeyboardModifier.NoModifier)
+    QApplication.sendEvent(w, enter)
+    assert enter.isAccepted()
+    drop = QDropEvent(pos, Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
+    QApplication.sendEvent(w, drop)
+    qtbot.waitUntil(lambda: w.dataset_check is not None, timeout=30000)
+    assert Path(str(w.dataset_check.dataset.path)) == shapes
+    assert w.tabs.currentIndex() == 0
+    assert "30 usable rows" in w.status_data.text()
+    from finetune_app.ui.main_window import recent_datasets
+
+    assert recent_datasets()[0] == str(shapes)
