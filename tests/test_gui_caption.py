@@ -113,7 +113,7 @@ def drop(widget, mime: QMimeData) -> bool:
     """What a drag ending on `widget` delivers: DragEnter (must be accepted), then Drop."""
     app = QApplication.instance()
     pos = QPointF(widget.width() / 2, widget.height() / 2)
-    enter = QDragEnterEvent(pos, Qt.DropAction.CopyAction, mime, Qt.MouseButton.NoButton, Qt.KeyboardModifier.NoModifier)
+    enter = QDragEnterEvent(pos.toPoint(), Qt.DropAction.CopyAction, mime, Qt.MouseButton.NoButton, Qt.KeyboardModifier.NoModifier)
     app.sendEvent(widget, enter)
     if not enter.isAccepted():
         return False

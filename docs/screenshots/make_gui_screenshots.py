@@ -100,10 +100,10 @@ def main() -> int:
     wait(lambda: not w.training.is_running(), what="the end of the run")
     wait(lambda: w.run is not None and not w.run.is_running(), what="the training thread")
     shot(w, "gui-training.png")
-    last = w.training.sample_reports[-1]
-    right = sum(i.output.strip() == i.reference.strip() for i in last.items)
-    print(f"run: {w.training.state} at step {w.training.step}, last samples {right}/{len(last.items)} right, "
-          f"final loss {w.training.losses[-1]:.3f}")
+    per_eval = ", ".join(f"step {r.step}: {sum(i.output.strip() == i.reference.strip() for i in r.items)}/{len(r.items)}"
+                         for r in w.training.sample_reports)
+    print(f"run: {w.training.state} at step {w.training.step}, loss {w.training.losses[0]:.2f} -> "
+          f"{w.training.losses[-1]:.3f}; samples right: {per_eval}")
 
     # 4. dark mode (as when the system switches to dark)
     os.environ["FINETUNE_COLOR_SCHEME"] = "dark"

@@ -20,6 +20,7 @@ COMMANDS = {
     "demo": "demo",
     "export": "export",
     "runs": "runs",
+    "compare": "compare",
     "gui": "gui",
 }
 

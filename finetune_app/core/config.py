@@ -138,7 +138,8 @@ class TrainConfig:
         check("sample_count", is_int(self.sample_count) and self.sample_count >= 0, "must be a whole number, 0 or more")
         check("sample_max_tokens", is_int(self.sample_max_tokens) and self.sample_max_tokens >= 1, "must be a whole number, 1 or more")
         check("seed", is_int(self.seed) and self.seed >= 0, "must be a whole number, 0 or more")
-        if self.warmup_steps and self.iters and "warmup_steps" not in p and self.warmup_steps >= self.iters:
+        if ("warmup_steps" not in p and "iters" not in p and self.warmup_steps and self.iters
+                and self.warmup_steps >= self.iters):
             p["warmup_steps"] = f"must be fewer than the training steps ({self.iters})"
         return p
 

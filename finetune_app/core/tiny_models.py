@@ -9,10 +9,12 @@ tokens and chat template, and the family's processor files.
 
 FastVLM needs `compat.apply()` (done here, and needed again before loading the folder in a fresh
 process): mlx-vlm 0.7.10 otherwise ignores the tower sizes in config.json and builds the
-125M-parameter FastViTHD tower. Its tower is also initialised so that its features depend on the
-image (see `_init_fastvit` and `_calibrate_fastvit`).
+125M-parameter FastViTHD tower. Its random tower is also initialised and calibrated like a trained
+one, so that its features carry the image's colour and shape and a LoRA on the language model
+alone can learn to caption them (see `_init_fastvit`, `_calibrate_fastvit`, `_calibrate_projector`);
+`image_size=256` builds a FastVLM that sees 256 px images (16 image features instead of 256).
 
-API: `FAMILIES`, `build_tiny_model(family, dest, seed=0, **overrides)`,
+API: `FAMILIES`, `build_tiny_model(family, dest, seed=0, image_size=None, **overrides)`,
 `cached_tiny_model(family, root=None)`, `build_tokenizer(family, dest)`, `make_tokenizer(family)`.
 """
 
@@ -35,7 +37,8 @@ from . import atomic
 
 # Bump when the files a build writes change, so cached folders are rebuilt.
 # 2: narrower, calibrated FastVLM tower.
-BUILDER_VERSION = 2
+# 3: FastVLM tower initialised like a trained one (colour kept, oriented edges), projector scaled.
+BUILDER_VERSION = 3
 
 FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "fastvlm", "llama", "qwen2", "qwen3")
 VLM_FAMILIES = frozenset({"qwen2_vl", "qwen2_5_vl", "qwen3_vl", "fastvlm"})

@@ -161,4 +161,6 @@ def run_app(paths: list[str] | None = None, *, show_welcome: bool = True) -> int
         window.open_paths(paths)
     elif show_welcome:
         window.maybe_show_welcome()
-    return app.exec()
+    code = app.exec()
+    window.shutdown()
+    return code

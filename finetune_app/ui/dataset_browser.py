@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pyqtgraph as pg
 from PySide6.QtCore import QItemSelectionModel, QModelIndex, Qt, Signal
-from PySide6.QtGui import QPalette
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QFileDialog,
@@ -369,8 +368,9 @@ class DatasetBrowser(QWidget):
         x0 = [b["from"] for b in bins]
         x1 = [b["to"] + 1 for b in bins]
         heights = [b["count"] for b in bins]
-        edge = plot.palette().color(QPalette.ColorRole.Base)
-        self._bars = pg.BarGraphItem(x0=x0, x1=x1, height=heights, brush=pg.mkBrush(BLUE), pen=pg.mkPen(edge, width=1))
+        gap = [0.06 * (b - a) for a, b in zip(x0, x1)]  # a little air between bars, in any theme
+        self._bars = pg.BarGraphItem(x0=[a + g for a, g in zip(x0, gap)], x1=[b - g for b, g in zip(x1, gap)],
+                                     height=heights, brush=pg.mkBrush(BLUE), pen=pg.mkPen(None))
         plot.addItem(self._bars)
         lo, hi = min(x0), max(x1)
         if hi - lo < 10:  # one length (or nearly): show it as a bar among its neighbours

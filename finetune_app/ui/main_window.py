@@ -117,6 +117,10 @@ class MainWindow(QMainWindow):
         self.tabs.addTab(self.browser, "Dataset")
         self.tabs.addTab(settings_page, "Model && Settings")
         self.tabs.addTab(self.training, "Training")
+        from finetune_app.ui.run_history import RunHistoryView
+
+        self.history = RunHistoryView()
+        self.tabs.addTab(self.history, "History")
         self.notice = Banner("info")
         self.notice.setObjectName("windowNotice")
         central = QWidget()
@@ -141,9 +145,16 @@ class MainWindow(QMainWindow):
         self.training.stateShown.connect(lambda _s: self._update_ready())
         self.training.image_resolver = self._sample_image
 
+        self.history.duplicate_config.connect(self._duplicate_config)
+        self.history.resume_requested.connect(self.resume_run)
+
         self._restore_settings()
         self._on_form_changed()
         self._update_ready()
+        # Menu-bar status, caption testing by drag and drop, base vs fine-tuned comparison.
+        from finetune_app.ui.extras import attach_extras
+
+        self.extras = attach_extras(self)
 
     # -- chrome ------------------------------------------------------------------------------------
     def _build_actions(self) -> None:
@@ -200,6 +211,11 @@ class MainWindow(QMainWindow):
         run_menu = self.menuBar().addMenu("&Training")
         for a in (self.act_start, self.act_pause, self.act_stop):
             run_menu.addAction(a)
+        run_menu.addSeparator()
+        self.act_export = QAction("Export Model…", self)
+        self.act_export.setShortcut(QKeySequence("Ctrl+E"))
+        self.act_export.triggered.connect(self.open_export_wizard)
+        run_menu.addAction(self.act_export)
 
     def _build_status(self) -> None:
         self.status_model = QLabel("No model")
@@ -371,6 +387,36 @@ class MainWindow(QMainWindow):
         self._update_ready()
         return True
 
+    def open_export_wizard(self) -> None:
+        """The export wizard for the current model and the latest run's adapter."""
+        from finetune_app.ui.export_wizard import ExportWizard
+
+        model = str(self.model_choice.path) if self.model_choice is not None else ""
+        adapter = self.run.config.output if self.run is not None else ""
+        ExportWizard(self, model=model, adapter=adapter).exec()
+        self.history.refresh()
+
+    def _duplicate_config(self, cfg) -> None:
+        self.form.set_config(cfg)
+        self.tabs.setCurrentIndex(TAB_SETTINGS)
+
+    def resume_run(self, run_id: int) -> None:
+        """Continue an interrupted or finished run from its last checkpoint (run history)."""
+        from finetune_app.ui.run_history import resume_training_config
+
+        if self.training.is_running():
+            self.notice.show_message("A run is already training", "Stop it before resuming another.", "warning")
+            return
+        try:
+            cfg = resume_training_config(run_id)
+        except Exception as exc:
+            self.notice.show_message("This run cannot be resumed", message_of(exc), "error")
+            return
+        self.run = TrainingRun(cfg, resume=True, parent=self)
+        self.training.attach(self.run)
+        self.tabs.setCurrentIndex(TAB_TRAINING)
+        QTimer.singleShot(40, self.run.start)
+
     def _sample_image(self, item):
         """The ImageRef of a run's sample item: row `item.index` of the run's dataset."""
         run = self.run
@@ -463,6 +509,15 @@ class MainWindow(QMainWindow):
         s.setValue("window/geometry", self.saveGeometry())
         self._save_form()
         s.sync()
+
+    def shutdown(self) -> None:
+        """Before the process exits: no thumbnail decoding or training left running."""
+        loader = self.browser.model.loader
+        loader.clear()
+        loader.pool.waitForDone(3000)
+        if self.run is not None and self.run.is_running():
+            self.run.stop(save=True)
+            self.run.wait(60000)
 
     def closeEvent(self, event) -> None:
         if self.training.is_running():

@@ -314,7 +314,13 @@ class TrainingWorker(QObject):
         try:
             from finetune_app.core.training.trainer import Trainer
 
-            trainer = Trainer(self.config, listeners=[self._on_event], control=self.control,
+            from finetune_app.core.runs import default_recorder
+
+            listeners = [self._on_event]
+            recorder = default_recorder(self.config, resume=self.resume)  # the run history
+            if recorder is not None:
+                listeners.append(recorder)
+            trainer = Trainer(self.config, listeners=listeners, control=self.control,
                               resume=self.resume)
             result = trainer.run()
         except Exception as exc:
@@ -346,7 +352,11 @@ class TrainingRun(QObject):
         self.worker.done.connect(self._keep_result, Qt.ConnectionType.QueuedConnection)
 
     def connect(self, **slots) -> None:
-        """Connect worker signals to UI slots, always queued: `run.connect(trainReport=view.add)`."""
+        """Connect worker signals to UI slots, always queued: `run.connect(trainReport=view.add)`.
+
+        Slots must be methods of QObjects that live on the GUI thread: a queued call to a plain
+        function or lambda has no receiver thread, is posted to the training thread, and never
+        runs once that thread's loop has ended."""
         for name, slot in slots.items():
             getattr(self.worker, name).connect(slot, Qt.ConnectionType.QueuedConnection)
 

@@ -253,7 +253,8 @@ class Trainer:
         for k, sample in enumerate(self.data.samples[: self.cfg.sample_count]):
             images = self.encoder.load_images(sample) if sample.images else []
             text = generate_for_sample(self.base, sample, images, settings=settings, encoder=self.encoder)
-            first = sample.images[0].describe() if sample.images else ""
+            ref = sample.images[0] if sample.images else None
+            first = (str(ref.path) if ref.path else ref.describe()) if ref else ""
             items.append(SampleItem(index=self.data.valid[k].index, prompt=sample.prompt, reference=sample.answer,
                                     output=text, image=first))
         adapters.set_train_modes(self.base.model, self.cfg.fine_tune_type)
