@@ -736,6 +736,19 @@ def _calibration_images(seed: int, n: int = 16, size: int = 128) -> np.ndarray:
     return out
 
 
+def _calibration_batch(seed: int, image_size: int) -> np.ndarray:
+    """The 16 calibration scenes, tiled k x k into mosaics about the size the tower will see
+    (k = 1, 2, 4 for image_size < 256, < 512, >= 512): the deep stages' 7x7 convs and attention
+    then run on maps of about their real size. Calibrated on 2x2 maps (128 px) and used at
+    1024 px (16x16), the last stage's output drifts ~15 std and ~10x in scale; above 512 px the
+    pixels (and build time) would grow, and the remaining drift is a few std. Same cost for any k."""
+    k = 4 if image_size >= 512 else 2 if image_size >= 256 else 1
+    scenes = _calibration_images(seed)
+    n, size = scenes.shape[0], scenes.shape[1]
+    return (scenes.reshape(n // (k * k), k, k, size, size, 3).transpose(0, 1, 3, 2, 4, 5)
+            .reshape(n // (k * k), k * size, k * size, 3))
+
+
 def _channel_stats(y):
     import mlx.core as mx
 
@@ -744,7 +757,8 @@ def _channel_stats(y):
 
 
 def _calibrate_fastvit(vision_tower, seed: int):
-    """Data-dependent init (LSUV-style), step 2 of 2: one forward pass over synthetic scenes.
+    """Data-dependent init (LSUV-style), step 2 of 2: one forward pass over synthetic scenes
+    (`_calibration_batch`).
 
     In forward order (each layer after everything upstream of it), in eval mode, on the CPU
     stream for determinism:
@@ -853,7 +867,8 @@ def _calibrate_fastvit(vision_tower, seed: int):
     vision_tower.eval()
     try:
         with mx.stream(mx.cpu):
-            _, feats, _ = vision_tower(mx.array(_calibration_images(seed)))
+            image_size = int(getattr(vision_tower.vision_model.config, "image_size", 1024))
+            _, feats, _ = vision_tower(mx.array(_calibration_batch(seed, image_size)))
             mx.eval(feats)
     finally:
         for container, key, original in reversed(originals):
