@@ -389,7 +389,7 @@ def check_env(require_mac: bool = True) -> list[str]:
                 f"{dist} is the wheel for macOS {floor[0]}.{floor[1]} and later, but the app declares "
                 f"macOS {config.MIN_MACOS} (LSMinimumSystemVersion): its Metal kernels would not load on "
                 f"older systems. Install the macosx_{minimum[0]}_{minimum[1]} wheels (packaging/"
-                "README-section.md, 'Building for older macOS'), or build with "
+                "docs/macos.md, 'Building for older macOS'), or build with "
                 f"FINETUNE_MIN_MACOS={floor[0]}.{floor[1]}"
             )
     sys.path.insert(0, str(config.ROOT / "resources"))

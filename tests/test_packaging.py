@@ -585,9 +585,9 @@ def test_install_desktop_script(tmp_path):
 
 
 def test_readme_section_names_real_files_and_commands(config):
-    text = (PACKAGING / "README-section.md").read_text()
+    text = (ROOT / "docs" / "macos.md").read_text()
     for path in sorted(set(re.findall(r"\b((?:packaging|resources)/[\w./-]+\w)", text))):
-        assert (ROOT / path).exists(), f"README-section.md mentions {path}, which does not exist"
+        assert (ROOT / path).exists(), f"docs/macos.md mentions {path}, which does not exist"
     for command in ("packaging/build_macos.sh", 'pip install -e ".[macos]"', "codesign --force --deep -s -",
                     "mlx.metallib", "libqcocoa.dylib", "packaging/linux/install-desktop.sh",
                     "--selftest"):  # fmt: skip

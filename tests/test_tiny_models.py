@@ -291,6 +291,70 @@ def test_fastvlm_colour_is_linearly_decodable(fastvlm):
     assert _ridge_leave_one_out(feats.mean(axis=1), np.array(labels), len(colours)) == 1.0
 
 
+def test_fastvlm_shape_and_projected_colour_are_decodable(fastvlm):
+    # A trained tower's features tell shapes apart and keep colour through the projector; the
+    # tiny tower's oblique line filters (circle vs square) and calibrated projector give both.
+    model, processor = fastvlm
+    colours, shapes = ["red", "green", "blue", "yellow"], ["circle", "square", "triangle"]
+    boxes = [(0.25, 0.25, 0.75, 0.75), (0.3, 0.3, 0.7, 0.7), (0.2, 0.2, 0.8, 0.8)]
+    images, colour, shape = [], [], []
+    for ci, c in enumerate(colours):
+        for si, s in enumerate(shapes):
+            for box in boxes:
+                images.append(_shape_image(c, s, size=128, box=box))
+                colour.append(ci)
+                shape.append(si)
+    colour, shape = np.array(colour), np.array(shape)
+    feats, projected = _fastvlm_features(model, processor, images, size=256)
+    pooled = feats.mean(axis=1)
+    assert _ridge_leave_one_out(pooled, colour, 4) == 1.0
+    assert _ridge_leave_one_out(pooled, shape, 3) >= 0.9
+    # What the language model sees (previous init: colour 0.5, shape 0.5, circle/square 0.54).
+    pooled = projected.mean(axis=1)
+    assert _ridge_leave_one_out(pooled, colour, 4) >= 0.9
+    assert _ridge_leave_one_out(pooled, shape, 3) >= 0.85
+    round_or_square = shape < 2
+    assert _ridge_leave_one_out(pooled[round_or_square], shape[round_or_square], 2) >= 0.85
+    # Image tokens come out near the text embeddings' scale (previous init: ~10x at 256 px).
+    text_norm = float(np.linalg.norm(np.array(model.language_model.model.embed_tokens.weight),
+                                     axis=1).mean())
+    assert np.linalg.norm(projected, axis=-1).mean() < 6 * text_norm
+
+
+def test_fastvlm_image_size_keyword(tmp_path):
+    import mlx_vlm
+
+    path = tiny_models.build_tiny_model("fastvlm", tmp_path / "m", image_size=256)
+    cfg = json.loads((path / "config.json").read_text())
+    pre = json.loads((path / "preprocessor_config.json").read_text())
+    assert cfg["vision_config"]["image_size"] == 256
+    assert pre["crop_size"] == {"height": 256, "width": 256}
+    assert pre["size"] == {"shortest_edge": 256}
+    manifest = json.loads((path / tiny_models.MANIFEST).read_text())
+    assert manifest["overrides"]["image_size"] == 256
+    assert tiny_models.tiny_config("fastvlm", image_size=256) == cfg
+
+    model, processor = mlx_vlm.load(str(path))  # the processor's own defaults: 256 px
+    pixel_values = processor.image_processor(images=[_shape_image("red", "circle")],
+                                             return_tensors="np")["pixel_values"]
+    assert pixel_values.shape == (1, 3, 256, 256)
+    _, feats, _ = model.vision_tower(mx.array(pixel_values).transpose(0, 2, 3, 1))
+    assert feats.shape[1:3] == (4, 4)  # 16 image features
+
+    # Agreeing explicit overrides are fine; conflicting ones, other families, bad sizes are not.
+    tiny_models.tiny_config("fastvlm", image_size=512, vision_config={"image_size": 512})
+    with pytest.raises(ValueError, match="conflicts"):
+        tiny_models.tiny_config("fastvlm", image_size=256, vision_config={"image_size": 512})
+    with pytest.raises(ValueError, match="conflicts"):
+        tiny_models.build_tiny_model("fastvlm", tmp_path / "x", image_size=256,
+                                     preprocessor_config={"size": {"shortest_edge": 1024}})
+    with pytest.raises(ValueError, match="fastvlm family only"):
+        tiny_models.build_tiny_model("qwen2_vl", tmp_path / "x", image_size=256)
+    with pytest.raises(ValueError, match="multiple of 64"):
+        tiny_models.build_tiny_model("fastvlm", tmp_path / "x", image_size=200)
+    assert not (tmp_path / "x").exists()
+
+
 def test_compat_patch_keeps_default_fastvlm_tower():
     compat.apply()
     compat.apply()  # idempotent
