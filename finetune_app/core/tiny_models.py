@@ -567,6 +567,7 @@ FASTVIT_BRANCH_ALPHA = 1.0  # residual-branch std / stream std, per channel (set
 FASTVIT_STAGE0_ALPHA = 0.1  # stage 0 carries the full-resolution luminance channel: keep it clean
 FASTVIT_SE_GATE_BIAS = 2.0  # squeeze-excite gates ~0.88 on every channel (random ones shut ~1/5)
 FASTVIT_OBLIQUES = (45.0, 135.0)  # line filters of the first downsampling (2 outputs per input)
+FASTVIT_LINE_STD = 1.0  # their calibrated std
 
 
 def _gaussian_kernel(size: int, sigma: float) -> np.ndarray:
@@ -776,15 +777,16 @@ def _calibrate_fastvit(vision_tower, seed: int):
     from mlx_vlm.models.fastvlm import vision as fv
 
     class _CalibratedConv(nn.Module):
-        def __init__(self, conv, mean):
+        def __init__(self, conv, mean, std=1.0):
             super().__init__()
             self.conv = conv
-            self.target = mean
+            self.target = mean, std
 
         def __call__(self, x):
             mean, std = _channel_stats(self.conv(x))
-            self.conv.weight = self.conv.weight / std.reshape(-1, 1, 1, 1)
-            self.conv.bias = (self.conv.bias - mean) / std + self.target
+            gain = self.target[1] / std
+            self.conv.weight = self.conv.weight * gain.reshape(-1, 1, 1, 1)
+            self.conv.bias = (self.conv.bias - mean) * gain + self.target[0]
             y = self.conv(x)
             mx.eval(y, self.conv.parameters())
             return y
@@ -838,9 +840,11 @@ def _calibrate_fastvit(vision_tower, seed: int):
             swaps.append((mod, "reparam_conv", _CalibratedConv(mod.reparam_conv, shift)))
         elif isinstance(mod, fv.ReparamLargeKernelConv):
             roles = plan.get(f"{mname}.lkb_reparam.weight", ("", None))[1]
-            mean = shift if roles is None else mx.array(
-                [shift if r == "smooth" else 0.0 for r in roles], dtype=mx.float32)
-            swaps.append((mod, "lkb_reparam", _CalibratedConv(mod.lkb_reparam, mean)))
+            mean, std = shift, 1.0
+            if roles is not None:
+                mean = mx.array([shift if r == "smooth" else 0.0 for r in roles])
+                std = mx.array([1.0 if isinstance(r, str) else FASTVIT_LINE_STD for r in roles])
+            swaps.append((mod, "lkb_reparam", _CalibratedConv(mod.lkb_reparam, mean, std)))
         elif isinstance(mod, fv.ConvFFN):
             swaps.append((mod, "fc1", _CalibratedConv(mod.fc1, 0.0)))
         if isinstance(mod, fv.NamedSequential) and isinstance(mod.get("bn"), nn.BatchNorm):
