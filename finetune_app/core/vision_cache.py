@@ -56,12 +56,6 @@ class VisionFeatureCache:
             if progress:
                 progress(min(start + self.batch_size, len(keys)), len(keys))
 
-    def batch_features(self, examples) -> mx.array | None:
-        keys = [k for ex in examples for k in getattr(ex, "feature_keys", [])]
-        if not keys:
-            return None
-        return mx.stack([self.features[k] for k in keys])
-
     @property
     def nbytes(self) -> int:
         return sum(f.nbytes for f in self.features.values())

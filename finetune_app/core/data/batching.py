@@ -43,7 +43,6 @@ class Batch:
     images: dict[str, np.ndarray] = field(default_factory=dict)
     image_positions: list[list[int]] = field(default_factory=list)
     indices: list[int] = field(default_factory=list)
-    tower_feats: object = None  # cached vision-tower features (mx.array [n_images, F, C]) replacing pixels
 
     @property
     def n_targets(self) -> int:

@@ -33,9 +33,8 @@ class Forward:
         n, h, w, c = feats.shape
         return feats.reshape(n, h * w, c)
 
-    def _fastvlm_logits(self, model, batch: Batch, ids: mx.array, tower_feats: mx.array | None):
-        if tower_feats is None:
-            tower_feats = self.tower_features(model, mx.array(batch.images["pixel_values"]))
+    def _fastvlm_logits(self, model, batch: Batch, ids: mx.array):
+        tower_feats = self.tower_features(model, mx.array(batch.images["pixel_values"]))
         feats = model.mm_projector(tower_feats)
         n_feat = feats.shape[1]
         embed = model.language_model.model.embed_tokens
@@ -62,14 +61,13 @@ class Forward:
         return mx.take_along_axis(logits, idx, axis=1)
 
     # ---- all families -----------------------------------------------------------------------
-    def logits(self, model, batch: Batch, *, tower_feats: mx.array | None = None) -> mx.array:
+    def logits(self, model, batch: Batch) -> mx.array:
         ids = mx.array(batch.input_ids)
-        tower_feats = tower_feats if tower_feats is not None else batch.tower_feats
         if self.kind == "text":
             out = model(ids)
             return out.logits if hasattr(out, "logits") else out
-        if self.is_fastvlm and ("pixel_values" in batch.images or tower_feats is not None) and any(batch.image_positions):
-            return self._fastvlm_logits(model, batch, ids, tower_feats)
+        if self.is_fastvlm and "pixel_values" in batch.images and any(batch.image_positions):
+            return self._fastvlm_logits(model, batch, ids)
         extra = {k: mx.array(v) for k, v in batch.images.items() if k != "pixel_values"}
         pixel_values = mx.array(batch.images["pixel_values"]) if "pixel_values" in batch.images else None
         out = model(ids, pixel_values, mx.array(batch.attention_mask), **extra)
@@ -79,9 +77,9 @@ class Forward:
                                "this model expands image tokens in a way the engine does not know")
         return logits
 
-    def loss_sum(self, model, batch: Batch, **kw) -> tuple[mx.array, mx.array]:
+    def loss_sum(self, model, batch: Batch) -> tuple[mx.array, mx.array]:
         """Summed cross-entropy over supervised tokens, and their count."""
-        logits = self.logits(model, batch, **kw)
+        logits = self.logits(model, batch)
         targets = mx.maximum(mx.array(batch.input_ids[:, 1:]), 0)
         mask = mx.array(batch.target_mask[:, 1:])
         ce = nn.losses.cross_entropy(logits[:, :-1].astype(mx.float32), targets, reduction="none")
