@@ -14,7 +14,6 @@ import tempfile as _tempfile
 os.environ.setdefault("FINETUNE_DATA_DIR", _tempfile.mkdtemp(prefix="finetune-test-data-"))
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -56,3 +55,21 @@ def instruction_data(tmp_path_factory):
     make_instruction_dataset(dest, n=48, seed=0)
     return dest
 
+
+
+@pytest.fixture
+def app_env(tmp_path, monkeypatch, qapp):
+    """A QApplication with settings, app data and the welcome dialog kept out of the user's way."""
+    monkeypatch.setenv("FINETUNE_SETTINGS_DIR", str(tmp_path / "settings"))
+    monkeypatch.setenv("FINETUNE_DATA_DIR", str(tmp_path / "appdata"))
+    monkeypatch.setenv("FINETUNE_NO_WELCOME", "1")
+    from finetune_app.ui.app import create_app
+
+    return create_app()
+
+
+@pytest.fixture(scope="module")
+def qwen_model():
+    from finetune_app.core.tiny_models import cached_tiny_model
+
+    return cached_tiny_model("qwen2_vl")

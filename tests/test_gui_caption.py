@@ -79,16 +79,6 @@ def engine_captions(model: str, adapter: str | None, paths: tuple[str, ...]) -> 
 
 
 @pytest.fixture
-def app_env(tmp_path, monkeypatch, qapp):
-    monkeypatch.setenv("FINETUNE_SETTINGS_DIR", str(tmp_path / "settings"))
-    monkeypatch.setenv("FINETUNE_DATA_DIR", str(tmp_path / "appdata"))
-    monkeypatch.setenv("FINETUNE_NO_WELCOME", "1")
-    from finetune_app.ui.app import create_app
-
-    return create_app()
-
-
-@pytest.fixture
 def window(app_env, qtbot):
     from finetune_app.ui.extras import attach_extras
     from finetune_app.ui.main_window import MainWindow

@@ -23,23 +23,6 @@ pytestmark = pytest.mark.gui
 STALL_P99_LIMIT_MS = 50.0
 
 
-@pytest.fixture
-def app_env(tmp_path, monkeypatch, qapp):
-    monkeypatch.setenv("FINETUNE_SETTINGS_DIR", str(tmp_path / "settings"))
-    monkeypatch.setenv("FINETUNE_DATA_DIR", str(tmp_path / "appdata"))
-    monkeypatch.setenv("FINETUNE_NO_WELCOME", "1")
-    from finetune_app.ui.app import create_app
-
-    return create_app()
-
-
-@pytest.fixture(scope="module")
-def qwen_model():
-    from finetune_app.core.tiny_models import cached_tiny_model
-
-    return cached_tiny_model("qwen2_vl")
-
-
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory):
     from finetune_app.core.data.demo import make_shapes_dataset

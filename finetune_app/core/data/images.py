@@ -160,16 +160,20 @@ def load_image(ref: ImageRef, *, max_pixels: int = 4096 * 4096,
         elif want is not None and im.width * im.height > max_pixels:
             im.thumbnail(want, Image.Resampling.BICUBIC)
         return im
-    except DataError:
-        raise
-    except MemoryError:
-        raise _fail(ref, "image is too large to decode in the memory available.",
-                    "Downscale it or remove the row.") from None
     except Exception as exc:
-        raise _fail(ref, f"image cannot be decoded ({type(exc).__name__}: {exc}); the file is "
-                    "corrupt or truncated.", _REEXPORT) from None
+        raise _decode_error(ref, exc) from None
     finally:
         fh.close()
+
+
+def _decode_error(ref: ImageRef, exc: BaseException) -> DataError:
+    """What a failed decode tells the user (a DataError passes through unchanged)."""
+    if isinstance(exc, DataError):
+        return exc
+    if isinstance(exc, MemoryError):
+        return _fail(ref, "image is too large to decode in the memory available.", "Downscale it or remove the row.")
+    return _fail(ref, f"image cannot be decoded ({type(exc).__name__}: {exc}); the file is corrupt or truncated.",
+                 _REEXPORT)
 
 
 def inspect_image(ref: ImageRef) -> tuple[int, int]:
@@ -182,12 +186,8 @@ def inspect_image(ref: ImageRef) -> tuple[int, int]:
             im.draft(None, (max(1, w // 8), max(1, h // 8)))
         im.load()
         return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
-    except MemoryError:
-        raise _fail(ref, "image is too large to decode in the memory available.",
-                    "Downscale it or remove the row.") from None
     except Exception as exc:
-        raise _fail(ref, f"image cannot be decoded ({type(exc).__name__}: {exc}); the file is "
-                    "corrupt or truncated.", _REEXPORT) from None
+        raise _decode_error(ref, exc) from None
     finally:
         fh.close()
 
