@@ -224,6 +224,8 @@ class DatasetBrowser(QWidget):
         self.model_choice = choice
         if self.check is not None:
             self._start_check(self.check.dataset)
+        elif self._task is not None and self._path:  # still opening without the model: count with it
+            self._start_check(self._path)
 
     def _start_check(self, target) -> None:
         if self._task is not None:
