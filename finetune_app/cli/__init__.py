@@ -1,7 +1,8 @@
 """`finetune-app`: the engine, headless. Each subcommand lives in its own module here.
 
 Exit codes scripts can rely on: 0 success, 1 unexpected failure, 2 usage or generic user error,
-3 model, 4 data, 5 config, 6 adapter problems (see finetune_app.core.errors), 130 interrupted.
+3 model, 4 data, 5 config, 6 adapter problems (see finetune_app.core.errors), 75 a process of a
+data-parallel run dropped out (resume from the run folder), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ COMMANDS = {
     "runs": "runs",
     "compare": "compare",
     "gui": "gui",
+    "hosts": "hosts",
 }
 
 
@@ -59,6 +61,9 @@ def has_display() -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from finetune_app.core.launcher_env import block_sigterm_if_launched
+
+    block_sigterm_if_launched()  # before anything imports MLX
     from finetune_app.core.errors import FinetuneError
 
     parser = build_parser()

@@ -46,12 +46,27 @@ def register(sub) -> None:
     p.add_argument("--preset", default=None, choices=list(PRESETS), help="start from a preset")
     p.add_argument("--resume", default=None, metavar="DIR", help="continue the run in DIR from its last checkpoint")
     p.add_argument("--quiet", action="store_true", help="print only reports, no samples")
+    d = p.add_argument_group("several machines (data parallel over mlx.launch)")
+    d.add_argument("--hostfile", default=None, metavar="FILE",
+                   help="mlx.launch host file: check every host, then train on all of them (this machine first)")
+    d.add_argument("--backend", default=None, help="override the host file's back-end (ring, jaccl, mpi, nccl)")
+    d.add_argument("--skip-host-check", action="store_true", help="launch without checking the hosts first")
+    # what the launched ranks are given (core/cluster/launch.py)
+    p.add_argument("--config-json", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--events-stdout", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--control-stdin", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=run)
 
 
 def build_config(args) -> tuple[TrainConfig, bool]:
     resume = bool(args.resume)
-    if resume:
+    if getattr(args, "config_json", None):  # a launched rank: the whole config, inline
+        import json
+
+        cfg = TrainConfig.from_dict(json.loads(args.config_json), source="--config-json")
+        if resume:
+            cfg = cfg.replace(output=str(args.resume))
+    elif resume:
         cfg = TrainConfig.load(Path(args.resume) / "train_config.toml").replace(output=str(args.resume))
     else:
         cfg = TrainConfig()
@@ -74,7 +89,62 @@ def build_config(args) -> tuple[TrainConfig, bool]:
     return cfg, resume
 
 
+def read_control(control, stream) -> None:
+    """Commands from the launching machine, one per line (mlx.launch copies its stdin to every rank)."""
+    for line in stream:
+        word = line.strip().lower()
+        if word == "pause":
+            control.pause()
+        elif word == "resume":
+            control.resume()
+        elif word in ("stop", "stop-discard"):
+            control.stop(save=word == "stop")
+
+
+def run_on_hosts(args) -> int:
+    """`train --hostfile`: check the hosts, launch, follow rank 0, explain a host that drops out."""
+    from finetune_app.cli.hosts import print_checks
+    from finetune_app.cli.progress import ConsolePrinter
+    from finetune_app.core.cluster.check import check_hosts
+    from finetune_app.core.cluster.hosts import read_hostfile
+    from finetune_app.core.cluster.launch import DistributedRun
+
+    import dataclasses
+
+    hosts = read_hostfile(args.hostfile)
+    if args.backend:
+        hosts = dataclasses.replace(hosts, backend=args.backend)
+    from finetune_app.core.cluster.check import absolute
+
+    cfg, resume = build_config(args)
+    cfg = cfg.replace(model=absolute(cfg.model), data=absolute(cfg.data), output=str(Path(cfg.output).expanduser().resolve()))
+    if not resume:
+        cfg.validate()
+    problems = hosts.problems()
+    if problems:
+        print("error: " + " ".join(problems), file=sys.stderr)
+        return 5
+    if not args.skip_host_check:
+        checks = check_hosts(hosts, cfg.model, cfg.data)
+        print_checks(checks)
+        if not all(c.ok for c in checks):
+            print("error: not every host is ready (see above).", file=sys.stderr)
+            return 5
+    launch = DistributedRun(hosts, cfg, resume=resume, listeners=[ConsolePrinter(quiet=args.quiet)])
+    launch.start()
+    old = signal.signal(signal.SIGINT, lambda *_: launch.send("stop"))
+    try:
+        outcome = launch.wait()
+    finally:
+        signal.signal(signal.SIGINT, old)
+    print(f"{outcome.status}: step {outcome.step}. {outcome.message + ' ' if outcome.status == 'failed' else ''}"
+          f"Run folder: {outcome.run_dir}", file=sys.stderr if outcome.status == "failed" else sys.stdout)
+    return {"finished": 0, "stopped": 130}.get(outcome.status, 75)
+
+
 def run(args) -> int:
+    if getattr(args, "hostfile", None):
+        return run_on_hosts(args)
     from finetune_app.cli.progress import ConsolePrinter
     from finetune_app.core.training.control import Control
     from finetune_app.core.training.trainer import Trainer
@@ -92,8 +162,17 @@ def run(args) -> int:
         control.stop(save=True)
 
     old = signal.signal(signal.SIGINT, on_sigint)
+    if args.control_stdin:
+        import threading
+
+        threading.Thread(target=read_control, args=(control, sys.stdin), daemon=True).start()
     try:
-        printers = [ConsolePrinter(quiet=args.quiet)] if main_rank else []
+        if args.events_stdout:
+            from finetune_app.core.training.events import EventLines
+
+            printers = [EventLines()] if main_rank else []
+        else:
+            printers = [ConsolePrinter(quiet=args.quiet)] if main_rank else []
         if main_rank:  # the run history (finetune_app.core.runs); FINETUNE_RECORD_RUNS=0 turns it off
             from finetune_app.core.runs import default_recorder
 

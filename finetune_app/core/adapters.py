@@ -185,14 +185,17 @@ def trainable_weights(model: nn.Module, fine_tune_type: str) -> dict[str, mx.arr
     return dict(tree_flatten(tree))
 
 
-def save(model: nn.Module, config: dict, folder: str | Path, *, train_config: TrainConfig | None = None) -> Path:
-    """Write adapters.safetensors + adapter_config.json (+ train_config.toml) atomically."""
+def save(model: nn.Module, config: dict, folder: str | Path, *, train_config: TrainConfig | None = None,
+         direct: bool = False) -> Path:
+    """Write adapters.safetensors + adapter_config.json (+ train_config.toml) atomically.
+    `direct`: the weights are evaluated already; write them without MLX's scheduler (tensor_files)."""
+    from finetune_app.core import tensor_files
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     weights = trainable_weights(model, config.get("fine_tune_type", "lora"))
-    mx.eval(weights)
     with atomic.temp_path(folder / ADAPTER_FILE) as tmp:
-        mx.save_safetensors(str(tmp), weights, metadata={"format": "mlx"})
+        tensor_files.save(tmp, weights, {"format": "mlx"}, direct=direct)
     atomic.write_json(folder / CONFIG_FILE, config)
     if train_config is not None:
         train_config.save(folder / "train_config.toml")

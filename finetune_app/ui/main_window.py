@@ -44,6 +44,7 @@ DEMO_SETTINGS = dict(fine_tune_type="lora", lora_rank=16, lora_alpha=16.0, learn
                      steps_per_eval=100, save_every=200, sample_count=4, sample_max_tokens=12)
 
 TAB_DATASET, TAB_SETTINGS, TAB_TRAINING = 0, 1, 2
+CLUSTER_KEY, CLUSTER_ON_KEY = "cluster/hosts", "cluster/enabled"
 
 
 def recent_datasets() -> list[str]:
@@ -110,6 +111,10 @@ class MainWindow(QMainWindow):
         sp.addWidget(self.picker)
         sp.addSpacing(6)
         sp.addWidget(self.form, 1)
+        from finetune_app.ui.cluster_panel import ClusterPanel
+
+        self.cluster = ClusterPanel()
+        sp.addWidget(self.cluster)
 
         self.tabs = QTabWidget()
         self.tabs.setObjectName("mainTabs")
@@ -140,6 +145,7 @@ class MainWindow(QMainWindow):
         self.browser.checked.connect(self._on_dataset)
         self.browser.opening.connect(self._on_dataset_opening)
         self.form.configChanged.connect(self._on_form_changed)
+        self.cluster.changed.connect(self._update_ready)
         self.training.startRequested.connect(self.start_training)
         self.training.runEnded.connect(self._on_run_ended)
         self.training.stateShown.connect(lambda _s: self._update_ready())
@@ -287,6 +293,7 @@ class MainWindow(QMainWindow):
         self.browser.set_model(choice)
         self.form.set_model(choice)
         self.status_model.setText(f"Model: {choice.info.family} · {choice.name}")
+        self._update_cluster_paths()
         self._update_ready()
 
     def _on_model_cleared(self) -> None:
@@ -311,7 +318,13 @@ class MainWindow(QMainWindow):
         items = [path] + [p for p in recent_datasets() if p != path]
         s = settings()
         s.setValue(RECENT_DATASETS_KEY, items[:10])
+        self._update_cluster_paths()
         self._update_ready()
+
+    def _update_cluster_paths(self) -> None:
+        model = str(self.model_choice.path) if self.model_choice is not None else ""
+        data = str(self.dataset_check.dataset.path) if self.dataset_check is not None else ""
+        self.cluster.set_paths(model, data)
 
     def _on_form_changed(self) -> None:
         cfg = self.form.config()
@@ -335,6 +348,8 @@ class MainWindow(QMainWindow):
             missing.append("fix the dataset: no row is usable")
         if not self.form.is_valid():
             missing.append("fix the settings marked in red")
+        if not missing and self.cluster.why_not_ready():
+            return self.cluster.why_not_ready()
         return ("To start: " + "; ".join(missing) + ".") if missing else ""
 
     def _update_ready(self) -> None:
@@ -377,7 +392,12 @@ class MainWindow(QMainWindow):
             self.notice.show_message("These settings cannot start a run", message_of(exc), "error")
             return False
         self.notice.hide()
-        self.run = TrainingRun(cfg, parent=self)
+        if self.cluster.isChecked():  # several machines: mlx.launch, this machine is rank 0
+            from finetune_app.ui.workers import DistributedTrainingRun
+
+            self.run = DistributedTrainingRun(cfg, self.cluster.host_list(), parent=self)
+        else:
+            self.run = TrainingRun(cfg, parent=self)
         self.training.attach(self.run)
         self.tabs.setCurrentIndex(TAB_TRAINING)
         # Start the thread once the Training screen has painted: its first paint then does not
@@ -412,7 +432,13 @@ class MainWindow(QMainWindow):
         except Exception as exc:
             self.notice.show_message("This run cannot be resumed", message_of(exc), "error")
             return
-        self.run = TrainingRun(cfg, resume=True, parent=self)
+        c = self.cluster  # on the checked hosts when they were checked for this run's model and data
+        if c.isChecked() and not c.why_not_ready() and (c.model, c.data) == (cfg.model, cfg.data):
+            from finetune_app.ui.workers import DistributedTrainingRun
+
+            self.run = DistributedTrainingRun(cfg, c.host_list(), resume=True, parent=self)
+        else:
+            self.run = TrainingRun(cfg, resume=True, parent=self)
         self.training.attach(self.run)
         self.tabs.setCurrentIndex(TAB_TRAINING)
         QTimer.singleShot(40, self.run.start)
@@ -503,10 +529,16 @@ class MainWindow(QMainWindow):
                 self.form.set_config(TrainConfig.from_dict(data))
             except Exception:
                 pass  # settings from another version: keep the defaults
+        hosts = s.value(CLUSTER_KEY)
+        if isinstance(hosts, str) and hosts:
+            self.cluster.restore_json(hosts)
+        self.cluster.setChecked(str(s.value(CLUSTER_ON_KEY, "false")).lower() == "true")
 
     def _save_settings(self) -> None:
         s = settings()
         s.setValue("window/geometry", self.saveGeometry())
+        s.setValue(CLUSTER_KEY, self.cluster.to_json())
+        s.setValue(CLUSTER_ON_KEY, "true" if self.cluster.isChecked() else "false")
         self._save_form()
         s.sync()
 

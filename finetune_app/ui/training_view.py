@@ -195,6 +195,9 @@ class TrainingView(QWidget):
             self.stats[key] = s
             stats_row.addWidget(s)
         stats_row.addStretch(1)
+        from finetune_app.ui.host_rates import HostRatesTable
+
+        self.host_rates = HostRatesTable()  # several machines: each one's share
 
         # -- plots -------------------------------------------------------------------------------
         self.loss_plot = ThemedPlot("Loss", left="loss", bottom="step")
@@ -263,6 +266,7 @@ class TrainingView(QWidget):
         layout.addWidget(self.progress)
         layout.addWidget(self.error)
         layout.addLayout(stats_row)
+        layout.addWidget(self.host_rates)
         layout.addWidget(split, 1)
 
         self._redraw_timer = QTimer(self)
@@ -299,6 +303,7 @@ class TrainingView(QWidget):
         self._thumbs.clear()
         self._clear_samples()
         self.error.hide()
+        self.host_rates.clear_rates()
         self.log.clear()
         self.step, self.total_steps = 0, run.config.iters or 0
         self._t_started, self._paused_for, self._t_paused = time.perf_counter(), 0.0, None
@@ -422,6 +427,8 @@ class TrainingView(QWidget):
         s["tps"].set(f"{r.tokens_per_second:,.0f}")
         s["mem"].set(f"{r.peak_memory_gb:.2f} GB")
         s["eta"].set(format_duration(r.eta_seconds))
+        if r.hosts:
+            self.host_rates.show_rates(r.hosts)
 
     def on_val(self, r) -> None:
         self.val_steps.append(r.step)

@@ -270,13 +270,15 @@ class TrainingWorker(QObject):
 
     PROGRESS_INTERVAL = 0.1  # seconds between Progress signals (tokenising emits one per row)
 
-    def __init__(self, config: TrainConfig, *, resume: bool = False):
+    def __init__(self, config: TrainConfig, *, resume: bool = False, hosts=None):
         super().__init__()
         from finetune_app.core.training.control import Control
 
         self.config = config
         self.resume = resume
-        self.control = Control()
+        self.hosts = hosts  # core.cluster.hosts.HostList: train on several machines (mlx.launch)
+        self.control = LaunchControl() if hosts is not None else Control()
+        self.launch = None
         self._last_progress = 0.0
         self.failed_reason = ""
 
@@ -308,10 +310,38 @@ class TrainingWorker(QObject):
         elif isinstance(event, ev.Notice):
             self.notice.emit(event.message)
 
+    def _log_line(self, line: str) -> None:
+        """A line from mlx.launch or a rank (not an event): the launcher's warnings go to the log."""
+        if line.startswith("[WARN]"):
+            self.notice.emit(line.replace("[WARN] ", "").strip())
+
+    def _run_on_hosts(self):
+        """The engine runs in other processes: `mlx.launch` starts one per host; rank 0 (on this
+        machine) records the run and reports its events, which arrive here as the events of a
+        local run do. (One worker class for both: PySide6 6.11 ran a subclass's `run` slot on the
+        GUI thread.)"""
+        from finetune_app.core.cluster.launch import DistributedRun
+        from finetune_app.core.training.trainer import RunResult
+
+        self.launch = DistributedRun(self.hosts, self.config, resume=self.resume, listeners=[self._on_event],
+                                     log=self._log_line)
+        t0 = time.perf_counter()
+        self.launch.start()
+        self.control.attach(self.launch)
+        outcome = self.launch.wait()
+        if outcome.status == "failed":
+            self.failed_reason = outcome.message
+            return None
+        return RunResult(outcome.status, outcome.step, self.config.iters or outcome.step, None, None,
+                         outcome.run_dir, time.perf_counter() - t0)
+
     @Slot()
     def run(self) -> None:
         result = None
         try:
+            if self.hosts is not None:
+                result = self._run_on_hosts()
+                return
             from finetune_app.core.training.trainer import Trainer
 
             from finetune_app.core.runs import default_recorder
@@ -338,12 +368,13 @@ class TrainingWorker(QObject):
 class TrainingRun(QObject):
     """One training run: its QThread, its worker, and the controls the UI uses."""
 
-    def __init__(self, config: TrainConfig, *, resume: bool = False, parent: QObject | None = None):
+    def __init__(self, config: TrainConfig, *, resume: bool = False, parent: QObject | None = None,
+                 worker: TrainingWorker | None = None):
         super().__init__(parent)
         self.config = config
         self.thread = QThread()
         self.thread.setObjectName("finetune-training")
-        self.worker = TrainingWorker(config, resume=resume)
+        self.worker = worker or TrainingWorker(config, resume=resume)
         self.worker.moveToThread(self.thread)
         self.thread.started.connect(self.worker.run)
         self.worker.done.connect(self.thread.quit, Qt.ConnectionType.DirectConnection)
@@ -385,3 +416,70 @@ class TrainingRun(QObject):
 
     def wait(self, ms: int = 30000) -> bool:
         return self.thread.wait(ms)
+
+    def terminate(self) -> None:
+        """A run on several machines: stop every rank now (rank 0 saves the last finished step)."""
+        launch = getattr(self.worker, "launch", None)
+        if launch is not None:
+            launch.terminate()
+
+
+# ---- training on several machines ----------------------------------------------------------------
+
+class LaunchControl:
+    """The Control of a run on several machines: each request also goes to every rank through the
+    launcher (core.cluster.launch); requests made before the launch starts are kept for it."""
+
+    def __init__(self) -> None:
+        from finetune_app.core.training.control import Control
+
+        self._local = Control()
+        self._launch = None
+        self._pending: list[str] = []
+        self._lock = threading.Lock()
+
+    def attach(self, launch) -> None:
+        with self._lock:
+            self._launch, pending, self._pending = launch, self._pending, []
+        for command in pending:
+            launch.send(command)
+
+    def _send(self, command: str) -> None:
+        with self._lock:
+            if self._launch is None:
+                self._pending.append(command)
+                return
+            launch = self._launch
+        launch.send(command)
+
+    def pause(self) -> None:
+        self._local.pause()
+        self._send("pause")
+
+    def resume(self) -> None:
+        self._local.resume()
+        self._send("resume")
+
+    def stop(self, *, save: bool = True) -> None:
+        self._local.stop(save=save)
+        self._send("stop" if save else "stop-discard")
+
+    @property
+    def save_on_stop(self) -> bool:
+        return self._local.save_on_stop
+
+    @property
+    def paused(self) -> bool:
+        return self._local.paused
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._local.stop_requested
+
+
+def DistributedTrainingRun(config: TrainConfig, hosts, *, resume: bool = False,
+                           parent: QObject | None = None) -> TrainingRun:
+    """A TrainingRun whose worker launches the run on several machines. (A factory, not a
+    subclass: PySide6 6.11 resolved `connect` on a subclass of TrainingRun to QObject.connect.)"""
+    return TrainingRun(config, resume=resume, parent=parent,
+                       worker=TrainingWorker(config, resume=resume, hosts=hosts))

@@ -40,14 +40,16 @@ class TrainState:
     rng: str = "reseeded per step from (seed, step)"
 
 
-def save(run_dir: Path, model, adapter_config: dict, optimizer, state: TrainState, *, keep: int, train_config=None) -> Path:
+def save(run_dir: Path, model, adapter_config: dict, optimizer, state: TrainState, *, keep: int, train_config=None,
+         direct: bool = False) -> Path:
+    """`direct`: everything is evaluated already; write without MLX's scheduler (tensor_files)."""
+    from finetune_app.core import tensor_files
+
     root = Path(run_dir) / CHECKPOINTS
     dest = root / f"step-{state.step:07d}"
     with atomic.staged_dir(dest, overwrite=True) as stage:
-        adapters.save(model, adapter_config, stage, train_config=train_config)
-        opt_state = dict(tree_flatten(optimizer.state))
-        mx.eval(opt_state)
-        mx.save_safetensors(str(stage / OPTIMIZER_FILE), opt_state)
+        adapters.save(model, adapter_config, stage, train_config=train_config, direct=direct)
+        tensor_files.save(stage / OPTIMIZER_FILE, dict(tree_flatten(optimizer.state)), direct=direct)
         (stage / STATE_FILE).write_text(json.dumps(asdict(state), indent=2))
     rotate(root, keep)
     return dest

@@ -29,6 +29,17 @@ class Progress:
 
 
 @dataclass(frozen=True)
+class HostRate:
+    """One process of a data-parallel run over a report window (its shard of the global batch)."""
+
+    rank: int
+    host: str
+    examples_per_second: float
+    tokens_per_second: float
+    peak_memory_gb: float
+
+
+@dataclass(frozen=True)
 class TrainReport:
     step: int
     total_steps: int
@@ -43,6 +54,7 @@ class TrainReport:
     eta_seconds: float
     trained_tokens: int
     grad_norm: float | None = None
+    hosts: tuple[HostRate, ...] = ()  # data-parallel runs: each process's share, rank order
     kind: str = field(default="train", init=False)
 
 
@@ -93,6 +105,59 @@ def to_dict(event) -> dict:
     d = dataclasses.asdict(event)
     d.setdefault("kind", type(event).__name__)
     return d
+
+
+_KINDS = {"train": TrainReport, "val": ValReport, "samples": SampleReport, "checkpoint": CheckpointSaved,
+          "StateChanged": StateChanged, "Progress": Progress, "Notice": Notice}
+
+
+def from_dict(d: dict):
+    """The event `to_dict` wrote (events cross a process boundary in distributed runs)."""
+    d = dict(d)
+    cls = _KINDS[d.pop("kind")]
+    if cls is TrainReport:
+        d["hosts"] = tuple(HostRate(**h) for h in d.get("hosts", ()))
+    elif cls is SampleReport:
+        d["items"] = tuple(SampleItem(**i) for i in d["items"])
+    return cls(**d)
+
+
+EVENT_MARK = "FINETUNE-EVENT "  # a line of rank 0's stdout that carries one event (distributed runs)
+
+
+class EventLines:
+    """Prints each event as one marked JSON line: how rank 0 of an `mlx.launch` run reports to
+    the machine that launched it (core/cluster/launch.py reads them back with `parse_line`)."""
+
+    PROGRESS_INTERVAL = 0.1  # seconds: tokenising reports every row, the other side needs a few
+
+    def __init__(self, stream=None):
+        import sys
+
+        self.stream = stream or sys.stdout
+        self._last_progress = 0.0
+
+    def __call__(self, event) -> None:
+        if isinstance(event, Progress) and event.done < event.total:
+            import time
+
+            now = time.monotonic()
+            if now - self._last_progress < self.PROGRESS_INTERVAL:
+                return
+            self._last_progress = now
+        self.stream.write(EVENT_MARK + json.dumps(to_dict(event)) + "\n")
+        self.stream.flush()
+
+
+def parse_line(line: str):
+    """The event on a line EventLines wrote, else None."""
+    at = line.find(EVENT_MARK)
+    if at < 0:
+        return None
+    try:
+        return from_dict(json.loads(line[at + len(EVENT_MARK):]))
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 class MetricsLog:

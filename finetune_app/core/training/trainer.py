@@ -7,7 +7,11 @@ Control (control.py). The loop owns its MLX arrays and runs on whichever thread 
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
+import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +19,7 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
-from mlx.utils import tree_map
+from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 from finetune_app.core import adapters, distributed
 from finetune_app.core.config import TrainConfig
@@ -26,8 +30,8 @@ from finetune_app.core.models import BaseModel, load_base
 from finetune_app.core.training import checkpoint as ckpt
 from finetune_app.core.training import fastpath
 from finetune_app.core.training.control import Control
-from finetune_app.core.training.events import (CheckpointSaved, MetricsLog, Notice, Progress, SampleItem,
-                                               SampleReport, StateChanged, TrainReport, ValReport)
+from finetune_app.core.training.events import (CheckpointSaved, HostRate, MetricsLog, Notice, Progress,
+                                               SampleItem, SampleReport, StateChanged, TrainReport, ValReport)
 from finetune_app.core.training.forward import Forward
 from finetune_app.core.training.optim import make_optimizer
 from finetune_app.core.training.prepare import Prepared, prepare_examples
@@ -75,6 +79,8 @@ class Trainer:
         self.state = ckpt.TrainState(seed=config.seed)
         self._epoch_batches: dict[int, list[list[int]]] = {}
         self._val_cache: list[float] = []
+        self.peers = None  # peers.PeerWatch while a data-parallel run trains
+        self._last_good = None  # (trainable params, optimizer state, TrainState) of the last finished step
 
     # ---- events ------------------------------------------------------------------------------
     def emit(self, event) -> None:
@@ -240,7 +246,9 @@ class Trainer:
             s, n = self.fast.loss_of(batch) if self.fast is not None else self.forward.loss_sum(model, batch)
             total, count = total + s, count + n
             mx.eval(total, count)
-        total, count = self.world.sum(total), self.world.sum(count)
+        with self._collective("summing the validation loss"):
+            total, count = self.world.sum(total), self.world.sum(count)
+            mx.eval(total, count)
         adapters.set_train_modes(model, self.cfg.fine_tune_type)
         n = int(count.item())
         return (float(total.item()) / n if n else float("nan")), n
@@ -284,14 +292,86 @@ class Trainer:
             self.emit(SampleReport(step=step, items=self.sample_generations()))
         return val_loss
 
+    # ---- data parallel: agreement, watched collectives, the last good step ----------------------
+    def _collective(self, what: str):
+        return self.peers.collective(what) if self.peers is not None else contextlib.nullcontext()
+
+    def _agree(self, *, watched: bool = True) -> tuple[bool, bool, bool]:
+        """(stop, save, pause) as every process sees them: a request on any one of them (the GUI
+        talks to rank 0, a terminal's Ctrl-C reaches the local ones) applies to all, at the same step."""
+        c = self.control
+        stop, save, pause = c.stop_requested, c.save_on_stop, c.paused and not c.stop_requested
+        if not self.world.distributed:
+            return stop, save, pause
+        flags = mx.array([int(stop), int(stop and not save), int(pause)], dtype=mx.int32)
+        with self._collective("agreeing on pause/stop") if watched else contextlib.nullcontext():
+            flags = self.world.sum(flags)
+            mx.eval(flags)
+        stop, nosave, pause = (v > 0 for v in flags.tolist())
+        if stop:
+            c.stop(save=not nosave)
+        return stop, not nosave, pause and not stop
+
+    def _keep_last_good(self) -> None:
+        """References (no copies) to the finished step's values, so a dropped peer costs at most the
+        step in flight. Full fine-tuning would keep a second copy of the model alive: it relies on
+        the periodic checkpoints instead."""
+        if self.peers is None or self.cfg.fine_tune_type == "full":
+            return
+        self._last_good = (tree_flatten(self.base.model.trainable_parameters()), tree_flatten(self.optimizer.state),
+                           dataclasses.replace(self.state))
+
+    def _on_peer_lost(self, reason: str) -> str:
+        """Save the last finished step (rank 0) and say where the run can continue from."""
+        saved = None
+        if self.world.is_main and self._last_good is not None and self._last_good[2].step > 0:
+            params, opt_state, state = self._last_good
+            try:
+                if (self.run_dir / ckpt.CHECKPOINTS / f"step-{state.step:07d}").is_dir():
+                    saved = self.run_dir / ckpt.CHECKPOINTS / f"step-{state.step:07d}"
+                else:
+                    self.base.model.update(tree_unflatten(params))
+                    self.optimizer.state = tree_unflatten(opt_state)
+                    self.state = state
+                    saved = self.save_checkpoint(direct=True)  # MLX's stream may be stuck
+            except Exception as exc:  # the periodic checkpoints remain
+                print(f"warning: could not save the last finished step: {exc}", file=sys.stderr)
+        latest, _ = ckpt.latest_valid(self.run_dir) if self.world.is_main else (None, [])
+        step = self._last_good[2].step if self._last_good else self.state.step
+        if not self.world.is_main:
+            fix = "Rank 0 keeps the run's checkpoints."
+        elif latest is not None:
+            where = (f"Step {step} is saved in {latest}" if saved else f"The newest checkpoint is {latest}")
+            fix = (f"{where}. Resume it (History > Resume in the app, or `finetune-app train --resume "
+                   f"{self.run_dir}`) on this machine alone, or on every host again with --hostfile once they "
+                   "are back: the global batch does not depend on the number of hosts, so the run continues "
+                   "the same way.")
+        else:
+            fix = "No checkpoint was written yet: start the run again once every host is back."
+        message = f"Data-parallel training stopped at step {step}: {reason}. {fix}"
+        if self.world.is_main:
+            self.emit(StateChanged("failed", message, step=step))
+        if threading.current_thread() is not threading.main_thread():  # the process ends without the CLI
+            print(f"error (rank {self.world.rank}): {message}", file=sys.stderr, flush=True)
+        return message
+
+    def _host_rates(self, examples: int, tokens: int, elapsed: float) -> tuple[HostRate, ...]:
+        if not self.world.distributed:
+            return ()
+        local = mx.array([examples / elapsed, tokens / elapsed, mx.get_peak_memory() / 1e9], dtype=mx.float32)
+        with self._collective("sharing throughput"):
+            rows = self.world.gather(local).reshape(self.world.size, 3).tolist()
+        return tuple(HostRate(rank=r, host=self._host_names[r], examples_per_second=ex, tokens_per_second=tok,
+                              peak_memory_gb=mem) for r, (ex, tok, mem) in enumerate(rows))
+
     # ---- checkpoints -------------------------------------------------------------------------
-    def save_checkpoint(self) -> Path | None:
+    def save_checkpoint(self, *, direct: bool = False) -> Path | None:
         if not self.world.is_main:
             return None
         ckpt.check_disk_space(self.run_dir, self.checkpoint_bytes, when="checkpoint")
         path = ckpt.save(self.run_dir, self.base.model, self.adapter_config, self.optimizer, self.state,
-                         keep=self.cfg.keep_checkpoints, train_config=self.cfg)
-        adapters.save(self.base.model, self.adapter_config, self.run_dir)
+                         keep=self.cfg.keep_checkpoints, train_config=self.cfg, direct=direct)
+        adapters.save(self.base.model, self.adapter_config, self.run_dir, direct=direct)
         self.emit(CheckpointSaved(step=self.state.step, path=str(path)))
         return path
 
@@ -300,30 +380,46 @@ class Trainer:
         t_start = time.perf_counter()
         try:
             self.setup()
+            if self.world.distributed:
+                from finetune_app.core.training.peers import PeerWatch
+
+                self.peers = PeerWatch(self._on_peer_lost).start()
             return self._loop(t_start)
         except FinetuneError as err:
+            if getattr(err, "exit_code", None) == 75:  # PeerLost: _on_peer_lost reported it
+                raise
             self.emit(StateChanged("failed", err.message, step=self.state.step))
             raise
         except Exception as exc:
             self.emit(StateChanged("failed", f"Unexpected error: {type(exc).__name__}: {exc}", step=self.state.step))
             raise
+        finally:
+            if self.peers is not None:
+                self.peers.close()
 
     def _loop(self, t_start: float) -> RunResult:
         cfg, s, model = self.cfg, self.state, self.base.model
         self.emit(StateChanged("started", step=s.step))
-        window = dict(loss=mx.array(0.0), steps=0, tokens=0, examples=0, t=time.perf_counter())
+        window = self._new_window()
         step_times: list[float] = []
         last_loss = last_val = None
         mx.reset_peak_memory()
+        if self.world.distributed:
+            with self._collective("meeting the other processes"):
+                self._host_names = self.world.host_names()
+            self._keep_last_good()
         while s.step < self.total_steps:
-            if self.control.paused and not self.control.stop_requested:
+            stop, _, pause = self._agree()
+            if pause:
                 self.emit(StateChanged("paused", step=s.step))
                 t_pause = time.perf_counter()
-                self.control.wait_while_paused()
+                while pause and not stop:  # the paused process(es) wait here, the others in _agree
+                    self.control.wait_while_paused()
+                    stop, _, pause = self._agree(watched=False)
                 window["t"] += time.perf_counter() - t_pause
-                if not self.control.stop_requested:
+                if not stop:
                     self.emit(StateChanged("resumed", step=s.step))
-            if self.control.stop_requested:
+            if stop:
                 return self._stop(t_start, last_loss, last_val)
             t0 = time.perf_counter()
             mx.random.seed(step_seed(cfg.seed, s.step))
@@ -333,15 +429,20 @@ class Trainer:
             lr = self.optimizer.learning_rate.item()
             micro = [self._next_micro_batch() for _ in range(cfg.grad_accumulation)]
             n_tok = sum(self.data.train[i].n_targets for pos in micro for i in pos)  # global
+            mine = [self.world.shard(pos) for pos in micro]
             batches = [self.make_batch(self._shard(pos)) for pos in micro]
             loss, grad_norm = self.train_step(batches, n_tok)
-            mx.eval(model.trainable_parameters(), self.optimizer.state, loss)
+            with self._collective(f"summing the gradients of step {s.step + 1}"):
+                mx.eval(model.trainable_parameters(), self.optimizer.state, loss)
             s.step += 1
             s.trained_tokens += n_tok
+            self._keep_last_good()
             window["loss"] = window["loss"] + loss
             window["steps"] += 1
             window["tokens"] += n_tok
             window["examples"] += sum(len(pos) for pos in micro)
+            window["my_examples"] += sum(len(m) for m in mine)
+            window["my_tokens"] += sum(self.data.train[i].n_targets for m in mine for i in m)
             step_times.append(time.perf_counter() - t0)
             if s.step % cfg.steps_per_report == 0 or s.step == self.total_steps:
                 elapsed = max(time.perf_counter() - window["t"], 1e-9)
@@ -355,8 +456,9 @@ class Trainer:
                     examples_per_second=window["examples"] / elapsed,
                     peak_memory_gb=mx.get_peak_memory() / 1e9, active_memory_gb=mx.get_active_memory() / 1e9,
                     step_time=elapsed / window["steps"], eta_seconds=eta, trained_tokens=s.trained_tokens,
-                    grad_norm=float(grad_norm.item()) if grad_norm is not None else None))
-                window = dict(loss=mx.array(0.0), steps=0, tokens=0, examples=0, t=time.perf_counter())
+                    grad_norm=float(grad_norm.item()) if grad_norm is not None else None,
+                    hosts=self._host_rates(window["my_examples"], window["my_tokens"], elapsed)))
+                window = self._new_window()
             if s.step % cfg.steps_per_eval == 0 or s.step == self.total_steps:
                 t_eval = time.perf_counter()
                 last_val = self._evaluate_and_sample(s.step) if self.data.valid else last_val
@@ -369,6 +471,11 @@ class Trainer:
         self.emit(StateChanged("finished", step=s.step))
         return RunResult("finished", s.step, self.total_steps, last_loss, last_val, self.run_dir,
                          time.perf_counter() - t_start)
+
+    @staticmethod
+    def _new_window() -> dict:
+        return dict(loss=mx.array(0.0), steps=0, tokens=0, examples=0, my_examples=0, my_tokens=0,
+                    t=time.perf_counter())
 
     def _stop(self, t_start, last_loss, last_val) -> RunResult:
         self.emit(StateChanged("stopping", step=self.state.step))
