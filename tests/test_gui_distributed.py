@@ -115,7 +115,7 @@ def test_two_hosts_checked_trained_paused_dropped_and_resumed_alone(window, qtbo
     os.kill(pid, signal.SIGKILL)
     qtbot.waitUntil(lambda: w.training.state == "failed", timeout=60000)
     message = w.training.error.text.text()
-    assert "(rank 1) dropped out: its process was killed (SIGKILL)" in message, message
+    assert "Rank 1 on 127.0.0.1 (this machine) dropped out: its process was killed (SIGKILL)" in message, message
     saved = int(message.split("Data-parallel training stopped at step ")[1].split(":")[0])
     assert f"Step {saved} is saved in {run_dir}/checkpoints/step-{saved:07d}" in message
     assert (Path(run_dir) / "checkpoints" / f"step-{saved:07d}" / "adapters.safetensors").is_file()

@@ -27,7 +27,7 @@ class Host:
 
     @property
     def name(self) -> str:
-        return "this machine" if self.is_local else self.ssh
+        return f"{self.ssh} (this machine)" if self.is_local else self.ssh
 
     def to_json(self) -> dict:
         d = {"ssh": self.ssh, "ips": list(self.ips)}

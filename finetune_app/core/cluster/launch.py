@@ -25,6 +25,7 @@ from finetune_app.core.cluster.hosts import HostList
 from finetune_app.core.config import TrainConfig
 from finetune_app.core.training import events as ev
 
+NOISE = ("[ring]", " ", "Thread 0x", "Current thread 0x", "Timeout (", "Fatal Python error")
 RANK_EXIT = re.compile(r"Node with rank (\d+) (?:exited with code (-?\d+)|was killed)")
 # `mlx.launch` itself (it is not always on PATH), with one repair: each rank's I/O thread selects
 # on the rank's stdin for writing, which is always writable, so with a 1 s timeout it never waits
@@ -106,7 +107,14 @@ class DistributedRun:
         return None
 
     def command(self) -> list[str]:
-        args = [self.python, "-c", LAUNCHER, "--hostfile", str(self._hostfile), "--backend", self.hosts.backend]
+        hosts = self.hosts.hosts
+        if self.hosts.backend == "nccl" and len({h.ssh for h in hosts}) == 1:
+            # several GPUs of one machine: mlx.launch gives rank r GPU r only with -n (repeat_hosts);
+            # from a host file every rank would get GPU 0
+            where = ["--hosts", hosts[0].ips[0] if hosts[0].ips else hosts[0].ssh, "-n", str(len(hosts))]
+        else:
+            where = ["--hostfile", str(self._hostfile)]
+        args = [self.python, "-c", LAUNCHER, *where, "--backend", self.hosts.backend]
         if self.starting_port:
             args += ["--starting-port", str(self.starting_port)]
         return args + ["--", *train_command(self.cfg, resume=self.resume, python=self.python)]
@@ -182,8 +190,8 @@ class DistributedRun:
             m = RANK_EXIT.search(line)
             if m:
                 exits[int(m.group(1))] = int(m.group(2)) if m.group(2) is not None else None
-            if not line.strip() or line.startswith("[ring]"):
-                continue  # the ring back-end repeats each socket error many times
+            if not line.strip() or line.startswith(NOISE):
+                continue  # socket errors repeated many times, faulthandler's stack dumps
             errors.append(line)
             del errors[:-20]
             self.log(line)
@@ -191,6 +199,15 @@ class DistributedRun:
     def host_name(self, rank: int) -> str:
         hosts = self.hosts.hosts
         return hosts[rank].name if 0 <= rank < len(hosts) else f"rank {rank}"
+
+    def _resume_hint(self) -> str:
+        from finetune_app.core.training import checkpoint as ckpt
+
+        latest, _ = ckpt.latest_valid(Path(self.cfg.output))
+        if latest is None:
+            return "No checkpoint was written yet: start the run again once every host is back."
+        return (f"The newest checkpoint is {latest}. Resume it (History > Resume in the app, or `finetune-app "
+                f"train --resume {self.cfg.output}`) on this machine alone or on every host once they are back.")
 
     def _failure_message(self, exits: dict, failed, errors: list[str]) -> str:
         # the host that dropped out: the first rank that ended on its own (the others were
@@ -201,11 +218,13 @@ class DistributedRun:
         parts = []
         if culprits:
             r, c = culprits[0]
-            parts.append(f"{self.host_name(r)} (rank {r}) dropped out: {describe_exit(c)}.")
+            parts.append(f"Rank {r} on {self.host_name(r)} dropped out: {describe_exit(c)}.")
         if failed is not None:
             parts.append(failed.reason)
-        elif errors:
-            parts.append("The launcher said: " + " / ".join(e for e in errors[-3:]))
+        else:  # rank 0 could not say (killed, frozen): the run folder is on this machine
+            if errors:
+                parts.append("The launcher said: " + " / ".join(e for e in errors[-3:]))
+            parts.append(self._resume_hint())
         if not parts:
             parts.append(f"mlx.launch ended without a result (exit code {self.proc.returncode}).")
         return " ".join(parts)

@@ -165,6 +165,13 @@ def latest_valid(run_dir: Path) -> tuple[Path | None, list[Path]]:
     return None, skipped
 
 
+def remove_stale_staging(run_dir: Path) -> None:
+    """Staging folders a killed save left behind (never a checkpoint; see atomic.staged_dir)."""
+    root = Path(run_dir) / CHECKPOINTS
+    for stage in root.glob(".step-*.staging-*") if root.is_dir() else ():
+        shutil.rmtree(stage, ignore_errors=True)
+
+
 def restore(ckpt: Path, model, optimizer) -> TrainState:
     weights = mx.load(str(ckpt / adapters.ADAPTER_FILE))
     model.load_weights(list(weights.items()), strict=False)

@@ -19,6 +19,7 @@ be woken.
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import sys
 import threading
@@ -84,6 +85,9 @@ class PeerWatch:
         t0 = time.monotonic()
         with self._lock:
             self._armed_at, self._what = t0, what
+        # the watchdog is a Python thread; if the stuck call holds the GIL it never runs, so a C
+        # timer (faulthandler) ends the process a minute later in any case
+        faulthandler.dump_traceback_later(self.timeout + 60, exit=True)
         try:
             yield
         except RuntimeError as exc:
@@ -93,6 +97,7 @@ class PeerWatch:
             reason = f"another process stopped answering while {what} ({text.strip()})"
             raise PeerLost(self.lost(reason) or reason) from None
         finally:
+            faulthandler.cancel_dump_traceback_later()
             with self._lock:
                 self._armed_at = None
                 self._slowest = max(self._slowest, time.monotonic() - t0)

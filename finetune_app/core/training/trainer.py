@@ -7,11 +7,8 @@ Control (control.py). The loop owns its MLX arrays and runs on whichever thread 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
-import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +16,7 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
-from mlx.utils import tree_flatten, tree_map, tree_unflatten
+from mlx.utils import tree_map
 
 from finetune_app.core import adapters, distributed
 from finetune_app.core.config import TrainConfig
@@ -30,10 +27,11 @@ from finetune_app.core.models import BaseModel, load_base
 from finetune_app.core.training import checkpoint as ckpt
 from finetune_app.core.training import fastpath
 from finetune_app.core.training.control import Control
-from finetune_app.core.training.events import (CheckpointSaved, HostRate, MetricsLog, Notice, Progress,
+from finetune_app.core.training.events import (CheckpointSaved, MetricsLog, Notice, Progress,
                                                SampleItem, SampleReport, StateChanged, TrainReport, ValReport)
 from finetune_app.core.training.forward import Forward
 from finetune_app.core.training.optim import make_optimizer
+from finetune_app.core.training.peers import PeerLost
 from finetune_app.core.training.prepare import Prepared, prepare_examples
 from finetune_app.core.training.schedule import learning_rate_at
 
@@ -79,8 +77,9 @@ class Trainer:
         self.state = ckpt.TrainState(seed=config.seed)
         self._epoch_batches: dict[int, list[list[int]]] = {}
         self._val_cache: list[float] = []
-        self.peers = None  # peers.PeerWatch while a data-parallel run trains
-        self._last_good = None  # (trainable params, optimizer state, TrainState) of the last finished step
+        from finetune_app.core.training.data_parallel import DataParallel
+
+        self.dp = DataParallel(self)  # agreement, watched collectives, per-host rates (no-ops alone)
 
     # ---- events ------------------------------------------------------------------------------
     def emit(self, event) -> None:
@@ -161,6 +160,8 @@ class Trainer:
         return data
 
     def _restore(self) -> None:
+        if self.world.is_main:
+            ckpt.remove_stale_staging(self.run_dir)
         found, skipped = ckpt.latest_valid(self.run_dir)
         for bad in skipped:
             self.emit(Notice(f"Checkpoint {bad.name} is damaged (incomplete or unreadable); falling back to an earlier one."))
@@ -246,7 +247,7 @@ class Trainer:
             s, n = self.fast.loss_of(batch) if self.fast is not None else self.forward.loss_sum(model, batch)
             total, count = total + s, count + n
             mx.eval(total, count)
-        with self._collective("summing the validation loss"):
+        with self.dp.collective("summing the validation loss"):
             total, count = self.world.sum(total), self.world.sum(count)
             mx.eval(total, count)
         adapters.set_train_modes(model, self.cfg.fine_tune_type)
@@ -274,7 +275,6 @@ class Trainer:
         mine = [self.data.train[i] for i in self.world.shard(positions)]
         if mine:
             return mine
-        import dataclasses
 
         ex = self.data.train[positions[0]]
         return [dataclasses.replace(ex, target_mask=ex.target_mask & False)]
@@ -292,78 +292,6 @@ class Trainer:
             self.emit(SampleReport(step=step, items=self.sample_generations()))
         return val_loss
 
-    # ---- data parallel: agreement, watched collectives, the last good step ----------------------
-    def _collective(self, what: str):
-        return self.peers.collective(what) if self.peers is not None else contextlib.nullcontext()
-
-    def _agree(self, *, watched: bool = True) -> tuple[bool, bool, bool]:
-        """(stop, save, pause) as every process sees them: a request on any one of them (the GUI
-        talks to rank 0, a terminal's Ctrl-C reaches the local ones) applies to all, at the same step."""
-        c = self.control
-        stop, save, pause = c.stop_requested, c.save_on_stop, c.paused and not c.stop_requested
-        if not self.world.distributed:
-            return stop, save, pause
-        flags = mx.array([int(stop), int(stop and not save), int(pause)], dtype=mx.int32)
-        with self._collective("agreeing on pause/stop") if watched else contextlib.nullcontext():
-            flags = self.world.sum(flags)
-            mx.eval(flags)
-        stop, nosave, pause = (v > 0 for v in flags.tolist())
-        if stop:
-            c.stop(save=not nosave)
-        return stop, not nosave, pause and not stop
-
-    def _keep_last_good(self) -> None:
-        """References (no copies) to the finished step's values, so a dropped peer costs at most the
-        step in flight. Full fine-tuning would keep a second copy of the model alive: it relies on
-        the periodic checkpoints instead."""
-        if self.peers is None or self.cfg.fine_tune_type == "full":
-            return
-        self._last_good = (tree_flatten(self.base.model.trainable_parameters()), tree_flatten(self.optimizer.state),
-                           dataclasses.replace(self.state))
-
-    def _on_peer_lost(self, reason: str) -> str:
-        """Save the last finished step (rank 0) and say where the run can continue from."""
-        saved = None
-        if self.world.is_main and self._last_good is not None and self._last_good[2].step > 0:
-            params, opt_state, state = self._last_good
-            try:
-                if (self.run_dir / ckpt.CHECKPOINTS / f"step-{state.step:07d}").is_dir():
-                    saved = self.run_dir / ckpt.CHECKPOINTS / f"step-{state.step:07d}"
-                else:
-                    self.base.model.update(tree_unflatten(params))
-                    self.optimizer.state = tree_unflatten(opt_state)
-                    self.state = state
-                    saved = self.save_checkpoint(direct=True)  # MLX's stream may be stuck
-            except Exception as exc:  # the periodic checkpoints remain
-                print(f"warning: could not save the last finished step: {exc}", file=sys.stderr)
-        latest, _ = ckpt.latest_valid(self.run_dir) if self.world.is_main else (None, [])
-        step = self._last_good[2].step if self._last_good else self.state.step
-        if not self.world.is_main:
-            fix = "Rank 0 keeps the run's checkpoints."
-        elif latest is not None:
-            where = (f"Step {step} is saved in {latest}" if saved else f"The newest checkpoint is {latest}")
-            fix = (f"{where}. Resume it (History > Resume in the app, or `finetune-app train --resume "
-                   f"{self.run_dir}`) on this machine alone, or on every host again with --hostfile once they "
-                   "are back: the global batch does not depend on the number of hosts, so the run continues "
-                   "the same way.")
-        else:
-            fix = "No checkpoint was written yet: start the run again once every host is back."
-        message = f"Data-parallel training stopped at step {step}: {reason}. {fix}"
-        if self.world.is_main:
-            self.emit(StateChanged("failed", message, step=step))
-        if threading.current_thread() is not threading.main_thread():  # the process ends without the CLI
-            print(f"error (rank {self.world.rank}): {message}", file=sys.stderr, flush=True)
-        return message
-
-    def _host_rates(self, examples: int, tokens: int, elapsed: float) -> tuple[HostRate, ...]:
-        if not self.world.distributed:
-            return ()
-        local = mx.array([examples / elapsed, tokens / elapsed, mx.get_peak_memory() / 1e9], dtype=mx.float32)
-        with self._collective("sharing throughput"):
-            rows = self.world.gather(local).reshape(self.world.size, 3).tolist()
-        return tuple(HostRate(rank=r, host=self._host_names[r], examples_per_second=ex, tokens_per_second=tok,
-                              peak_memory_gb=mem) for r, (ex, tok, mem) in enumerate(rows))
-
     # ---- checkpoints -------------------------------------------------------------------------
     def save_checkpoint(self, *, direct: bool = False) -> Path | None:
         if not self.world.is_main:
@@ -380,13 +308,10 @@ class Trainer:
         t_start = time.perf_counter()
         try:
             self.setup()
-            if self.world.distributed:
-                from finetune_app.core.training.peers import PeerWatch
-
-                self.peers = PeerWatch(self._on_peer_lost).start()
+            self.dp.start()
             return self._loop(t_start)
         except FinetuneError as err:
-            if getattr(err, "exit_code", None) == 75:  # PeerLost: _on_peer_lost reported it
+            if isinstance(err, PeerLost):  # DataParallel.on_peer_lost reported it
                 raise
             self.emit(StateChanged("failed", err.message, step=self.state.step))
             raise
@@ -394,8 +319,7 @@ class Trainer:
             self.emit(StateChanged("failed", f"Unexpected error: {type(exc).__name__}: {exc}", step=self.state.step))
             raise
         finally:
-            if self.peers is not None:
-                self.peers.close()
+            self.dp.close()
 
     def _loop(self, t_start: float) -> RunResult:
         cfg, s, model = self.cfg, self.state, self.base.model
@@ -404,18 +328,15 @@ class Trainer:
         step_times: list[float] = []
         last_loss = last_val = None
         mx.reset_peak_memory()
-        if self.world.distributed:
-            with self._collective("meeting the other processes"):
-                self._host_names = self.world.host_names()
-            self._keep_last_good()
+        self.dp.meet()
         while s.step < self.total_steps:
-            stop, _, pause = self._agree()
+            stop, _, pause = self.dp.agree(self.control)
             if pause:
                 self.emit(StateChanged("paused", step=s.step))
                 t_pause = time.perf_counter()
-                while pause and not stop:  # the paused process(es) wait here, the others in _agree
+                while pause and not stop:  # the paused process(es) wait here, the others in agree()
                     self.control.wait_while_paused()
-                    stop, _, pause = self._agree(watched=False)
+                    stop, _, pause = self.dp.agree(self.control, watched=False)
                 window["t"] += time.perf_counter() - t_pause
                 if not stop:
                     self.emit(StateChanged("resumed", step=s.step))
@@ -432,11 +353,11 @@ class Trainer:
             mine = [self.world.shard(pos) for pos in micro]
             batches = [self.make_batch(self._shard(pos)) for pos in micro]
             loss, grad_norm = self.train_step(batches, n_tok)
-            with self._collective(f"summing the gradients of step {s.step + 1}"):
+            with self.dp.collective(f"summing the gradients of step {s.step + 1}"):
                 mx.eval(model.trainable_parameters(), self.optimizer.state, loss)
             s.step += 1
             s.trained_tokens += n_tok
-            self._keep_last_good()
+            self.dp.keep_last_good()
             window["loss"] = window["loss"] + loss
             window["steps"] += 1
             window["tokens"] += n_tok
@@ -457,7 +378,7 @@ class Trainer:
                     peak_memory_gb=mx.get_peak_memory() / 1e9, active_memory_gb=mx.get_active_memory() / 1e9,
                     step_time=elapsed / window["steps"], eta_seconds=eta, trained_tokens=s.trained_tokens,
                     grad_norm=float(grad_norm.item()) if grad_norm is not None else None,
-                    hosts=self._host_rates(window["my_examples"], window["my_tokens"], elapsed)))
+                    hosts=self.dp.host_rates(window["my_examples"], window["my_tokens"], elapsed)))
                 window = self._new_window()
             if s.step % cfg.steps_per_eval == 0 or s.step == self.total_steps:
                 t_eval = time.perf_counter()
