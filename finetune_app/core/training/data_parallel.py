@@ -1,7 +1,7 @@
 """The trainer's side of a data-parallel run (core/distributed.py has the process group).
 
-* Pause and stop are agreed: each step starts with a sum of every process's requests, so all of
-  them pause or stop at the same step (a request may reach only one: the app talks to rank 0, a
+* Pause and stop are agreed: each step also sums every process's requests (evaluated with the
+  step), and the next step starts by reading that sum, so all of them pause or stop at the same step (a request may reach only one: the app talks to rank 0, a
   terminal's Ctrl-C reaches the local ones).
 * Collectives are watched (peers.py); when a peer is lost, rank 0 saves the last finished step
   from references it kept (no copies) and says where the run continues from.
@@ -66,19 +66,32 @@ class DataParallel:
             self.keep_last_good()
 
     # ---- every step --------------------------------------------------------------------------
-    def agree(self, control, *, watched: bool = True) -> tuple[bool, bool, bool]:
-        """(stop, save, pause) as every process sees them."""
-        stop, save, pause = control.stop_requested, control.save_on_stop, control.paused and not control.stop_requested
+    def flag_sum(self, control):
+        """This process's pause/stop requests summed over every process, lazily: the trainer
+        evaluates it together with the step, so agreeing costs no extra synchronisation."""
         if not self.world.distributed:
-            return stop, save, pause
-        flags = mx.array([int(stop), int(stop and not save), int(pause)], dtype=mx.int32)
-        with self.collective("agreeing on pause/stop") if watched else contextlib.nullcontext():
-            flags = self.world.sum(flags)
-            mx.eval(flags)
+            return None
+        stop = control.stop_requested
+        flags = [int(stop), int(stop and not control.save_on_stop), int(control.paused and not stop)]
+        return self.world.sum(mx.array(flags, dtype=mx.int32))
+
+    def read(self, flags, control) -> tuple[bool, bool, bool]:
+        """(stop, save, pause) from an evaluated `flag_sum` (None: this process's own requests)."""
+        if flags is None:
+            return control.stop_requested, control.save_on_stop, control.paused and not control.stop_requested
         stop, nosave, pause = (v > 0 for v in flags.tolist())
         if stop:
             control.stop(save=not nosave)
         return stop, not nosave, pause and not stop
+
+    def agree(self, control, *, watched: bool = True) -> tuple[bool, bool, bool]:
+        """(stop, save, pause) as every process sees them, now (before the first step, and while
+        paused, when the paused process(es) hold the others here)."""
+        flags = self.flag_sum(control)
+        if flags is not None:
+            with self.collective("agreeing on pause/stop") if watched else contextlib.nullcontext():
+                mx.eval(flags)
+        return self.read(flags, control)
 
     def keep_last_good(self) -> None:
         """References to the finished step's values, so a dropped peer costs at most the step in

@@ -329,8 +329,9 @@ class Trainer:
         last_loss = last_val = None
         mx.reset_peak_memory()
         self.dp.meet()
+        agreed = None  # data parallel: the requests summed during the previous step
         while s.step < self.total_steps:
-            stop, _, pause = self.dp.agree(self.control)
+            stop, _, pause = self.dp.read(agreed, self.control) if agreed is not None else self.dp.agree(self.control)
             if pause:
                 self.emit(StateChanged("paused", step=s.step))
                 t_pause = time.perf_counter()
@@ -353,8 +354,9 @@ class Trainer:
             mine = [self.world.shard(pos) for pos in micro]
             batches = [self.make_batch(self._shard(pos)) for pos in micro]
             loss, grad_norm = self.train_step(batches, n_tok)
+            agreed = self.dp.flag_sum(self.control)
             with self.dp.collective(f"summing the gradients of step {s.step + 1}"):
-                mx.eval(model.trainable_parameters(), self.optimizer.state, loss)
+                mx.eval(model.trainable_parameters(), self.optimizer.state, loss, *([agreed] if agreed is not None else []))
             s.step += 1
             s.trained_tokens += n_tok
             self.dp.keep_last_good()
