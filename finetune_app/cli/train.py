@@ -180,8 +180,10 @@ def run(args) -> int:
         result = Trainer(cfg, listeners=printers, control=control, resume=resume).run()
     finally:
         signal.signal(signal.SIGINT, old)
-    if not main_rank or args.events_stdout:  # launched: the launching machine reports the outcome
-        return 0 if result.status == "finished" else 130
+    if not main_rank or args.events_stdout:
+        # launched: the launching machine reports the outcome. A stop was agreed by every rank, so
+        # it is no failure here: a non-zero exit would make mlx.launch kill the other ranks.
+        return 0
     print(f"{result.status}: step {result.step}/{result.total_steps}, final loss "
           f"{result.final_loss if result.final_loss is None else round(result.final_loss, 4)}, "
           f"validation loss {result.final_val_loss if result.final_val_loss is None else round(result.final_val_loss, 4)}, "

@@ -45,7 +45,8 @@ sys.argv[0] = "mlx.launch"
 sys.exit(launch.main())
 """
 EXIT_WORDS = {2: "a usage or settings problem", 3: "a problem with the model", 4: "a problem with the data",
-              5: "a problem with the settings", 75: "it lost its peers", 130: "it was interrupted"}
+              5: "a problem with the settings", 75: "it lost its peers", 130: "it was interrupted",
+              255: "the ssh connection ended: the host went away or its process was killed"}
 
 
 @dataclass
