@@ -135,3 +135,28 @@ def test_two_hosts_checked_trained_paused_dropped_and_resumed_alone(window, qtbo
     qtbot.waitUntil(lambda: w.training.state == "finished", timeout=120000)
     assert w.training.step == 400
     assert not w.training.host_rates.isVisible()
+
+
+def test_host_file_round_trips_through_the_panel(app_env, tmp_path):
+    """What the panel opens is what it launches with: back-end, envs and jaccl's RDMA map kept;
+    a broken file is named in the panel instead of replacing the list."""
+    import json
+
+    from finetune_app.core.cluster.hosts import read_hostfile
+    from finetune_app.ui.cluster_panel import ClusterPanel
+
+    text = {"backend": "jaccl", "envs": ["MLX_METAL_FAST_SYNCH=1"],
+            "hosts": [{"ssh": "127.0.0.1", "ips": ["10.0.0.1"], "rdma": [None, "rdma_en2"]},
+                      {"ssh": "mini.local", "ips": ["10.0.0.2"], "rdma": ["rdma_en2", None]}]}
+    path = tmp_path / "hosts.json"
+    path.write_text(json.dumps(text))
+    panel = ClusterPanel()
+    assert panel.open_hostfile(str(path))
+    assert panel.host_list() == read_hostfile(path)
+    again = ClusterPanel()
+    again.restore_json(panel.to_json())  # what the app keeps in its settings
+    assert again.host_list() == read_hostfile(path)
+    (tmp_path / "bad.json").write_text('{"hosts": [{"ips": ["1.2.3.4"]}]}')
+    assert not panel.open_hostfile(str(tmp_path / "bad.json"))
+    assert 'Host 1 has no "ssh" name' in panel.summary.text() and "bad.json" in panel.summary.text()
+    assert panel.host_list() == read_hostfile(path)

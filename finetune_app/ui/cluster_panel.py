@@ -56,6 +56,7 @@ class ClusterPanel(QGroupBox):
         self.checks: list = []  # core.cluster.check.HostCheck of the last check
         self._checked_for = None  # (host list, model, data) the checks answer for
         self._task = None
+        self._envs: tuple[str, ...] = ()
         self.model = self.data = ""
 
         self.backend = QComboBox()
@@ -125,13 +126,16 @@ class ClusterPanel(QGroupBox):
     def host_list(self) -> HostList:
         hosts = []
         for r in range(self.table.rowCount()):
-            ssh = (self.table.item(r, 1).text() if self.table.item(r, 1) else "").strip()
+            ssh_item = self.table.item(r, 1)
+            ssh = (ssh_item.text() if ssh_item else "").strip()
             ips = (self.table.item(r, 2).text() if self.table.item(r, 2) else "").replace(",", " ").split()
+            rdma = tuple(ssh_item.data(Qt.ItemDataRole.UserRole) or ()) if ssh_item else ()  # jaccl, from the file
             if ssh or ips:
-                hosts.append(Host(ssh or (ips[0] if ips else ""), tuple(ips)))
-        return HostList(tuple(hosts), self.backend.currentData())
+                hosts.append(Host(ssh or (ips[0] if ips else ""), tuple(ips), rdma))
+        return HostList(tuple(hosts), self.backend.currentData(), self._envs)
 
     def set_host_list(self, hosts: HostList) -> None:
+        self._envs = hosts.envs  # the host file's environment for the ranks, kept as is
         self.table.blockSignals(True)
         self.table.setRowCount(0)
         for h in hosts.hosts:
@@ -154,7 +158,9 @@ class ClusterPanel(QGroupBox):
         status.setFlags(Qt.ItemFlag.ItemIsEnabled)
         status.setForeground(WAIT)
         self.table.setItem(r, 0, rank)
-        self.table.setItem(r, 1, QTableWidgetItem(host.ssh))
+        ssh = QTableWidgetItem(host.ssh)
+        ssh.setData(Qt.ItemDataRole.UserRole, list(host.rdma))  # kept, not shown: jaccl's device map
+        self.table.setItem(r, 1, ssh)
         self.table.setItem(r, 2, QTableWidgetItem(" ".join(host.ips)))
         self.table.setItem(r, 3, status)
 
@@ -193,8 +199,9 @@ class ClusterPanel(QGroupBox):
     def restore_json(self, text: str) -> None:
         try:
             data = json.loads(text)
-            self.set_host_list(HostList(tuple(Host(h["ssh"], tuple(h.get("ips", []))) for h in data["hosts"]),
-                                        data.get("backend", "ring")))
+            self.set_host_list(HostList(tuple(Host(h["ssh"], tuple(h.get("ips", [])), tuple(h.get("rdma", [])))
+                                              for h in data["hosts"]), data.get("backend", "ring"),
+                                        tuple(data.get("envs", []))))
         except (ValueError, KeyError, TypeError):
             pass
 
