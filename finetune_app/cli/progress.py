@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import sys
-import time
 
-from finetune_app.core.training.events import (CheckpointSaved, Notice, Progress, SampleReport, StateChanged,
+from finetune_app.core.training.events import (CheckpointSaved, Notice, Progress, ProgressThrottle, SampleReport, StateChanged,
                                                TrainReport, ValReport)
 
 
@@ -29,7 +28,7 @@ class ConsolePrinter:
         self.out = stream or sys.stderr
         self.tty = hasattr(self.out, "isatty") and self.out.isatty()
         self.quiet = quiet
-        self._last_progress = 0.0
+        self.progress = ProgressThrottle(0.5)
         self._open_line = False
 
     def _line(self, text: str, *, transient: bool = False) -> None:
@@ -57,9 +56,7 @@ class ConsolePrinter:
                 who = item.image.rsplit("/", 1)[-1] if item.image else item.prompt[:40]
                 self._line(f"  sample {who}: {item.output!r} (reference: {item.reference!r})")
         elif isinstance(event, Progress):
-            now = time.monotonic()
-            if now - self._last_progress > 0.5 or event.done >= event.total:
-                self._last_progress = now
+            if self.progress.due(event):
                 self._line(f"{event.phase}: {bar(event.done, event.total)} ({event.done}/{event.total})",
                            transient=event.done < event.total)
         elif isinstance(event, CheckpointSaved) and not self.quiet:

@@ -163,9 +163,8 @@ def run_show(args) -> int:
 
 
 def run_resume(args) -> int:
-    import signal
-
     from finetune_app.cli.progress import ConsolePrinter
+    from finetune_app.cli.train import ctrl_c_stops
     from finetune_app.core.runs import open_store, resolve_run, resume_run
     from finetune_app.core.training.control import Control
 
@@ -173,19 +172,9 @@ def run_resume(args) -> int:
         rec = resolve_run(store, args.run)
     print(f"Resuming run {rec.id} ({rec.run_dir})", file=sys.stderr)
     control = Control()
-
-    def on_sigint(signum, frame):
-        if control.stop_requested:
-            raise KeyboardInterrupt
-        print("\nstopping after this step and saving a checkpoint (Ctrl-C again to abort)...", file=sys.stderr)
-        control.stop(save=True)
-
-    old = signal.signal(signal.SIGINT, on_sigint)
-    try:
+    with ctrl_c_stops(control):
         result = resume_run(rec.id, listeners=[ConsolePrinter(quiet=args.quiet)], control=control,
                             iters=args.iters, epochs=args.epochs)
-    finally:
-        signal.signal(signal.SIGINT, old)
     print(f"{result.status}: step {result.step}/{result.total_steps}, final loss "
           f"{_num(result.final_loss)}, validation loss {_num(result.final_val_loss)}, {result.seconds:.1f} s. "
           f"Adapter: {result.run_dir}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import sys
 from pathlib import Path
@@ -89,6 +90,22 @@ def build_config(args) -> tuple[TrainConfig, bool]:
     return cfg, resume
 
 
+@contextlib.contextmanager
+def ctrl_c_stops(control):
+    """While training: Ctrl-C stops after the step and saves a checkpoint; a second one aborts."""
+    def on_sigint(signum, frame):
+        if control.stop_requested:
+            raise KeyboardInterrupt
+        print("\nstopping after this step and saving a checkpoint (Ctrl-C again to abort)...", file=sys.stderr)
+        control.stop(save=True)
+
+    old = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
 def read_control(control, stream) -> None:
     """Commands from the launching machine, one per line (mlx.launch copies its stdin to every rank)."""
     for line in stream:
@@ -155,18 +172,11 @@ def run(args) -> int:
     control = Control()
     main_rank = world().is_main  # under mlx.launch only rank 0 prints
 
-    def on_sigint(signum, frame):
-        if control.stop_requested:
-            raise KeyboardInterrupt
-        print("\nstopping after this step and saving a checkpoint (Ctrl-C again to abort)...", file=sys.stderr)
-        control.stop(save=True)
-
-    old = signal.signal(signal.SIGINT, on_sigint)
     if args.control_stdin:
         import threading
 
         threading.Thread(target=read_control, args=(control, sys.stdin), daemon=True).start()
-    try:
+    with ctrl_c_stops(control):
         if args.events_stdout:
             from finetune_app.core.training.events import EventLines
 
@@ -178,8 +188,6 @@ def run(args) -> int:
 
             printers += [r for r in [default_recorder(cfg, resume=resume)] if r is not None]
         result = Trainer(cfg, listeners=printers, control=control, resume=resume).run()
-    finally:
-        signal.signal(signal.SIGINT, old)
     if not main_rank or args.events_stdout:
         # launched: the launching machine reports the outcome. A stop was agreed by every rank, so
         # it is no failure here: a non-zero exit would make mlx.launch kill the other ranks.

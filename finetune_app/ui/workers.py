@@ -27,6 +27,7 @@ from typing import Any, Callable
 from PySide6.QtCore import QObject, Qt, QThread, Signal, Slot
 
 from finetune_app.core.config import TrainConfig
+from finetune_app.core.training.events import ProgressThrottle
 
 
 class Cancelled(Exception):
@@ -268,7 +269,6 @@ class TrainingWorker(QObject):
     notice = Signal(str)
     done = Signal(object)  # RunResult, or None when the run failed
 
-    PROGRESS_INTERVAL = 0.1  # seconds between Progress signals (tokenising emits one per row)
 
     def __init__(self, config: TrainConfig, *, resume: bool = False, hosts=None):
         super().__init__()
@@ -279,7 +279,7 @@ class TrainingWorker(QObject):
         self.hosts = hosts  # core.cluster.hosts.HostList: train on several machines (mlx.launch)
         self.control = LaunchControl() if hosts is not None else Control()
         self.launch = None
-        self._last_progress = 0.0
+        self.progress = ProgressThrottle(0.1)  # seconds between Progress signals
         self.failed_reason = ""
 
     def _on_event(self, event) -> None:  # called on the training thread
@@ -301,9 +301,7 @@ class TrainingWorker(QObject):
                 self.failed_reason = event.reason
             self.stateChanged.emit(event.state, event.reason, event.step)
         elif isinstance(event, ev.Progress):
-            now = time.perf_counter()
-            if event.done >= event.total or now - self._last_progress >= self.PROGRESS_INTERVAL:
-                self._last_progress = now
+            if self.progress.due(event):
                 self.progressed.emit(event.phase, event.done, event.total)
         elif isinstance(event, ev.CheckpointSaved):
             self.checkpointSaved.emit(event.step, event.path)

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from finetune_app.core.cluster.hosts import Host, HostList
 
@@ -44,8 +45,6 @@ class HostCheck:
 
 def absolute(path_or_id: str) -> str:
     """A path as every host must have it (ssh starts in the home folder); hub ids stay as they are."""
-    from pathlib import Path
-
     p = Path(path_or_id).expanduser()
     return str(p.resolve()) if p.exists() else path_or_id
 

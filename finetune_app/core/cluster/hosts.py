@@ -66,21 +66,6 @@ class HostList:
         return out
 
 
-def parse_host(text: str) -> Host:
-    """'name' or 'name ip' or 'ip' (one host per line in the app's list)."""
-    parts = text.split()
-    if not parts:
-        raise ValueError("empty host")
-    ssh, ips = parts[0], tuple(parts[1:])
-    if not ips:
-        try:
-            ipaddress.ip_address(ssh)
-            ips = (ssh,)
-        except ValueError:
-            pass
-    return Host(ssh, ips)
-
-
 def read_hostfile(path: str | Path) -> HostList:
     path = Path(path).expanduser()
     fix = 'A host file is JSON: {"backend": "ring", "hosts": [{"ssh": "mac1.local", "ips": ["192.168.1.10"]}, ...]}.'

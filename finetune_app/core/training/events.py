@@ -122,6 +122,24 @@ def from_dict(d: dict):
     return cls(**d)
 
 
+class ProgressThrottle:
+    """Tokenising reports every row; a reader wants a few a second. `due(event)`: pass this
+    Progress on (the last one of a phase always passes)."""
+
+    def __init__(self, interval: float):
+        self.interval = interval
+        self._last = 0.0
+
+    def due(self, event: Progress) -> bool:
+        import time
+
+        now = time.monotonic()
+        if event.done >= event.total or now - self._last >= self.interval:
+            self._last = now
+            return True
+        return False
+
+
 EVENT_MARK = "FINETUNE-EVENT "  # a line of rank 0's stdout that carries one event (distributed runs)
 
 
@@ -129,22 +147,15 @@ class EventLines:
     """Prints each event as one marked JSON line: how rank 0 of an `mlx.launch` run reports to
     the machine that launched it (core/cluster/launch.py reads them back with `parse_line`)."""
 
-    PROGRESS_INTERVAL = 0.1  # seconds: tokenising reports every row, the other side needs a few
-
     def __init__(self, stream=None):
         import sys
 
         self.stream = stream or sys.stdout
-        self._last_progress = 0.0
+        self.progress = ProgressThrottle(0.1)
 
     def __call__(self, event) -> None:
-        if isinstance(event, Progress) and event.done < event.total:
-            import time
-
-            now = time.monotonic()
-            if now - self._last_progress < self.PROGRESS_INTERVAL:
-                return
-            self._last_progress = now
+        if isinstance(event, Progress) and not self.progress.due(event):
+            return
         self.stream.write(EVENT_MARK + json.dumps(to_dict(event)) + "\n")
         self.stream.flush()
 

@@ -27,6 +27,7 @@ from finetune_app.core.models import BaseModel, load_base
 from finetune_app.core.training import checkpoint as ckpt
 from finetune_app.core.training import fastpath
 from finetune_app.core.training.control import Control
+from finetune_app.core.training.data_parallel import DataParallel
 from finetune_app.core.training.events import (CheckpointSaved, MetricsLog, Notice, Progress,
                                                SampleItem, SampleReport, StateChanged, TrainReport, ValReport)
 from finetune_app.core.training.forward import Forward
@@ -77,8 +78,6 @@ class Trainer:
         self.state = ckpt.TrainState(seed=config.seed)
         self._epoch_batches: dict[int, list[list[int]]] = {}
         self._val_cache: list[float] = []
-        from finetune_app.core.training.data_parallel import DataParallel
-
         self.dp = DataParallel(self)  # agreement, watched collectives, per-host rates (no-ops alone)
 
     # ---- events ------------------------------------------------------------------------------
