@@ -31,8 +31,7 @@ def window(app_env, qtbot):
     yield w
     if w.run is not None and w.run.is_running():
         w.run.stop(save=False)
-        if hasattr(w.run, "terminate"):
-            w.run.terminate()
+        w.run.terminate()
         w.run.wait(60000)
     qtbot.waitUntil(lambda: not w.training.is_running(), timeout=20000)
     w.close()

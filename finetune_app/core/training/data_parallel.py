@@ -93,14 +93,15 @@ class DataParallel:
                 mx.eval(flags)
         return self.read(flags, control)
 
-    def keep_last_good(self) -> None:
+    def keep_last_good(self, params=None) -> None:
         """References to the finished step's values, so a dropped peer costs at most the step in
         flight. Full fine-tuning would keep a second copy of the model alive: it relies on the
         periodic checkpoints instead."""
         t = self.t
         if self.peers is None or t.cfg.fine_tune_type == "full":
             return
-        self.last_good = (tree_flatten(t.base.model.trainable_parameters()), tree_flatten(t.optimizer.state),
+        params = t.base.model.trainable_parameters() if params is None else params  # the step's, just evaluated
+        self.last_good = (tree_flatten(params), tree_flatten(t.optimizer.state),
                           dataclasses.replace(t.state))
 
     def host_rates(self, examples: int, tokens: int, elapsed: float) -> tuple[HostRate, ...]:

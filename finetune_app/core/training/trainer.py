@@ -355,10 +355,11 @@ class Trainer:
             loss, grad_norm = self.train_step(batches, n_tok)
             agreed = self.dp.flag_sum(self.control)
             with self.dp.collective(f"summing the gradients of step {s.step + 1}"):
-                mx.eval(model.trainable_parameters(), self.optimizer.state, loss, *([agreed] if agreed is not None else []))
+                params = model.trainable_parameters()
+                mx.eval(params, self.optimizer.state, loss, *([agreed] if agreed is not None else []))
             s.step += 1
             s.trained_tokens += n_tok
-            self.dp.keep_last_good()
+            self.dp.keep_last_good(params)
             window["loss"] = window["loss"] + loss
             window["steps"] += 1
             window["tokens"] += n_tok
