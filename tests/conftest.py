@@ -12,6 +12,9 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import tempfile as _tempfile
 
 os.environ.setdefault("FINETUNE_DATA_DIR", _tempfile.mkdtemp(prefix="finetune-test-data-"))
+# Where transformers would copy a model folder's own Python (read once at its import): the hostile
+# corpus checks that nothing ever lands there.
+os.environ.setdefault("HF_MODULES_CACHE", _tempfile.mkdtemp(prefix="finetune-test-hf-modules-"))
 
 import json
 from pathlib import Path
