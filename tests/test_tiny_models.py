@@ -56,13 +56,9 @@ def _built(root, family):
 # Tokenizer
 # ---------------------------------------------------------------------------------------------
 
-def test_bpe_training_is_deterministic_and_fast():
-    import time
-
+def test_bpe_training_is_deterministic():
     train = tiny_models._base_bpe_json.__wrapped__
-    start = time.perf_counter()
     first = train()
-    assert time.perf_counter() - start < 1.0
     assert train() == first
 
 

@@ -86,6 +86,7 @@ class ThumbnailLoader(QObject):
         self._runners = 0  # jobs started and not yet finished; each drains the stack
         self._kick_pending = False
         self.decoded = 0  # images decoded so far (tests and diagnostics)
+        self.decoded_keys: set[str] = set()  # which ones ("generation:row"; tests and diagnostics)
 
     def request(self, key: str, ref) -> None:
         with self._lock:
@@ -131,6 +132,7 @@ class ThumbnailLoader(QObject):
             with self._lock:
                 self._waiting.discard(key)
                 self.decoded += 1
+                self.decoded_keys.add(key)
             try:
                 self.loaded.emit(key, image)
             except RuntimeError:  # the loader was deleted while this image decoded
