@@ -79,3 +79,48 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # the file system said no (read-only, full, missing): name the file
+        print(f"error: {describe_os_error(exc)}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # a bug: keep the traceback in a log, not on the user's screen
+        print(f"error: {report_unexpected(exc, args)}", file=sys.stderr)
+        return 1
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One located sentence for an OSError the command did not expect, with what to do about it."""
+    import errno
+
+    where = exc.filename if exc.filename is not None else ""
+    what = exc.strerror or str(exc) or type(exc).__name__
+    fixes = {errno.EACCES: "Choose a folder you can write to, or change its permissions.",
+             errno.EPERM: "Choose a folder you can write to, or change its permissions.",
+             errno.EROFS: "The disk is read-only: choose a folder on a writable disk.",
+             errno.ENOSPC: "The disk is full: free some space or choose another disk.",
+             errno.ENOENT: "Check that the path exists.",
+             errno.ENOTDIR: "A file stands where a folder is expected: check the path.",
+             errno.EISDIR: "A folder stands where a file is expected: check the path."}
+    fix = fixes.get(exc.errno, "Check the path, its permissions and the free disk space, then try again.")
+    return f"{where}: {what}. {fix}" if where else f"{what}. {fix}"
+
+
+def report_unexpected(exc: BaseException, args) -> str:
+    """Write the traceback of an unexpected failure to a log file; return the line to print."""
+    import time
+    import traceback
+
+    text = "".join(traceback.format_exception(exc))
+    try:
+        from finetune_app.core import atomic
+        from finetune_app.core.runs import data_dir
+
+        log = data_dir() / "logs" / f"crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        atomic.write_text(log, f"finetune-app {' '.join(sys.argv[1:])}\n\n{text}")
+        where = f"The details are in {log}"
+    except Exception:  # cannot even write the log: the details go to the screen after all
+        where = f"The details:\n{text}"
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return (f"the '{getattr(args, 'command', '')}' command failed unexpectedly ({type(exc).__name__}"
+            f"{': ' + first if first else ''}). This is a bug in Finetune, not in your files. {where}; "
+            f"please report it with that file.")

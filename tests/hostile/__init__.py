@@ -126,6 +126,8 @@ class Env:
         self.results.append(res)
         if "Traceback (most recent call last)" in res.text:
             raise Traceback_(f"`finetune-app {' '.join(argv)}` printed a traceback:\n{res.text}")
+        if res.code == 1:  # the CLI's last resort: an exception nobody mapped to a located error
+            raise Traceback_(f"`finetune-app {' '.join(argv)}` failed unexpectedly (exit 1):\n{res.text}")
         return res
 
     def expect(self, *argv, exit: int | Iterable[int], says: Iterable[str] = ()) -> Result:
