@@ -19,11 +19,7 @@ import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
 
 from finetune_app.core import adapters, atomic
-
-CHECKPOINTS = "checkpoints"
-STATE_FILE = "state.json"
-OPTIMIZER_FILE = "optimizer.safetensors"
-STEP_DIR = re.compile(r"^step-(\d{7,})$")
+from finetune_app.core.run_folder import CHECKPOINTS, OPTIMIZER_FILE, STATE_FILE, STEP_DIR  # noqa: F401
 
 
 @dataclass
@@ -172,10 +168,82 @@ def remove_stale_staging(run_dir: Path) -> None:
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def restore(ckpt: Path, model, optimizer) -> TrainState:
-    weights = mx.load(str(ckpt / adapters.ADAPTER_FILE))
-    model.load_weights(list(weights.items()), strict=False)
-    optimizer.state = tree_unflatten(list(mx.load(str(ckpt / OPTIMIZER_FILE)).items()))
-    mx.eval(model.parameters(), optimizer.state)
-    data = json.loads((ckpt / STATE_FILE).read_text())
+class DamagedCheckpoint(Exception):
+    """A checkpoint that must not be resumed from (unreadable, misfitting or non-finite); says why."""
+
+
+def read_state(ckpt: Path) -> TrainState:
+    """The checkpoint's state.json, checked: a JSON object whose counters are whole numbers >= 0
+    and whose step is the folder's own."""
+    try:
+        data = json.loads((Path(ckpt) / STATE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise DamagedCheckpoint(f"{STATE_FILE} cannot be read ({type(exc).__name__})") from None
+    if not isinstance(data, dict):
+        raise DamagedCheckpoint(f"{STATE_FILE} is not a JSON object")
+    for key in ("step", "epoch", "batch_in_epoch", "trained_tokens"):
+        v = data.get(key, 0)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise DamagedCheckpoint(f"{STATE_FILE} field '{key}' is {v!r}, not a whole number >= 0")
+    m = STEP_DIR.match(Path(ckpt).name)
+    if m and int(m.group(1)) != data.get("step"):
+        raise DamagedCheckpoint(f"{STATE_FILE} says step {data.get('step')}, but the folder is {Path(ckpt).name}")
+    for key in ("best_val_loss", "val_loss"):
+        if data.get(key) is not None and (isinstance(data[key], bool) or not isinstance(data[key], (int, float))):
+            data[key] = None
+    if data.get("val_step") is not None and not isinstance(data.get("val_step"), int):
+        data["val_step"] = None
     return TrainState(**{k: v for k, v in data.items() if k in TrainState.__dataclass_fields__})
+
+
+def _load_tensors(path: Path) -> dict:
+    try:
+        return dict(mx.load(str(path)))
+    except Exception as exc:  # the library raises RuntimeError/ValueError for garbage headers
+        raise DamagedCheckpoint(f"{path.name} cannot be read ({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__})") from None
+
+
+def _not_finite(tensors: dict) -> list[str]:
+    checks = {k: mx.all(mx.isfinite(v)) for k, v in tensors.items() if mx.issubdtype(v.dtype, mx.inexact)}
+    mx.eval(list(checks.values()))
+    return [k for k, ok in checks.items() if not ok.item()]
+
+
+def _non_finite(name: str, tensors: dict) -> None:
+    bad = _not_finite(tensors)
+    if bad:
+        raise DamagedCheckpoint(f"{name} holds NaN or infinite values ({', '.join(bad[:3])}{' …' if len(bad) > 3 else ''})")
+
+
+def non_finite_weights(model, fine_tune_type: str) -> list[str]:
+    """Names of trainable weights holding NaN or infinity (none: safe to checkpoint)."""
+    return _not_finite(adapters.trainable_weights(model, fine_tune_type))
+
+
+def restore(ckpt: Path, model, optimizer, fine_tune_type: str = "lora") -> TrainState:
+    """Load a checkpoint into the model and optimizer after checking all of it first (state,
+    tensor names, shapes, finiteness): a DamagedCheckpoint leaves model and optimizer untouched."""
+    ckpt = Path(ckpt)
+    state = read_state(ckpt)
+    weights = _load_tensors(ckpt / adapters.ADAPTER_FILE)
+    opt = _load_tensors(ckpt / OPTIMIZER_FILE)
+    params = dict(tree_flatten(model.parameters()))
+    trainable = adapters.trainable_weights(model, fine_tune_type)
+    misfit = [f"{k} {tuple(v.shape)}" + (f" vs model {tuple(params[k].shape)}" if k in params else " (no such parameter)")
+              for k, v in weights.items() if k not in params or params[k].shape != v.shape]
+    missing = [k for k in trainable if k not in weights]
+    if misfit or missing:
+        what = "; ".join(misfit[:2] + [f"{k} missing" for k in missing[:2]])
+        raise DamagedCheckpoint(f"{adapters.ADAPTER_FILE} does not fit the model's adapter ({what})")
+    optimizer.init(model.trainable_parameters())  # lazy zeros: the state's expected names and shapes
+    expected = {k: v.shape for k, v in tree_flatten(optimizer.state)}
+    odd = [f"{k} {tuple(v.shape)}" for k, v in opt.items() if k not in expected or expected[k] != v.shape]
+    odd += [f"{k} missing" for k in expected if k not in opt]
+    if odd:
+        raise DamagedCheckpoint(f"{OPTIMIZER_FILE} does not fit the model's adapter and optimizer ({'; '.join(odd[:3])})")
+    _non_finite(adapters.ADAPTER_FILE, weights)
+    _non_finite(OPTIMIZER_FILE, opt)
+    model.load_weights(list(weights.items()), strict=False)
+    optimizer.state = tree_unflatten(list(opt.items()))
+    mx.eval(model.parameters(), optimizer.state)
+    return state
