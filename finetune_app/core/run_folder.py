@@ -204,13 +204,23 @@ def delete_run_files(folder: str | Path) -> int:
             if STEP_DIR.match(p.name) or (p.name.startswith(".step-") and _TEMP.match(p.name)):
                 entries.add(f"{CHECKPOINTS}/{p.name}")
     for rel in sorted(entries, key=lambda r: (r.count("/"), r), reverse=True):
-        if rel == MANIFEST_FILE:
-            continue  # last: an interrupted delete can be run again
+        if rel == MANIFEST_FILE or not _no_link_above(folder, rel):
+            continue  # the manifest last (an interrupted delete can be run again); never through a link
         freed += _remove_ours(folder / rel)
     _rmdir_if_empty(root)
     freed += _remove_ours(folder / MANIFEST_FILE)
     _rmdir_if_empty(folder)
     return freed
+
+
+def _no_link_above(folder: Path, rel: str) -> bool:
+    """No folder between `folder` and the entry is a symbolic link (which could lead anywhere)."""
+    p = folder
+    for part in rel.split("/")[:-1]:
+        p = p / part
+        if p.is_symlink():
+            return False
+    return True
 
 
 def _remove_ours(path: Path) -> int:

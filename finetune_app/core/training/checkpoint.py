@@ -22,6 +22,10 @@ from finetune_app.core import adapters, atomic
 from finetune_app.core.run_folder import CHECKPOINTS, OPTIMIZER_FILE, STATE_FILE, STEP_DIR  # noqa: F401
 
 
+class DamagedCheckpoint(Exception):
+    """A checkpoint that must not be resumed from (unreadable, misfitting or non-finite); says why."""
+
+
 @dataclass
 class TrainState:
     step: int = 0  # optimizer steps done
@@ -135,20 +139,34 @@ def _safetensors_ok(path: Path) -> bool:
             if len(raw) != 8:
                 return False
             (n,) = struct.unpack("<Q", raw)
+            size = path.stat().st_size
+            if n > size - 8:  # a garbage length (it would read past the end, or overflow)
+                return False
             header = json.loads(fh.read(n))
         end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-        return path.stat().st_size >= 8 + n + end
-    except (OSError, ValueError, KeyError, TypeError, struct.error):
+        return size >= 8 + n + end
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, struct.error):
         return False
+
+
+def check_complete(ckpt: Path) -> None:
+    """Raise DamagedCheckpoint naming the first file that is missing, unreadable or cut short."""
+    for name in (STATE_FILE, adapters.CONFIG_FILE):
+        try:
+            json.loads((ckpt / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError, UnicodeDecodeError):
+            raise DamagedCheckpoint(f"{name} is missing or not valid JSON") from None
+    for name in (adapters.ADAPTER_FILE, OPTIMIZER_FILE):
+        if not _safetensors_ok(ckpt / name):
+            raise DamagedCheckpoint(f"{name} is missing, truncated or not a safetensors file")
 
 
 def is_valid(ckpt: Path) -> bool:
     try:
-        json.loads((ckpt / STATE_FILE).read_text())
-        json.loads((ckpt / adapters.CONFIG_FILE).read_text())
-    except (OSError, ValueError):
+        check_complete(ckpt)
+    except DamagedCheckpoint:
         return False
-    return _safetensors_ok(ckpt / adapters.ADAPTER_FILE) and _safetensors_ok(ckpt / OPTIMIZER_FILE)
+    return True
 
 
 def latest_valid(run_dir: Path) -> tuple[Path | None, list[Path]]:
@@ -166,10 +184,6 @@ def remove_stale_staging(run_dir: Path) -> None:
     root = Path(run_dir) / CHECKPOINTS
     for stage in root.glob(".step-*.staging-*") if root.is_dir() else ():
         shutil.rmtree(stage, ignore_errors=True)
-
-
-class DamagedCheckpoint(Exception):
-    """A checkpoint that must not be resumed from (unreadable, misfitting or non-finite); says why."""
 
 
 def read_state(ckpt: Path) -> TrainState:

@@ -191,8 +191,7 @@ class Trainer:
         found, reasons = None, []
         for candidate in reversed(ckpt.list_checkpoints(self.run_dir)):
             try:
-                if not ckpt.is_valid(candidate):
-                    raise ckpt.DamagedCheckpoint("incomplete or unreadable")
+                ckpt.check_complete(candidate)
                 self.state = ckpt.restore(candidate, self.base.model, self.optimizer, self.cfg.fine_tune_type)
             except ckpt.DamagedCheckpoint as bad:
                 reasons.append(f"{candidate.name}: {bad}")
