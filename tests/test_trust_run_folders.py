@@ -176,6 +176,7 @@ def test_nan_loss_stops_as_failed_keeping_the_last_good_checkpoint(tiny_model, i
     code, text = cli(capsys, "train", "--resume", run, "--iters", 12, "--save-every", 1, "--quiet")
     assert code != 0, text
     assert "diverged at step 3" in text and "step-0000002" in text and "learning rate" in text.lower(), text
+    assert "changed on disk since this run started" in text, text
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-0000002"]
     assert digests(run / "checkpoints" / "step-0000002") == good
     weights = mx.load(str(run / "adapters.safetensors"))

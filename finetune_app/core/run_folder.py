@@ -89,6 +89,29 @@ def start_manifest(folder: str | Path) -> None:
     record_files(folder, MANIFEST_FILE, LOCK_FILE, CONFIG_FILE, METRICS_FILE, ADAPTER_FILE, ADAPTER_CONFIG_FILE)
 
 
+def record_sources(folder: str | Path, config) -> None:
+    """Remember the fingerprints of the model and the dataset the run started from."""
+    from finetune_app.core.run_records.fingerprint import fingerprint_model, fingerprint_path
+
+    folder = Path(folder)
+    data = read_manifest(folder) or {"format": MANIFEST_FORMAT, "version": 1, "created": time.time(),
+                                      "files": [MANIFEST_FILE]}
+    data["sources"] = {"model": fingerprint_model(config.model), "data": fingerprint_path(config.data) if config.data else ""}
+    atomic.write_json(folder / MANIFEST_FILE, data)
+
+
+def changed_sources(folder: str | Path, config) -> list[str]:
+    """Which of the run's model and dataset changed on disk since it started (by fingerprint)."""
+    from finetune_app.core.run_records.fingerprint import fingerprint_model, fingerprint_path
+
+    was = (read_manifest(folder) or {}).get("sources")
+    if not isinstance(was, dict):
+        return []
+    now = {"model": fingerprint_model(config.model), "data": fingerprint_path(config.data) if config.data else ""}
+    names = {"model": f"the model '{config.model}'", "data": f"the dataset '{config.data}'"}
+    return [names[k] for k in ("model", "data") if was.get(k) and was.get(k) != now[k]]
+
+
 def checkpoint_entry(step: int) -> str:
     return f"{CHECKPOINTS}/step-{step:07d}"
 
@@ -203,12 +226,28 @@ def delete_run_files(folder: str | Path) -> int:
         for p in root.iterdir():
             if STEP_DIR.match(p.name) or (p.name.startswith(".step-") and _TEMP.match(p.name)):
                 entries.add(f"{CHECKPOINTS}/{p.name}")
+    for where in (folder, root):  # all or nothing: a read-only folder is refused before deleting
+        if where.is_dir() and not where.is_symlink():
+            try:
+                probe = where / f".{MANIFEST_FILE}.probe{os.getpid()}.tmp"
+                probe.write_bytes(b"")
+                probe.unlink()
+            except OSError as exc:
+                raise ConfigError(f"Cannot delete the run's files in '{where}' ({exc.strerror or exc}).",
+                                  "Make the folder writable and delete the run again (nothing was deleted).",
+                                  file=where) from None
+    failed: list[OSError] = []
     for rel in sorted(entries, key=lambda r: (r.count("/"), r), reverse=True):
         if rel == MANIFEST_FILE or not _no_link_above(folder, rel):
             continue  # the manifest last (an interrupted delete can be run again); never through a link
-        freed += _remove_ours(folder / rel)
+        freed += _remove_ours(folder / rel, failed)
     _rmdir_if_empty(root)
-    freed += _remove_ours(folder / MANIFEST_FILE)
+    if failed:  # keep the manifest (and the record): the delete can be run again
+        raise ConfigError(f"Could not delete {len(failed)} file(s) of the run in '{folder}' "
+                          f"(first: {failed[0].filename}: {failed[0].strerror or failed[0]}).",
+                          "Make the folder writable and delete the run again (nothing of yours was touched).",
+                          file=failed[0].filename or folder)
+    freed += _remove_ours(folder / MANIFEST_FILE, failed)
     _rmdir_if_empty(folder)
     return freed
 
@@ -223,8 +262,9 @@ def _no_link_above(folder: Path, rel: str) -> bool:
     return True
 
 
-def _remove_ours(path: Path) -> int:
-    """A file of ours, or a checkpoint folder: only the files a checkpoint holds, then the folder if empty."""
+def _remove_ours(path: Path, failed: list) -> int:
+    """A file of ours, or a checkpoint folder: only the files a checkpoint holds, then the folder if
+    empty. What cannot be removed goes into `failed`."""
     try:
         if path.is_symlink() or path.is_file():
             size = path.lstat().st_size
@@ -232,7 +272,10 @@ def _remove_ours(path: Path) -> int:
             return size
         if not path.is_dir():
             return 0
-    except OSError:
+    except FileNotFoundError:
+        return 0
+    except OSError as exc:
+        failed.append(exc)
         return 0
     freed = 0
     if path.name.startswith("."):  # a staging folder of ours: everything in it is ours
@@ -242,10 +285,15 @@ def _remove_ours(path: Path) -> int:
         shutil.rmtree(path, ignore_errors=True)
         return freed
     for name in CHECKPOINT_FILES:
-        freed += _remove_ours(path / name) if (path / name).is_file() else 0
-    for p in list(path.iterdir()) if path.is_dir() else ():
+        freed += _remove_ours(path / name, failed) if (path / name).is_file() else 0
+    try:
+        inside = list(path.iterdir())
+    except OSError as exc:
+        failed.append(exc)
+        inside = []
+    for p in inside:
         if _TEMP.match(p.name):
-            freed += _remove_ours(p) if p.is_file() else 0
+            freed += _remove_ours(p, failed) if p.is_file() else 0
     _rmdir_if_empty(path)
     return freed
 

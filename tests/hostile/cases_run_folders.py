@@ -193,3 +193,15 @@ def _(env):
     (run / "checkpoints").symlink_to(mine, target_is_directory=True)
     env.expect("runs", "import", run, exit=0)
     env.expect("runs", "delete", run, "--yes", exit=0, says=["Deleted"])
+
+
+@case("run-folder", "delete-a-read-only-run")
+def _(env):
+    run = trained_run(env)
+    env.expect("runs", "import", run, exit=0)
+    env.keep(run / "checkpoints", run / "train_config.toml", run / "adapters.safetensors")
+    with read_only(run):
+        if not _is_read_only(run):
+            return
+        env.expect("runs", "delete", run, "--yes", exit=5, says=[str(run), "writable", "nothing was deleted"])
+    env.expect("runs", "show", run, exit=0, says=[str(run)])  # the record is kept too

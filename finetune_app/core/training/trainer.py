@@ -118,6 +118,7 @@ class Trainer:
         self.restart = mode == "restart"
         try:
             run_folder.start_manifest(d)
+            run_folder.record_sources(d, self.cfg)
         except OSError as exc:
             raise run_folder.unwritable(d, exc) from None
 
@@ -171,6 +172,9 @@ class Trainer:
         self.state = ckpt.TrainState(seed=cfg.seed, total_steps=self.total_steps)
         self.metrics = MetricsLog(self.run_dir / METRICS_FILE)
         if self.resume:
+            for what in run_folder.changed_sources(self.run_dir, cfg) if self.world.is_main else ():
+                self.emit(Notice(f"{what[0].upper() + what[1:]} changed on disk since this run started; "
+                                 "the run continues with it as it is now."))
             self._restore()
             if self.world.is_main:  # an extension (more steps or epochs) is remembered
                 run_folder.start_manifest(self.run_dir)  # runs made before manifests get one
