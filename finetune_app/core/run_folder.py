@@ -307,6 +307,10 @@ def _rmdir_if_empty(path: Path) -> None:
 
 # ---- one writer per run folder -------------------------------------------------------------------
 
+class RunFolderBusy(ConfigError):
+    """Another process trains the run in this folder now."""
+
+
 class RunLock:
     """An exclusive OS lock on `<run>/.run.lock` for as long as this process trains the run.
 
@@ -322,7 +326,7 @@ class RunLock:
         import fcntl
 
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
         except OSError as exc:
             raise unwritable(self.folder, exc) from None
         try:
@@ -330,7 +334,7 @@ class RunLock:
         except OSError:
             holder = self.holder_text(fd)
             os.close(fd)
-            raise ConfigError(f"The run folder '{self.folder}' is in use by another training process ({holder}).",
+            raise RunFolderBusy(f"The run folder '{self.folder}' is in use by another training process ({holder}).",
                               "Wait for that run to end (or stop it), or choose another output folder.",
                               file=self.folder) from None
         info = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}).encode()
@@ -373,10 +377,10 @@ def check_not_locked(folder: str | Path) -> None:
     if (Path(folder) / LOCK_FILE).is_file():
         try:
             RunLock(folder).acquire().release()
-        except ConfigError:
+        except RunFolderBusy:
             raise
         except FinetuneError:
-            pass  # cannot open the lock file (read-only): nobody can be training there either
+            pass  # the lock file cannot be opened for writing: nobody can be training there either
 
 
 # ---- what a resume may change --------------------------------------------------------------------

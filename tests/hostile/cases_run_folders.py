@@ -205,3 +205,14 @@ def _(env):
             return
         env.expect("runs", "delete", run, "--yes", exit=5, says=[str(run), "writable", "nothing was deleted"])
     env.expect("runs", "show", run, exit=0, says=[str(run)])  # the record is kept too
+
+
+@case("run-folder", "lock-file-is-a-link-to-a-user-file")
+def _(env):
+    run = trained_run(env)
+    mine = env.tmp / "diary.txt"
+    mine.write_text("my own words")
+    env.keep(mine)
+    (run / ".run.lock").unlink()
+    (run / ".run.lock").symlink_to(mine)
+    env.expect("train", "--resume", run, "--iters", 6, "--quiet", exit=5, says=[str(run), "cannot write", "writable"])

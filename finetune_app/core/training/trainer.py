@@ -126,7 +126,10 @@ class Trainer:
         if self._lock is None:
             return
         if failed and self._created and not (self.run_dir / CONFIG_FILE).exists():
-            run_folder.delete_run_files(self.run_dir)  # refused before it wrote anything: leave no trace
+            try:  # refused before it wrote anything: leave no trace
+                run_folder.delete_run_files(self.run_dir)
+            except FinetuneError:
+                pass
         self._lock.release()
         self._lock = None
 
@@ -203,7 +206,8 @@ class Trainer:
                 continue
             found = candidate
             break
-        if found is None and not reasons and not (self.run_dir / adapters.ADAPTER_FILE).exists():
+        if (found is None and not reasons and not (self.run_dir / adapters.ADAPTER_FILE).exists()
+                and (self.run_dir / CONFIG_FILE).is_file()):  # (a rank that cannot see the run folder fails)
             # killed before its first checkpoint: nothing to lose, start again with its own settings
             self.emit(Notice(f"The run in '{self.run_dir}' stopped before its first checkpoint: "
                              "starting again from step 0 with its saved settings."))
