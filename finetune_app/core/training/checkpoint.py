@@ -9,7 +9,6 @@ The learning rate is a function of the step too (schedule.py); the data order of
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import struct
 from dataclasses import asdict, dataclass
