@@ -125,6 +125,11 @@ def _is_ours_name(name: str) -> bool:
     return bool(m and m.group("name") in _TEMP_OWNERS)
 
 
+def is_our_temporary(name: str) -> bool:
+    """A half-written leftover of one of our atomic writes at the top of a run folder."""
+    return name not in RUN_FILES and name != CHECKPOINTS and _is_ours_name(name)
+
+
 def is_run(folder: str | Path) -> bool:
     """A run of ours: it has our manifest, or (runs made before manifests) a train_config.toml."""
     folder = Path(folder)
@@ -389,7 +394,7 @@ def check_not_locked(folder: str | Path) -> None:
 # learning rate of an extension, and settings that only trade memory for time.
 RESUME_MAY_CHANGE = frozenset({
     "output", "iters", "epochs", "steps_per_eval", "steps_per_report", "save_every", "keep_checkpoints",
-    "learning_rate", "sample_count", "sample_max_tokens", "val_batches", "grad_checkpoint", "compile",
+    "learning_rate", "sample_count", "sample_max_tokens", "val_batches", "grad_checkpoint", "compile", "cache_vision",
 })
 
 

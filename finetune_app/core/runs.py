@@ -502,15 +502,18 @@ def remove_stale_temporaries(run_dir: str | Path) -> int:
 
     freed = 0
     root = Path(run_dir)
-    patterns = [(root / "checkpoints", re.compile(r"^\.step-\d+\.(staging-|old-).+")),
-                (root, re.compile(r"^\..+(\.partial\d+.*|\.tmp)$"))]
-    for folder, pattern in patterns:
+    from finetune_app.core.run_folder import is_our_temporary
+
+    staging = re.compile(r"^\.step-\d+\.(staging-|old-).+")
+    patterns = [(root / "checkpoints", staging.match),
+                (root, is_our_temporary)]  # only our own files' temporaries, never the user's *.tmp
+    for folder, ours in patterns:
         try:
             entries = list(folder.iterdir())
         except OSError:
             continue
         for entry in entries:
-            if not pattern.match(entry.name):
+            if not ours(entry.name):
                 continue
             freed += disk_usage(entry)
             if entry.is_dir() and not entry.is_symlink():

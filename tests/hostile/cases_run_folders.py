@@ -216,3 +216,12 @@ def _(env):
     (run / ".run.lock").unlink()
     (run / ".run.lock").symlink_to(mine)
     env.expect("train", "--resume", run, "--iters", 6, "--quiet", exit=5, says=[str(run), "cannot write", "writable"])
+
+
+@case("run-folder", "resume-keeps-the-users-hidden-temporary-files")
+def _(env):
+    run = trained_run(env)
+    (run / ".notes.tmp").write_text("my scratch notes")
+    (run / ".draft.partial1.txt").write_text("my draft")
+    env.keep(run / ".notes.tmp", run / ".draft.partial1.txt")
+    env.expect("train", "--resume", run, "--iters", 6, "--quiet", exit=0, says=["Resuming from step-0000004"])

@@ -228,9 +228,27 @@ def _non_finite(name: str, tensors: dict) -> None:
         raise DamagedCheckpoint(f"{name} holds NaN or infinite values ({', '.join(bad[:3])}{' …' if len(bad) > 3 else ''})")
 
 
-def non_finite_weights(model, fine_tune_type: str) -> list[str]:
+def _not_finite_direct(tensors: dict) -> list[str]:
+    """As _not_finite, reading the evaluated buffers without MLX's scheduler (see tensor_files:
+    after a lost peer the stream may be stuck in a dead collective)."""
+    import numpy as np
+
+    views = {mx.float32: (np.uint32, 0x7F800000), mx.float16: (np.uint16, 0x7C00), mx.bfloat16: (np.uint16, 0x7F80)}
+    bad = []
+    for k, v in tensors.items():
+        if v.dtype not in views or not v.size:
+            continue
+        kind, exponent = views[v.dtype]
+        bits = np.frombuffer(memoryview(v).cast("B"), dtype=kind)
+        if np.any((bits & exponent) == exponent):  # all exponent bits set: inf or NaN
+            bad.append(k)
+    return bad
+
+
+def non_finite_weights(model, fine_tune_type: str, *, direct: bool = False) -> list[str]:
     """Names of trainable weights holding NaN or infinity (none: safe to checkpoint)."""
-    return _not_finite(adapters.trainable_weights(model, fine_tune_type))
+    weights = adapters.trainable_weights(model, fine_tune_type)
+    return _not_finite_direct(weights) if direct else _not_finite(weights)
 
 
 def restore(ckpt: Path, model, optimizer, fine_tune_type: str = "lora") -> TrainState:

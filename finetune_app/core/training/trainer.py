@@ -346,7 +346,7 @@ class Trainer:
     def save_checkpoint(self, *, direct: bool = False) -> Path | None:
         if not self.world.is_main:
             return None
-        bad = ckpt.non_finite_weights(self.base.model, self.cfg.fine_tune_type)
+        bad = ckpt.non_finite_weights(self.base.model, self.cfg.fine_tune_type, direct=direct)
         if bad:  # never write a checkpoint of NaN weights over good ones
             self._diverged(self.state.step, f"weights hold NaN or infinite values ({', '.join(bad[:3])})")
         ckpt.check_disk_space(self.run_dir, self.checkpoint_bytes, when="checkpoint")
