@@ -3,6 +3,7 @@ folders, resumes that would change what the run is, and deletes that must spare 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import shutil
@@ -26,6 +27,7 @@ def trained_run(env, name: str = "run") -> Path:
     model = str(env.tiny_model("llama"))
     if model not in _PRISTINE:
         root = Path(tempfile.mkdtemp(prefix="hostile-pristine-run-")) / "run"
+        atexit.register(shutil.rmtree, root.parent, True)
         env.expect(*train_args(env, root, iters=4), exit=0)
         _PRISTINE[model] = root
     dest = env.tmp / name
