@@ -3,7 +3,7 @@
     finetune-app runs list [--json] [--status S]   every recorded run, newest last
     finetune-app runs show RUN [--json]             one run: config, identity, metrics, checkpoints
     finetune-app runs resume RUN [--iters N | --epochs E]   continue (or extend) a run
-    finetune-app runs delete RUN [--yes] [--keep-files]     forget a run and delete its folder
+    finetune-app runs delete RUN [--yes] [--keep-files]     forget a run and delete the files it wrote
     finetune-app runs import DIR...                         record run folders trained without a record
 
 RUN is a run id (first column of `runs list`), a run folder, or a run folder's name.
@@ -48,10 +48,13 @@ def register(sub) -> None:
     im.add_argument("folders", nargs="+", metavar="DIR", help="run folders (with train_config.toml)")
     im.set_defaults(func=run_import)
 
-    de = rs.add_parser("delete", help="forget a run and delete its folder")
+    de = rs.add_parser("delete", help="forget a run and delete the files it wrote",
+                       description="Forget a run and delete the files it wrote (listed in its run.json, plus its "
+                       "checkpoints). Other files in its folder are never deleted; the folder goes only when "
+                       "it ends up empty.")
     de.add_argument("run", metavar="RUN", help="run id, run folder or run folder name")
     de.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
-    de.add_argument("--keep-files", action="store_true", help="forget the record but keep the run folder")
+    de.add_argument("--keep-files", action="store_true", help="forget the record but keep the run's files")
     de.set_defaults(func=run_delete)
 
 
@@ -187,7 +190,8 @@ def run_delete(args) -> int:
     with open_store() as store:
         rec = resolve_run(store, args.run)
         size = 0 if args.keep_files else disk_usage(rec.run_dir)
-        what = f"run {rec.id} ({rec.name})" + ("" if args.keep_files else f" and its folder {rec.run_dir} ({human_bytes(size)})")
+        what = f"run {rec.id} ({rec.name})" + ("" if args.keep_files else f" and the files it wrote in {rec.run_dir} "
+                                                                          f"(folder: {human_bytes(size)})")
         if not args.yes:
             if not sys.stdin.isatty():
                 print(f"Refusing to delete {what} without confirmation: pass --yes.", file=sys.stderr)

@@ -68,7 +68,7 @@ def build_config(args) -> tuple[TrainConfig, bool]:
         if resume:
             cfg = cfg.replace(output=str(args.resume))
     elif resume:
-        cfg = TrainConfig.load(Path(args.resume) / "train_config.toml").replace(output=str(args.resume))
+        cfg = saved_run_config(args)
     else:
         cfg = TrainConfig()
         if args.preset:
@@ -88,6 +88,25 @@ def build_config(args) -> tuple[TrainConfig, bool]:
     if not resume and cfg.iters is None and cfg.epochs is None:
         cfg = cfg.replace(epochs=3.0)
     return cfg, resume
+
+
+def saved_run_config(args) -> TrainConfig:
+    """`--resume DIR`: the run's own settings (flags may then change only what a resume allows,
+    see core.run_folder.check_resume_changes, which the engine applies)."""
+    from finetune_app.core.errors import ConfigError
+    from finetune_app.core.run_folder import CONFIG_FILE
+
+    folder = Path(args.resume).expanduser()
+    if args.preset or args.config_file:
+        raise ConfigError(f"--resume {folder} trains with the run's own settings ({CONFIG_FILE}); "
+                          "--preset and --config cannot change them.",
+                          "Drop --preset/--config (steps, intervals and the learning rate can be given as flags), "
+                          "or start a new run in a new folder.", file=folder / CONFIG_FILE)
+    if not (folder / CONFIG_FILE).is_file():
+        raise ConfigError(f"'{folder}' holds no run to resume (no {CONFIG_FILE}).",
+                          "Pass the run folder of an earlier `finetune-app train` (see `finetune-app runs list`).",
+                          file=folder)
+    return TrainConfig.load(folder / CONFIG_FILE).replace(output=str(args.resume))
 
 
 @contextlib.contextmanager

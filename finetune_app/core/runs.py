@@ -428,13 +428,22 @@ def check_can_resume(store: RunStore, rec: RunRecord, *, extend: bool = False) -
     if not Path(rec.run_dir).is_dir():
         raise FinetuneError(f"Run {rec.id}'s folder '{rec.run_dir}' no longer exists.",
                             "Its files were moved or deleted; it cannot continue.")
-    if last_checkpoint(rec) is None:
+    if last_checkpoint(rec) is None and not _never_checkpointed(rec):
         raise FinetuneError(f"Run {rec.id} has no usable checkpoint in '{rec.run_dir}' to continue from.",
                             "Start a new run (duplicate its settings in the run history).")
     if rec.status == "finished" and not extend:
         raise FinetuneError(f"Run {rec.id} finished all {rec.total_steps} steps.",
                             "To train it further, give more steps (--iters N, N > "
                             f"{rec.step}) or epochs (--epochs E).")
+
+
+def _never_checkpointed(rec: RunRecord) -> bool:
+    """Killed before its first checkpoint: a resume starts it again from step 0 (nothing to lose)."""
+    from finetune_app.core.run_folder import ADAPTER_FILE, CONFIG_FILE
+    from finetune_app.core.training.checkpoint import list_checkpoints
+
+    folder = Path(rec.run_dir)
+    return (folder / CONFIG_FILE).is_file() and not list_checkpoints(folder) and not (folder / ADAPTER_FILE).exists()
 
 
 def resume_run(run_id: int | str, *, listeners=(), control=None, store: RunStore | None = None,
@@ -493,15 +502,18 @@ def remove_stale_temporaries(run_dir: str | Path) -> int:
 
     freed = 0
     root = Path(run_dir)
-    patterns = [(root / "checkpoints", re.compile(r"^\.step-\d+\.(staging-|old-).+")),
-                (root, re.compile(r"^\..+(\.partial\d+.*|\.tmp)$"))]
-    for folder, pattern in patterns:
+    from finetune_app.core.run_folder import is_our_temporary
+
+    staging = re.compile(r"^\.step-\d+\.(staging-|old-).+")
+    patterns = [(root / "checkpoints", staging.match),
+                (root, is_our_temporary)]  # only our own files' temporaries, never the user's *.tmp
+    for folder, ours in patterns:
         try:
             entries = list(folder.iterdir())
         except OSError:
             continue
         for entry in entries:
-            if not pattern.match(entry.name):
+            if not ours(entry.name):
                 continue
             freed += disk_usage(entry)
             if entry.is_dir() and not entry.is_symlink():
@@ -526,7 +538,8 @@ def human_bytes(n: int | None) -> str:
 
 
 def delete_run(store: RunStore, run_id: int, *, files: bool = True) -> int:
-    """Forget a run and (by default) delete its folder. Returns the bytes freed."""
+    """Forget a run and (by default) delete the files it wrote (its manifest's, never anything else
+    in the folder; the folder itself only when that leaves it empty). Returns the bytes freed."""
     rec = store.get(run_id)
     if rec is None:
         raise FinetuneError(f"No recorded run {run_id}.", "See `finetune-app runs list`.")
@@ -534,13 +547,15 @@ def delete_run(store: RunStore, run_id: int, *, files: bool = True) -> int:
     rec = store.get(run_id)
     if rec.status == "running":
         raise FinetuneError(f"Run {rec.id} is training now (pid {rec.pid}).", "Stop it before deleting it.")
+    from finetune_app.core import run_folder
+
     freed = 0
     folder = Path(rec.run_dir)
     if files and folder.is_dir():
+        run_folder.check_not_locked(folder)  # a process trains it now (maybe unrecorded)
         others = [r for r in store.runs() if r.id != rec.id and Path(r.run_dir) == folder]
         if not others:  # never delete a folder another record still points at
-            freed = disk_usage(folder)
-            shutil.rmtree(folder)
+            freed = run_folder.delete_run_files(folder)  # only what the run wrote, never the user's files
     store.delete_run(rec.id)
     return freed
 

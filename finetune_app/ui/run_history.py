@@ -511,8 +511,9 @@ class RunHistoryView(QWidget):
         if self.confirm_delete:
             answer = QMessageBox.question(
                 self, "Delete runs",
-                f"Delete run{'s' if len(recs) > 1 else ''} {names} and {'their folders' if len(recs) > 1 else 'its folder'}"
-                f" ({format_bytes(sizes)})? This cannot be undone.",
+                f"Delete run{'s' if len(recs) > 1 else ''} {names} and the files {'they' if len(recs) > 1 else 'it'} wrote"
+                f" (up to {format_bytes(sizes)})? Other files in {'their folders' if len(recs) > 1 else 'its folder'} "
+                "are kept. This cannot be undone.",
                 QMessageBox.StandardButton.Cancel | QMessageBox.StandardButton.Yes, QMessageBox.StandardButton.Cancel)
             if answer != QMessageBox.StandardButton.Yes:
                 return []

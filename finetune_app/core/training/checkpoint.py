@@ -9,7 +9,6 @@ The learning rate is a function of the step too (schedule.py); the data order of
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import struct
 from dataclasses import asdict, dataclass
@@ -19,11 +18,11 @@ import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
 
 from finetune_app.core import adapters, atomic
+from finetune_app.core.run_folder import CHECKPOINTS, OPTIMIZER_FILE, STATE_FILE, STEP_DIR  # noqa: F401
 
-CHECKPOINTS = "checkpoints"
-STATE_FILE = "state.json"
-OPTIMIZER_FILE = "optimizer.safetensors"
-STEP_DIR = re.compile(r"^step-(\d{7,})$")
+
+class DamagedCheckpoint(Exception):
+    """A checkpoint that must not be resumed from (unreadable, misfitting or non-finite); says why."""
 
 
 @dataclass
@@ -139,20 +138,34 @@ def _safetensors_ok(path: Path) -> bool:
             if len(raw) != 8:
                 return False
             (n,) = struct.unpack("<Q", raw)
+            size = path.stat().st_size
+            if n > size - 8:  # a garbage length (it would read past the end, or overflow)
+                return False
             header = json.loads(fh.read(n))
         end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-        return path.stat().st_size >= 8 + n + end
-    except (OSError, ValueError, KeyError, TypeError, struct.error):
+        return size >= 8 + n + end
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, struct.error):
         return False
+
+
+def check_complete(ckpt: Path) -> None:
+    """Raise DamagedCheckpoint naming the first file that is missing, unreadable or cut short."""
+    for name in (STATE_FILE, adapters.CONFIG_FILE):
+        try:
+            json.loads((ckpt / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError, UnicodeDecodeError):
+            raise DamagedCheckpoint(f"{name} is missing or not valid JSON") from None
+    for name in (adapters.ADAPTER_FILE, OPTIMIZER_FILE):
+        if not _safetensors_ok(ckpt / name):
+            raise DamagedCheckpoint(f"{name} is missing, truncated or not a safetensors file")
 
 
 def is_valid(ckpt: Path) -> bool:
     try:
-        json.loads((ckpt / STATE_FILE).read_text())
-        json.loads((ckpt / adapters.CONFIG_FILE).read_text())
-    except (OSError, ValueError):
+        check_complete(ckpt)
+    except DamagedCheckpoint:
         return False
-    return _safetensors_ok(ckpt / adapters.ADAPTER_FILE) and _safetensors_ok(ckpt / OPTIMIZER_FILE)
+    return True
 
 
 def latest_valid(run_dir: Path) -> tuple[Path | None, list[Path]]:
@@ -172,10 +185,96 @@ def remove_stale_staging(run_dir: Path) -> None:
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def restore(ckpt: Path, model, optimizer) -> TrainState:
-    weights = mx.load(str(ckpt / adapters.ADAPTER_FILE))
-    model.load_weights(list(weights.items()), strict=False)
-    optimizer.state = tree_unflatten(list(mx.load(str(ckpt / OPTIMIZER_FILE)).items()))
-    mx.eval(model.parameters(), optimizer.state)
-    data = json.loads((ckpt / STATE_FILE).read_text())
+def read_state(ckpt: Path) -> TrainState:
+    """The checkpoint's state.json, checked: a JSON object whose counters are whole numbers >= 0
+    and whose step is the folder's own."""
+    try:
+        data = json.loads((Path(ckpt) / STATE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise DamagedCheckpoint(f"{STATE_FILE} cannot be read ({type(exc).__name__})") from None
+    if not isinstance(data, dict):
+        raise DamagedCheckpoint(f"{STATE_FILE} is not a JSON object")
+    for key in ("step", "epoch", "batch_in_epoch", "trained_tokens"):
+        v = data.get(key, 0)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise DamagedCheckpoint(f"{STATE_FILE} field '{key}' is {v!r}, not a whole number >= 0")
+    m = STEP_DIR.match(Path(ckpt).name)
+    if m and int(m.group(1)) != data.get("step"):
+        raise DamagedCheckpoint(f"{STATE_FILE} says step {data.get('step')}, but the folder is {Path(ckpt).name}")
+    for key in ("best_val_loss", "val_loss"):
+        if data.get(key) is not None and (isinstance(data[key], bool) or not isinstance(data[key], (int, float))):
+            data[key] = None
+    if data.get("val_step") is not None and not isinstance(data.get("val_step"), int):
+        data["val_step"] = None
     return TrainState(**{k: v for k, v in data.items() if k in TrainState.__dataclass_fields__})
+
+
+def _load_tensors(path: Path) -> dict:
+    try:
+        return dict(mx.load(str(path)))
+    except Exception as exc:  # the library raises RuntimeError/ValueError for garbage headers
+        raise DamagedCheckpoint(f"{path.name} cannot be read ({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__})") from None
+
+
+def _not_finite(tensors: dict) -> list[str]:
+    checks = {k: mx.all(mx.isfinite(v)) for k, v in tensors.items() if mx.issubdtype(v.dtype, mx.inexact)}
+    mx.eval(list(checks.values()))
+    return [k for k, ok in checks.items() if not ok.item()]
+
+
+def _non_finite(name: str, tensors: dict) -> None:
+    bad = _not_finite(tensors)
+    if bad:
+        raise DamagedCheckpoint(f"{name} holds NaN or infinite values ({', '.join(bad[:3])}{' …' if len(bad) > 3 else ''})")
+
+
+def _not_finite_direct(tensors: dict) -> list[str]:
+    """As _not_finite, reading the evaluated buffers without MLX's scheduler (see tensor_files:
+    after a lost peer the stream may be stuck in a dead collective)."""
+    import numpy as np
+
+    views = {mx.float32: (np.uint32, 0x7F800000), mx.float16: (np.uint16, 0x7C00), mx.bfloat16: (np.uint16, 0x7F80)}
+    bad = []
+    for k, v in tensors.items():
+        if v.dtype not in views or not v.size:
+            continue
+        kind, exponent = views[v.dtype]
+        bits = np.frombuffer(memoryview(v).cast("B"), dtype=kind)
+        if np.any((bits & exponent) == exponent):  # all exponent bits set: inf or NaN
+            bad.append(k)
+    return bad
+
+
+def non_finite_weights(model, fine_tune_type: str, *, direct: bool = False) -> list[str]:
+    """Names of trainable weights holding NaN or infinity (none: safe to checkpoint)."""
+    weights = adapters.trainable_weights(model, fine_tune_type)
+    return _not_finite_direct(weights) if direct else _not_finite(weights)
+
+
+def restore(ckpt: Path, model, optimizer, fine_tune_type: str = "lora") -> TrainState:
+    """Load a checkpoint into the model and optimizer after checking all of it first (state,
+    tensor names, shapes, finiteness): a DamagedCheckpoint leaves model and optimizer untouched."""
+    ckpt = Path(ckpt)
+    state = read_state(ckpt)
+    weights = _load_tensors(ckpt / adapters.ADAPTER_FILE)
+    opt = _load_tensors(ckpt / OPTIMIZER_FILE)
+    params = dict(tree_flatten(model.parameters()))
+    trainable = adapters.trainable_weights(model, fine_tune_type)
+    misfit = [f"{k} {tuple(v.shape)}" + (f" vs model {tuple(params[k].shape)}" if k in params else " (no such parameter)")
+              for k, v in weights.items() if k not in params or params[k].shape != v.shape]
+    missing = [k for k in trainable if k not in weights]
+    if misfit or missing:
+        what = "; ".join(misfit[:2] + [f"{k} missing" for k in missing[:2]])
+        raise DamagedCheckpoint(f"{adapters.ADAPTER_FILE} does not fit the model's adapter ({what})")
+    optimizer.init(model.trainable_parameters())  # lazy zeros: the state's expected names and shapes
+    expected = {k: v.shape for k, v in tree_flatten(optimizer.state)}
+    odd = [f"{k} {tuple(v.shape)}" for k, v in opt.items() if k not in expected or expected[k] != v.shape]
+    odd += [f"{k} missing" for k in expected if k not in opt]
+    if odd:
+        raise DamagedCheckpoint(f"{OPTIMIZER_FILE} does not fit the model's adapter and optimizer ({'; '.join(odd[:3])})")
+    _non_finite(adapters.ADAPTER_FILE, weights)
+    _non_finite(OPTIMIZER_FILE, opt)
+    model.load_weights(list(weights.items()), strict=False)
+    optimizer.state = tree_unflatten(list(opt.items()))
+    mx.eval(model.parameters(), optimizer.state)
+    return state

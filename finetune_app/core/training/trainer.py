@@ -18,7 +18,7 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 from mlx.utils import tree_map
 
-from finetune_app.core import adapters, distributed
+from finetune_app.core import adapters, distributed, run_folder
 from finetune_app.core.config import TrainConfig
 from finetune_app.core.data.batching import Batch, collate, epoch_batches
 from finetune_app.core.data.tokenize import Encoder, Example
@@ -36,13 +36,13 @@ from finetune_app.core.training.peers import PeerLost
 from finetune_app.core.training.prepare import Prepared, prepare_examples
 from finetune_app.core.training.schedule import learning_rate_at
 
-CONFIG_FILE = "train_config.toml"
-METRICS_FILE = "metrics.jsonl"
+CONFIG_FILE = run_folder.CONFIG_FILE
+METRICS_FILE = run_folder.METRICS_FILE
 
 
 @dataclass
 class RunResult:
-    status: str  # finished / stopped
+    status: str  # finished / stopped (a failed run raises a FinetuneError)
     step: int
     total_steps: int
     final_loss: float | None
@@ -78,6 +78,9 @@ class Trainer:
         self.state = ckpt.TrainState(seed=config.seed)
         self._epoch_batches: dict[int, list[list[int]]] = {}
         self._val_cache: list[float] = []
+        self._lock: run_folder.RunLock | None = None
+        self._created = False  # this run made the folder (removed again when it fails before writing)
+        self.restart = False  # a run of ours that stopped before its first checkpoint, trained again
         self.dp = DataParallel(self)  # agreement, watched collectives, per-host rates (no-ops alone)
 
     # ---- events ------------------------------------------------------------------------------
@@ -92,6 +95,8 @@ class Trainer:
 
     # ---- setup -------------------------------------------------------------------------------
     def _check_run_dir(self) -> None:
+        """Own only what we made: the folder is new, empty or a run of ours, and one process at a
+        time trains it (an OS lock held until run() returns or the process dies)."""
         d = self.run_dir
         if not self.world.is_main:  # rank 0 checks and writes the run folder
             return
@@ -99,12 +104,34 @@ class Trainer:
             if not (d / CONFIG_FILE).is_file():
                 raise ConfigError(f"'{d}' holds no run to resume (no {CONFIG_FILE}).",
                                   "Pass the run folder of an earlier `finetune-app train`.", file=d)
+            self._lock = run_folder.RunLock(d).acquire()
+            run_folder.check_resume_changes(TrainConfig.load(d / CONFIG_FILE), self.cfg, folder=d)
+            run_folder.check_writable(d)
             return
-        if d.exists() and not d.is_dir():
-            raise ConfigError(f"The output '{d}' is a file.", "Choose a folder for the run.", file=d)
-        if (d / CONFIG_FILE).exists() or ckpt.list_checkpoints(d) or (d / adapters.ADAPTER_FILE).exists():
-            raise ConfigError(f"The run folder '{d}' already holds a run.",
-                              f"Continue it with --resume {d}, or choose a new output folder.", file=d)
+        if d.is_dir():
+            run_folder.check_not_locked(d)  # "in use by pid ..." says more than "already holds a run"
+        mode = run_folder.check_new_output(d, data=self.cfg.data)
+        run_folder.check_writable(d)
+        self._created = mode == "new"
+        self._lock = run_folder.RunLock(d).acquire()
+        mode = run_folder.check_new_output(d, data=self.cfg.data)  # again, now that no one else can write
+        self.restart = mode == "restart"
+        try:
+            run_folder.start_manifest(d)
+            run_folder.record_sources(d, self.cfg)
+        except OSError as exc:
+            raise run_folder.unwritable(d, exc) from None
+
+    def _release_run_dir(self, failed: bool) -> None:
+        if self._lock is None:
+            return
+        if failed and self._created and not (self.run_dir / CONFIG_FILE).exists():
+            try:  # refused before it wrote anything: leave no trace
+                run_folder.delete_run_files(self.run_dir)
+            except FinetuneError:
+                pass
+        self._lock.release()
+        self._lock = None
 
     def setup(self) -> Prepared:
         cfg = self.cfg
@@ -148,11 +175,18 @@ class Trainer:
         self.state = ckpt.TrainState(seed=cfg.seed, total_steps=self.total_steps)
         self.metrics = MetricsLog(self.run_dir / METRICS_FILE)
         if self.resume:
+            for what in run_folder.changed_sources(self.run_dir, cfg) if self.world.is_main else ():
+                self.emit(Notice(f"{what[0].upper() + what[1:]} changed on disk since this run started; "
+                                 "the run continues with it as it is now."))
             self._restore()
             if self.world.is_main:  # an extension (more steps or epochs) is remembered
+                run_folder.start_manifest(self.run_dir)  # runs made before manifests get one
                 cfg.save(self.run_dir / CONFIG_FILE)
         elif self.world.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if self.restart:
+                self.emit(Notice(f"'{self.run_dir}' holds a run of ours that stopped before its first checkpoint: "
+                                 "training it again from step 0."))
+                self.metrics.truncate_after(0)
             cfg.save(self.run_dir / CONFIG_FILE)
         if self.world.is_main:
             self.listeners.insert(0, self.metrics)
@@ -161,13 +195,30 @@ class Trainer:
     def _restore(self) -> None:
         if self.world.is_main:
             ckpt.remove_stale_staging(self.run_dir)
-        found, skipped = ckpt.latest_valid(self.run_dir)
-        for bad in skipped:
-            self.emit(Notice(f"Checkpoint {bad.name} is damaged (incomplete or unreadable); falling back to an earlier one."))
+        found, reasons = None, []
+        for candidate in reversed(ckpt.list_checkpoints(self.run_dir)):
+            try:
+                ckpt.check_complete(candidate)
+                self.state = ckpt.restore(candidate, self.base.model, self.optimizer, self.cfg.fine_tune_type)
+            except ckpt.DamagedCheckpoint as bad:
+                reasons.append(f"{candidate.name}: {bad}")
+                self.emit(Notice(f"Checkpoint {candidate.name} is damaged ({bad}); falling back to an earlier one."))
+                continue
+            found = candidate
+            break
+        if (found is None and not reasons and not (self.run_dir / adapters.ADAPTER_FILE).exists()
+                and (self.run_dir / CONFIG_FILE).is_file()):  # (a rank that cannot see the run folder fails)
+            # killed before its first checkpoint: nothing to lose, start again with its own settings
+            self.emit(Notice(f"The run in '{self.run_dir}' stopped before its first checkpoint: "
+                             "starting again from step 0 with its saved settings."))
+            self.state.total_steps = self.total_steps
+            if self.world.is_main:
+                self.metrics.truncate_after(0)
+            return
         if found is None:
-            raise ConfigError(f"No usable checkpoint in '{self.run_dir}'.",
-                              "Start a new run in a fresh folder (the run folder's adapter, if any, is kept).", file=self.run_dir)
-        self.state = ckpt.restore(found, self.base.model, self.optimizer)
+            raise ConfigError(f"No usable checkpoint in '{self.run_dir}'" + (f" ({'; '.join(reasons)})." if reasons else "."),
+                              "Start a new run in a fresh folder (the run folder's adapter, if any, is kept).",
+                              file=self.run_dir / ckpt.CHECKPOINTS)
         self.state.total_steps = self.total_steps
         if self.world.is_main:
             self.metrics.truncate_after(self.state.step)
@@ -295,20 +346,45 @@ class Trainer:
     def save_checkpoint(self, *, direct: bool = False) -> Path | None:
         if not self.world.is_main:
             return None
+        bad = ckpt.non_finite_weights(self.base.model, self.cfg.fine_tune_type, direct=direct)
+        if bad:  # never write a checkpoint of NaN weights over good ones
+            self._diverged(self.state.step, f"weights hold NaN or infinite values ({', '.join(bad[:3])})")
         ckpt.check_disk_space(self.run_dir, self.checkpoint_bytes, when="checkpoint")
-        path = ckpt.save(self.run_dir, self.base.model, self.adapter_config, self.optimizer, self.state,
-                         keep=self.cfg.keep_checkpoints, train_config=self.cfg, direct=direct)
-        adapters.save(self.base.model, self.adapter_config, self.run_dir, direct=direct)
+        try:
+            path = ckpt.save(self.run_dir, self.base.model, self.adapter_config, self.optimizer, self.state,
+                             keep=self.cfg.keep_checkpoints, train_config=self.cfg, direct=direct)
+            adapters.save(self.base.model, self.adapter_config, self.run_dir, direct=direct)
+            on_disk = {run_folder.checkpoint_entry(int(ckpt.STEP_DIR.match(p.name).group(1)))
+                       for p in ckpt.list_checkpoints(self.run_dir)}
+            listed = (run_folder.read_manifest(self.run_dir) or {}).get("files", [])
+            run_folder.record_files(self.run_dir, *sorted(on_disk), forget=tuple(
+                f for f in listed if f.startswith(ckpt.CHECKPOINTS + "/") and f not in on_disk))
+        except OSError as exc:
+            raise run_folder.unwritable(self.run_dir, exc) from None
         self.emit(CheckpointSaved(step=self.state.step, path=str(path)))
         return path
+
+    def _diverged(self, step: int, what: str) -> None:
+        """Stop as failed: the last good checkpoint stays (nothing is written from these weights)."""
+        last = ckpt.list_checkpoints(self.run_dir)
+        kept = f"the last good checkpoint ({last[-1].name}) is kept" if last else "no checkpoint was written yet"
+        raise FinetuneError(
+            f"Training diverged at step {step}: {what}. The run stopped as failed; {kept} and nothing was "
+            "saved from the diverged weights.",
+            f"Lower the learning rate (it was {self.cfg.learning_rate:g}) and continue with "
+            f"`finetune-app train --resume {self.run_dir} --learning-rate LR`, or start a new run.",
+            file=self.run_dir)
 
     # ---- the loop ----------------------------------------------------------------------------
     def run(self) -> RunResult:
         t_start = time.perf_counter()
+        failed = True
         try:
             self.setup()
             self.dp.start()
-            return self._loop(t_start)
+            result = self._loop(t_start)
+            failed = False
+            return result
         except FinetuneError as err:
             if isinstance(err, PeerLost):  # DataParallel.on_peer_lost reported it
                 raise
@@ -319,6 +395,7 @@ class Trainer:
             raise
         finally:
             self.dp.close()
+            self._release_run_dir(failed)
 
     def _loop(self, t_start: float) -> RunResult:
         cfg, s, model = self.cfg, self.state, self.base.model
@@ -357,6 +434,9 @@ class Trainer:
             with self.dp.collective(f"summing the gradients of step {s.step + 1}"):
                 params = model.trainable_parameters()
                 mx.eval(params, self.optimizer.state, loss, *([agreed] if agreed is not None else []))
+            step_loss = float(loss.item())  # the same on every rank (summed): all stop together
+            if not math.isfinite(step_loss):
+                self._diverged(s.step + 1, f"the training loss is {step_loss}")
             s.step += 1
             s.trained_tokens += n_tok
             self.dp.keep_last_good(params)
