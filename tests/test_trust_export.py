@@ -84,6 +84,18 @@ def test_force_export_killed_between_renames_leaves_a_bundle(run_dir, tmp_path, 
     assert hidden_leftovers(dest) == []  # no backup or staging folder left behind
 
 
+def test_an_export_elsewhere_also_repairs_a_killed_swap(run_dir, tmp_path):
+    dest = tmp_path / "bundle"
+    assert main(export_args(run_dir, dest)) == 0
+    old = {p.name: p.read_bytes() for p in dest.iterdir()}
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-c", KILLER, str(dest), "away", *export_args(run_dir, dest, "--force")],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL and not dest.exists()
+    assert main(export_args(run_dir, tmp_path / "elsewhere" / "other")) == 0
+    assert {p.name: p.read_bytes() for p in dest.iterdir()} == old and hidden_leftovers(dest) == []
+
+
 def test_force_export_replaces_and_leaves_nothing_hidden(run_dir, tmp_path):
     dest = tmp_path / "bundle"
     assert main(export_args(run_dir, dest)) == 0

@@ -255,7 +255,7 @@ def recover_destination(dest: Path) -> list[str]:
     from finetune_app.core.export import publish
 
     try:
-        done = publish.recover(dest)
+        done = publish.recover_pending() + publish.recover(dest)
         remove_stale_stages(dest)
     except OSError as err:
         raise ExportError(f"An earlier export to '{dest}' was killed and what it left could not be cleaned up "

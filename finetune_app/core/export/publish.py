@@ -14,7 +14,12 @@ renamex_np(RENAME_SWAP), neither portable), so the swap keeps a journal instead:
 process is gone: destination missing -> the backup is renamed back (the old bundle returns);
 destination present -> the new bundle made it, the backup is removed. A backup without a journal
 (left by an older Finetune, whose swap had none) is treated the same way. Staging folders of dead
-exports are removed (`remove_stale_stages`). Nothing here imports MLX or Qt.
+exports are removed (`remove_stale_stages`).
+
+While a swap is under way a pointer to its destination also sits in the data folder
+(`export-swaps/`), so `recover_pending()` (run at the start of every export, whatever its
+destination, and callable at the app's start) repairs a killed swap elsewhere too. Nothing here
+imports MLX or Qt.
 """
 
 from __future__ import annotations
@@ -90,6 +95,7 @@ def publish(stage: Path, dest: Path) -> None:
         n += 1
         backup = dest.with_name(f".{dest.name}.old-{pid}-{n}")
     journal = journal_path(dest)
+    pointer = _point_at(dest)
     atomic.write_json(journal, {"dest": dest.name, "backup": backup.name, "stage": stage.name, "pid": pid,
                                 "token": _token(pid), "time": time.time()})
     os.replace(dest, backup)
@@ -103,6 +109,59 @@ def publish(stage: Path, dest: Path) -> None:
     journal.unlink(missing_ok=True)
     atomic._fsync_dir(dest.parent)
     shutil.rmtree(backup, ignore_errors=True)
+    if pointer is not None:
+        pointer.unlink(missing_ok=True)
+
+
+def _pending_dir() -> Path:
+    from finetune_app.core.runs import data_dir
+
+    return data_dir() / "export-swaps"
+
+
+def _point_at(dest: Path) -> Path | None:
+    """Note `dest` in the data folder while it is swapped (best effort: the journal beside it is
+    what recovery trusts; this only lets a later export elsewhere, or the app, find it)."""
+    import hashlib
+
+    pointer = _pending_dir() / (hashlib.sha1(str(dest).encode("utf-8", "surrogateescape")).hexdigest() + ".json")
+    try:
+        atomic.write_json(pointer, {"dest": str(dest)})
+    except OSError:
+        return None
+    return pointer
+
+
+def recover_pending() -> list[str]:
+    """Repair every killed swap noted in the data folder; returns one sentence per repair."""
+    done: list[str] = []
+    try:
+        pointers = sorted(_pending_dir().glob("*.json"))
+    except OSError:
+        return done
+    for pointer in pointers:
+        try:
+            dest = Path(json.loads(pointer.read_text(encoding="utf-8"))["dest"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pointer.unlink(missing_ok=True)
+            continue
+        try:
+            if journal_path(dest).is_file() and _journal_alive(dest):
+                continue  # that export is swapping right now
+            done += recover(dest)
+            done += [f"Removed the staging folder '{p}' of a killed export." for p in remove_stale_stages(dest)]
+        except OSError:
+            continue  # try again next time
+        pointer.unlink(missing_ok=True)
+    return done
+
+
+def _journal_alive(dest: Path) -> bool:
+    try:
+        data = json.loads(journal_path(dest).read_text(encoding="utf-8"))
+        return _alive(int(data["pid"]), data.get("token"))
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 def recover(dest: Path) -> list[str]:
