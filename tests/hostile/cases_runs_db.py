@@ -234,3 +234,29 @@ def _(env):
     with _locked(_db()):
         env.expect(*_train_args(env, env.tmp / "while-locked"), exit=0,
                    says=["runs.sqlite3", "locked", "not being recorded", "runs import", "finished"])
+
+
+@case("runs-db", "garbage-in-read-only-data-folder")
+def _(env):
+    _fake_run(env, "run-n")
+    db = _db()
+    _settle(db)
+    db.write_bytes(b"garbage" * 500)
+    env.keep(db)
+    with read_only(db.parent):  # cannot be moved aside: said so, nothing deleted
+        env.expect("runs", "list", exit=2, says=["runs.sqlite3", "could not be moved aside", "move or rename it"])
+
+
+@case("runs-db", "data-folder-is-a-file")
+def _(env):
+    blocker = env.tmp / "appdata-file"
+    blocker.write_text("a file where the data folder should be")
+    env.keep(blocker)
+    was = os.environ["FINETUNE_DATA_DIR"]
+    os.environ["FINETUNE_DATA_DIR"] = str(blocker / "sub")
+    try:
+        env.expect("runs", "list", exit=2, says=["appdata-file", "cannot be created", "FINETUNE_DATA_DIR"])
+        env.expect(*_train_args(env, env.tmp / "unrecorded"), exit=0,
+                   says=["appdata-file", "not being recorded", "finished"])
+    finally:
+        os.environ["FINETUNE_DATA_DIR"] = was

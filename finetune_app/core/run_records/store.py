@@ -121,7 +121,7 @@ def db_error(err: BaseException, path: str | Path) -> FinetuneError:
         return DamagedDatabase(path, f"has another schema ({text})")
     if "locked" in low or "busy" in low:
         return FinetuneError(f"The run database is locked by another process (still busy after "
-                             f"{BUSY_TIMEOUT_MS // 1000} s).",
+                             f"{BUSY_TIMEOUT_MS / 1000:g} s).",
                              "Wait for the other Finetune process (a training run or the app) to finish, or close it, "
                              "then try again.", file=path)
     if "full" in low:
@@ -131,8 +131,8 @@ def db_error(err: BaseException, path: str | Path) -> FinetuneError:
     if "readonly" in low or "read-only" in low or "unable to open" in low or "permission" in low:
         folder = path.parent
         return DatabaseReadOnly(f"The run database cannot be written: its folder '{folder}' is read-only or not "
-                             f"accessible ({text}).",
-                             "Make that folder writable, or set FINETUNE_DATA_DIR to a writable folder.", file=path)
+                                f"accessible ({text}).",
+                                "Make that folder writable, or set FINETUNE_DATA_DIR to a writable folder.", file=path)
     return FinetuneError(f"The run database could not be used ({text}).",
                          "Check the disk and the folder's permissions, or set FINETUNE_DATA_DIR to another folder.",
                          file=path)
@@ -204,6 +204,11 @@ class RunStore:
         except sqlite3.Error as err:
             self._close_quietly()
             raise db_error(err, self.path) from None
+        except OSError as err:  # its folder cannot be made (a file in the way, no permission)
+            self._close_quietly()
+            raise FinetuneError(f"The run database's folder '{self.path.parent}' cannot be created "
+                                f"({err.strerror or err}).",
+                                "Set FINETUNE_DATA_DIR to a folder you can write to.", file=self.path) from None
         except FinetuneError as err:
             self._close_quietly()
             if err.file is None:
