@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -119,3 +120,19 @@ def _(env):
     (env.tmp / "out.csv").mkdir()
     env.expect("compare", "--adapter", env.tmp / "run", "--data", env.shapes_data, "--save", env.tmp / "out.csv",
                exit=2, says=["out.csv", "is a folder", "file name"])
+
+
+@case("export", "force-over-a-destination-that-cannot-move")
+def _(env):
+    run = _run(env)
+    out = env.tmp / "bundle"
+    env.expect(*_export(run, out), exit=0)
+    (out / "notes.txt").write_text("mine")
+    env.keep(out)
+    if os.geteuid() != 0:  # chmod does not stop renaming a folder within its parent; chattr +i (root) does
+        import pytest
+
+        pytest.skip("needs an immutable folder (root and chattr)")
+    with read_only(out):  # the old bundle cannot be renamed away: it stays, whole
+        env.expect(*_export(run, out, "--force"), exit=2, says=["bundle", "could not write the export", "writable"])
+    assert _hidden(out) == []

@@ -98,7 +98,13 @@ def publish(stage: Path, dest: Path) -> None:
     pointer = _point_at(dest)
     atomic.write_json(journal, {"dest": dest.name, "backup": backup.name, "stage": stage.name, "pid": pid,
                                 "token": _token(pid), "time": time.time()})
-    os.replace(dest, backup)
+    try:
+        os.replace(dest, backup)
+    except BaseException:  # the old bundle cannot move (an immutable folder): it stays as it was
+        journal.unlink(missing_ok=True)
+        if pointer is not None:
+            pointer.unlink(missing_ok=True)
+        raise
     try:
         os.replace(stage, dest)
     except BaseException:
