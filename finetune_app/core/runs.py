@@ -140,7 +140,7 @@ def move_aside(path: Path, reason: str = "is damaged") -> Path:
     try:
         os.rename(path, aside)
     except FileNotFoundError:
-        pass  # another process moved it first
+        return aside  # another process moved it first (its new -wal must stay where it is)
     except OSError as err:
         raise FinetuneError(f"The run database {reason}, and it could not be moved aside ({err.strerror}).",
                             f"Move or rename it yourself (nothing is deleted), or set {DATA_DIR_ENV} to another "
