@@ -197,3 +197,27 @@ def test_newer_database_names_the_file(tmp_path, datadir):
     with pytest.raises(FinetuneError, match="newer Finetune") as info:
         runs.open_store()
     assert info.value.file == str(db) and db.is_file()  # a newer app's database is never moved
+
+
+def test_full_disk_is_a_located_error_and_the_recorder_only_warns(tmp_path):
+    """SQLite's own "database or disk is full" (max_page_count caps the file, as a full disk would)."""
+    from finetune_app.core.config import TrainConfig
+    from finetune_app.core.training import events as ev
+
+    told = []
+    cfg = TrainConfig(model="m", data="d", output=str(tmp_path / "run"))
+    rec = runs.RunRecorder(cfg, path=tmp_path / "runs.sqlite3", heartbeat_seconds=0, warn=told.append)
+    rec(ev.StateChanged("loading"))
+    pages = rec.store.query("PRAGMA page_count")[0][0]
+    rec.store.db.execute(f"PRAGMA max_page_count = {pages + 1}")
+    with pytest.raises(FinetuneError, match="disk holding the run database is full") as info:
+        rec.store.add_samples(rec.run_id, 1, [{"output": "x" * 100_000}])
+    assert info.value.file == str(tmp_path / "runs.sqlite3")
+    rec(ev.SampleReport(step=1, items=[ev.SampleItem(index=0, prompt="p", reference="r", output="y" * 100_000)]))
+    assert rec.errors == 1 and "full" in told[-1] and "Training goes on" in told[-1]
+    rec.store.db.execute(f"PRAGMA max_page_count = {pages + 50}")  # space again: recording goes on
+    rec(ev.TrainReport(step=1, total_steps=1, epoch=0.1, loss=1.0, learning_rate=1e-3, tokens_per_second=1.0,
+                       examples_per_second=1.0, peak_memory_gb=0.0, active_memory_gb=0.0, step_time=1.0,
+                       eta_seconds=0.0, trained_tokens=1))
+    assert rec.store.losses(rec.run_id) == {1: 1.0} and rec.errors == 1
+    rec.close()
