@@ -151,7 +151,7 @@ def expected_columns(version: int = LATEST) -> dict[str, set[str]]:
 def _columns(db: sqlite3.Connection) -> dict[str, set[str]]:
     tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master"
                                        " WHERE type='table' AND name NOT LIKE 'sqlite_%'")]
-    return {t: {r[1] for r in db.execute(f'PRAGMA table_info("{t}")')} for t in tables}
+    return {t: {r[1] for r in db.execute("PRAGMA table_info(\"%s\")" % t.replace('"', '""'))} for t in tables}
 
 
 def missing(db: sqlite3.Connection, version: int = LATEST) -> list[str]:
