@@ -303,12 +303,22 @@ def test_a_broken_database_never_stops_training(tmp_path):
     from finetune_app.core.config import TrainConfig
     from finetune_app.core.training import events as ev
 
-    (tmp_path / "db-is-a-folder").mkdir()
+    # a database that cannot be opened at all (its folder is a file): a warning, training goes on
+    (tmp_path / "not-a-folder").write_text("x")
     cfg = TrainConfig(model="m", data="d", output=str(tmp_path / "run"))
-    rec = runs.RunRecorder(cfg, path=tmp_path / "db-is-a-folder", heartbeat_seconds=0)
+    told = []
+    rec = runs.RunRecorder(cfg, path=tmp_path / "not-a-folder" / "runs.sqlite3", heartbeat_seconds=0, warn=told.append)
     rec(ev.StateChanged("loading"))  # must not raise
     rec(ev.StateChanged("finished"))
-    assert rec.errors >= 1
+    assert rec.errors >= 1 and any("not being recorded" in t and "runs import" in t for t in told)
+    # a folder where the database should be is moved aside and the run is recorded
+    (tmp_path / "db-is-a-folder").mkdir()
+    rec = runs.RunRecorder(cfg, path=tmp_path / "db-is-a-folder", heartbeat_seconds=0, warn=told.append)
+    rec(ev.StateChanged("loading"))
+    rec(ev.StateChanged("finished"))
+    assert rec.errors == 0 and rec.store.get(rec.run_id).status == "finished"
+    assert any("moved to" in t for t in told) and list(tmp_path.glob("db-is-a-folder.damaged-*"))
+    rec.close()
 
 
 def test_a_run_training_now_is_not_resumed_or_deleted(tmp_path, datadir):

@@ -54,9 +54,46 @@ def _run_split_settings(source) -> tuple[float, int]:
         return 0.1, 0
 
 
-def run(args) -> int:
-    from finetune_app.core.compare import TunedSource, format_table, run_compare, save_result
+def _check_save_path(path: str) -> None:
+    """Refuse a --save FILE that cannot be written before the (slow) comparison runs."""
+    import os
+    import tempfile
+    from pathlib import Path
 
+    from finetune_app.core.errors import FinetuneError
+
+    target = Path(path).expanduser()
+    if target.is_dir():
+        raise FinetuneError(f"--save '{target}' is a folder.", "Give a file name ending in .csv or .json.",
+                            file=target, field="save")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".probe", dir=target.parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise FinetuneError(f"Cannot write --save '{target}': its folder '{target.parent}' is not writable "
+                            f"({err.strerror or err}).", "Choose a file in a folder you can write to, or make "
+                            "that folder writable.", file=target, field="save") from None
+
+
+def _save(result, path: str) -> None:
+    from finetune_app.core.compare import save_result
+    from finetune_app.core.errors import FinetuneError
+
+    try:
+        save_result(result, path)
+    except OSError as err:
+        raise FinetuneError(f"Could not write --save '{path}' ({err.strerror or err}).",
+                            "Check that its folder is writable and the disk has space, then run compare again.",
+                            file=path, field="save") from None
+
+
+def run(args) -> int:
+    from finetune_app.core.compare import TunedSource, format_table, run_compare
+
+    if args.save:
+        _check_save_path(args.save)
     source = TunedSource.detect(args.adapter)
     fraction, seed = _run_split_settings(source)
     if args.valid_fraction is not None:
@@ -78,7 +115,7 @@ def run(args) -> int:
                          prompt=args.prompt, part="all" if args.all_rows else "valid", settings=settings,
                          status=status, on_row=on_row)
     if args.save:
-        save_result(result, args.save)
+        _save(result, args.save)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
     else:

@@ -78,6 +78,12 @@ def run(args) -> int:
     old = signal.signal(signal.SIGTERM, on_term)
     try:
         result = export(opts, progress=progress)
+    except OSError as err:  # a folder or disk that failed while writing: located, no traceback
+        from finetune_app.core.export.export import ExportError
+
+        raise ExportError(f"Could not write the export ({err.strerror or err}); nothing new was put at "
+                          f"'{args.output}'.", "Check that the folder is writable and the disk has space, then "
+                          "export again.", file=err.filename or args.output) from None
     finally:
         close()
         signal.signal(signal.SIGTERM, old)

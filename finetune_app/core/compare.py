@@ -621,11 +621,15 @@ CSV_FIELDS = ("index", "label", "image", "prompt", "reference", "base", "tuned",
 
 
 def rows_to_csv(rows: Sequence[CompareRow]) -> str:
+    """The rows as CSV; text cells a spreadsheet would run as formulas get a leading quote."""
+    from finetune_app.core.spreadsheet import safe_cell
+
     out = io.StringIO()
     w = csv.DictWriter(out, fieldnames=CSV_FIELDS)
     w.writeheader()
     for r in rows:
-        d = {k: getattr(r, k) for k in ("index", "label", "image", "prompt", "reference", "base", "tuned", "error")}
+        d = {k: safe_cell(getattr(r, k)) for k in ("index", "label", "image", "prompt", "reference", "base", "tuned",
+                                                    "error")}
         for side, scores in (("base", r.base_scores), ("tuned", r.tuned_scores)):
             for k in ("exact_match", "bleu", "rouge_l"):
                 v = scores.get(k)

@@ -9,6 +9,11 @@
 * The database lives at `data_dir()/runs.sqlite3`: `$FINETUNE_DATA_DIR` when set, else
   `~/Library/Application Support/Finetune` (macOS), `%APPDATA%\\Finetune` (Windows),
   `$XDG_DATA_HOME/finetune-app` or `~/.local/share/finetune-app` (Linux).
+* The run folders are the source of truth; the database indexes them. Every recorded folder is
+  also listed in `run-folders.txt` beside it (run_records.folder_index), so `open_store()` can move
+  a damaged database aside (`runs.sqlite3.damaged-<time>`, never deleted) and rebuild it from the
+  folders, saying so. A database that cannot be written (read-only folder) opens read-only;
+  locked, full-disk and other SQLite failures are FinetuneErrors naming the file and the fix.
 
 No Qt and no MLX at import: `finetune-app runs list` must be instant.
 """
@@ -26,8 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from finetune_app.core.errors import FinetuneError
+from finetune_app.core.run_records import folder_index
 from finetune_app.core.run_records.fingerprint import fingerprint_model, fingerprint_path
-from finetune_app.core.run_records.store import STATUSES, CheckpointRecord, RunRecord, RunStore
+from finetune_app.core.run_records.store import (STATUSES, CheckpointRecord, DamagedDatabase, DatabaseReadOnly,
+                                                 RunRecord, RunStore)
 
 __all__ = ["RunRecorder", "RunRecord", "RunStore", "CheckpointRecord", "STATUSES", "data_dir", "db_path",
            "open_store", "mark_interrupted", "resumable_runs", "resume_run", "resume_config", "delete_run",
@@ -62,9 +69,133 @@ def db_path() -> Path:
     return data_dir() / DB_NAME
 
 
-def open_store(path: str | Path | None = None) -> RunStore:
-    """Open (creating or upgrading) the run database."""
-    return RunStore(path or db_path())
+def _warn(text: str) -> None:
+    print(f"warning: {text}", file=sys.stderr, flush=True)
+
+
+def open_store(path: str | Path | None = None, *, notify=None) -> RunStore:
+    """Open (creating or upgrading) the run database.
+
+    A damaged one (a folder, empty, garbage, truncated, another schema) is moved aside and
+    rebuilt from the run folders; a new or emptied one is refilled from them; one that cannot be
+    written opens read-only. What was done is in `store.notice` and told to `notify(message)`
+    (default: a warning on stderr). Other failures raise a FinetuneError naming the file."""
+    path = Path(path) if path else db_path()
+    notify = notify or _warn
+    try:
+        store = _open(path)
+    except DamagedDatabase as err:
+        aside = move_aside(path, err.reason)
+        store = _open(path)
+        folders = folder_index.read(path.parent) + salvage_folders(aside)
+        found, skipped = rebuild(store, folders)
+        store.notice = (f"{path}: the run database {err.reason}. It was moved to '{aside}' and rebuilt from the "
+                        f"run folders: {_runs_recovered(found, skipped)}")
+        notify(store.notice)
+        return store
+    if store.read_only:
+        store.notice = (f"{path}: the run database's folder cannot be written, so the run history is read-only "
+                        f"(nothing can be recorded or deleted). Make '{path.parent}' writable, or set "
+                        f"{DATA_DIR_ENV} to a writable folder.")
+        notify(store.notice)
+    elif store.migrated_from == 0:  # new, or emptied (a zero-length file): refill it from the folders we know
+        folders = folder_index.read(path.parent)
+        if folders:
+            found, skipped = rebuild(store, folders)
+            store.notice = f"{path}: the run database was missing or empty; rebuilt from the run folders: " + \
+                _runs_recovered(found, skipped)
+            notify(store.notice)
+    elif not folder_index.index_path(path.parent).exists():  # recorded by an older Finetune: start the list
+        try:
+            folder_index.add(path.parent, *[r.run_dir for r in store.runs()])
+        except (OSError, FinetuneError):
+            pass
+    return store
+
+
+def _open(path: Path) -> RunStore:
+    try:
+        return RunStore(path)
+    except DatabaseReadOnly:
+        if not path.is_file():
+            raise
+        return RunStore(path, read_only=True)
+
+
+def _runs_recovered(found: int, skipped: list[str]) -> str:
+    text = f"{found} run{'s' if found != 1 else ''} recovered."
+    if skipped:
+        text += f" Skipped {len(skipped)}: " + "; ".join(skipped[:3]) + "."
+    return text + " Add a run folder it does not list with `finetune-app runs import DIR`."
+
+
+def move_aside(path: Path, reason: str = "is damaged") -> Path:
+    """Rename a damaged database (and its -wal/-shm/-journal files) to `NAME.damaged-<time>`."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside = path.with_name(f"{path.name}.damaged-{stamp}")
+    k = 1
+    while aside.exists() or aside.is_symlink():
+        aside = path.with_name(f"{path.name}.damaged-{stamp}-{k}")
+        k += 1
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return aside  # another process moved it first (its new -wal must stay where it is)
+    except OSError as err:
+        raise FinetuneError(f"The run database {reason}, and it could not be moved aside ({err.strerror}).",
+                            f"Move or rename it yourself (nothing is deleted), or set {DATA_DIR_ENV} to another "
+                            "folder.", file=path) from None
+    for suffix in ("-wal", "-shm", "-journal"):  # a stale -wal would be replayed into the new database
+        companion = path.with_name(path.name + suffix)
+        if companion.exists():
+            try:
+                os.rename(companion, aside.with_name(aside.name + suffix))
+            except OSError as err:
+                raise FinetuneError(f"The run database {reason}; its '{companion.name}' could not be moved aside "
+                                    f"({err.strerror}).", "Move it away yourself, then run the command again.",
+                                    file=companion) from None
+    return aside
+
+
+def salvage_folders(damaged: Path) -> list[str]:
+    """The run folders a damaged database still names, where its `runs` table can be read."""
+    import sqlite3
+
+    if not damaged.is_file():
+        return []
+    try:
+        db = sqlite3.connect(f"{damaged.absolute().as_uri()}?mode=ro&immutable=1", uri=True)
+    except sqlite3.Error:
+        return []
+    try:
+        return [str(r[0]) for r in db.execute("SELECT run_dir FROM runs ORDER BY id") if isinstance(r[0], str)]
+    except sqlite3.Error:
+        return []
+    finally:
+        db.close()
+
+
+def rebuild(store: RunStore, folders) -> tuple[int, list[str]]:
+    """Record every run folder of `folders` that still holds a run. Returns (recorded, skipped reasons)."""
+    found, skipped = 0, []
+    seen = set()
+    for folder in folders:
+        if folder in seen or not (Path(folder) / "train_config.toml").is_file():
+            continue  # deleted since, or never got as far as its settings
+        seen.add(folder)
+        try:
+            import_run(folder, store)
+            found += 1
+        except FinetuneError as err:
+            skipped.append(err.message)
+        except Exception as err:  # a damaged folder must not stop the others
+            skipped.append(f"{folder}: {err}")
+    return found, skipped
+
+
+def remember_folder(folder: str | Path, where: Path | None = None) -> None:
+    """Add a run folder to the list kept beside the database (raises OSError if it cannot)."""
+    folder_index.add(where or data_dir(), _norm_dir(folder))
 
 
 def _norm_dir(path: str | Path) -> str:
@@ -136,10 +267,12 @@ class RunRecorder:
     """Engine listener that records a run: `Trainer(cfg, listeners=[RunRecorder(cfg, resume=...)])`.
 
     The database opens on the first event, on whichever thread runs the trainer. A failing
-    database never stops training: the error is logged once and recording goes on trying."""
+    database never stops training: `warn(message)` is told once (default: stderr) and recording
+    goes on trying. The run folder is listed beside the database first, so a database that fails
+    now can be rebuilt with this run later."""
 
     def __init__(self, config, *, resume: bool = False, store: RunStore | None = None,
-                 path: str | Path | None = None, heartbeat_seconds: float = HEARTBEAT_SECONDS):
+                 path: str | Path | None = None, heartbeat_seconds: float = HEARTBEAT_SECONDS, warn=None):
         self.config = config
         self.resume = resume
         self.run_dir = _norm_dir(config.output) if config.output else ""
@@ -151,22 +284,30 @@ class RunRecorder:
         self._beat_stop = threading.Event()
         self._beat: threading.Thread | None = None
         self._warned = False
+        self._warn = warn or _warn
         self.errors = 0
 
     @property
     def store(self) -> RunStore:
         if self._store is None:
-            self._store = open_store(self._path)
+            self._store = open_store(self._path, notify=self._warn)
         return self._store
+
+    @property
+    def _db_file(self) -> Path:
+        return self._store.path if self._store is not None else Path(self._path or db_path())
 
     def __call__(self, event) -> None:
         try:
             self._handle(event)
-        except Exception:
+        except Exception as err:
             self.errors += 1
             if not self._warned:
                 self._warned = True
-                log.exception("recording the run in %s failed", self._path or db_path())
+                why = err.message if isinstance(err, FinetuneError) else f"{self._db_file}: {type(err).__name__}: {err}"
+                self._warn(f"this run is not being recorded in the run history: {why} Training goes on; "
+                           f"once the database works again, record it with `finetune-app runs import {self.run_dir}`.")
+                log.debug("recording the run failed", exc_info=True)
 
     # events -----------------------------------------------------------------------------------
     def _handle(self, event) -> None:
@@ -210,6 +351,12 @@ class RunRecorder:
 
     def _start(self) -> None:
         cfg = self.config
+        if self.run_dir:
+            try:
+                remember_folder(self.run_dir, self._db_file.parent)
+            except OSError as err:
+                self._warn(f"could not list the run folder in {folder_index.index_path(self._db_file.parent)} "
+                           f"({err.strerror or err}); a rebuilt run history would miss this run.")
         config = cfg.to_dict()
         pid = os.getpid()
         token = process_start_token(pid)
@@ -308,6 +455,10 @@ def import_run(run_dir: str | Path, store: RunStore | None = None) -> RunRecord:
                                 "Pass the folder of a run made by `finetune-app train` or the app.", file=folder)
         cfg = TrainConfig.load(toml)
         st = toml.stat()
+        try:
+            remember_folder(folder, store.path.parent)
+        except OSError:
+            pass  # the database still records it; only a rebuild would miss it
         run_id = store.create_run(name=Path(folder).name, run_dir=folder, config=cfg.to_dict(), model=cfg.model,
                                   model_fingerprint=fingerprint_model(cfg.model), data=cfg.data,
                                   data_fingerprint=fingerprint_path(cfg.data) if cfg.data else "",
@@ -344,6 +495,8 @@ def is_interrupted(rec: RunRecord, *, now: float | None = None) -> bool:
 def mark_interrupted(store: RunStore) -> list[RunRecord]:
     """Mark the runs whose training process died as interrupted; returns them (updated)."""
     changed = []
+    if store.read_only:
+        return changed
     for rec in store.runs(status="running"):
         if is_interrupted(rec):
             last = last_checkpoint(rec)

@@ -8,9 +8,11 @@ base+adapter on a validation prompt; fuse (dequantize + merge) and quantize when
 everything into a hidden staging folder beside the destination;
 strip absolute paths of this machine and refuse to continue if any remain; verify the staged
 bundle with the destination's loader (or structurally, for Swift); and only then move it into
-place, whole. A failure or kill at any point leaves no bundle at the destination
-(core.atomic.staged_dir); a staging folder left by a killed export is removed by the next export
-to the same destination. An existing destination is replaced only with `overwrite=True`.
+place, whole. A failure or kill at any point leaves no new bundle at the destination, and a kill
+while replacing one leaves the old or the new bundle there (core.export.publish keeps a journal);
+what a killed export left (staging folder, backup) is cleaned up or put back by the next export to
+the same destination, before it looks at it. An existing destination is replaced only with
+`overwrite=True`. A folder that cannot be written is an ExportError before the model loads.
 
 `progress(fraction, message)` is called along the way; `should_stop()` is polled between steps
 (ExportCancelled). Nothing here imports Qt.
@@ -27,8 +29,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from finetune_app.core import atomic
 from finetune_app.core.errors import ConfigError, FinetuneError
+from finetune_app.core.export.publish import STAGE_MARKER, remove_stale_stages
 
 TARGETS = ("adapter", "mlx-vlm", "mlx-lm", "mlx-swift", "mlx-swift-lm")
 TARGET_HELP = {
@@ -38,7 +40,6 @@ TARGET_HELP = {
     "mlx-swift": "FastVLM for Apple's FastVLM app: mlx-swift language model + fastvithd.mlpackage (CoreML vision encoder)",
     "mlx-swift-lm": "a fused model for mlx-swift-lm (MLXVLM / MLXLLM): mlx-vlm names, full FastVLM vision_config",
 }
-STAGE_MARKER = ".finetune-export.pid"
 Progress = Callable[[float, str], None]
 
 
@@ -247,50 +248,42 @@ def check_disk_space(dest: Path, need: int) -> None:
                           "Free some space or choose a destination on another disk.", file=where)
 
 
-# ---- staging hygiene ----------------------------------------------------------------------------
+# ---- the destination ---------------------------------------------------------------------------
 
-def _pid_alive(pid: int) -> bool:
+def recover_destination(dest: Path) -> list[str]:
+    """Clean up after (or undo) an earlier export to `dest` that was killed: see core.export.publish."""
+    from finetune_app.core.export import publish
+
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        done = publish.recover_pending() + publish.recover(dest)
+        remove_stale_stages(dest)
+    except OSError as err:
+        raise ExportError(f"An earlier export to '{dest}' was killed and what it left could not be cleaned up "
+                          f"({err.strerror or err}).", "Make the folder writable, or choose another destination.",
+                          file=err.filename or dest) from None
+    return done
 
 
-def remove_stale_stages(dest: Path) -> list[Path]:
-    """Staging folders of earlier exports to `dest` whose process is gone (killed mid-export)."""
-    removed = []
-    if not dest.parent.is_dir():
-        return removed
-    for p in dest.parent.glob(f".{dest.name}.staging-*"):
-        marker = p / STAGE_MARKER
-        try:
-            pid = int(marker.read_text().strip())
-        except (OSError, ValueError):
-            pid = None
-        if pid is None:
-            # An export writes its marker right after creating the folder; a folder still without
-            # one after a few seconds was killed in between.
-            try:
-                stale = time.time() - p.stat().st_mtime > 5 and not any(p.iterdir())
-            except OSError:
-                stale = False
-            if stale:
-                shutil.rmtree(p, ignore_errors=True)
-                removed.append(p)
-            continue
-        if not _pid_alive(pid):
-            shutil.rmtree(p, ignore_errors=True)
-            removed.append(p)
-    return removed
+def check_writable(dest: Path) -> None:
+    """Refuse a destination whose folder cannot be written now, before the expensive work."""
+    import tempfile
+
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.mkdtemp(prefix=f".{dest.name}.probe-", dir=dest.parent)
+        os.rmdir(probe)
+    except OSError as err:
+        raise ExportError(f"Cannot write in '{dest.parent}' ({err.strerror or err}).",
+                          "Choose a destination in a folder you can write to (--output), or make that folder writable.",
+                          file=dest.parent) from None
 
 
 def list_files(folder: Path) -> list[tuple[str, int]]:
     """(relative name, bytes); a .mlpackage counts as one entry."""
     out = []
     for p in sorted(folder.iterdir()):
+        if p.name == STAGE_MARKER:
+            continue
         if p.is_dir():
             size = sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
             out.append((p.name + "/", size))
@@ -321,8 +314,14 @@ def export(opts: ExportOptions, *, progress: Progress | None = None,
     t0 = time.monotonic()
     step = _Steps(progress, should_stop)
     step(0.0, "Checking the options")
+    warnings: list[str] = []
+    if str(opts.output or "").strip():
+        for note in recover_destination(Path(opts.output).expanduser().absolute()):
+            warnings.append(note)
+            step(0.0, note)
     check_options(opts)
     dest = Path(opts.output).expanduser().absolute()
+    check_writable(dest)
     source, acfg = resolve_base_source(opts)
 
     step(0.02, "Loading the base model")
@@ -336,7 +335,6 @@ def export(opts: ExportOptions, *, progress: Progress | None = None,
         check_user_mlpackage(Path(opts.mlpackage).expanduser(), config)
     base = models.load_base(path)
     base.source = source
-    warnings: list[str] = []
     if opts.target == "adapter":
         need = estimate_bytes(base.path, base.config, target="adapter", adapter=opts.adapter)
     else:
@@ -424,16 +422,15 @@ class _Job:
         if opts.target != "adapter":
             step(0.3, "Merging the adapter into the base" if opts.adapter else "Preparing the weights")
             self.fuse_report = fuse.fuse(base.model, (self.acfg or {}).get("fine_tune_type", "none"))
-        remove_stale_stages(self.dest)
-        with atomic.staged_dir(self.dest, overwrite=opts.overwrite) as stage:
-            (stage / STAGE_MARKER).write_text(str(os.getpid()))
+        from finetune_app.core.export.publish import staged
+
+        with staged(self.dest, overwrite=opts.overwrite) as stage:
             if opts.target == "adapter":
                 self._write_adapter(stage)
             elif opts.target == "mlx-swift":
                 self._write_app(stage)
             else:
                 self._write_mlx(stage)
-            (stage / STAGE_MARKER).unlink()
             self._scrub(stage)
             verification = self._verify(stage) if opts.verify else None
             if verification is not None and not verification.ok:

@@ -126,7 +126,47 @@ def current_version(db: sqlite3.Connection) -> int:
     if not has:
         return 0
     row = db.execute("SELECT version FROM schema_version").fetchone()
-    return int(row[0]) if row else 0
+    try:
+        return int(row[0]) if row else 0
+    except (TypeError, ValueError):
+        raise sqlite3.DatabaseError(f"schema_version is malformed ({row[0]!r})") from None
+
+
+_EXPECTED: dict[int, dict[str, set[str]]] = {}
+
+
+def expected_columns(version: int = LATEST) -> dict[str, set[str]]:
+    """Table -> columns of a database at `version` (built once, in memory, by the migrations)."""
+    if version not in _EXPECTED:
+        mem = sqlite3.connect(":memory:", isolation_level=None)
+        try:
+            if version:
+                migrate(mem, upto=version)
+            _EXPECTED[version] = _columns(mem)
+        finally:
+            mem.close()
+    return _EXPECTED[version]
+
+
+def _columns(db: sqlite3.Connection) -> dict[str, set[str]]:
+    tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master"
+                                       " WHERE type='table' AND name NOT LIKE 'sqlite_%'")]
+    return {t: {r[1] for r in db.execute("PRAGMA table_info(\"%s\")" % t.replace('"', '""'))} for t in tables}
+
+
+def missing(db: sqlite3.Connection, version: int = LATEST) -> list[str]:
+    """Tables and columns a database at `version` has and this one lacks (empty: the schema is
+    whole). At version 0 (nothing applied) any table at all is foreign."""
+    have = _columns(db)
+    if version == 0:
+        return [f"unknown table {t}" for t in sorted(have)]
+    out = []
+    for table, cols in expected_columns(version).items():
+        if table not in have:
+            out.append(f"no table {table}")
+        else:
+            out.extend(f"no column {table}.{c}" for c in sorted(cols - have[table]))
+    return out
 
 
 def migrate(db: sqlite3.Connection, *, upto: int | None = None) -> tuple[int, int]:

@@ -4,6 +4,12 @@ Every write is one short transaction, so a process killed at any instant leaves 
 the last committed write (SQLite's journal guarantees it; WAL lets the GUI read while a training
 process writes). One connection may be shared by threads (the trainer's thread, a heartbeat
 thread, the GUI thread): a lock serialises them.
+
+Opening checks that the file is a whole run database (a folder, a zero-length or garbage file, a
+truncated one, one with other tables): `DamagedDatabase` says what is wrong, and
+core.runs.open_store moves it aside and rebuilds it. Every other SQLite failure (locked, a
+read-only folder, a full disk) becomes a FinetuneError naming the file and the fix (`db_error`):
+the callers never see a sqlite3 exception.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from finetune_app.core.errors import FinetuneError
 from finetune_app.core.run_records import schema
 
 STATUSES = ("running", "finished", "stopped", "failed", "interrupted")
@@ -52,7 +59,10 @@ class RunRecord:
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> "RunRecord":
         d = dict(row)
-        d["config"] = json.loads(d.get("config") or "{}")
+        try:
+            d["config"] = json.loads(d.get("config") or "{}")
+        except ValueError:  # a damaged row: the run folder's train_config.toml still holds the settings
+            d["config"] = {}
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
     @property
@@ -81,36 +91,144 @@ class CheckpointRecord:
     exists: bool = field(default=True)
 
 
-def connect(path: str | Path) -> sqlite3.Connection:
+class DamagedDatabase(FinetuneError):
+    """The file at the database's path is not a usable run database (`reason` says why)."""
+
+    def __init__(self, path: str | Path, reason: str):
+        self.reason = reason
+        super().__init__(f"The run database {reason}.",
+                         "It can be moved aside and rebuilt from the run folders (finetune-app runs list does it).",
+                         file=path)
+
+
+class DatabaseReadOnly(FinetuneError):
+    """The database (or its folder) cannot be written; it may still be read."""
+
+
+# SQLite messages that mean the file itself is bad, not the circumstances.
+_DAMAGE = ("malformed", "not a database", "file is encrypted", "disk image", "corrupt")
+_OTHER_SCHEMA = ("no such table", "no such column", "already exists", "has no column")
+
+
+def db_error(err: BaseException, path: str | Path) -> FinetuneError:
+    """A sqlite3 failure as a located, actionable error (DamagedDatabase when the file is bad)."""
     path = Path(path)
+    text = str(err)
+    low = text.lower()
+    if any(k in low for k in _DAMAGE):
+        return DamagedDatabase(path, f"is damaged ({text})")
+    if any(k in low for k in _OTHER_SCHEMA):
+        return DamagedDatabase(path, f"has another schema ({text})")
+    if "locked" in low or "busy" in low:
+        return FinetuneError(f"The run database is locked by another process (still busy after "
+                             f"{BUSY_TIMEOUT_MS / 1000:g} s).",
+                             "Wait for the other Finetune process (a training run or the app) to finish, or close it, "
+                             "then try again.", file=path)
+    if "full" in low:
+        return FinetuneError("The disk holding the run database is full.",
+                             "Free some space on that disk, or set FINETUNE_DATA_DIR to a folder on another disk.",
+                             file=path)
+    if "readonly" in low or "read-only" in low or "unable to open" in low or "permission" in low:
+        folder = path.parent
+        return DatabaseReadOnly(f"The run database cannot be written: its folder '{folder}' is read-only or not "
+                                f"accessible ({text}).",
+                                "Make that folder writable, or set FINETUNE_DATA_DIR to a writable folder.", file=path)
+    return FinetuneError(f"The run database could not be used ({text}).",
+                         "Check the disk and the folder's permissions, or set FINETUNE_DATA_DIR to another folder.",
+                         file=path)
+
+
+def connect(path: str | Path, *, read_only: bool = False) -> sqlite3.Connection:
+    db = _open(path, read_only=read_only)
+    if not read_only:
+        _set_modes(db)
+    return db
+
+
+def _open(path: str | Path, *, read_only: bool = False) -> sqlite3.Connection:
+    """A connection that has not written anything yet (the file may still be foreign)."""
+    path = Path(path)
+    if read_only:  # a read-only folder: no WAL index can be created, so read the file as it is
+        db = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro&immutable=1", uri=True, isolation_level=None,
+                             check_same_thread=False)
+        db.row_factory = sqlite3.Row
+        return db
     path.parent.mkdir(parents=True, exist_ok=True)
     db = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
     db.row_factory = sqlite3.Row
     db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    return db
+
+
+def _set_modes(db: sqlite3.Connection) -> None:
     mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
     if str(mode).lower() != "wal":  # a file system without shared memory (some network mounts)
         db.execute("PRAGMA journal_mode = DELETE")
     db.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: a killed process loses nothing committed
     db.execute("PRAGMA foreign_keys = ON")
-    return db
 
 
 class RunStore:
     """The run records. Open with `RunStore(path)`; `close()` when done (or use `with`)."""
 
-    def __init__(self, path: str | Path, *, migrate: bool = True):
+    def __init__(self, path: str | Path, *, migrate: bool = True, read_only: bool = False):
         self.path = Path(path)
-        self.db = connect(self.path)
+        self.read_only = read_only
+        self.notice = ""  # what opening it had to do (core.runs.open_store: moved aside and rebuilt)
+        if self.path.is_dir():
+            raise DamagedDatabase(self.path, "is a folder, not a database file")
         self.lock = threading.RLock()
-        self.migrated_from = schema.current_version(self.db)
-        if migrate:
-            with self.lock:
+        self.db = None
+        try:
+            self.db = _open(self.path, read_only=read_only)
+            # look before writing anything: a foreign or damaged file is moved aside unchanged
+            if self.db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+                raise DamagedDatabase(self.path, "is damaged (its integrity check failed)")
+            self.migrated_from = schema.current_version(self.db)
+            if self.migrated_from <= schema.LATEST:
+                lacking = schema.missing(self.db, self.migrated_from)
+                if lacking:
+                    raise DamagedDatabase(self.path, "has another schema (" + ", ".join(lacking[:4]) + ")")
+            if not read_only:
+                _set_modes(self.db)
+            if read_only:
+                if self.migrated_from != schema.LATEST:
+                    raise FinetuneError("The run database needs upgrading, but its folder is read-only.",
+                                        "Make the folder writable, or set FINETUNE_DATA_DIR to a writable folder.",
+                                        file=self.path)
+            elif migrate:
                 self.migrated_from, _ = schema.migrate(self.db)
+            missing = schema.missing(self.db) if (migrate or read_only) else []
+            if missing:
+                raise DamagedDatabase(self.path, "has another schema (" + ", ".join(missing[:4]) + ")")
+        except sqlite3.Error as err:
+            self._close_quietly()
+            raise db_error(err, self.path) from None
+        except OSError as err:  # its folder cannot be made (a file in the way, no permission)
+            self._close_quietly()
+            raise FinetuneError(f"The run database's folder '{self.path.parent}' cannot be created "
+                                f"({err.strerror or err}).",
+                                "Set FINETUNE_DATA_DIR to a folder you can write to.", file=self.path) from None
+        except FinetuneError as err:
+            self._close_quietly()
+            if err.file is None:
+                err.file = str(self.path)
+            raise
+        except BaseException:
+            self._close_quietly()
+            raise
+
+    def _close_quietly(self) -> None:
+        if self.db is not None:
+            try:
+                self.db.close()
+            except sqlite3.Error:
+                pass
 
     # ---- plumbing ------------------------------------------------------------------------------
     def close(self) -> None:
         with self.lock:
-            self.db.close()
+            self._close_quietly()
 
     def __enter__(self) -> "RunStore":
         return self
@@ -121,7 +239,10 @@ class RunStore:
     @property
     def version(self) -> int:
         with self.lock:
-            return schema.current_version(self.db)
+            try:
+                return schema.current_version(self.db)
+            except sqlite3.Error as err:
+                raise db_error(err, self.path) from None
 
     def transaction(self):
         store = self
@@ -131,6 +252,9 @@ class RunStore:
                 store.lock.acquire()
                 try:
                     store.db.execute("BEGIN IMMEDIATE")
+                except sqlite3.Error as err:
+                    store.lock.release()
+                    raise db_error(err, store.path) from None
                 except BaseException:
                     store.lock.release()
                     raise
@@ -139,19 +263,30 @@ class RunStore:
             def __exit__(self_inner, exc_type, exc, tb):
                 try:
                     store.db.execute("ROLLBACK" if exc_type else "COMMIT")
+                except sqlite3.Error as err:
+                    if exc_type is None:  # the commit failed (disk full, read-only): nothing was written
+                        try:
+                            store.db.execute("ROLLBACK")
+                        except sqlite3.Error:
+                            pass
+                        raise db_error(err, store.path) from None
                 finally:
                     store.lock.release()
+                if exc_type is not None and issubclass(exc_type, sqlite3.Error):
+                    raise db_error(exc, store.path) from None
                 return False
 
         return _Tx()
 
     def query(self, sql: str, params=()) -> list[sqlite3.Row]:
         with self.lock:
-            return self.db.execute(sql, params).fetchall()
+            try:
+                return self.db.execute(sql, params).fetchall()
+            except sqlite3.Error as err:
+                raise db_error(err, self.path) from None
 
     def integrity_ok(self) -> bool:
-        with self.lock:
-            return self.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        return self.query("PRAGMA integrity_check")[0][0] == "ok"
 
     # ---- runs ----------------------------------------------------------------------------------
     def create_run(self, *, name: str, run_dir: str, config: dict, model: str = "", model_fingerprint: str = "",
@@ -333,5 +468,12 @@ class RunStore:
     def exports(self, run_id: int) -> list[dict]:
         rows = self.query("SELECT id, target, path, created_at, details FROM exports WHERE run_id=? ORDER BY id",
                           (run_id,))
-        return [{**dict(r), "details": json.loads(r["details"] or "{}"), "exists": Path(r["path"]).exists()}
+        return [{**dict(r), "details": _json_or_empty(r["details"]), "exists": Path(r["path"]).exists()}
                 for r in rows]
+
+
+def _json_or_empty(text: str | None) -> dict:
+    try:
+        return json.loads(text or "{}")
+    except ValueError:
+        return {}
