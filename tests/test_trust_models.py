@@ -99,6 +99,12 @@ def test_model_file_and_shipped_python_are_refused(tiny_model, tmp_path, marker)
     (plain / "sub" / "modeling_x.py").write_text("raise SystemExit('ran')\n")
     code, text = cli("generate", "--model", plain, "hello")
     assert code == 3 and "modeling_x.py" in text and ".py" in text
+    linked = tmp_path / "linked"  # hub snapshots hold links to blobs
+    shutil.copytree(tiny_model("qwen2"), linked)
+    (tmp_path / "blob").write_text("raise SystemExit('ran')\n")
+    (linked / "modeling_y.py").symlink_to(tmp_path / "blob")
+    code, text = cli("generate", "--model", linked, "hello")
+    assert code == 3 and "modeling_y.py" in text
     assert not list(marker.iterdir())
 
 

@@ -66,12 +66,33 @@ def check_no_code(path: Path) -> None:
                 raise ModelError(f"{name} carries '{key}' ({shown}), which asks to run Python code shipped in the "
                                  f"model folder.", f"{NO_CODE_FIX} If the family is supported natively, "
                                  f"removing the '{key}' entry is enough.", file=f, field=key)
-    shipped = sorted(p.relative_to(path).as_posix() for p in path.rglob("*.py") if p.is_file())
+    shipped = _python_files(path)
     if shipped:
         listed = ", ".join(shipped[:3]) + (" …" if len(shipped) > 3 else "")
         raise ModelError(f"the model folder ships Python code ({listed}).",
                          f"{NO_CODE_FIX} Delete the .py files from your copy if the family is supported natively.",
                          file=path / shipped[0])
+
+
+def _python_files(path: Path, depth: int = 3) -> list[str]:
+    """.py files in the folder and its subfolders (a few levels: model folders are shallow, and a
+    folder picked by mistake may hold a whole tree)."""
+    found: list[str] = []
+    level = [path]
+    for _ in range(depth + 1):
+        nxt = []
+        for d in level:
+            try:
+                entries = list(d.iterdir())
+            except OSError:
+                continue
+            for e in entries:
+                if e.suffix == ".py" and e.is_file():  # also a link (hub snapshots are links to blobs)
+                    found.append(e.relative_to(path).as_posix())
+                elif e.is_dir() and not e.is_symlink():
+                    nxt.append(e)
+        level = nxt
+    return sorted(found)
 
 
 def check_sizes(config: dict, file: Path) -> None:
