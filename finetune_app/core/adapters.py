@@ -291,7 +291,7 @@ def load_into(base: BaseModel, folder: str | Path) -> dict:
     the middle of generation."""
     folder = Path(folder)
     config = read_config(folder)
-    weights = check_weights_file(folder / ADAPTER_FILE)
+    shapes = {k: tuple(v.shape) for k, v in check_weights_file(folder / ADAPTER_FILE).items()}  # no second copy kept
     recorded = (config.get("finetune_app") or {}).get("model_type")
     if recorded and recorded != base.model_type:
         raise AdapterError(f"This adapter was trained on a {recorded} model, but the base model is {base.model_type}.",
@@ -306,7 +306,7 @@ def load_into(base: BaseModel, folder: str | Path) -> dict:
             from mlx_lm.tuner.utils import load_adapters
 
             load_adapters(base.model, str(folder))
-        _check_loaded(base.model, folder, config, weights, before)
+        _check_loaded(base.model, folder, config, shapes, before)
     except AdapterError:
         raise
     except Exception as exc:  # the libraries' own errors (ValueError, RuntimeError from MLX, ...)
@@ -327,11 +327,11 @@ def _linear_dims(linear) -> tuple[int, int] | None:
     return (w.shape[1], w.shape[0]) if isinstance(linear, nn.Linear) else None
 
 
-def _check_loaded(model: nn.Module, folder: Path, config: dict, weights: dict, before: dict) -> None:
+def _check_loaded(model: nn.Module, folder: Path, config: dict, shapes: dict, before: dict) -> None:
     """The libraries load adapter weights non-strictly (mlx-vlm) and take a tensor's shape as it
     comes; refuse tensors that went nowhere or do not fit the layer they landed in."""
     params = dict(tree_flatten(model.parameters()))
-    bad = [f"{k} {tuple(v.shape)} (no such parameter)" for k, v in weights.items() if k not in params]
+    bad = [f"{k} {v} (no such parameter)" for k, v in shapes.items() if k not in params]
     for name, m in model.named_modules():
         if not is_adapter_layer(m) or "lora_a" not in m or "lora_b" not in m:
             continue
@@ -344,8 +344,8 @@ def _check_loaded(model: nn.Module, folder: Path, config: dict, weights: dict, b
             want = f" vs layer {dims[0]}→{dims[1]}" if dims else ""
             bad.append(f"{name}.lora_a {tuple(a)} / lora_b {tuple(b)}{want}")
     if not config.get("base_quantization"):
-        bad += [f"{k} {tuple(v.shape)} vs model {tuple(before[k])}" for k, v in weights.items()
-                if k in before and tuple(before[k]) != tuple(v.shape)]
+        bad += [f"{k} {v} vs model {tuple(before[k])}" for k, v in shapes.items()
+                if k in before and tuple(before[k]) != v]
     if bad:
         raise AdapterError(f"The adapter in '{folder}' does not fit this base model: {'; '.join(bad[:3])}{' …' if len(bad) > 3 else ''}.",
                            "Use the base model the adapter was trained on (see adapter_config.json), or train the adapter again.",
