@@ -1,4 +1,4 @@
-"""A sample case showing the harness (the areas' own files hold the rest)."""
+"""Two sample cases showing the harness (the areas' own files hold the rest)."""
 
 from __future__ import annotations
 
