@@ -19,6 +19,9 @@ from finetune_app.core.errors import ModelError
 CLASS_FILES = ("config.json", "tokenizer_config.json", "preprocessor_config.json", "processor_config.json",
                "video_preprocessor_config.json", "feature_extractor_config.json")
 CODE_KEYS = ("auto_map", "model_file")
+# Other JSON files the loaders read (a list or garbage there ends in an AttributeError deep inside).
+OBJECT_FILES = ("generation_config.json", "model.safetensors.index.json", "special_tokens_map.json",
+                "chat_template.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "vocab.txt",
                    "tiktoken.model")
 NO_CODE_FIX = ("Finetune never runs Python shipped with a model. Use a copy of the model without it "
@@ -148,6 +151,45 @@ def check_tokenizer(path: Path) -> None:
                      "into the folder, or re-download the model.", file=path)
 
 
+def chat_template_source(path: Path) -> tuple[Path, str] | None:
+    """(file, text) of the chat template the tokenizer / processor will use, if any."""
+    for name in ("chat_template.jinja",):
+        if (path / name).is_file():
+            return path / name, (path / name).read_text(encoding="utf-8", errors="replace")
+    for name, key in (("chat_template.json", "chat_template"), ("tokenizer_config.json", "chat_template")):
+        f = path / name
+        if f.is_file():
+            value = read_json_object(f).get(key)
+            if isinstance(value, list):  # [{"name": ..., "template": ...}]
+                value = next((v.get("template") for v in value if isinstance(v, dict)), None)
+            if isinstance(value, str):
+                return f, value
+    return None
+
+
+def check_chat_template(path: Path) -> None:
+    """A template that does not parse fails every prompt later; say so now, with its line."""
+    found = chat_template_source(path)
+    if found is None:
+        return
+    f, text = found
+    from jinja2 import TemplateSyntaxError
+
+    try:  # transformers' own compiler (its {% generation %} tag, loop controls, filters)
+        from transformers.utils.chat_template_utils import _compile_jinja_template as compile_template
+    except ImportError:  # pragma: no cover - another transformers layout
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        compile_template = ImmutableSandboxedEnvironment(extensions=["jinja2.ext.loopcontrols"]).from_string
+    try:
+        compile_template(text)
+    except TemplateSyntaxError as exc:
+        raise ModelError(f"the chat template in {f.name} does not parse ({exc.message}).",
+                         "Restore the template from the original model (chat_template.jinja or the chat_template "
+                         "entry of tokenizer_config.json).", file=f, line=exc.lineno if f.suffix == ".jinja" else None,
+                         field=None if f.suffix == ".jinja" else "chat_template") from None
+
+
 def check_model_folder(path: Path) -> dict:
     """All checks, cheapest first; returns config.json's object."""
     config_file = path / "config.json"
@@ -157,7 +199,11 @@ def check_model_folder(path: Path) -> dict:
                          file=path)
     config = read_json_object(config_file)
     check_no_code(path)
+    for name in OBJECT_FILES:
+        if (path / name).is_file():
+            read_json_object(path / name)
     check_sizes(config, config_file)
     check_weights(path)
     check_tokenizer(path)
+    check_chat_template(path)
     return config

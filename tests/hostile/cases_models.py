@@ -228,3 +228,36 @@ def _(env):
     env.keep(f)
     env.expect("train", "--model", f, "--data", env.shapes_data, "--output", env.tmp / "run", "--iters", 1,
                exit=3, says=["model.safetensors", "not a model folder", "choose the folder"])
+
+
+# ---- other files the loaders read ---------------------------------------------------------------
+
+@case("model", "chat-template-does-not-parse-train")
+def _(env):
+    m = _model(env, "qwen2")
+    (m / "chat_template.jinja").write_text("{% for message in messages %}{{ message.content }")
+    env.expect("train", "--model", m, "--data", env.instruction_data, "--output", env.tmp / "run", "--iters", 1,
+               exit=3, says=["chat_template.jinja", "line 1", "restore"])
+
+
+@case("model", "chat-template-fails-on-the-prompt")
+def _(env):
+    m = _model(env)
+    (m / "chat_template.jinja").write_text("{% for m in messages %}{{ m.no_such_field.at_all }}{% endfor %}")
+    env.expect("caption", "--model", m, "--max-tokens", 2, _image(env), exit=3,
+               says=["chat_template.jinja", "chat template failed", "restore"])
+
+
+@case("model", "generation-config-is-a-list")
+def _(env):
+    m = _model(env, "qwen2")
+    (m / "generation_config.json").write_text("[0]")
+    env.expect("export", "--model", m, "--adapter", make_adapter(env, "qwen2"), "--target", "mlx-lm",
+               "--output", env.tmp / "bundle", exit=3, says=["generation_config.json", "object", "re-download"])
+
+
+@case("model", "weight-index-is-a-list")
+def _(env):
+    m = _model(env)
+    (m / "model.safetensors.index.json").write_text("[]")
+    env.expect("generate", "--model", m, "hi", exit=3, says=["model.safetensors.index.json", "object", "re-download"])
