@@ -127,7 +127,10 @@ def _patch_no_remote_code() -> None:
         if not getattr(module, "__name__", "").startswith("transformers"):
             continue
         for attr in ("get_cached_module_file", "get_class_in_module", "resolve_trust_remote_code"):
-            current = getattr(module, attr, None)
+            try:
+                current = module.__dict__.get(attr)  # not getattr: transformers' lazy modules import on access
+            except Exception:  # noqa: BLE001 - an odd module object: nothing of ours to replace
+                continue
             if current is not None and current in replacements:
                 setattr(module, attr, replacements[current])
 
