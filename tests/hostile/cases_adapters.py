@@ -173,3 +173,23 @@ def _(env):
 def _(env):
     env.expect("generate", "--model", env.tiny_model("qwen2"), "--adapter", env.tmp / "runs" / "nope", "hi",
                exit=6, says=["nope", "does not exist", "run folder"])
+
+
+@case("adapter", "wrong-shapes-export-adapter-only")
+def _(env):
+    import mlx.core as mx
+
+    a = make_adapter(env)
+    _rewrite_weights(a, lambda w: {k: mx.zeros((v.shape[0], v.shape[1] + 2)) for k, v in w.items()})
+    env.keep(a)
+    env.expect("export", "--adapter", a, "--model", env.tiny_model("qwen2_vl"), "--target", "adapter",
+               "--output", env.tmp / "bundle", exit=6, says=["adapters.safetensors", "does not fit", "base model"])
+
+
+@case("adapter", "config-is-a-directory")
+def _(env):
+    a = make_adapter(env, "qwen2")
+    (a / "adapter_config.json").unlink()
+    (a / "adapter_config.json").mkdir()
+    env.expect("generate", "--model", env.tiny_model("qwen2"), "--adapter", a, "hi",
+               exit=6, says=["adapter_config.json", "run folder"])
