@@ -202,54 +202,151 @@ def save(model: nn.Module, config: dict, folder: str | Path, *, train_config: Tr
     return folder
 
 
+RESTORE_FIX = "Restore the adapter from a checkpoint of its run folder, or train it again."
+
+
 def read_config(folder: str | Path) -> dict:
+    """adapter_config.json as an object whose fields have the types the libraries expect."""
     folder = Path(folder)
     path = folder / CONFIG_FILE
+    if not folder.is_dir():
+        raise AdapterError(f"Adapter folder '{folder}' does not exist." if not folder.exists() else
+                           f"'{folder}' is a file, not an adapter folder.",
+                           "Choose a run folder written by Finetune, mlx_vlm.train or mlx_lm lora.", file=folder)
     if not (folder / ADAPTER_FILE).is_file() or not path.is_file():
         raise AdapterError(f"'{folder}' is not an adapter folder: it needs {ADAPTER_FILE} and {CONFIG_FILE}.",
                            "Choose a run folder written by Finetune, mlx_vlm.train or mlx_lm lora.", file=folder)
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
-        raise AdapterError(f"{CONFIG_FILE} is not valid JSON ({exc}).", "Restore the file from the run folder's checkpoints.", file=path) from None
+        raise AdapterError(f"{CONFIG_FILE} is not valid JSON ({exc}).", RESTORE_FIX, file=path) from None
+    except OSError as exc:
+        raise AdapterError(f"{CONFIG_FILE} cannot be read ({exc.strerror or exc}).", RESTORE_FIX, file=path) from None
     if not isinstance(config, dict):
-        raise AdapterError(f"{CONFIG_FILE} must hold a JSON object.", "Restore the file from the run folder's checkpoints.", file=path)
+        raise AdapterError(f"{CONFIG_FILE} must hold a JSON object.", RESTORE_FIX, file=path)
+    _check_config_fields(config, path)
     return config
 
 
+def _check_config_fields(config: dict, path: Path) -> None:
+    def bad(field: str, want: str):
+        raise AdapterError(f"{CONFIG_FILE} has an invalid '{field}' ({json.dumps(config_get(field))[:80]}): it must be {want}.",
+                           RESTORE_FIX, file=path, field=field)
+
+    def config_get(field: str):
+        obj = config
+        for part in field.split("."):
+            obj = obj.get(part) if isinstance(obj, dict) else None
+        return obj
+
+    def count(v, limit: int) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and 0 < v <= limit
+
+    for name in ("finetune_app", "lora_parameters", "base_quantization"):
+        if name in config and not isinstance(config[name], dict):
+            bad(name, "a JSON object")
+    ftt = config.get("fine_tune_type", "lora")
+    if ftt not in ("lora", "dora", "full"):
+        bad("fine_tune_type", "lora, dora or full")
+    if "num_layers" in config and config["num_layers"] != -1 and not count(config["num_layers"], 4096):
+        bad("num_layers", "-1 (all layers) or a whole number from 1 to 4096")
+    lp = config.get("lora_parameters") or {}
+    for key in ("rank", "lora_rank"):
+        for where, obj in (("", config), ("lora_parameters.", lp)):
+            if key in obj and not count(obj[key], 1 << 14):
+                bad(where + key, "a whole number from 1 to 16384")
+    for key in ("scale", "alpha", "dropout"):
+        for where, obj in (("", config), ("lora_parameters.", lp)):
+            v = obj.get(key)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or abs(v) > 1e6):
+                bad(where + key, "a finite number")
+    keys = lp.get("keys", config.get("keys"))
+    if keys is not None and (not isinstance(keys, list) or not all(isinstance(k, str) for k in keys)):
+        bad("lora_parameters.keys" if "keys" in lp else "keys", "a list of layer names")
+
+
+def check_weights_file(path: Path) -> dict:
+    """adapters.safetensors (or a checkpoint's copy) with a sound header and finite values."""
+    from finetune_app.core import tensor_files
+
+    try:
+        tensor_files.read_header(path)
+        weights = mx.load(str(path))
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise AdapterError(f"{path.name} is damaged: {str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}.",
+                           RESTORE_FIX, file=path) from None
+    bad = [k for k, v in weights.items() if mx.issubdtype(v.dtype, mx.floating) and not bool(mx.all(mx.isfinite(v)))]
+    if bad:
+        raise AdapterError(f"{path.name} holds NaN or infinite values ({', '.join(bad[:3])}{' …' if len(bad) > 3 else ''}).",
+                           "The training that wrote it diverged; use an earlier checkpoint of the run, or train again with "
+                           "a lower learning rate.", file=path)
+    return weights
+
+
 def load_into(base: BaseModel, folder: str | Path) -> dict:
-    """Apply a saved adapter to a freshly loaded base with the libraries' own loaders."""
+    """Apply a saved adapter to a freshly loaded base with the libraries' own loaders.
+
+    The files are checked first (config fields, safetensors header, finite values) and the loaded
+    tensors' shapes after, so a damaged or mismatched adapter is an AdapterError, never a crash in
+    the middle of generation."""
     folder = Path(folder)
     config = read_config(folder)
+    shapes = {k: tuple(v.shape) for k, v in check_weights_file(folder / ADAPTER_FILE).items()}  # no second copy kept
     recorded = (config.get("finetune_app") or {}).get("model_type")
     if recorded and recorded != base.model_type:
         raise AdapterError(f"This adapter was trained on a {recorded} model, but the base model is {base.model_type}.",
                            f"Load it with the base model it was trained on ({(config.get('finetune_app') or {}).get('base_model', 'see adapter_config.json')}).", file=folder)
+    before = {k: v.shape for k, v in tree_flatten(base.model.parameters())}
     try:
         if base.kind == "vlm":
             from mlx_vlm.trainer.peft import apply_lora_layers
 
             apply_lora_layers(base.model, str(folder))
-            _check_loaded(base.model, folder, config)
         else:
             from mlx_lm.tuner.utils import load_adapters
 
             load_adapters(base.model, str(folder))
+        _check_loaded(base.model, folder, config, shapes, before)
     except AdapterError:
         raise
-    except (ValueError, KeyError, AttributeError, IndexError) as exc:
-        raise AdapterError(f"The adapter in '{folder}' does not fit this base model ({str(exc).splitlines()[0][:300]}).",
+    except Exception as exc:  # the libraries' own errors (ValueError, RuntimeError from MLX, ...)
+        text = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise AdapterError(f"The adapter in '{folder}' does not fit this base model ({text}).",
                            "Use the base model the adapter was trained on (see adapter_config.json).", file=folder) from None
     base.model.eval()
     return config
 
 
-def _check_loaded(model: nn.Module, folder: Path, config: dict) -> None:
-    """mlx-vlm loads adapter weights non-strictly; refuse tensors that went nowhere or misfit."""
-    weights = mx.load(str(folder / ADAPTER_FILE))
+def _linear_dims(linear) -> tuple[int, int] | None:
+    """(input, output) features of a (possibly quantized) linear layer."""
+    w = getattr(linear, "weight", None)
+    if w is None or w.ndim != 2:
+        return None
+    if isinstance(linear, nn.QuantizedLinear):
+        return w.shape[1] * 32 // linear.bits, w.shape[0]
+    return (w.shape[1], w.shape[0]) if isinstance(linear, nn.Linear) else None
+
+
+def _check_loaded(model: nn.Module, folder: Path, config: dict, shapes: dict, before: dict) -> None:
+    """The libraries load adapter weights non-strictly (mlx-vlm) and take a tensor's shape as it
+    comes; refuse tensors that went nowhere or do not fit the layer they landed in."""
     params = dict(tree_flatten(model.parameters()))
-    bad = [f"{k} {tuple(v.shape)}" + (f" vs model {tuple(params[k].shape)}" if k in params else " (no such parameter)")
-           for k, v in weights.items() if k not in params or params[k].shape != v.shape]
+    bad = [f"{k} {v} (no such parameter)" for k, v in shapes.items() if k not in params]
+    for name, m in model.named_modules():
+        if not is_adapter_layer(m) or "lora_a" not in m or "lora_b" not in m:
+            continue
+        dims = _linear_dims(getattr(m, "linear", None))
+        a, b = m.lora_a.shape, m.lora_b.shape
+        ok = len(a) == 2 and len(b) == 2 and a[1] == b[0]
+        if ok and dims is not None:
+            ok = a[0] == dims[0] and b[1] == dims[1] and ("m" not in m or tuple(m.m.shape) == (dims[1],))
+        if not ok:
+            want = f" vs layer {dims[0]}→{dims[1]}" if dims else ""
+            bad.append(f"{name}.lora_a {tuple(a)} / lora_b {tuple(b)}{want}")
+    if not config.get("base_quantization"):
+        bad += [f"{k} {v} vs model {tuple(before[k])}" for k, v in shapes.items()
+                if k in before and tuple(before[k]) != v]
     if bad:
         raise AdapterError(f"The adapter in '{folder}' does not fit this base model: {'; '.join(bad[:3])}{' …' if len(bad) > 3 else ''}.",
-                           "Use the base model the adapter was trained on (see adapter_config.json).", file=folder)
+                           "Use the base model the adapter was trained on (see adapter_config.json), or train the adapter again.",
+                           file=folder / ADAPTER_FILE)

@@ -47,6 +47,25 @@ def vocab_guard(tokenizer):
     return guard
 
 
+def _prompt_text(base, encoder, sample: Sample) -> str:
+    """The rendered prompt; a chat template that fails on it is the model folder's error, located."""
+    from finetune_app.core.errors import FinetuneError, ModelError
+
+    try:
+        return encoder.prompt_text(sample)
+    except FinetuneError:
+        raise
+    except Exception as exc:  # jinja2 errors, a template that expects other message fields, ...
+        from finetune_app.core.model_folder import chat_template_source
+
+        found = chat_template_source(Path(base.path)) if getattr(base, "path", None) else None
+        where = found[0] if found else base.path
+        msg = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise ModelError(f"the model's chat template failed on this prompt ({type(exc).__name__}: {msg}).",
+                         "Restore the chat template from the original model (chat_template.jinja or the "
+                         "chat_template entry of tokenizer_config.json).", file=where) from None
+
+
 def stream(base, prompt: str, images: list | None = None, *, settings: GenerationSettings | None = None,
            encoder=None, sample: Sample | None = None) -> Iterator[str]:
     """Yield the answer's text piece by piece. `images` are PIL images (already loaded).
@@ -57,7 +76,7 @@ def stream(base, prompt: str, images: list | None = None, *, settings: Generatio
     settings = settings or GenerationSettings()
     images = list(images or [])
     encoder = encoder or Encoder(base)
-    text = encoder.prompt_text(sample if sample is not None else conversation(prompt, len(images)))
+    text = _prompt_text(base, encoder, sample if sample is not None else conversation(prompt, len(images)))
     model = base.model
     model.eval()  # dropout off; a trainer restores its own modes afterwards
     if base.kind == "vlm":

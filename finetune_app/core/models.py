@@ -91,35 +91,44 @@ def _human_count(n: int) -> str:
 
 def resolve_model_path(source: str | Path, *, progress: ProgressFn | None = None,
                        revision: str | None = None) -> Path:
-    """A local folder as is; a hub id downloaded (or found) in the HF cache."""
+    """A local folder as is; a hub id downloaded (or found) in the HF cache.
+
+    The hub is tried only for text shaped like `owner/name` that is not clearly a local path (it
+    does not start with `.`, `/` or `~`, and `owner` is not a folder here): `models/mine` beside an
+    existing `models/` folder is a missing local folder, not a download."""
     text = str(source).strip()
     if not text:
         raise ModelError("No base model was given.", "Choose a local model folder or enter a Hugging Face id such as mlx-community/FastVLM-0.5B-bf16.")
+    if "\0" in text:
+        raise ModelError("The model path contains a NUL character.", "Choose the model folder again.", field="model")
     path = Path(text).expanduser()
-    if path.exists():
+    try:
+        exists = path.exists()
+    except OSError as exc:  # e.g. a name too long for the file system
+        raise ModelError(f"Model path '{text[:200]}' cannot be used ({exc.strerror or exc}).", "Check the path.") from None
+    if exists:
         if not path.is_dir():
-            raise ModelError(f"'{path}' is a file, not a model folder.", "Choose the folder that holds config.json and the .safetensors weights.")
+            raise ModelError(f"'{path}' is a file, not a model folder.", "Choose the folder that holds config.json and the .safetensors weights.", file=path)
         _check_folder(path)
         return path.resolve()
-    if not HUB_ID.match(text) or text.startswith((".", "/", "~")):
-        raise ModelError(f"Model folder '{text}' does not exist.", "Check the path, or give a Hugging Face id in the form owner/name.")
+    if not looks_like_hub_id(text):
+        raise ModelError(f"Model folder '{text}' does not exist.",
+                         "Check the path, or give a Hugging Face id in the form owner/name.", file=text)
     return _download(text, progress=progress, revision=revision)
 
 
-def _check_folder(path: Path) -> None:
-    config = path / "config.json"
-    if not config.is_file():
-        raise ModelError(f"'{path}' is not a model folder: it has no config.json.",
-                         "Choose the folder that holds config.json, the tokenizer files and the .safetensors weights.", file=path)
-    try:
-        json.loads(config.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ModelError(f"config.json in '{path}' is not valid JSON ({exc}).",
-                         "Re-download the model or restore the file.", file=config) from None
-    if not list(path.glob("*.safetensors")):
-        extra = " It has PyTorch .bin weights, which are not loaded (only safetensors are)." if list(path.glob("*.bin")) else ""
-        raise ModelError(f"'{path}' has no .safetensors weights.{extra}",
-                         "Use an MLX or safetensors copy of the model (e.g. from mlx-community), or convert it with `python -m mlx_vlm convert` / `mlx_lm.convert`.", file=path)
+def looks_like_hub_id(text: str) -> bool:
+    """`owner/name` that cannot be a local path: no leading `.`, `/` or `~`, and no folder `owner` here."""
+    if not HUB_ID.match(text) or text.startswith((".", "/", "~")):
+        return False
+    return not Path(text.split("/", 1)[0]).expanduser().exists()
+
+
+def _check_folder(path: Path) -> dict:
+    """A model folder we may hand to the libraries (see core.model_folder); its config.json."""
+    from finetune_app.core.model_folder import check_model_folder
+
+    return check_model_folder(path)
 
 
 def _download(repo_id: str, *, progress: ProgressFn | None, revision: str | None) -> Path:
@@ -134,15 +143,18 @@ def _download(repo_id: str, *, progress: ProgressFn | None, revision: str | None
     try:
         path = Path(huggingface_hub.snapshot_download(**kwargs))
     except RepositoryNotFoundError:
-        raise ModelError(f"'{repo_id}' was not found on Hugging Face (or it is private).",
-                         "Check the spelling of the id, or log in with `hf auth login` if it is private.") from None
+        raise ModelError(f"'{repo_id}' is not a local model folder and was not found on Hugging Face (or it is private).",
+                         "If it is a local folder, check the path; if it is a Hugging Face id, check its spelling, or log in "
+                         "with `hf auth login` if it is private.", file=repo_id) from None
     except GatedRepoError:
         raise ModelError(f"'{repo_id}' is gated on Hugging Face.", "Accept its licence on huggingface.co and log in with `hf auth login`.") from None
     except RevisionNotFoundError:
         raise ModelError(f"Revision '{revision}' of '{repo_id}' does not exist.", "Leave the revision empty or pick an existing branch or tag.") from None
     except LocalEntryNotFoundError:
-        raise ModelError(f"Cannot download '{repo_id}': this machine is offline (or HF_HUB_OFFLINE is set) and the model is not in the local Hugging Face cache.",
-                         "Connect to the internet and try again, or download the model elsewhere and choose its local folder.") from None
+        raise ModelError(f"'{repo_id}' is neither a local model folder nor in the local Hugging Face cache, and it cannot be "
+                         "downloaded: this machine is offline (or HF_HUB_OFFLINE is set).",
+                         "If it is a local folder, check the path; if it is a Hugging Face id, connect to the internet "
+                         "and try again, or download the model elsewhere and choose its local folder.", file=repo_id) from None
     except OSError as exc:
         raise ModelError(f"Downloading '{repo_id}' failed: {exc}.", "Check the network connection and free disk space, then try again.") from None
     except Exception as exc:  # network errors from httpx/requests
@@ -151,7 +163,7 @@ def _download(repo_id: str, *, progress: ProgressFn | None, revision: str | None
             raise ModelError(f"Cannot reach Hugging Face to download '{repo_id}' ({name}).",
                              "Check the network connection, or choose a local model folder.") from None
         raise
-    _check_folder(path)
+    _check_folder(path)  # the downloaded snapshot gets the same checks as a local folder
     return path
 
 
@@ -173,7 +185,9 @@ def _progress_tqdm(progress: ProgressFn, what: str):
 
 
 def read_config(path: Path) -> dict:
-    return json.loads((path / "config.json").read_text(encoding="utf-8"))
+    from finetune_app.core.model_folder import read_json_object
+
+    return read_json_object(Path(path) / "config.json")
 
 
 def model_kind(config: dict) -> str:
@@ -191,32 +205,39 @@ def model_kind(config: dict) -> str:
 # ---- loading -----------------------------------------------------------------------------------
 
 def load_base(source: str | Path, *, progress: ProgressFn | None = None, lazy: bool = False) -> BaseModel:
-    """Load a base model through mlx-vlm or mlx-lm, refusing clearly what they cannot load."""
+    """Load a base model through mlx-vlm or mlx-lm, refusing clearly what they cannot load.
+
+    The folder is checked first (core.model_folder: no code of its own, sane sizes, readable
+    headers), and the loaders are told `trust_remote_code=False` (compat's no_remote_code patch
+    holds even where a library asks for True)."""
     from finetune_app.core import compat
 
     compat.apply()
     path = resolve_model_path(source, progress=progress)
-    config = read_config(path)
-    if config.get("model_file"):
-        raise ModelError(f"The model at '{path}' asks to run its own Python code (config.json: model_file).",
-                         "Finetune never runs code shipped with a model; use a model that mlx-vlm or mlx-lm support natively.", file=path / "config.json")
+    config = _check_folder(path)
     kind = model_kind(config)
     model_type = str(config["model_type"]).lower()
     try:
         if kind == "vlm":
             from mlx_vlm.utils import load as vlm_load
 
-            model, processor = vlm_load(str(path), lazy=lazy)
+            model, processor = vlm_load(str(path), lazy=lazy, trust_remote_code=False)
         else:
             import mlx_lm
 
-            model, processor = mlx_lm.load(str(path), lazy=lazy)
-    except (ValueError, KeyError, FileNotFoundError, ImportError, AttributeError, TypeError) as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            model, processor = mlx_lm.load(str(path), lazy=lazy, trust_remote_code=False,
+                                           tokenizer_config={"trust_remote_code": False})
+    except ModelError:
+        raise
+    except MemoryError:
+        raise ModelError(f"Not enough memory to load the model in '{path}'.",
+                         "Close other apps or choose a smaller (or quantized) model.", file=path) from None
+    except Exception as exc:  # the libraries' own errors (ValueError, RuntimeError from MLX, JSON, ...)
+        msg = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
         if "not supported" in msg or isinstance(exc, ImportError):
             raise ModelError(f"{model_type} models are not supported by {'mlx-vlm' if kind == 'vlm' else 'mlx-lm'} ({msg}).",
                              "Choose a supported family: FastVLM, Qwen2/2.5/3-VL, Llama, Qwen2/3 or Mistral.", file=path) from None
-        raise ModelError(f"Could not load the model in '{path}': {msg}.",
+        raise ModelError(f"Could not load the model in '{path}': {type(exc).__name__}: {msg}.",
                          "The folder may be incomplete or from an incompatible converter; re-download it or convert it again with mlx-vlm / mlx-lm.", file=path) from None
     model.eval()
     return BaseModel(model=model, processor=processor, kind=kind, model_type=model_type, path=path,

@@ -40,3 +40,47 @@ def save(path: str | Path, arrays: dict, metadata: dict | None = None, *, direct
         fh.write(struct.pack("<Q", len(text)) + text)
         for blob in blobs:
             fh.write(blob)
+
+
+_ITEMSIZE = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I8": 1, "I16": 2, "I32": 4, "I64": 8, "U8": 1,
+             "U16": 2, "U32": 4, "U64": 8, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+MAX_HEADER = 100 << 20
+
+
+def read_header(path: str | Path) -> dict:
+    """The JSON header of a safetensors file, checked against the file's size without reading the
+    data; ValueError says what is wrong (MLX's own loader ends such files in a C++ exception)."""
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            raise ValueError(f"it is {size} bytes long, too short for a safetensors header")
+        (n,) = struct.unpack("<Q", head)
+        if n < 2 or n > min(MAX_HEADER, size - 8):
+            raise ValueError(f"its header claims {n:,} bytes but the file has {size:,}")
+        raw = fh.read(n)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise ValueError("its header is not valid JSON") from None
+    if not isinstance(header, dict):
+        raise ValueError("its header is not a JSON object")
+    data_size = size - 8 - n
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype, shape, (begin, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
+            count = 1
+            for d in shape:
+                if isinstance(d, bool) or not isinstance(d, int) or d < 0:
+                    raise TypeError
+                count *= d
+            ok = (isinstance(begin, int) and isinstance(end, int) and 0 <= begin <= end <= data_size
+                  and (dtype not in _ITEMSIZE or end - begin == count * _ITEMSIZE[dtype]))
+        except (TypeError, KeyError, ValueError):
+            raise ValueError(f"tensor '{name[:100]}' has a malformed entry in the header") from None
+        if not ok:
+            raise ValueError(f"tensor '{name[:100]}' does not fit in the file (truncated or damaged)")
+    return header

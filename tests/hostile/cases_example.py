@@ -8,10 +8,3 @@ from hostile import case
 @case("dataset", "missing-folder")
 def _(env):
     env.expect("data", "check", env.tmp / "no-such-data", exit=4, says=["no-such-data"])
-
-
-@case("model", "config-is-a-list")
-def _(env):
-    model = env.copy(env.tiny_model("qwen2"), "model")
-    (model / "config.json").write_text("[1, 2, 3]")
-    env.expect("generate", "--model", model, "hello", exit=3, says=["config.json"])
