@@ -37,9 +37,12 @@ class Layout:
 
 def find_layout(path: str | Path) -> Layout:
     raw = str(path)
+    if "\0" in raw:
+        raise DataError("the dataset path contains a NUL byte.", "Check the path.",
+                        file=raw.replace("\0", "\\0"))
     p = Path(path).expanduser()
     if not p.exists():
-        if _HUB_ID.match(raw) and not raw.endswith(DATA_SUFFIXES) and "/" in raw:
+        if looks_like_hub_id(raw):
             return _hub(raw)
         raise DataError(f"dataset not found: {raw}.", "Check the path (a file or a folder).",
                         file=raw)
@@ -48,6 +51,16 @@ def find_layout(path: str | Path) -> Layout:
     if p.name in ("dataset_dict.json", "dataset_info.json", "state.json"):
         return _folder(p.parent)
     return _file(p)
+
+
+def looks_like_hub_id(raw: str) -> bool:
+    """'owner/name' that is not plainly a local path: no suffix of a data file, no leading
+    './', '~' or '/', and no local folder called 'owner' (then 'owner/name' is a missing file
+    in it). Only such ids ever reach the network."""
+    if not (_HUB_ID.match(raw) and "/" in raw) or raw.lower().endswith(DATA_SUFFIXES):
+        return False
+    owner = raw.split("/", 1)[0]
+    return owner not in (".", "..") and not Path(owner).exists()
 
 
 def _ctx(file: Path, root: Path, base: Path | None = None, split: str | None = None) -> SourceCtx:

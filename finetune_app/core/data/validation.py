@@ -18,6 +18,28 @@ from finetune_app.core.data.sample import Sample
 from finetune_app.core.errors import DataError, ModelError, Problem
 
 TokenCounter = Callable[[Sample], int]
+# No tokenizer turns fewer than this many characters into a token (English runs ~4 per token), so
+# a row with more text than max_length * this can never fit, and is refused without tokenising it
+# (a 200 MB caption once drove training to 22 GB inside the tokenizer).
+CHARS_PER_TOKEN_BOUND = 32
+
+
+def text_limit(max_length: int) -> int:
+    """Characters of text a row may have for a given max length in tokens."""
+    return int(max_length) * CHARS_PER_TOKEN_BOUND
+
+
+def oversized(sample: Sample, max_chars: int) -> Problem | None:
+    """The row's text is too long to ever fit: a located problem, before any tokenising."""
+    total = sum(len(t.text) for t in sample.turns)
+    if total <= max_chars:
+        return None
+    n, turn = max((len(t.text), k) for k, t in enumerate(sample.turns))
+    return Problem(sample.source, sample.line, sample.turns[turn].role,
+                   f"the row has {total:,} characters of text (turn {turn + 1}, "
+                   f"{sample.turns[turn].role}: {n:,}), more than the {max_chars:,} a max length "
+                   f"of {max_chars // CHARS_PER_TOKEN_BOUND:,} tokens could hold; it was not "
+                   "tokenised. Shorten the row (or raise --max-length).")
 
 
 def sample_key(sample: Sample) -> str:
@@ -31,9 +53,15 @@ def sample_key(sample: Sample) -> str:
 
 def validate(dataset: Dataset, *, token_counter: TokenCounter | None = None,
              max_length: int | None = None, check_images: bool = True,
-             progress: Callable[[int, int], None] | None = None, policy: str = "skip") -> Report:
+             progress: Callable[[int, int], None] | None = None, policy: str = "skip",
+             max_chars: int | None = None) -> Report:
     """Check every row of `dataset`; see the module docstring. Never raises for bad rows under
-    policy "skip"; under "strict" raises DataError listing the first problems."""
+    policy "skip"; under "strict" raises DataError listing the first problems.
+
+    `max_chars` (default: `text_limit(max_length)` when a max length is given) refuses rows with
+    more text than could ever fit, before they are tokenised; training applies the same bound."""
+    if max_chars is None and max_length is not None:
+        max_chars = text_limit(max_length)
     if policy not in ("skip", "strict"):
         raise DataError(f"unknown policy '{policy}'.", "Use 'skip' or 'strict'.", field="policy")
     total = len(dataset)
@@ -54,6 +82,11 @@ def validate(dataset: Dataset, *, token_counter: TokenCounter | None = None,
         if row_problems:
             problems.extend(row_problems)
             if any(p.severity == "error" for p in row_problems):
+                sample = None
+        if sample is not None and max_chars is not None:
+            big = oversized(sample, max_chars)
+            if big is not None:
+                problems.append(big)
                 sample = None
         if sample is not None and (not check_rows or _check_row(
                 i, sample, problems, check_images, sizes, bad_images, token_counter,
