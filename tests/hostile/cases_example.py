@@ -5,11 +5,6 @@ from __future__ import annotations
 from hostile import case
 
 
-@case("dataset", "missing-folder")
-def _(env):
-    env.expect("data", "check", env.tmp / "no-such-data", exit=4, says=["no-such-data"])
-
-
 @case("model", "config-is-a-list")
 def _(env):
     model = env.copy(env.tiny_model("qwen2"), "model")
