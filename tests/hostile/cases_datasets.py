@@ -232,3 +232,36 @@ def _(env):
 def _(env):
     data = _jsonl(env.tmp / "d.jsonl", [{"question": "q", "answer": 1}, {"question": "q", "answer": 2}])
     _train(env, "qwen2", data, exit=4, says=["d.jsonl", "line 1", "all skipped", "data check"])
+
+
+# ---- found while hunting (tracebacks before) -----------------------------------------------------
+
+@case("dataset", "json-array-with-a-5000-digit-integer")
+def _(env):
+    data = env.tmp / "d.json"
+    data.write_text("[\n" + json.dumps(QA[0]) + ',\n{"question": "q", "answer": "a", "n": ' + "7" * 5000 + "}\n]\n")
+    env.expect("data", "check", data, exit=0, says=["d.json line 3", "4300", "fix the file"])
+
+
+@case("dataset", "json-object-with-a-5000-digit-integer")
+def _(env):
+    data = env.tmp / "d.json"
+    data.write_text('{"question": "q", "answer": "a", "n": ' + "7" * 5000 + "}\n")
+    env.expect("data", "check", data, exit=4, says=["d.json", "4300", "check that this is the right file"])
+
+
+@case("dataset", "fifo-named-like-a-dataset")
+def _(env):
+    import os
+
+    fifo = env.tmp / "d.jsonl"
+    os.mkfifo(fifo)
+    env.expect("data", "check", fifo, exit=4, says=["d.jsonl", "not a regular file", "pass a dataset file"])
+
+
+@case("dataset", "ten-thousand-turns-in-one-row")
+def _(env):
+    turns = [{"role": r, "content": "x"} for _ in range(5000) for r in ("user", "assistant")]
+    good = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    data = _jsonl(env.tmp / "d.jsonl", [good, good | {"id": 2}, {"messages": turns}])
+    env.expect("data", "check", data, exit=0, says=["d.jsonl line 3", "10,000 turns", "split the conversation"])

@@ -46,11 +46,20 @@ def find_layout(path: str | Path) -> Layout:
             return _hub(raw)
         raise DataError(f"dataset not found: {raw}.", "Check the path (a file or a folder).",
                         file=raw)
-    if p.is_dir():
-        return _folder(p)
-    if p.name in ("dataset_dict.json", "dataset_info.json", "state.json"):
-        return _folder(p.parent)
-    return _file(p)
+    try:
+        if p.is_dir():
+            return _folder(p)
+        if not p.is_file():  # a FIFO or device would block or never end
+            raise DataError(f"{raw} is not a regular file.", "Pass a dataset file or folder.",
+                            file=raw)
+        if p.name in ("dataset_dict.json", "dataset_info.json", "state.json"):
+            return _folder(p.parent)
+        return _file(p)
+    except OSError as exc:  # unreadable file or folder (permissions, I/O error)
+        where = exc.filename or raw
+        raise DataError(f"cannot read {where} ({exc.strerror or exc}).",
+                        "Check that the file exists and that you may read it.",
+                        file=str(where)) from None
 
 
 def looks_like_hub_id(raw: str) -> bool:

@@ -32,6 +32,12 @@ def text_limit(max_length: int) -> int:
 def oversized(sample: Sample, max_chars: int) -> Problem | None:
     """The row's text is too long to ever fit: a located problem, before any tokenising."""
     total = sum(len(t.text) for t in sample.turns)
+    max_tokens = max_chars // CHARS_PER_TOKEN_BOUND
+    if len(sample.turns) > max_tokens:  # every turn takes at least one token
+        return Problem(sample.source, sample.line, None,
+                       f"the row has {len(sample.turns):,} turns, more than a max length of "
+                       f"{max_tokens:,} tokens could hold; it was not tokenised. Split the "
+                       "conversation (or raise --max-length).")
     if total <= max_chars:
         return None
     n, turn = max((len(t.text), k) for k, t in enumerate(sample.turns))

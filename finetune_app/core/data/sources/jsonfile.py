@@ -198,6 +198,9 @@ class JsonArraySource(Source):
             except RecursionError:
                 self._broken(line, "nested too deeply", len(rows))
                 break
+            except ValueError as exc:  # an integer of more than 4300 digits
+                self._broken(line, str(exc).split(";")[0], len(rows))
+                break
             rows.append((line, len(self._items), 0, self.ctx.split))
             self._items.append(obj)
             i = _WS.match(text, end).end()
@@ -227,6 +230,10 @@ class JsonArraySource(Source):
             return []
         except RecursionError:
             self.problems.append(Problem(self.name, None, None, "JSON nested too deeply.", "error"))
+            return []
+        except ValueError as exc:  # an integer of more than 4300 digits
+            self.problems.append(Problem(self.name, None, None, f"the JSON cannot be read "
+                                         f"({str(exc).split(';')[0]}).", "error"))
             return []
         lists = [k for k, v in obj.items() if isinstance(v, list) and v and isinstance(v[0], dict)]
         if len(lists) == 1 and len(obj) <= 3:  # {"data": [...]}-style wrapper
