@@ -86,17 +86,22 @@ def run_check(args: argparse.Namespace) -> int:
     except FinetuneError as err:
         if not args.json:
             raise
-        print(json.dumps({"error": {"message": err.message, "file": err.file, "line": err.line,
-                                    "field": err.field}, "rows_usable": 0}, indent=2))
+        _print(json.dumps({"error": {"message": err.message, "file": err.file, "line": err.line,
+                                     "field": err.field}, "rows_usable": 0}, indent=2))
         return err.exit_code
     if args.json:
-        print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+        _print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
     else:
-        print(dataset.describe())
-        print(report.summary(max_problems=args.show))
+        _print(dataset.describe())
+        _print(report.summary(max_problems=args.show))
     from finetune_app.core.errors import DataError
 
     return 0 if report.rows_usable else DataError.exit_code
+
+
+def _print(text: str) -> None:
+    """Print what a dataset said, even a lone surrogate (from a file name or broken JSON text)."""
+    print(text.encode("utf-8", "backslashreplace").decode("utf-8"))
 
 
 def _progress(args):

@@ -265,3 +265,15 @@ def _(env):
     good = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
     data = _jsonl(env.tmp / "d.jsonl", [good, good | {"id": 2}, {"messages": turns}])
     env.expect("data", "check", data, exit=0, says=["d.jsonl line 3", "10,000 turns", "split the conversation"])
+
+
+@case("dataset", "lone-surrogates-in-image-paths")
+def _(env):
+    _images(env)
+    data = env.tmp / "imgs" / "d.jsonl"
+    data.write_text('{"image": "0.png", "caption": "ok"}\n{"image": "\\ud800.png", "caption": "x"}\n'
+                    '{"image": "\\udcff.png", "caption": "y"}\n')
+    res = env.expect("data", "check", data, exit=0, says=["d.jsonl line 2", "surrogate", "fix the path",
+                                                         "d.jsonl line 3", "not found"])
+    env.expect("data", "check", data, "--json", exit=0, says=["d.jsonl", "surrogate"])
+    assert "2 error(s)" in res.text

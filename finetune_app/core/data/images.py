@@ -47,9 +47,9 @@ def _open(ref: ImageRef) -> tuple[Image.Image, io.BufferedIOBase]:
                         "file) or remove the row.") from None
         except OSError as exc:
             raise _fail(ref, f"image cannot be read ({exc.strerror}).", "Check the file.") from None
-        except ValueError:  # a NUL byte in the path
-            raise _fail(ref, "image path contains a NUL byte.", "Fix the path or remove the row."
-                        ) from None
+        except ValueError:  # a NUL byte or an unencodable character in the path
+            raise _fail(ref, "image path contains a NUL byte or an invalid character.",
+                        "Fix the path or remove the row.") from None
         if not path.is_file():
             raise _fail(ref, f"image path is not a file: {path}.", "Point at an image file.")
         if size == 0:

@@ -64,10 +64,13 @@ def validate(dataset: Dataset, *, token_counter: TokenCounter | None = None,
     """Check every row of `dataset`; see the module docstring. Never raises for bad rows under
     policy "skip"; under "strict" raises DataError listing the first problems.
 
-    `max_chars` (default: `text_limit(max_length)` when a max length is given) refuses rows with
-    more text than could ever fit, before they are tokenised; training applies the same bound."""
-    if max_chars is None and max_length is not None:
-        max_chars = text_limit(max_length)
+    `max_chars` (default: `text_limit` of `max_length`, else of training's default max length)
+    refuses rows with more text than could ever fit, before they are tokenised or hashed;
+    training applies the same bound, so the two agree on which rows are usable."""
+    if max_chars is None:
+        from finetune_app.core.config import TrainConfig
+
+        max_chars = text_limit(max_length or TrainConfig.max_length)
     if policy not in ("skip", "strict"):
         raise DataError(f"unknown policy '{policy}'.", "Use 'skip' or 'strict'.", field="policy")
     total = len(dataset)
@@ -89,7 +92,7 @@ def validate(dataset: Dataset, *, token_counter: TokenCounter | None = None,
             problems.extend(row_problems)
             if any(p.severity == "error" for p in row_problems):
                 sample = None
-        if sample is not None and max_chars is not None:
+        if sample is not None:
             big = oversized(sample, max_chars)
             if big is not None:
                 problems.append(big)

@@ -1,7 +1,8 @@
 """From a dataset path to tokenised train/validation examples, with the validation policy applied.
 
-Rows that cannot train (missing image, no answer, too long, ...) are skipped and counted, or
-refused in strict mode. The split is the dataset's own when it has one, else a deterministic
+Rows that cannot train (missing image, no answer, too long, a processor that chokes on one
+image, ...) are skipped, each with a located problem, or refused in strict mode: a row never
+aborts a run. The split is the dataset's own when it has one, else a deterministic
 held-out fraction.
 """
 
@@ -39,10 +40,11 @@ class Prepared:
     def skip_notice(self, shown: int = 5) -> str:
         """What the run tells the user about the rows it left out (the first few, located)."""
         rows = self.skipped_rows
-        listed = "; ".join(where(p) + f": {p.message}" for p in rows[:shown])
+        listed = "; ".join(where(p) + f": {p.message.rstrip('.')}" for p in rows[:shown])
         more = f"; and {len(rows) - shown} more" if len(rows) > shown else ""
-        return (f"{self.skipped} of {self.rows_found} rows were skipped because of problems: "
+        text = (f"{self.skipped} of {self.rows_found} rows were skipped because of problems: "
                 f"{listed}{more}.")
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")  # printable, always
 
 
 def where(p: Problem) -> str:

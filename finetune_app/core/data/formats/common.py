@@ -20,8 +20,13 @@ from finetune_app.core.data.sample import ImageRef, Turn
 IMAGE_MARKER = "<image>"
 # a relative POSIX path with no '.'-led segment, '//', backslash, colon (URIs, drive letters) or
 # surrounding blanks: safe to join to the base folder without normalising
-_SIMPLE = re.compile(r"(?!\s)(?:[^/\\.:][^/\\:]*/)*[^/\\.:][^/\\:]*(?<!\s)\Z") \
+# (NUL and lone surrogates, which no file name can hold, take the slow path and are refused there)
+_SIMPLE = re.compile("(?!\\s)(?:[^/\\\\.:\x00\ud800-\udfff][^/\\\\:\x00\ud800-\udfff]*/)*"
+                     "[^/\\\\.:\x00\ud800-\udfff][^/\\\\:\x00\ud800-\udfff]*(?<!\\s)\\Z") \
     if os.sep == "/" else re.compile(r"(?!)")
+# os functions map \udc80-\udcff back to undecodable bytes (surrogateescape); other surrogates and
+# NUL cannot be in any file name
+_UNNAMEABLE = re.compile("[\x00\ud800-\udc7f\udd00-\udfff]")
 _MARKER_RE = re.compile(r"[ \t]*<image>[ \t]*\n?")
 
 # What datasets call their roles -> ours. Anything else is an "unknown role" row problem.
@@ -87,6 +92,10 @@ def resolve_image_path(value: str, ctx: SourceCtx, field_name: str) -> ImageRef:
     ref = ctx.simple_path(value)
     if ref is not None:
         return ref
+    if _UNNAMEABLE.search(value):
+        raise RowError(field_name, f"image path {ascii(value)[:120]} contains a NUL byte or an "
+                       "invalid character (a lone UTF-16 surrogate), so no file can have that "
+                       "name. Fix the path or remove the row.")
     value = value.strip()
     if os.sep == "/" and "\\" in value:
         value = value.replace("\\", "/")  # datasets written on Windows
