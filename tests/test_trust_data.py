@@ -248,3 +248,19 @@ def test_surrogates_in_image_paths_are_row_errors_and_print(tmp_path):
                                                            "PYTHONIOENCODING": "utf-8:strict"})
         assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
         assert "surrogate" in proc.stdout
+
+
+def test_jsonl_index_reads_long_lines_in_chunks(tmp_path, monkeypatch):
+    """Offsets stay exact whatever a line's length is against the read chunk (8 bytes here)."""
+    from finetune_app.core.data.sources import jsonfile
+
+    monkeypatch.setattr(jsonfile, "_CHUNK", 8)
+    raw = [b'{"a":1}\n', b'{"a":12}\n', b"\n", b" " * 20 + b"\n", b'{"a":"' + b"x" * 30 + b'"}\n',
+           b'{"a":123}']  # exactly one chunk + newline, blank, long blank, long, no final newline
+    data = tmp_path / "d.jsonl"
+    data.write_bytes(b"".join(raw))
+    src = jsonfile.JsonlSource(data, jsonfile.SourceCtx(file=str(data), base=str(tmp_path),
+                                                        root=str(tmp_path)))
+    offsets = [sum(map(len, raw[:k])) for k in range(len(raw))]
+    assert src.rows() == [(k + 1, offsets[k], len(raw[k]), None) for k in (0, 1, 4, 5)]
+    assert [src.read(key, size)[0]["a"] for _, key, size, _ in src.rows()] == [1, 12, "x" * 30, 123]

@@ -36,7 +36,7 @@ _JSON_FIX = "Each line must be one complete JSON object; fix or remove the line.
 # A row is never parsed beyond this: a 200 MB caption must not cost gigabytes before it is refused
 # (inline base64 images are the only legitimate reason for lines of megabytes).
 MAX_LINE_BYTES = 32 * 2**20
-_NON_BLANK = re.compile(rb"\S")
+_CHUNK = 1 << 20  # bytes read at a time while indexing
 
 
 def _why(exc: json.JSONDecodeError) -> str:
@@ -94,32 +94,34 @@ class JsonlSource(Source):
         self._mem: bytes | None = None  # only for files we had to re-encode (UTF-16)
 
     def _index(self) -> list[tuple]:
-        """Line offsets by scanning for newlines in a memory map: no line is copied, however long."""
+        """Line offsets in one pass, reading at most a chunk at a time: however long a line is,
+        it is never held in memory whole."""
+        rows, split = [], self.ctx.split
         with open(self.path, "rb") as fh:
             head = fh.read(4)
             if head.startswith(UTF16_BOMS):
                 data, self.problems = normalise_bytes(head + fh.read(), self.name)
                 self._mem = data
-                return self._scan(data, 0)
-            start = len(UTF8_BOM) if head.startswith(UTF8_BOM) else 0
-            try:
-                buf = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-            except (ValueError, OSError):  # empty file, or a filesystem without mmap
-                return self._scan(fh.read(), start)
-            try:
-                return self._scan(buf, start)
-            finally:
-                buf.close()
-
-    def _scan(self, buf, pos: int) -> list[tuple]:
-        rows, split, end, n = [], self.ctx.split, len(buf), 0
-        while pos < end:
-            n += 1
-            nl = buf.find(b"\n", pos)
-            stop = end if nl < 0 else nl + 1
-            if _NON_BLANK.search(buf, pos, stop):
-                rows.append((n, pos, stop - pos, split))
-            pos = stop
+                pos = 0
+                for n, line in enumerate(data.splitlines(keepends=True), 1):
+                    if line.strip():
+                        rows.append((n, pos, len(line), split))
+                    pos += len(line)
+                return rows
+            fh.seek(len(UTF8_BOM) if head.startswith(UTF8_BOM) else 0)
+            pos, n, readline = fh.tell(), 0, fh.readline
+            while line := readline(_CHUNK):
+                n += 1
+                size, blank = len(line), not line.strip()
+                while size % _CHUNK == 0 and not line.endswith(b"\n"):  # a long line: go on
+                    line = readline(_CHUNK)
+                    if not line:
+                        break
+                    size += len(line)
+                    blank = blank and not line.strip()
+                if not blank:
+                    rows.append((n, pos, size, split))
+                pos += size
         return rows
 
     def _raw(self, fh, key: int, size: int) -> bytes:
