@@ -277,3 +277,18 @@ def _(env):
                                                          "d.jsonl line 3", "not found"])
     env.expect("data", "check", data, "--json", exit=0, says=["d.jsonl", "surrogate"])
     assert "2 error(s)" in res.text
+
+
+@case("dataset", "train-text-model-skips-the-one-image-row")
+def _(env):
+    _images(env)
+    data = _jsonl(env.tmp / "imgs" / "d.jsonl", QA[:5] + [{"question": "what is this?", "answer": "a square.",
+                                                          "image": "0.png"}] + QA[5:])
+    _train(env, "qwen2", data, exit=0, says=["1 of 9 rows were skipped", "d.jsonl line 6", "[images]",
+                                             "text only", "finished"])
+
+
+@case("dataset", "train-text-model-all-image-rows")
+def _(env):
+    d = env.copy(env.shapes_data, "shapes")
+    _train(env, "qwen2", d, exit=4, says=["shapes", "text only", "vision-language"])

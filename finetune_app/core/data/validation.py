@@ -82,7 +82,7 @@ def validate(dataset: Dataset, *, token_counter: TokenCounter | None = None,
     lengths: dict[int, int] = {}
     sizes: dict[str, tuple[int, int]] = {}
     bad_images: dict[str, DataError] = {}
-    has_images = False
+    has_images, image_rows = False, 0
     split_counts: dict[str, int] = {}
     every = max(1, total // 200)
     check_rows = check_images or token_counter is not None
@@ -102,7 +102,7 @@ def validate(dataset: Dataset, *, token_counter: TokenCounter | None = None,
                 max_length, lengths)):
             usable.append(i)
             if sample.images:
-                has_images = True
+                has_images, image_rows = True, image_rows + 1
             key = row_keys[i] = sample_key(sample)
             earlier = first_of.setdefault(key, i)
             if earlier != i:
@@ -122,7 +122,7 @@ def validate(dataset: Dataset, *, token_counter: TokenCounter | None = None,
                     usable_indices=usable, token_lengths=lengths, image_sizes=sizes,
                     duplicates=duplicates, row_keys=row_keys, path=str(dataset.path),
                     format=dataset.format, container=dataset.container,
-                    has_images=dataset.has_images,
+                    has_images=dataset.has_images, rows_with_images=image_rows,
                     splits=split_counts if dataset.splits else {}, max_length=max_length,
                     images_checked=check_images, dataset=dataset)
     if policy == "strict" and report.errors:

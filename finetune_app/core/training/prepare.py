@@ -89,7 +89,9 @@ def prepare_examples(cfg: TrainConfig, base, encoder: Encoder, *,
     # failures); the text bound is data check's, so both agree on which rows are usable.
     report = validate(dataset, check_images=False, max_chars=text_limit(cfg.max_length),
                       progress=(lambda d, t: progress("checking rows", d, t)) if progress else None)
-    if report.has_images and base.kind == "text":
+    # a text model: rows with images are skipped one by one (the encoder refuses them), unless
+    # every row has images, which is the wrong model rather than a few odd rows
+    if base.kind == "text" and report.rows_usable and report.rows_with_images == report.rows_usable:
         raise DataError(f"The dataset '{cfg.data}' has images, but {base.family} reads text only.",
                         "Choose a vision-language base model (FastVLM, Qwen2-VL, ...) or a text-only dataset.", file=cfg.data)
     problems: list[Problem] = list(report.problems)
