@@ -3,7 +3,8 @@
 Every mode becomes RGB (transparency over white, 16-bit scaled rather than clipped), EXIF
 orientation is applied, huge images are decoded at reduced size (JPEG draft, then reduce) so a
 50-megapixel photo does not need 600 MB, and anything PIL would warn about as a decompression
-bomb, or cannot decode, raises a DataError naming the file instead of passing silently.
+bomb, has an aspect ratio no vision processor takes (checked from the header), or cannot decode,
+raises a DataError naming the file instead of passing silently.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """`validate`: one pass over every row -> a Report of what is usable and what is wrong, per row.
 
-Checks: the row parses (JSON, columns, roles, non-empty answer), its images exist inside the
-dataset folder and decode, it is not a duplicate, and (given a token counter) it fits max_length.
+Checks: the row parses (JSON, columns, roles, non-empty answer), its text could fit max_length
+at all (a character bound, before any tokenising), its images exist inside the dataset folder and
+decode, it is not a duplicate, and (given a token counter) it fits max_length. Training runs the
+same checks, so `data check` and `train` agree on which rows are usable.
 Policy "skip" drops bad rows and counts them; "strict" raises on the first problems.
 """
 
