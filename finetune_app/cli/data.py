@@ -60,33 +60,48 @@ def _template(value: str | None):
 
 
 def run_check(args: argparse.Namespace) -> int:
+    from finetune_app.core.config import TrainConfig
     from finetune_app.core.data import open_dataset, token_counter_for, validate
-    from finetune_app.core.errors import FinetuneError
+    from finetune_app.core.data.validation import text_limit
+    from finetune_app.core.errors import ConfigError, FinetuneError
 
     try:
+        if args.max_length is not None and args.max_length < 1:
+            raise ConfigError(f"--max-length must be a positive number of tokens, got "
+                              f"{args.max_length}.", "Pass e.g. --max-length 2048.",
+                              field="max_length")
         dataset = open_dataset(args.path, format=args.format, template=_template(args.template),
                                policy="strict" if args.strict else "skip")
         counter = token_counter_for(args.model) if args.model else None
         if args.max_length is not None and counter is None:
-            print("note: --max-length needs --model to count tokens; lengths not checked",
+            print("note: --max-length needs --model to count tokens; only the text length "
+                  "bound was checked",
                   file=sys.stderr)
+        # the text bound training applies before tokenising (from its max length), so that
+        # both agree on which rows are usable
         report = validate(dataset, token_counter=counter, max_length=args.max_length,
                           check_images=not args.no_images, progress=_progress(args),
-                          policy="strict" if args.strict else "skip")
+                          policy="strict" if args.strict else "skip",
+                          max_chars=text_limit(args.max_length or TrainConfig.max_length))
     except FinetuneError as err:
         if not args.json:
             raise
-        print(json.dumps({"error": {"message": err.message, "file": err.file, "line": err.line,
-                                    "field": err.field}, "rows_usable": 0}, indent=2))
+        _print(json.dumps({"error": {"message": err.message, "file": err.file, "line": err.line,
+                                     "field": err.field}, "rows_usable": 0}, indent=2))
         return err.exit_code
     if args.json:
-        print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+        _print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
     else:
-        print(dataset.describe())
-        print(report.summary(max_problems=args.show))
+        _print(dataset.describe())
+        _print(report.summary(max_problems=args.show))
     from finetune_app.core.errors import DataError
 
     return 0 if report.rows_usable else DataError.exit_code
+
+
+def _print(text: str) -> None:
+    """Print what a dataset said, even a lone surrogate (from a file name or broken JSON text)."""
+    print(text.encode("utf-8", "backslashreplace").decode("utf-8"))
 
 
 def _progress(args):

@@ -3,7 +3,8 @@
 Every mode becomes RGB (transparency over white, 16-bit scaled rather than clipped), EXIF
 orientation is applied, huge images are decoded at reduced size (JPEG draft, then reduce) so a
 50-megapixel photo does not need 600 MB, and anything PIL would warn about as a decompression
-bomb, or cannot decode, raises a DataError naming the file instead of passing silently.
+bomb, has an aspect ratio no vision processor takes (checked from the header), or cannot decode,
+raises a DataError naming the file instead of passing silently.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ _TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
 _HIGH_DEPTH = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 _ALPHA = ("RGBA", "LA", "PA", "RGBa", "La")
 _REEXPORT = "Re-export it as PNG or JPEG, or remove the row."
+# Longest side over shortest side. Qwen-VL processors refuse more than 200 (smart_resize), and no
+# model learns from a 1x60000 strip: refuse it from the header, before decoding anything.
+MAX_ASPECT = 200
 
 
 def _fail(ref: ImageRef, problem: str, fix: str) -> DataError:
@@ -44,6 +48,9 @@ def _open(ref: ImageRef) -> tuple[Image.Image, io.BufferedIOBase]:
                         "file) or remove the row.") from None
         except OSError as exc:
             raise _fail(ref, f"image cannot be read ({exc.strerror}).", "Check the file.") from None
+        except ValueError:  # a NUL byte or an unencodable character in the path
+            raise _fail(ref, "image path contains a NUL byte or an invalid character.",
+                        "Fix the path or remove the row.") from None
         if not path.is_file():
             raise _fail(ref, f"image path is not a file: {path}.", "Point at an image file.")
         if size == 0:
@@ -80,6 +87,11 @@ def _open(ref: ImageRef) -> tuple[Image.Image, io.BufferedIOBase]:
     if w <= 0 or h <= 0:
         fh.close()
         raise _fail(ref, f"image has no pixels ({w}x{h}).", "Remove the row.")
+    if max(w, h) > MAX_ASPECT * min(w, h):
+        fh.close()
+        raise _fail(ref, f"image is {w}x{h} pixels, an aspect ratio over {MAX_ASPECT}:1 that vision "
+                    "models cannot read.", "Crop or pad it to a less extreme shape, or remove the "
+                    "row.")
     return im, fh
 
 

@@ -37,17 +37,39 @@ class Layout:
 
 def find_layout(path: str | Path) -> Layout:
     raw = str(path)
+    if "\0" in raw:
+        raise DataError("the dataset path contains a NUL byte.", "Check the path.",
+                        file=raw.replace("\0", "\\0"))
     p = Path(path).expanduser()
     if not p.exists():
-        if _HUB_ID.match(raw) and not raw.endswith(DATA_SUFFIXES) and "/" in raw:
+        if looks_like_hub_id(raw):
             return _hub(raw)
         raise DataError(f"dataset not found: {raw}.", "Check the path (a file or a folder).",
                         file=raw)
-    if p.is_dir():
-        return _folder(p)
-    if p.name in ("dataset_dict.json", "dataset_info.json", "state.json"):
-        return _folder(p.parent)
-    return _file(p)
+    try:
+        if p.is_dir():
+            return _folder(p)
+        if not p.is_file():  # a FIFO or device would block or never end
+            raise DataError(f"{raw} is not a regular file.", "Pass a dataset file or folder.",
+                            file=raw)
+        if p.name in ("dataset_dict.json", "dataset_info.json", "state.json"):
+            return _folder(p.parent)
+        return _file(p)
+    except OSError as exc:  # unreadable file or folder (permissions, I/O error)
+        where = exc.filename or raw
+        raise DataError(f"cannot read {where} ({exc.strerror or exc}).",
+                        "Check that the file exists and that you may read it.",
+                        file=str(where)) from None
+
+
+def looks_like_hub_id(raw: str) -> bool:
+    """'owner/name' that is not plainly a local path: no suffix of a data file, no leading
+    './', '~' or '/', and no local folder called 'owner' (then 'owner/name' is a missing file
+    in it). Only such ids ever reach the network."""
+    if not (_HUB_ID.match(raw) and "/" in raw) or raw.lower().endswith(DATA_SUFFIXES):
+        return False
+    owner = raw.split("/", 1)[0]
+    return owner not in (".", "..") and not Path(owner).exists()
 
 
 def _ctx(file: Path, root: Path, base: Path | None = None, split: str | None = None) -> SourceCtx:

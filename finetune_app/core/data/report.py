@@ -29,6 +29,7 @@ class Report:
     format: str = ""
     container: str = ""
     has_images: bool = False
+    rows_with_images: int = 0  # usable rows that have at least one image
     splits: dict[str, int] = field(default_factory=dict)  # own split sizes (usable rows)
     max_length: int | None = None
     images_checked: bool = True

@@ -37,6 +37,8 @@ def split(dataset_or_indices, *, valid_fraction: float = 0.1, seed: int = 0,
         return [], []
     units = {i: _unit(seed, keys(i)) for i in indices}
     valid = {i for i in indices if units[i] < valid_fraction}
+    if len(valid) == len(indices):  # a row or two that all hashed low: train on them instead
+        valid = set()
     want = min(max(min_valid, 0), len(indices) - 1) if valid_fraction > 0 else 0
     if len(valid) < want:
         # small datasets: top up with the rows that came closest, still deterministic

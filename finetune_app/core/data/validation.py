@@ -1,7 +1,9 @@
 """`validate`: one pass over every row -> a Report of what is usable and what is wrong, per row.
 
-Checks: the row parses (JSON, columns, roles, non-empty answer), its images exist inside the
-dataset folder and decode, it is not a duplicate, and (given a token counter) it fits max_length.
+Checks: the row parses (JSON, columns, roles, non-empty answer), its text could fit max_length
+at all (a character bound, before any tokenising), its images exist inside the dataset folder and
+decode, it is not a duplicate, and (given a token counter) it fits max_length. Training runs the
+same checks, so `data check` and `train` agree on which rows are usable.
 Policy "skip" drops bad rows and counts them; "strict" raises on the first problems.
 """
 
@@ -18,6 +20,34 @@ from finetune_app.core.data.sample import Sample
 from finetune_app.core.errors import DataError, ModelError, Problem
 
 TokenCounter = Callable[[Sample], int]
+# No tokenizer turns fewer than this many characters into a token (English runs ~4 per token), so
+# a row with more text than max_length * this can never fit, and is refused without tokenising it
+# (a 200 MB caption once drove training to 22 GB inside the tokenizer).
+CHARS_PER_TOKEN_BOUND = 32
+
+
+def text_limit(max_length: int) -> int:
+    """Characters of text a row may have for a given max length in tokens."""
+    return int(max_length) * CHARS_PER_TOKEN_BOUND
+
+
+def oversized(sample: Sample, max_chars: int) -> Problem | None:
+    """The row's text is too long to ever fit: a located problem, before any tokenising."""
+    total = sum(len(t.text) for t in sample.turns)
+    max_tokens = max_chars // CHARS_PER_TOKEN_BOUND
+    if len(sample.turns) > max_tokens:  # every turn takes at least one token
+        return Problem(sample.source, sample.line, None,
+                       f"the row has {len(sample.turns):,} turns, more than a max length of "
+                       f"{max_tokens:,} tokens could hold; it was not tokenised. Split the "
+                       "conversation (or raise --max-length).")
+    if total <= max_chars:
+        return None
+    n, turn = max((len(t.text), k) for k, t in enumerate(sample.turns))
+    return Problem(sample.source, sample.line, sample.turns[turn].role,
+                   f"the row has {total:,} characters of text (turn {turn + 1}, "
+                   f"{sample.turns[turn].role}: {n:,}), more than the {max_chars:,} a max length "
+                   f"of {max_chars // CHARS_PER_TOKEN_BOUND:,} tokens could hold; it was not "
+                   "tokenised. Shorten the row (or raise --max-length).")
 
 
 def sample_key(sample: Sample) -> str:
@@ -31,9 +61,18 @@ def sample_key(sample: Sample) -> str:
 
 def validate(dataset: Dataset, *, token_counter: TokenCounter | None = None,
              max_length: int | None = None, check_images: bool = True,
-             progress: Callable[[int, int], None] | None = None, policy: str = "skip") -> Report:
+             progress: Callable[[int, int], None] | None = None, policy: str = "skip",
+             max_chars: int | None = None) -> Report:
     """Check every row of `dataset`; see the module docstring. Never raises for bad rows under
-    policy "skip"; under "strict" raises DataError listing the first problems."""
+    policy "skip"; under "strict" raises DataError listing the first problems.
+
+    `max_chars` (default: `text_limit` of `max_length`, else of training's default max length)
+    refuses rows with more text than could ever fit, before they are tokenised or hashed;
+    training applies the same bound, so the two agree on which rows are usable."""
+    if max_chars is None:
+        from finetune_app.core.config import TrainConfig
+
+        max_chars = text_limit(max_length or TrainConfig.max_length)
     if policy not in ("skip", "strict"):
         raise DataError(f"unknown policy '{policy}'.", "Use 'skip' or 'strict'.", field="policy")
     total = len(dataset)
@@ -45,7 +84,7 @@ def validate(dataset: Dataset, *, token_counter: TokenCounter | None = None,
     lengths: dict[int, int] = {}
     sizes: dict[str, tuple[int, int]] = {}
     bad_images: dict[str, DataError] = {}
-    has_images = False
+    has_images, image_rows = False, 0
     split_counts: dict[str, int] = {}
     every = max(1, total // 200)
     check_rows = check_images or token_counter is not None
@@ -55,12 +94,17 @@ def validate(dataset: Dataset, *, token_counter: TokenCounter | None = None,
             problems.extend(row_problems)
             if any(p.severity == "error" for p in row_problems):
                 sample = None
+        if sample is not None:
+            big = oversized(sample, max_chars)
+            if big is not None:
+                problems.append(big)
+                sample = None
         if sample is not None and (not check_rows or _check_row(
                 i, sample, problems, check_images, sizes, bad_images, token_counter,
                 max_length, lengths)):
             usable.append(i)
             if sample.images:
-                has_images = True
+                has_images, image_rows = True, image_rows + 1
             key = row_keys[i] = sample_key(sample)
             earlier = first_of.setdefault(key, i)
             if earlier != i:
@@ -80,7 +124,7 @@ def validate(dataset: Dataset, *, token_counter: TokenCounter | None = None,
                     usable_indices=usable, token_lengths=lengths, image_sizes=sizes,
                     duplicates=duplicates, row_keys=row_keys, path=str(dataset.path),
                     format=dataset.format, container=dataset.container,
-                    has_images=dataset.has_images,
+                    has_images=dataset.has_images, rows_with_images=image_rows,
                     splits=split_counts if dataset.splits else {}, max_length=max_length,
                     images_checked=check_images, dataset=dataset)
     if policy == "strict" and report.errors:

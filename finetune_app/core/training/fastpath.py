@@ -110,7 +110,10 @@ class FastPath:
                 keys.append(key)
         lm = self.model.language_model
         pos, _ = lm.get_rope_index(mx.array(ex.input_ids[None]), mx.array(grid) if grid is not None else None, None, None)
-        ex.rope_positions = np.asarray(pos)[:, 0, :].astype(np.int32)  # [3, L]
+        pos = np.asarray(pos)
+        if pos.ndim == 2:  # a row without images: plain positions, the same on all three axes
+            pos = np.broadcast_to(pos[None], (3, *pos.shape))
+        ex.rope_positions = pos[:, 0, :].astype(np.int32)  # [3, L]
         lm._rope_deltas = lm._position_ids = None
         ex.feature_keys = keys
         ex.images = {}

@@ -1,7 +1,8 @@
 """From a dataset path to tokenised train/validation examples, with the validation policy applied.
 
-Rows that cannot train (missing image, no answer, too long, ...) are skipped and counted, or
-refused in strict mode. The split is the dataset's own when it has one, else a deterministic
+Rows that cannot train (missing image, no answer, too long, a processor that chokes on one
+image, ...) are skipped, each with a located problem, or refused in strict mode: a row never
+aborts a run. The split is the dataset's own when it has one, else a deterministic
 held-out fraction.
 """
 
@@ -31,20 +32,66 @@ class Prepared:
     def skipped(self) -> int:
         return self.rows_found - len(self.train) - len(self.valid)
 
+    @property
+    def skipped_rows(self) -> list[Problem]:
+        """One located problem per row left out (file, line, field, why)."""
+        return [p for p in self.problems if p.severity == "error"]
+
+    def skip_notice(self, shown: int = 5) -> str:
+        """What the run tells the user about the rows it left out (the first few, located)."""
+        rows = self.skipped_rows
+        listed = "; ".join(where(p) + f": {p.message.rstrip('.')}" for p in rows[:shown])
+        more = f"; and {len(rows) - shown} more" if len(rows) > shown else ""
+        text = (f"{self.skipped} of {self.rows_found} rows were skipped because of problems: "
+                f"{listed}{more}.")
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")  # printable, always
+
+
+def where(p: Problem) -> str:
+    return p.file + (f" line {p.line}" if p.line is not None else "") + \
+        (f" [{p.field}]" if p.field else "")
+
+
+def _row_problem(sample, i: int, dataset, exc: BaseException) -> Problem:
+    """Any failure while preparing one row -> a located problem for that row (never a crash)."""
+    ref = dataset.rows[i]
+    file = getattr(sample, "source", None) or dataset.sources[ref.source].name
+    line = getattr(sample, "line", None) if sample is not None else ref.line
+    if isinstance(exc, FinetuneError):
+        other = exc.file and str(exc.file) != file  # an image's name, say
+        return Problem(file=file, line=line if exc.line is None or other else exc.line,
+                       field=exc.field, message=(f"{exc.file}: " if other else "") + exc.problem)
+    if isinstance(exc, MemoryError):
+        why = "it needs more memory than is available"
+    else:
+        why = f"{type(exc).__name__}: {str(exc)[:300]}"
+    return Problem(file=file, line=line, field=None,
+                   message=f"this row could not be prepared for training ({why}); it was skipped. "
+                   "Check the row, or run `finetune-app data check` on the dataset.")
+
 
 def prepare_examples(cfg: TrainConfig, base, encoder: Encoder, *,
                      progress: Callable[[str, int, int], None] | None = None,
                      on_example: Callable[[Example], None] | None = None) -> Prepared:
-    """`on_example` sees each usable example first (the vision cache swaps pixels for features)."""
+    """`on_example` sees each usable example first (the vision cache swaps pixels for features).
+
+    A row never aborts the run: whatever fails for one row (image decode, chat template,
+    tokenising, the vision cache) skips that row with a located problem. Only when no training
+    row remains is it an error."""
     from finetune_app.core.data import open_dataset, split, validate
+    from finetune_app.core.data.validation import text_limit
 
     dataset = open_dataset(cfg.data, format=cfg.data_format)
     n = len(dataset)
     if n == 0:
         raise DataError(f"The dataset '{cfg.data}' has no rows.", "Check that the file is not empty and that its format is one Finetune reads (see `finetune-app data check`).", file=cfg.data)
-    # Row checks without decoding images (encoding below decodes each image once and reports failures).
-    report = validate(dataset, check_images=False, progress=(lambda d, t: progress("checking rows", d, t)) if progress else None)
-    if report.has_images and base.kind == "text":
+    # Row checks without decoding images (encoding below decodes each image once and reports
+    # failures); the text bound is data check's, so both agree on which rows are usable.
+    report = validate(dataset, check_images=False, max_chars=text_limit(cfg.max_length),
+                      progress=(lambda d, t: progress("checking rows", d, t)) if progress else None)
+    # a text model: rows with images are skipped one by one (the encoder refuses them), unless
+    # every row has images, which is the wrong model rather than a few odd rows
+    if base.kind == "text" and report.rows_usable and report.rows_with_images == report.rows_usable:
         raise DataError(f"The dataset '{cfg.data}' has images, but {base.family} reads text only.",
                         "Choose a vision-language base model (FastVLM, Qwen2-VL, ...) or a text-only dataset.", file=cfg.data)
     problems: list[Problem] = list(report.problems)
@@ -55,22 +102,23 @@ def prepare_examples(cfg: TrainConfig, base, encoder: Encoder, *,
     for k, (i, part) in enumerate(order):
         if progress:
             progress("tokenising", k, len(order))
+        sample = None
         try:
             sample = dataset.sample(i)
             ex = encoder.encode(sample, index=i)
-        except FinetuneError as err:
-            problems.append(Problem(file=err.file or str(cfg.data), line=err.line, field=err.field, message=err.problem))
+            if ex.model_length > cfg.max_length:
+                problems.append(Problem(file=sample.source or str(cfg.data), line=sample.line, field="length",
+                                        message=f"sequence of {ex.model_length} tokens is longer than max_length {cfg.max_length}"))
+                continue
+            if ex.n_targets == 0:
+                problems.append(Problem(file=sample.source or str(cfg.data), line=sample.line, field="answer",
+                                        message="the answer produced no tokens to learn"))
+                continue
+            if on_example:
+                on_example(ex)
+        except Exception as exc:  # noqa: BLE001 - one row's failure, whatever it is, skips that row
+            problems.append(_row_problem(sample, i, dataset, exc))
             continue
-        if ex.model_length > cfg.max_length:
-            problems.append(Problem(file=sample.source or str(cfg.data), line=sample.line, field="length",
-                                    message=f"sequence of {ex.model_length} tokens is longer than max_length {cfg.max_length}"))
-            continue
-        if ex.n_targets == 0:
-            problems.append(Problem(file=sample.source or str(cfg.data), line=sample.line, field="answer",
-                                    message="the answer produced no tokens to learn"))
-            continue
-        if on_example:
-            on_example(ex)
         image_bytes += sum(v.nbytes for v in ex.images.values())
         if image_bytes > IMAGE_BUDGET_BYTES:  # keep ids only; images are re-read per batch
             ex.images, ex.lazy_images = {}, True
@@ -83,11 +131,23 @@ def prepare_examples(cfg: TrainConfig, base, encoder: Encoder, *,
         progress("tokenising", len(order), len(order))
     errors = [p for p in problems if p.severity == "error"]
     if cfg.strict_data and errors:
-        first = "; ".join(f"{p.file}{f' line {p.line}' if p.line else ''}{f' ({p.field})' if p.field else ''}: {p.message}" for p in errors[:3])
+        first = "; ".join(f"{where(p)}: {p.message}" for p in errors[:3])
         raise DataError(f"{len(errors)} row(s) have problems (strict mode): {first}{' …' if len(errors) > 3 else ''}.",
                         "Fix these rows, or turn off strict mode to skip them.", file=cfg.data)
     if not train:
-        detail = f" First problem: {errors[0].file} line {errors[0].line}: {errors[0].message}." if errors else ""
-        raise DataError(f"No usable training rows in '{cfg.data}' ({n} found, all skipped).{detail}",
-                        "Run `finetune-app data check` on the dataset to see every problem.", file=cfg.data)
+        raise _nothing_to_train(cfg, n, valid, errors)
     return Prepared(train=train, valid=valid, samples=val_samples, problems=problems, rows_found=n, dataset=dataset)
+
+
+def _nothing_to_train(cfg: TrainConfig, n: int, valid: list, errors: list[Problem]) -> DataError:
+    """Why no training row remains: every row skipped, or the usable ones all in validation."""
+    if valid:
+        return DataError(f"No training rows in '{cfg.data}': {n} found, and the {len(valid)} usable "
+                         "one(s) all went to validation, none to training"
+                         + (f"; {len(errors)} skipped, first {where(errors[0])}: {errors[0].message}"
+                            if errors else "") + ".",
+                         "Add more rows, or mark some rows as training (a train split / train.jsonl).",
+                         file=cfg.data)
+    detail = f" First problem: {where(errors[0])}: {errors[0].message}" if errors else ""
+    return DataError(f"No usable training rows in '{cfg.data}' ({n} found, all skipped).{detail}",
+                     "Run `finetune-app data check` on the dataset to see every problem.", file=cfg.data)

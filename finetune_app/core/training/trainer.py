@@ -164,8 +164,7 @@ class Trainer:
                                 progress=lambda phase, d, t: self.emit(Progress(phase, d, t)),
                                 on_example=self.fast.prepare_example if self.fast else None)
         if data.skipped:
-            self.emit(Notice(f"{data.skipped} of {data.rows_found} rows were skipped because of problems "
-                             f"(run `finetune-app data check {cfg.data}` to see them)."))
+            self.emit(Notice(f"{data.skip_notice()} Run `finetune-app data check {cfg.data}` to see them all."))
         self.data = data
         self.train_lengths = [e.model_length for e in data.train]
         n_batches = len(epoch_batches(self.train_lengths, cfg.batch_size, seed=cfg.seed, epoch=0))

@@ -21,6 +21,7 @@ from finetune_app.core.data.formats.common import (
     found,
     image_ref,
     image_refs,
+    json_kind,
     role_of,
     row_image_key,
     sample_meta,
@@ -148,7 +149,7 @@ def _content(content, n: int, ctx: SourceCtx, slots: list) -> tuple[str, int]:
         content = [content]
     if not isinstance(content, list):
         raise RowError("messages", f"turn {n}: content must be text or a list of parts, "
-                       f"got {type(content).__name__}.")
+                       f"got {json_kind(content)}.")
     texts, k = [], 0
     for part in content:
         if type(part) is dict:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -19,8 +20,13 @@ from finetune_app.core.data.sample import ImageRef, Turn
 IMAGE_MARKER = "<image>"
 # a relative POSIX path with no '.'-led segment, '//', backslash, colon (URIs, drive letters) or
 # surrounding blanks: safe to join to the base folder without normalising
-_SIMPLE = re.compile(r"(?!\s)(?:[^/\\.:][^/\\:]*/)*[^/\\.:][^/\\:]*(?<!\s)\Z") \
+# (NUL and lone surrogates, which no file name can hold, take the slow path and are refused there)
+_SIMPLE = re.compile("(?!\\s)(?:[^/\\\\.:\x00\ud800-\udfff][^/\\\\:\x00\ud800-\udfff]*/)*"
+                     "[^/\\\\.:\x00\ud800-\udfff][^/\\\\:\x00\ud800-\udfff]*(?<!\\s)\\Z") \
     if os.sep == "/" else re.compile(r"(?!)")
+# os functions map \udc80-\udcff back to undecodable bytes (surrogateescape); other surrogates and
+# NUL cannot be in any file name
+_UNNAMEABLE = re.compile("[\x00\ud800-\udc7f\udd00-\udfff]")
 _MARKER_RE = re.compile(r"[ \t]*<image>[ \t]*\n?")
 
 # What datasets call their roles -> ours. Anything else is an "unknown role" row problem.
@@ -86,6 +92,10 @@ def resolve_image_path(value: str, ctx: SourceCtx, field_name: str) -> ImageRef:
     ref = ctx.simple_path(value)
     if ref is not None:
         return ref
+    if _UNNAMEABLE.search(value):
+        raise RowError(field_name, f"image path {ascii(value)[:120]} contains a NUL byte or an "
+                       "invalid character (a lone UTF-16 surrogate), so no file can have that "
+                       "name. Fix the path or remove the row.")
     value = value.strip()
     if os.sep == "/" and "\\" in value:
         value = value.replace("\\", "/")  # datasets written on Windows
@@ -193,18 +203,26 @@ def role_of(name, field_name: str, turn_no: int) -> str:
 
 
 def text_of(value, field_name: str, *, allow_empty: bool = True) -> str:
-    """A text cell -> str. Numbers are accepted (CSV/HF columns); containers are not."""
+    """A text cell -> str. Only strings: a JSON number, true/false, NaN or object in a caption is
+    almost always a broken export, and training on "nan" or "True" teaches nonsense."""
     if value is None:
         if allow_empty:
             return ""
         raise RowError(field_name, f"'{field_name}' is missing or null.")
     if isinstance(value, str):
         return value
+    raise RowError(field_name, f"'{field_name}' must be text (a JSON string), got "
+                   f"{json_kind(value)}. Quote it, or fix the export that wrote it.")
+
+
+def json_kind(value) -> str:
     if isinstance(value, bool):
-        return "true" if value else "false"
+        return f"the boolean {'true' if value else 'false'}"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"the non-number {value!r}".replace("inf", "Infinity").replace("nan", "NaN")
     if isinstance(value, (int, float)):
-        return str(value)
-    raise RowError(field_name, f"'{field_name}' must be text, got {type(value).__name__}.")
+        return "a number"
+    return {dict: "an object", list: "a list"}.get(type(value), type(value).__name__)
 
 
 def take_markers(text: str) -> tuple[str, int]:
@@ -234,6 +252,11 @@ def check_answer(turns: list[Turn], field_name: str) -> list:
     """Every conversation needs a non-empty assistant answer. Returns [(field, warning)]."""
     if not turns:
         raise RowError(field_name, "the conversation is empty.")
+    first = next((i for i, t in enumerate(turns) if t.role != "system"), None)
+    if first is not None and turns[first].role == "assistant":
+        raise RowError(field_name, f"turn {first + 1}: the conversation starts with the assistant; "
+                       "there is no user turn for the answer to follow. Start it with the user's "
+                       "message (after an optional system prompt), or drop the opening turn.")
     answered = False
     for i, t in enumerate(turns):
         if t.role == "assistant":

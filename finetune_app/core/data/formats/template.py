@@ -18,6 +18,7 @@ from finetune_app.core.data.formats.common import (
     image_refs,
     sample_meta,
     take_markers,
+    text_of,
 )
 from finetune_app.core.data.sample import Sample, Turn
 from finetune_app.core.errors import DataError
@@ -84,6 +85,7 @@ def configure(keys: set[str], *, file: str, template: dict):
         else:
             image_fmt = spec
             referenced.update(_fields(spec, image_slot, file))
+    answer_cols = set(_fields(texts["answer"], "answer", file))
     absent = sorted(c for c in referenced if keys and c not in keys)
     if absent:
         raise DataError(f"the template uses column '{absent[0]}', which {Path(file).name} "
@@ -96,6 +98,9 @@ def configure(keys: set[str], *, file: str, template: dict):
         for col in referenced:
             if values[col] is None:
                 raise RowError(col, f"column '{col}' is null in this row.")
+        for col in answer_cols:  # a whole number may fill an answer; true, NaN or {...} may not
+            if type(values[col]) is not int:
+                text_of(values[col], col)
         out = {}
         for slot, fmt in texts.items():
             try:

@@ -39,13 +39,22 @@ class Source:
         raise NotImplementedError
 
     def peek_keys(self, limit: int = 50) -> tuple[set[str], list[str]]:
-        """Keys of the first rows (for format detection), and why rows failed to read."""
-        keys, errors = set(), []
-        for line, key, size, _ in self.rows()[:limit]:
-            try:
-                keys.update(self.read(key, size)[0])
-            except RowError as err:
-                errors.append(f"line {line}: {err.message}" if line else err.message)
+        """Keys of the first `limit` rows that read (for format detection), and why rows failed.
+
+        Unreadable rows are passed over, not counted: sixty broken lines at the top of a file
+        must not hide the good rows after them (validation reports each broken one)."""
+        keys, errors, good = set(), [], 0
+        rows = self.rows()
+        reads = self.read_many((key, size) for _, key, size, _ in rows)
+        for (line, *_), got in zip(rows, reads):
+            if isinstance(got, RowError):
+                errors.append(f"line {line}: {got.message}" if line else got.message)
+                continue
+            keys.update(got[0])
+            good += 1
+            if good >= limit:
+                break
+        reads.close()
         return keys, errors
 
     def columns(self) -> set[str] | None:

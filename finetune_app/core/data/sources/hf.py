@@ -7,8 +7,11 @@ like "Describe {label}" read naturally.
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
 from typing import Iterator
+from urllib.parse import urlsplit
 
 from finetune_app.core.data.formats.common import RowError, SourceCtx
 from finetune_app.core.data.sources import Source
@@ -39,14 +42,38 @@ def load_disk(path: Path):
                         "Save it again with dataset.save_to_disk(folder).", file=path) from None
 
 
+def _offline() -> bool:
+    return any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on")
+               for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick connection to the hub, so that no network means an answer now, not after the
+    libraries' retries (about half a minute)."""
+    host = urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    try:
+        socket.create_connection((host.hostname or "huggingface.co",
+                                  host.port or (80 if host.scheme == "http" else 443)),
+                                 timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 def load_hub(name: str):
     """`datasets.load_dataset(name)`; offline or unknown ids become a DataError."""
+    if not _offline() and not _hub_reachable():
+        raise DataError(f"dataset not found: '{name}' is not a local file or folder, and the "
+                        "Hugging Face hub cannot be reached to look for it there.",
+                        "Check the path; for a hub id, connect to the network (or set "
+                        "HF_HUB_OFFLINE=1 to use a copy already in the cache).", file=name)
     ds = _datasets()
     try:
         return ds.load_dataset(name)
     except Exception as exc:
-        raise DataError(f"'{name}' is not a local file or folder, and it cannot be loaded from the "
-                        f"Hugging Face hub ({type(exc).__name__}: {exc}).",
+        raise DataError(f"dataset not found: '{name}' is not a local file or folder, and it "
+                        "cannot be loaded from the Hugging Face hub "
+                        f"({type(exc).__name__}: {exc}).",
                         "Check the path; for a hub id, check the network, or download it elsewhere "
                         "and pass the folder written by save_to_disk.", file=name) from None
 

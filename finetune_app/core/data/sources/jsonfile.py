@@ -13,7 +13,7 @@ import json
 import mmap
 import re
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterator
 
 from finetune_app.core.data.formats.common import RowError, SourceCtx
 from finetune_app.core.data.sources import Source
@@ -33,6 +33,10 @@ try:  # optional: 3-4x faster on valid lines; not a dependency
 except ImportError:  # pragma: no cover
     _fast_loads = None
 _JSON_FIX = "Each line must be one complete JSON object; fix or remove the line."
+# A row is never parsed beyond this: a 200 MB caption must not cost gigabytes before it is refused
+# (inline base64 images are the only legitimate reason for lines of megabytes).
+MAX_LINE_BYTES = 32 * 2**20
+_CHUNK = 1 << 20  # bytes read at a time while indexing
 
 
 def _why(exc: json.JSONDecodeError) -> str:
@@ -43,6 +47,12 @@ def _why(exc: json.JSONDecodeError) -> str:
 def _type_name(obj) -> str:
     return {list: "list", str: "string", int: "number", float: "number", bool: "boolean",
             type(None): "null"}.get(type(obj), type(obj).__name__)
+
+
+def too_long(size: int) -> RowError:
+    return RowError(None, f"the line is {size / 2**20:,.0f} MiB, over the {MAX_LINE_BYTES // 2**20} "
+                    "MiB a row may take; it was not read. Shorten it (or put large images in files "
+                    "beside the dataset instead of inline data).")
 
 
 def parse_line(raw: bytes) -> tuple[dict, list]:
@@ -67,6 +77,8 @@ def parse_line(raw: bytes) -> tuple[dict, list]:
         raise RowError(None, f"not valid JSON ({_why(exc)}).{hint} {_JSON_FIX}") from None
     except RecursionError:
         raise RowError(None, "JSON nested too deeply to read.") from None
+    except ValueError as exc:  # an integer of more than 4300 digits (Python's int-string limit)
+        raise RowError(None, f"the line cannot be read as JSON ({exc}). {_JSON_FIX}") from None
     if not isinstance(obj, dict):
         raise RowError(None, f"the line is a JSON {_type_name(obj)}, not an object "
                        "({\"key\": value, ...}). Put each row in one JSON object.")
@@ -82,22 +94,32 @@ class JsonlSource(Source):
         self._mem: bytes | None = None  # only for files we had to re-encode (UTF-16)
 
     def _index(self) -> list[tuple]:
-        rows = []
+        """Line offsets in one pass, reading at most a chunk at a time: however long a line is,
+        it is never held in memory whole."""
+        rows, split = [], self.ctx.split
         with open(self.path, "rb") as fh:
             head = fh.read(4)
             if head.startswith(UTF16_BOMS):
                 data, self.problems = normalise_bytes(head + fh.read(), self.name)
                 self._mem = data
-                lines: Iterable[bytes] = data.splitlines(keepends=True)
                 pos = 0
-            else:
-                fh.seek(len(UTF8_BOM) if head.startswith(UTF8_BOM) else 0)
-                pos = fh.tell()
-                lines = fh
-            split = self.ctx.split
-            for n, line in enumerate(lines, 1):
-                size = len(line)
-                if line.strip():
+                for n, line in enumerate(data.splitlines(keepends=True), 1):
+                    if line.strip():
+                        rows.append((n, pos, len(line), split))
+                    pos += len(line)
+                return rows
+            fh.seek(len(UTF8_BOM) if head.startswith(UTF8_BOM) else 0)
+            pos, n, readline = fh.tell(), 0, fh.readline
+            while line := readline(_CHUNK):
+                n += 1
+                size, blank = len(line), not line.strip()
+                while size % _CHUNK == 0 and not line.endswith(b"\n"):  # a long line: go on
+                    line = readline(_CHUNK)
+                    if not line:
+                        break
+                    size += len(line)
+                    blank = blank and not line.strip()
+                if not blank:
                     rows.append((n, pos, size, split))
                 pos += size
         return rows
@@ -109,6 +131,8 @@ class JsonlSource(Source):
         return fh.read(size)
 
     def read(self, key: int, size: int) -> tuple[dict, list]:
+        if size > MAX_LINE_BYTES:
+            raise too_long(size)
         with open(self.path, "rb") as fh:
             return parse_line(self._raw(fh, key, size))
 
@@ -124,6 +148,8 @@ class JsonlSource(Source):
             try:
                 for key, size in refs:
                     try:
+                        if size > MAX_LINE_BYTES:
+                            raise too_long(size)
                         yield parse_line(buf[key:key + size])
                     except RowError as err:
                         yield err
@@ -174,6 +200,9 @@ class JsonArraySource(Source):
             except RecursionError:
                 self._broken(line, "nested too deeply", len(rows))
                 break
+            except ValueError as exc:  # an integer of more than 4300 digits
+                self._broken(line, str(exc).split(";")[0], len(rows))
+                break
             rows.append((line, len(self._items), 0, self.ctx.split))
             self._items.append(obj)
             i = _WS.match(text, end).end()
@@ -203,6 +232,10 @@ class JsonArraySource(Source):
             return []
         except RecursionError:
             self.problems.append(Problem(self.name, None, None, "JSON nested too deeply.", "error"))
+            return []
+        except ValueError as exc:  # an integer of more than 4300 digits
+            self.problems.append(Problem(self.name, None, None, f"the JSON cannot be read "
+                                         f"({str(exc).split(';')[0]}).", "error"))
             return []
         lists = [k for k, v in obj.items() if isinstance(v, list) and v and isinstance(v[0], dict)]
         if len(lists) == 1 and len(obj) <= 3:  # {"data": [...]}-style wrapper

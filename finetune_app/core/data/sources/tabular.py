@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import sys
 from pathlib import Path
 
 from finetune_app.core.data.formats.common import RowError, SourceCtx
 from finetune_app.core.data.sources import Source
 from finetune_app.core.data.textio import decode_text
-from finetune_app.core.errors import Problem
+from finetune_app.core.errors import DataError, Problem
 
+_LINE_END = re.compile(r"\r\n|\r|\n")
 SPLIT_NAMES = {"train": "train", "training": "train", "": None,
                "valid": "valid", "validation": "valid", "val": "valid", "dev": "valid",
                "eval": "valid", "test": "test"}
@@ -51,10 +53,11 @@ class CsvSource(Source):
             delimiter = ";" if ";" in first and "," not in first else ","
         csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # long answers exceed the 128 KiB default
         reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-        rows, prev_end, split_col, skipped = [], 0, None, {}
+        rows, prev_end, split_col, skipped, prev_start = [], 0, None, {}, 0
         try:
             for record in reader:
                 start, prev_end = prev_end + 1, reader.line_num
+                prev_start = start
                 if not record or all(not f.strip() for f in record):
                     continue
                 if not self.header:
@@ -74,11 +77,30 @@ class CsvSource(Source):
                                          f"CSV cannot be read past this line ({exc}); the rows "
                                          "after it were skipped. Check quoting on this line.",
                                          "error"))
+        else:
+            self._check_last_quote(text, delimiter, prev_start)
         for name, count in skipped.items():
             self.problems.append(Problem(self.name, None, "split",
                                          f"{count} row(s) with split '{name}' are not used (only "
                                          "train and valid are).", "warning"))
         return rows
+
+    def _check_last_quote(self, text: str, delimiter: str, start: int) -> None:
+        """A quote that never closes swallows every line after it into one field, silently (the
+        csv module is lenient at the end of the data): re-read the last record strictly."""
+        if not start or '"' not in text:
+            return
+        tail = _LINE_END.split(text, start - 1)[-1] if start > 1 else text
+        try:
+            for _ in csv.reader(io.StringIO(tail, newline=""), delimiter=delimiter, strict=True):
+                pass
+        except csv.Error:
+            record = next(csv.reader(io.StringIO(tail, newline=""), delimiter=delimiter), [])
+            opened = start + sum(len(_LINE_END.findall(f)) for f in record[:-1])
+            raise DataError(f"a quote opened at line {opened} never closes, so every line after it "
+                            "would be read as one field.", "Close the quote, or write a quote "
+                            "inside a field as two (\"\") and quote the whole field.",
+                            file=self.name, line=opened) from None
 
     def _set_header(self, record: list[str], line: int) -> None:
         header = [h.strip() for h in record]
