@@ -3,7 +3,7 @@
     finetune-app compare --model M --adapter RUN_OR_ADAPTER_OR_BUNDLE --data D [--json]
 
 Prints a side-by-side table (reference, base output, fine-tuned output) with agreement scores
-(exact match, BLEU-style overlap, ROUGE-L) and a one-line verdict; `--json` prints everything as one
+(exact match, sacreBLEU corpus BLEU and chrF, rouge-score ROUGE-L) and a one-line verdict; `--json` prints everything as one
 JSON object. `--save FILE.csv|FILE.json` also writes the rows. Also runs as
 `python -m finetune_app.cli.compare ...`.
 """

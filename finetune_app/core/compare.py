@@ -430,8 +430,7 @@ class CompareRow:
     def score(self) -> None:
         if self.reference:
             for out, target in ((self.base, self.base_scores), (self.tuned, self.tuned_scores)):
-                target.update(exact_match=scoring.exact_match(out, self.reference),
-                              bleu=scoring.bleu(out, self.reference), rouge_l=scoring.rouge_l(out, self.reference))
+                target.update(scoring.row_scores(out, self.reference))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -664,6 +663,9 @@ def format_table(result: CompareResult, width: int = 100) -> str:
     if s.get("scored"):
         for side, name in (("base", "base      "), ("tuned", "fine-tuned")):
             a = s[side]
-            lines.append(f"{name}  exact match {a['exact_match']:.1%}  BLEU {a['bleu']:.3f}  ROUGE-L {a['rouge_l']:.3f}  (n={a['n']})")
+            lines.append(f"{name}  exact match {a['exact_match']:.1%}  BLEU {a['bleu']:.1f}  chrF {a['chrf']:.1f}  "
+                         f"ROUGE-L {a['rouge_l']:.3f}  (n={a['n']})")
+    if s.get("scored"):
+        lines.append(f"BLEU and chrF: corpus sacreBLEU ({scoring.signatures()['bleu']}); ROUGE-L: rouge-score F1, stemmed.")
     lines.append(result.verdict())
     return "\n".join(lines)
