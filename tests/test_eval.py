@@ -130,10 +130,10 @@ def test_a_second_evaluation_comes_from_the_cache(evaluated, tmp_path, capsys):
     assert "loading" not in err.err  # no model was loaded
     assert "cached: before, after" in err.out and "ROUGE-L F1" in err.out
     # other settings are another evaluation
-    assert main(["eval", "--adapter", str(run_dir), "--out", str(tmp_path), "--max-tokens", "3", "--limit", "2",
+    assert main(["eval", "--adapter", str(run_dir), "--out", str(tmp_path), "--max-tokens", "3", "--limit", "1",
                  "--bootstrap", "0", "--quiet"]) == 0
     third = json.loads((tmp_path / "eval.json").read_text())
-    assert not third["sides"]["after"]["cached"] and third["rows"] == 2
+    assert not third["sides"]["after"]["cached"] and third["rows"] == 1
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
@@ -162,7 +162,8 @@ def test_report_renders_in_headless_chromium_with_pictures_and_plot(evaluated, t
     probe = json.loads(dom[start:dom.index("</pre>", start)].replace("&quot;", '"'))
     assert probe["images"] and all(ok and w > 0 and h > 0 for ok, w, h in probe["images"]), probe
     assert len(probe["lines"]) == 2 and all(w > 100 for w in probe["lines"]), probe  # train and validation loss
-    shot = Path(os.environ.get("FINETUNE_EVAL_SCREENSHOT", tmp_path / "report.png"))
-    subprocess.run(flags + ["--hide-scrollbars", "--window-size=1200,1500", f"--screenshot={shot}",
-                            (out / "report.html").as_uri()], capture_output=True, timeout=120)
-    assert shot.stat().st_size > 10_000
+    if os.environ.get("FINETUNE_EVAL_SCREENSHOT"):  # docs/screenshots/eval-report.png is made this way
+        shot = Path(os.environ["FINETUNE_EVAL_SCREENSHOT"])
+        subprocess.run(flags + ["--hide-scrollbars", "--window-size=1200,1500", f"--screenshot={shot}",
+                                (out / "report.html").as_uri()], capture_output=True, timeout=120)
+        assert shot.stat().st_size > 10_000
