@@ -129,11 +129,12 @@ def test_a_second_evaluation_comes_from_the_cache(evaluated, tmp_path, capsys):
     err = capsys.readouterr()
     assert "loading" not in err.err  # no model was loaded
     assert "cached: before, after" in err.out and "ROUGE-L F1" in err.out
-    # other settings are another evaluation
-    assert main(["eval", "--adapter", str(run_dir), "--out", str(tmp_path), "--max-tokens", "3", "--limit", "1",
-                 "--bootstrap", "0", "--quiet"]) == 0
+    # two runs (here: an earlier checkpoint against the latest) and other settings: evaluated anew
+    assert main(["eval", "--adapter", str(run_dir), "--against", str(run_dir / "checkpoints" / "step-0000002"),
+                 "--out", str(tmp_path), "--max-tokens", "3", "--limit", "1", "--bootstrap", "0", "--quiet"]) == 0
     third = json.loads((tmp_path / "eval.json").read_text())
-    assert not third["sides"]["after"]["cached"] and third["rows"] == 1
+    assert third["sides"]["before"]["label"].startswith("checkpoint step 2") and third["rows"] == 1
+    assert not third["sides"]["before"]["cached"] and not third["sides"]["after"]["cached"]
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")

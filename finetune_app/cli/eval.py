@@ -101,7 +101,7 @@ def run(args) -> int:
 
 
 def format_summary(result: dict) -> str:
-    from finetune_app.core.evaluation.report import LABELS, _fmt, _fmt_delta
+    from finetune_app.core.evaluation.report import LABELS, _fmt, _fmt_delta, accuracy_label
 
     s = result["sides"]
     cached = [n for n in ("before", "after") if s[n]["cached"]]
@@ -115,7 +115,7 @@ def format_summary(result: dict) -> str:
         d = result["deltas"].get(k) or {}
         ci = d.get("ci95")
         ci_text = f"[{_fmt_delta(k, ci[0])}, {_fmt_delta(k, ci[1])}]" if ci else ""
-        name = LABELS.get(k, k)
+        name = LABELS.get(k) or accuracy_label(k)
         lines.append(f"{name:<26}{_fmt(k, b.get(k)):>12}{_fmt(k, a.get(k)):>12}"
                      f"{_fmt_delta(k, d['delta']) if d else '':>12}  {ci_text}")
     lines.append(f"\nBLEU: {result['signatures']['bleu']}\nchrF: {result['signatures']['chrf']}")

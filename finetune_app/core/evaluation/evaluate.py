@@ -152,7 +152,8 @@ def side_metrics(outputs: list[str], refs: list[str], nll: list[float], tokens: 
         metrics["nll_per_token"] = float(nll_a.sum() / tok_a.sum())
         metrics["perplexity"] = perplexity(float(nll_a.sum()), int(tok_a.sum()))
         metrics["tokens"] = int(tok_a.sum())
-        boot["perplexity"] = lambda idx: math.exp(nll_a[idx].sum() / max(tok_a[idx].sum(), 1))
+        boot["nll_per_token"] = lambda idx: nll_a[idx].sum() / max(tok_a[idx].sum(), 1)
+        boot["perplexity"] = lambda idx: math.exp(boot["nll_per_token"](idx))
     return metrics, boot
 
 
@@ -189,6 +190,10 @@ def evaluate(req: EvalRequest, *, progress: bool = True, status: Callable[[str],
         raise DataError("No dataset to evaluate on.", "Give one with --data (a run remembers its own).")
     items = items_from_data(req.data, valid_fraction=req.valid_fraction, seed=req.seed, limit=req.limit,
                             prompt=req.prompt, part=req.part)
+    if not any(it.reference for it in items):
+        raise DataError(f"'{req.data}' has no reference answers to score against.",
+                        "Evaluate on a dataset with answers or captions; to read outputs side by side, use `finetune-app compare`.",
+                        file=req.data)
     try:  # label sets come from the whole dataset, not only the rows evaluated
         all_refs = [it.reference for it in items_from_data(req.data, part="all", limit=5000)]
     except FinetuneError:

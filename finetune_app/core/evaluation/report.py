@@ -27,6 +27,11 @@ LABELS = {"bleu": "BLEU (sacreBLEU)", "chrf": "chrF (sacreBLEU)", "rouge1": "ROU
           "perplexity": "Perplexity", "nll_per_token": "NLL per token"}
 
 
+def accuracy_label(key: str) -> str:
+    slot = key.split("/", 1)[1]
+    return "Accuracy: every label" if slot == "all" else f"Accuracy: {slot}"
+
+
 def esc(text) -> str:
     return html.escape(str(text), quote=True)
 
@@ -84,9 +89,8 @@ def loss_svg(title: str, series: list[tuple[str, str, list]], width: int = 520, 
         y = sy(v)
         out.append(f"<line x1='{left}' x2='{width - right}' y1='{y:.1f}' y2='{y:.1f}' stroke='#eee'/>")
         out.append(f"<text x='{left - 6}' y='{y + 4:.1f}' font-size='10' text-anchor='end' fill='#555'>{v:.3g}</text>")
-    for k in range(5):
-        v = x0 + (x1 - x0) * k / 4
-        out.append(f"<text x='{sx(v):.1f}' y='{height - bottom + 14}' font-size='10' text-anchor='middle' fill='#555'>{v:.0f}</text>")
+    for v in sorted({round(x0 + (x1 - x0) * k / 4) for k in range(5)}):  # whole steps
+        out.append(f"<text x='{sx(v):.1f}' y='{height - bottom + 14}' font-size='10' text-anchor='middle' fill='#555'>{v}</text>")
     out.append(f"<text x='{left + pw / 2:.1f}' y='{height - 6}' font-size='11' text-anchor='middle' fill='#555'>step</text>")
     out.append(f"<rect x='{left}' y='{top}' width='{pw}' height='{ph}' fill='none' stroke='#999'/>")
     for i, (name, colour, pts) in enumerate(series):
@@ -144,7 +148,7 @@ def render(result: dict) -> str:
     charts = []
     for side, c in curves.items():
         series = [("train loss", "#1a73e8", c["train"]), ("validation loss", "#e8710a", c["val"])]
-        charts.append(loss_svg(f"{side}: {Path(c['run']).name}", series))
+        charts.append(loss_svg(f"Loss of run {Path(c['run']).name} ({side})", series))
     if any(charts):
         parts.append("<h2>Loss curves</h2><div class='charts'>" + "".join(charts) + "</div>")
 
@@ -161,7 +165,7 @@ def render(result: dict) -> str:
                 cls = "better"
             elif lo * sign < 0 and hi * sign < 0:
                 cls = "worse"
-        name = LABELS.get(k) or f"Accuracy: {k.split('/', 1)[1]}"
+        name = LABELS.get(k) or accuracy_label(k)
         if d and d["lower_is_better"]:
             name += " (lower is better)"
         parts.append(f"<tr><td>{esc(name)}</td><td class='num'>{_fmt(k, b.get(k))}{_ci(k, ci_b.get(k))}</td>"

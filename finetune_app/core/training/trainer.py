@@ -109,7 +109,7 @@ class Trainer:
     def setup(self) -> Prepared:
         cfg = self.cfg
         cfg.validate()
-        trackers.require(cfg.report_to)  # a missing tracker package is said before the model loads
+        trackers.require(cfg.report_to if self.world.is_main else None)  # said before the model loads
         self._check_run_dir()
         self.emit(StateChanged("loading"))
         if self.base is None:
