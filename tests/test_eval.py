@@ -137,6 +137,21 @@ def test_a_second_evaluation_comes_from_the_cache(evaluated, tmp_path, capsys):
     assert not third["sides"]["before"]["cached"] and not third["sides"]["after"]["cached"]
 
 
+def test_a_cancelled_evaluation_stops_and_caches_nothing(evaluated, tmp_path):
+    from finetune_app.core.compare import TunedSource
+    from finetune_app.core.evaluation import EvalRequest, Side, evaluate
+    from finetune_app.core.evaluation.evaluate import Cancelled
+    from finetune_app.core.generate import GenerationSettings
+
+    model, data, run_dir, *_ = evaluated
+    req = EvalRequest(model=str(model), after=Side(TunedSource.detect(run_dir)), data=str(data),
+                      settings=GenerationSettings(max_tokens=5), cache_dir=tmp_path / "cache")
+    with pytest.raises(Cancelled) as err:
+        evaluate(req, progress=False, cancelled=lambda: True)
+    assert err.value.exit_code == 130
+    assert not list((tmp_path / "cache").glob("*.json"))
+
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 PROBE = """<script>
 window.addEventListener('load', () => {

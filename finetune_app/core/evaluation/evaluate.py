@@ -280,9 +280,8 @@ def changed_most(result: dict, n: int = CHANGED_ROWS) -> list[dict]:
                      for k in row["labels"]["after"])
         return (a["rouge_l"] - b["rouge_l"]) + (a["normalised_match"] - b["normalised_match"]) + labels
 
-    rows = [r for r in result["results"] if "scores" in r and r["outputs"]["before"].strip() != r["outputs"]["after"].strip()]
-    for r in rows:
-        r["change"] = change(r)
+    rows = [{**r, "change": change(r)} for r in result["results"]
+            if "scores" in r and r["outputs"]["before"].strip() != r["outputs"]["after"].strip()]
     return sorted(rows, key=lambda r: -abs(r["change"]))[:n]
 
 
