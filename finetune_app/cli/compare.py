@@ -32,7 +32,7 @@ def add_arguments(c: argparse.ArgumentParser) -> None:
     c.add_argument("--max-tokens", type=int, default=64)
     c.add_argument("--temperature", type=float, default=0.0)
     c.add_argument("--json", action="store_true", help="print one JSON object (rows, summary, verdict)")
-    c.add_argument("--save", default=None, metavar="FILE", help="also write the rows to FILE (.csv or .json)")
+    c.add_argument("--save", default=None, metavar="FILE", help="also write the rows to FILE (.csv or .json), or a report (.html, as `finetune-app eval` writes)")
 
 
 def register(sub) -> None:

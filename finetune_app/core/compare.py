@@ -634,11 +634,17 @@ def rows_to_csv(rows: Sequence[CompareRow]) -> str:
 
 
 def save_result(result: CompareResult, path: str | Path) -> Path:
-    """CSV (rows) or JSON (rows, summary, verdict), by the file's suffix."""
+    """CSV (rows), JSON (rows, summary, verdict) or an HTML report (metrics with bootstrap
+    intervals, the rows that changed most, the run's loss curves), by the file's suffix."""
     from finetune_app.core import atomic
 
     path = Path(path)
-    if path.suffix.lower() == ".csv":
+    if path.suffix.lower() in (".html", ".htm"):
+        from finetune_app.core.evaluation.evaluate import from_compare
+        from finetune_app.core.evaluation.report import render
+
+        atomic.write_text(path, render(from_compare(result)))
+    elif path.suffix.lower() == ".csv":
         atomic.write_text(path, rows_to_csv(result.rows))
     else:
         atomic.write_text(path, json.dumps(result.to_dict(), indent=2, ensure_ascii=False) + "\n")

@@ -360,7 +360,7 @@ class CompareView(QWidget):
     def choose_save(self) -> None:
         if self.result is None:
             return
-        path, _ = QFileDialog.getSaveFileName(self, "Save the comparison", "comparison.csv", "CSV (*.csv);;JSON (*.json)")
+        path, _ = QFileDialog.getSaveFileName(self, "Save the comparison", "comparison.csv", "CSV (*.csv);;JSON (*.json);;HTML report (*.html)")
         if path:
             try:
                 self.save(path)

@@ -160,12 +160,12 @@ def side_metrics(outputs: list[str], refs: list[str], nll: list[float], tokens: 
 LOWER_IS_BETTER = {"perplexity", "nll_per_token"}
 
 
-def _loss_curves(side: Side) -> dict | None:
+def loss_curves(path: Path) -> dict | None:
+    """Train and validation loss from the metrics.jsonl of the run a path belongs to (a run folder,
+    one of its checkpoints, or an adapter saved in it)."""
     from finetune_app.core.training.events import MetricsLog
 
-    if side.source is None:
-        return None
-    p = side.source.path
+    p = Path(path)
     for folder in (p, p.parent.parent if p.parent.name == "checkpoints" else None, p.parent):
         if folder is not None and (folder / "metrics.jsonl").is_file():
             rows = MetricsLog.read(folder / "metrics.jsonl")
@@ -223,18 +223,33 @@ def evaluate(req: EvalRequest, *, progress: bool = True, status: Callable[[str],
     finally:
         model_cache.clear()
 
+    settings = {**vars(req.settings), "prompt": req.prompt, "image_size": req.image_size, "limit": req.limit,
+                "valid_fraction": req.valid_fraction, "seed": req.seed}
+    curves = {s: c for s, side in (("before", req.before), ("after", req.after))
+              if side.source is not None and (c := loss_curves(side.source.path))}
+    result = assemble(items, per_side, slots, model=model, data=str(req.data), split=req.part, settings=settings,
+                      sides=sides_info, curves=curves, resamples=req.resamples)
+    result["seconds"] = round(time.perf_counter() - t0, 2)
+    return result
+
+
+def assemble(items, per_side: dict[str, list[dict]], slots, *, model, data: str, split: str, settings: dict,
+             sides: dict, curves: dict, resamples: int) -> dict:
+    """What eval.json holds, from both sides' rows ({output, nll, tokens, error} per item)."""
+    from datetime import datetime, timezone
+
     scored = [i for i, it in enumerate(items) if it.reference
               and not per_side["before"][i]["error"] and not per_side["after"][i]["error"]]
     refs = [items[i].reference for i in scored]
     metrics, boot = {}, {}
     for name in SIDES:
         rows = per_side[name]
-        with_nll = [i for i in scored if rows[i]["tokens"]]
+        all_nll = all(rows[i].get("tokens") for i in scored)
         metrics[name], boot[name] = side_metrics(
             [rows[i]["output"] for i in scored], refs,
-            [rows[i]["nll"] if rows[i]["tokens"] else 0.0 for i in scored],
-            [rows[i]["tokens"] or 0 for i in scored] if len(with_nll) == len(scored) else [0] * len(scored), slots)
-    ci = paired_bootstrap(boot["before"], boot["after"], len(scored), resamples=req.resamples)
+            [rows[i]["nll"] if all_nll else 0.0 for i in scored],
+            [rows[i]["tokens"] if all_nll else 0 for i in scored], slots)
+    ci = paired_bootstrap(boot["before"], boot["after"], len(scored), resamples=resamples)
     deltas = {k: {"delta": metrics["after"][k] - metrics["before"][k], "ci95": ci.get(k, {}).get("delta"),
                   "lower_is_better": k in LOWER_IS_BETTER}
               for k in metrics["after"] if k in metrics["before"] and k not in ("n", "tokens")}
@@ -242,23 +257,20 @@ def evaluate(req: EvalRequest, *, progress: bool = True, status: Callable[[str],
     for i, it in enumerate(items):
         row = {"index": it.index, "label": it.label, "image": it.image, "prompt": it.prompt, "reference": it.reference,
                "outputs": {s: per_side[s][i]["output"] for s in SIDES},
-               "nll": {s: per_side[s][i]["nll"] for s in SIDES}, "tokens": {s: per_side[s][i]["tokens"] for s in SIDES},
+               "nll": {s: per_side[s][i].get("nll") for s in SIDES},
+               "tokens": {s: per_side[s][i].get("tokens") for s in SIDES},
                "error": per_side["before"][i]["error"] or per_side["after"][i]["error"]}
         if i in scored:
             row["scores"] = {s: scoring.row_scores(per_side[s][i]["output"], it.reference) for s in SIDES}
             row["labels"] = {s: {slot.name: slot.of(per_side[s][i]["output"]) for slot in slots} for s in SIDES}
         rows_out.append(row)
-    from datetime import datetime, timezone
-
     return {
         "schema": 1, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "model": model, "data": str(req.data), "split": req.part, "rows": len(items), "scored": len(scored),
-        "settings": {**vars(req.settings), "prompt": req.prompt, "image_size": req.image_size, "limit": req.limit,
-                     "valid_fraction": req.valid_fraction, "seed": req.seed},
-        "sides": sides_info, "label_slots": [s.to_dict() for s in slots],
+        "model": model, "data": data, "split": split, "rows": len(items), "scored": len(scored),
+        "settings": settings, "sides": sides, "label_slots": [s.to_dict() for s in slots],
         "metrics": metrics, "deltas": deltas,
         "ci95": {s: {k: v[s] for k, v in ci.items()} for s in SIDES},
-        "bootstrap": {"resamples": req.resamples, "seed": 0, "confidence": 0.95, "paired": True},
+        "bootstrap": {"resamples": resamples, "seed": 0, "confidence": 0.95, "paired": True},
         "signatures": scoring.signatures(), "versions": scoring.library_versions(),
         "metric_notes": {"bleu": "sacreBLEU corpus BLEU, 0-100", "chrf": "sacreBLEU corpus chrF, 0-100",
                          "rouge1": "rouge-score F1, Porter stemmer, mean over rows", "rouge2": "as rouge1",
@@ -266,10 +278,28 @@ def evaluate(req: EvalRequest, *, progress: bool = True, status: Callable[[str],
                          "normalised_match": "equal after SQuAD normalisation",
                          "perplexity": "exp(mean NLL per completion token), through the engine's loss",
                          "accuracy/*": "the output names the reference's label (label sets detected from the data)"},
-        "loss_curves": {s: c for s, side in (("before", req.before), ("after", req.after)) if (c := _loss_curves(side))},
-        "seconds": round(time.perf_counter() - t0, 2),
+        "loss_curves": curves,
         "results": rows_out,
     }
+
+
+def from_compare(result, *, resamples: int = 1000) -> dict:
+    """An eval.json-shaped result from a Compare run (the Compare tab's "Save" as a report): the
+    same metrics, intervals and report, without perplexity (the comparison does not score tokens)."""
+    rows = {"before": [{"output": r.base, "error": r.error} for r in result.rows],
+            "after": [{"output": r.tuned, "error": r.error} for r in result.rows]}
+    items = [CompareItem(prompt=r.prompt, reference=r.reference, index=r.index, label=r.label) for r in result.rows]
+    slots = scoring.label_slots([r.reference for r in result.rows])
+    model = result.model
+    sides = {"before": {"label": f"base model {Path(model).name or model}", "kind": "base", "path": model, "cached": False},
+             "after": {"label": result.tuned, "kind": "adapter", "path": result.tuned_path, "cached": False}}
+    curves = {"after": c} if (c := loss_curves(Path(result.tuned_path))) else {}
+    settings = {"max_tokens": 0, "temperature": 0.0, "top_p": 1.0, **result.settings}
+    out = assemble(items, rows, slots, model=model, data=result.data, split="compare", settings=settings,
+                   sides=sides, curves=curves, resamples=resamples)
+    for row, r in zip(out["results"], result.rows):
+        row["image"] = r.image
+    return out
 
 
 def changed_most(result: dict, n: int = CHANGED_ROWS) -> list[dict]:
