@@ -118,3 +118,14 @@ def test_a_missing_tracker_package_names_the_extra_before_loading(tiny_model, in
     code = main(["train", "--model", "m", "--data", str(instruction_data), "--output", str(tmp_path / "run"),
                  "--iters", "1", "--report-to", "comet"])
     assert code == 5 and "report_to" in capsys.readouterr().err
+
+
+def test_a_tracker_that_cannot_start_stops_the_run_with_its_reason(tiny_model, instruction_data, tmp_path, monkeypatch, capsys):
+    from finetune_app.cli import main
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "nosuchscheme://nowhere")
+    code = main(["train", "--model", str(tiny_model("llama")), "--data", str(instruction_data),
+                 "--output", str(tmp_path / "run"), "--iters", "1", "--report-to", "mlflow", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 5 and "mlflow tracker could not start" in err and "MLFLOW_TRACKING_URI" in err
+    assert not list((tmp_path / "run").glob("checkpoints/*"))

@@ -235,4 +235,14 @@ CLASSES = {"tensorboard": TensorBoardTracker, "wandb": WandbTracker, "mlflow": M
 def listeners_for(cfg: TrainConfig, run_dir: str | Path) -> list[Tracker]:
     """One listener per tracker in cfg.report_to (after `require`)."""
     require(cfg.report_to)
-    return [CLASSES[name](cfg, Path(run_dir)) for name in dict.fromkeys(cfg.report_to or ())]
+    out = []
+    for name in dict.fromkeys(cfg.report_to or ()):
+        try:
+            out.append(CLASSES[name](cfg, Path(run_dir)))
+        except Exception as exc:  # a tracker asked for but not started: say so before training
+            for t in out:
+                t.close("failed")
+            raise ConfigError(f"The {name} tracker could not start: {type(exc).__name__}: {exc}".rstrip(),
+                              f"Check its settings (environment variables such as MLFLOW_TRACKING_URI or WANDB_MODE), "
+                              f"or remove {name} from report_to.", field="report_to") from exc
+    return out
