@@ -76,6 +76,10 @@ def test_compare_over_validation_split_is_the_engine_output(trained, tmp_path):
     save_result(result, tmp_path / "c.json")
     saved = json.loads((tmp_path / "c.json").read_text(encoding="utf-8"))
     assert saved["summary"]["scored"] == 8 and len(saved["rows"]) == 8 and saved["verdict"] == result.verdict()
+    save_result(result, tmp_path / "c.html")  # the evaluation report, from the comparison's outputs
+    page = (tmp_path / "c.html").read_text(encoding="utf-8")
+    assert "ROUGE-L F1" in page and "Accuracy: colour" in page and "<svg" in page  # the run's loss curve
+    assert f"{s['tuned']['rouge_l']:.4f}" in page
 
 
 def test_cli_json_table_and_errors(trained, tmp_path, capsys):

@@ -22,6 +22,7 @@ COMMANDS = {
     "export": "export",
     "runs": "runs",
     "compare": "compare",
+    "eval": "eval",
     "gui": "gui",
     "hosts": "hosts",
 }

@@ -3,7 +3,7 @@
     finetune-app compare --model M --adapter RUN_OR_ADAPTER_OR_BUNDLE --data D [--json]
 
 Prints a side-by-side table (reference, base output, fine-tuned output) with agreement scores
-(exact match, BLEU-style overlap, ROUGE-L) and a one-line verdict; `--json` prints everything as one
+(exact match, sacreBLEU corpus BLEU and chrF, rouge-score ROUGE-L) and a one-line verdict; `--json` prints everything as one
 JSON object. `--save FILE.csv|FILE.json` also writes the rows. Also runs as
 `python -m finetune_app.cli.compare ...`.
 """
@@ -32,7 +32,7 @@ def add_arguments(c: argparse.ArgumentParser) -> None:
     c.add_argument("--max-tokens", type=int, default=64)
     c.add_argument("--temperature", type=float, default=0.0)
     c.add_argument("--json", action="store_true", help="print one JSON object (rows, summary, verdict)")
-    c.add_argument("--save", default=None, metavar="FILE", help="also write the rows to FILE (.csv or .json)")
+    c.add_argument("--save", default=None, metavar="FILE", help="also write the rows to FILE (.csv or .json), or a report (.html, as `finetune-app eval` writes)")
 
 
 def register(sub) -> None:

@@ -43,6 +43,7 @@ def register(sub) -> None:
     p.add_argument("--no-completion-only", dest="completion_only", action="store_false", default=None,
                    help="learn the whole conversation, not only the answers")
     p.add_argument("--lora-targets", dest="lora_targets", default=None, help="comma-separated layer names (default: all attention and MLP projections)")
+    p.add_argument("--report-to", dest="report_to", default=None, help="comma-separated trackers: tensorboard, wandb, mlflow (default: none)")
     p.add_argument("--config", dest="config_file", default=None, help="TOML file with settings")
     p.add_argument("--preset", default=None, choices=list(PRESETS), help="start from a preset")
     p.add_argument("--resume", default=None, metavar="DIR", help="continue the run in DIR from its last checkpoint")
@@ -80,6 +81,8 @@ def build_config(args) -> tuple[TrainConfig, bool]:
                if getattr(args, name, None) is not None}
     if getattr(args, "lora_targets", None):
         changes["lora_targets"] = [t.strip() for t in args.lora_targets.split(",") if t.strip()]
+    if getattr(args, "report_to", None) is not None:
+        changes["report_to"] = [t.strip() for t in args.report_to.split(",") if t.strip()] or None
     if "iters" in changes:
         changes.setdefault("epochs", None)
     elif "epochs" in changes:

@@ -430,8 +430,7 @@ class CompareRow:
     def score(self) -> None:
         if self.reference:
             for out, target in ((self.base, self.base_scores), (self.tuned, self.tuned_scores)):
-                target.update(exact_match=scoring.exact_match(out, self.reference),
-                              bleu=scoring.bleu(out, self.reference), rouge_l=scoring.rouge_l(out, self.reference))
+                target.update(scoring.row_scores(out, self.reference))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -639,11 +638,17 @@ def rows_to_csv(rows: Sequence[CompareRow]) -> str:
 
 
 def save_result(result: CompareResult, path: str | Path) -> Path:
-    """CSV (rows) or JSON (rows, summary, verdict), by the file's suffix."""
+    """CSV (rows), JSON (rows, summary, verdict) or an HTML report (metrics with bootstrap
+    intervals, the rows that changed most, the run's loss curves), by the file's suffix."""
     from finetune_app.core import atomic
 
     path = Path(path)
-    if path.suffix.lower() == ".csv":
+    if path.suffix.lower() in (".html", ".htm"):
+        from finetune_app.core.evaluation.evaluate import from_compare
+        from finetune_app.core.evaluation.report import render
+
+        atomic.write_text(path, render(from_compare(result)))
+    elif path.suffix.lower() == ".csv":
         atomic.write_text(path, rows_to_csv(result.rows))
     else:
         atomic.write_text(path, json.dumps(result.to_dict(), indent=2, ensure_ascii=False) + "\n")
@@ -668,6 +673,9 @@ def format_table(result: CompareResult, width: int = 100) -> str:
     if s.get("scored"):
         for side, name in (("base", "base      "), ("tuned", "fine-tuned")):
             a = s[side]
-            lines.append(f"{name}  exact match {a['exact_match']:.1%}  BLEU {a['bleu']:.3f}  ROUGE-L {a['rouge_l']:.3f}  (n={a['n']})")
+            lines.append(f"{name}  exact match {a['exact_match']:.1%}  BLEU {a['bleu']:.1f}  chrF {a['chrf']:.1f}  "
+                         f"ROUGE-L {a['rouge_l']:.3f}  (n={a['n']})")
+    if s.get("scored"):
+        lines.append(f"BLEU and chrF: corpus sacreBLEU ({scoring.signatures()['bleu']}); ROUGE-L: rouge-score F1, stemmed.")
     lines.append(result.verdict())
     return "\n".join(lines)

@@ -16,6 +16,7 @@ from finetune_app.core.errors import ConfigError
 
 FINE_TUNE_TYPES = ("lora", "dora", "full")
 SCHEDULES = ("constant", "cosine", "linear")
+TRACKERS = ("tensorboard", "wandb", "mlflow")
 OPTIMIZERS = ("adamw", "adam", "sgd", "adafactor", "lion", "adagrad", "rmsprop", "adadelta", "adamax")
 
 
@@ -68,6 +69,7 @@ class TrainConfig:
     strict_data: bool = field(default=False, metadata={"help": "Refuse to start when any row has a problem (default: skip bad rows)."})
     compile: bool = field(default=True, metadata={"help": "Compile the training step where the model allows it (faster)."})
     cache_vision: bool = field(default=True, metadata={"help": "Compute a frozen vision tower's features once per image and reuse them every epoch (same results, faster)."})
+    report_to: list[str] | None = field(default=None, metadata={"help": "Also log the run's metrics and settings to these trackers: any of tensorboard, wandb, mlflow (each needs its extra, e.g. pip install \"finetune-app[tensorboard]\"). Empty: off."})
 
     # ---- derived -------------------------------------------------------------------------
     @property
@@ -138,6 +140,8 @@ class TrainConfig:
         check("sample_count", is_int(self.sample_count) and self.sample_count >= 0, "must be a whole number, 0 or more")
         check("sample_max_tokens", is_int(self.sample_max_tokens) and self.sample_max_tokens >= 1, "must be a whole number, 1 or more")
         check("seed", is_int(self.seed) and self.seed >= 0, "must be a whole number, 0 or more")
+        check("report_to", self.report_to is None or (isinstance(self.report_to, list) and all(t in TRACKERS for t in self.report_to)),
+              f"must be a list of trackers, any of {', '.join(TRACKERS)}")
         if ("warmup_steps" not in p and "iters" not in p and self.warmup_steps and self.iters
                 and self.warmup_steps >= self.iters):
             p["warmup_steps"] = f"must be fewer than the training steps ({self.iters})"

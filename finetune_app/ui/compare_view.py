@@ -294,7 +294,7 @@ class CompareView(QWidget):
         self._set(i, COL_BASE, row.base if not row.error else "")
         self._set(i, COL_TUNED, row.tuned if not row.error else f"({row.error})")
         b, t = row.base_scores, row.tuned_scores
-        for col, key, fmt in ((COL_EM, "exact_match", "{:.0f}"), (COL_BLEU, "bleu", "{:.2f}"), (COL_ROUGE, "rouge_l", "{:.2f}")):
+        for col, key, fmt in ((COL_EM, "exact_match", "{:.0f}"), (COL_BLEU, "bleu", "{:.1f}"), (COL_ROUGE, "rouge_l", "{:.2f}")):
             if key in b and key in t:
                 self._set(i, col, f"{fmt.format(b[key])} → {fmt.format(t[key])}")
                 cell = self.table.item(i, col)
@@ -333,7 +333,7 @@ class CompareView(QWidget):
         if s.get("scored"):
             for side, name in (("base", "Base"), ("tuned", "Fine-tuned")):
                 a = s[side]
-                parts.append(f"<b>{name}</b>: exact match {a['exact_match']:.0%}, BLEU {a['bleu']:.2f}, "
+                parts.append(f"<b>{name}</b>: exact match {a['exact_match']:.0%}, BLEU {a['bleu']:.1f}, chrF {a['chrf']:.1f}, "
                              f"ROUGE-L {a['rouge_l']:.2f}")
         text = " &nbsp;·&nbsp; ".join(parts)
         verdict = html.escape(result.verdict())
@@ -360,7 +360,7 @@ class CompareView(QWidget):
     def choose_save(self) -> None:
         if self.result is None:
             return
-        path, _ = QFileDialog.getSaveFileName(self, "Save the comparison", "comparison.csv", "CSV (*.csv);;JSON (*.json)")
+        path, _ = QFileDialog.getSaveFileName(self, "Save the comparison", "comparison.csv", "CSV (*.csv);;JSON (*.json);;HTML report (*.html)")
         if path:
             try:
                 self.save(path)

@@ -57,7 +57,7 @@ GROUPS: list[tuple[str, list[str]]] = [
     ("Memory and speed", ["max_length", "image_size", "quantize_bits", "quantize_group_size",
                           "quantize_vision", "grad_checkpoint", "compile", "cache_vision"]),
     ("Checking progress", ["valid_fraction", "steps_per_eval", "val_batches", "steps_per_report",
-                           "sample_count", "sample_max_tokens", "save_every", "keep_checkpoints"]),
+                           "sample_count", "sample_max_tokens", "save_every", "keep_checkpoints", "report_to"]),
     ("Data", ["completion_only", "data_format", "strict_data", "seed"]),
 ]
 
@@ -76,10 +76,10 @@ LABELS = {
     "steps_per_report": "Report every (steps)", "sample_count": "Sample captions", "sample_max_tokens": "Sample length (tokens)",
     "save_every": "Checkpoint every (steps)", "keep_checkpoints": "Checkpoints kept",
     "completion_only": "Learn only the answers", "data_format": "Dataset format",
-    "strict_data": "Refuse rows with problems", "seed": "Random seed", "output": "Run folder",
+    "strict_data": "Refuse rows with problems", "report_to": "Log to trackers", "seed": "Random seed", "output": "Run folder",
 }
 PLACEHOLDERS = {"iters": "from epochs", "epochs": "3 when steps are empty", "lora_targets": "all projections",
-                "image_size": "model's own", "val_batches": "whole split", "grad_clip": "no cap",
+                "image_size": "model's own", "report_to": "off (tensorboard, wandb, mlflow)", "val_batches": "whole split", "grad_clip": "no cap",
                 "output": "a new folder under the app's runs"}
 CHOICES = {
     "fine_tune_type": [(t.upper() if t != "full" else "Full fine-tune", t) for t in FINE_TUNE_TYPES],

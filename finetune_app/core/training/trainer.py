@@ -18,7 +18,7 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 from mlx.utils import tree_map
 
-from finetune_app.core import adapters, distributed, run_folder
+from finetune_app.core import adapters, distributed, run_folder, trackers
 from finetune_app.core.config import TrainConfig
 from finetune_app.core.data.batching import Batch, collate, epoch_batches
 from finetune_app.core.data.tokenize import Encoder, Example
@@ -136,6 +136,7 @@ class Trainer:
     def setup(self) -> Prepared:
         cfg = self.cfg
         cfg.validate()
+        trackers.require(cfg.report_to if self.world.is_main else None)  # said before the model loads
         self._check_run_dir()
         self.emit(StateChanged("loading"))
         if self.base is None:
@@ -189,6 +190,7 @@ class Trainer:
             cfg.save(self.run_dir / CONFIG_FILE)
         if self.world.is_main:
             self.listeners.insert(0, self.metrics)
+            self.listeners += trackers.listeners_for(cfg, self.run_dir)  # report_to: TensorBoard, W&B, MLflow
         return data
 
     def _restore(self) -> None:
