@@ -35,6 +35,7 @@ from finetune_app.ui.widgets import Banner, message_of
 from finetune_app.ui.workers import Task, TrainingRun, build_demo
 
 RECENT_DATASETS_KEY = "datasets/recent"
+LAST_MODEL_KEY = "session/model"
 FORM_KEY = "form/config"
 DOWNLOAD_MODEL = "mlx-community/FastVLM-0.5B-bf16"
 # The demo: a tiny random Qwen2-VL learns "a {colour} {shape}" (600 steps: colour and shape mostly
@@ -82,6 +83,26 @@ def ask_start_despite_memory(parent, warning: str) -> bool:
     box.setDefaultButton(cancel)
     box.exec()
     return box.clickedButton() is start
+
+
+def ask_recovery(parent, rec, count: int) -> str:
+    """The launch-time offer for an interrupted run: "resume", "inspect" or "discard"."""
+    box = QMessageBox(parent)
+    box.setObjectName("recoveryDialog")
+    box.setIcon(QMessageBox.Icon.Warning)
+    box.setWindowTitle("A run was interrupted")
+    more = f" ({count - 1} more on the History tab)" if count > 1 else ""
+    box.setText(f"Run {rec.id} ({rec.name}) stopped at step {rec.step or 0:,} of {rec.total_steps or 0:,} when its "
+                f"process ended{more}.")
+    box.setInformativeText("Resume continues it from its newest checkpoint. Inspect shows it on the History "
+                           "tab. Discard marks it stopped; its folder is kept.")
+    resume = box.addButton("Resume", QMessageBox.ButtonRole.AcceptRole)
+    inspect = box.addButton("Inspect", QMessageBox.ButtonRole.ActionRole)
+    discard = box.addButton("Discard", QMessageBox.ButtonRole.DestructiveRole)
+    box.setDefaultButton(resume)
+    box.exec()
+    clicked = box.clickedButton()
+    return {resume: "resume", inspect: "inspect", discard: "discard"}.get(clicked, "later")
 
 
 def _is_model_folder(path: Path) -> bool:
@@ -293,6 +314,7 @@ class MainWindow(QMainWindow):
         self.browser.set_model(choice)
         self.form.set_model(choice)
         self.status_model.setText(f"Model: {choice.info.family} · {choice.name}")
+        settings().setValue(LAST_MODEL_KEY, str(choice.path))
         self._update_cluster_paths()
         self._update_ready()
 
@@ -439,7 +461,20 @@ class MainWindow(QMainWindow):
             self.run = DistributedTrainingRun(cfg, c.host_list(), resume=True, parent=self)
         else:
             self.run = TrainingRun(cfg, resume=True, parent=self)
-        self.training.attach(self.run)
+        total = None
+        try:
+            from finetune_app.core import runs as core_runs
+
+            with core_runs.open_store() as store:
+                rec = store.get(run_id)
+                total = rec.total_steps if rec is not None else None
+        except Exception:
+            pass  # the record only adds the total; the run's first report brings it anyway
+        if self.model_choice is None or str(self.model_choice.path) != cfg.model:
+            self.status_model.setText(f"Model: {Path(cfg.model).name} (run {run_id})")
+        if self.dataset_check is None or str(self.dataset_check.dataset.path) != cfg.data:
+            self.status_data.setText(f"Dataset: {Path(cfg.data).name} (run {run_id})")
+        self.training.attach(self.run, total_steps=total)
         self.tabs.setCurrentIndex(TAB_TRAINING)
         QTimer.singleShot(40, self.run.start)
 
@@ -468,8 +503,61 @@ class MainWindow(QMainWindow):
 
     # -- demo and welcome --------------------------------------------------------------------------
     def maybe_show_welcome(self) -> None:
-        """Show the first-launch welcome once the window is on screen."""
-        QTimer.singleShot(0, self._welcome)
+        """At launch, once the window is on screen: an interrupted run is offered first (resume,
+        inspect or discard); else the welcome, only until the first run; else the last model and
+        dataset are reopened."""
+        QTimer.singleShot(0, self._at_launch)
+
+    def _at_launch(self) -> None:
+        if self.offer_recovery():
+            return
+        if self._has_runs():
+            self.reopen_last_session()
+        else:
+            self._welcome()
+
+    def reopen_last_session(self) -> None:
+        """The model and dataset of the last session, when they are still there."""
+        model = str(settings().value(LAST_MODEL_KEY, "") or "")
+        if model and _is_model_folder(Path(model)):
+            self.load_model(model)
+        recent = recent_datasets()
+        if recent and Path(recent[0]).exists():
+            self.open_dataset(recent[0])
+
+    def _has_runs(self) -> bool:
+        try:
+            from finetune_app.core import runs as core_runs
+
+            with core_runs.open_store() as store:
+                return bool(store.runs())
+        except Exception:
+            return False
+
+    def offer_recovery(self) -> bool:
+        """Ask about the newest interrupted run that can continue; True when one was offered."""
+        from finetune_app.core import runs as core_runs
+
+        try:
+            found = core_runs.recover_at_startup()
+        except Exception:
+            return False
+        if not found:
+            return False
+        rec = found[0]
+        choice = ask_recovery(self, rec, len(found))
+        self.history.refresh()
+        if choice == "resume":
+            self.resume_run(rec.id)
+        elif choice == "inspect":
+            self.tabs.setCurrentWidget(self.history)
+            self.history.select_runs([rec.id])
+        elif choice == "discard":
+            with core_runs.open_store() as store:
+                store.set_status(rec.id, "stopped", "Discarded at launch: not resumed (it can still be "
+                                 "resumed from the History tab).")
+            self.history.refresh()
+        return True
 
     def _welcome(self) -> None:
         from finetune_app.ui.welcome import CHOICE_DEMO, CHOICE_DOWNLOAD, run_welcome

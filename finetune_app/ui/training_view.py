@@ -296,8 +296,11 @@ class TrainingView(QWidget):
         return 0 if x is None else len(x)
 
     # -- run wiring --------------------------------------------------------------------------------
-    def attach(self, run) -> None:
-        """Show `run` (a workers.TrainingRun not yet started): clear the screen and connect it."""
+    def attach(self, run, *, total_steps: int | None = None) -> None:
+        """Show `run` (a workers.TrainingRun not yet started): clear the screen and connect it.
+
+        A resumed run first shows its curves from the run folder's metrics.jsonl up to the step it
+        continues from, and `total_steps` (from its record) when its settings give only epochs."""
         self.run = run
         self.reset_data()
         self._thumbs.clear()
@@ -305,13 +308,20 @@ class TrainingView(QWidget):
         self.error.hide()
         self.host_rates.clear_rates()
         self.log.clear()
-        self.step, self.total_steps = 0, run.config.iters or 0
+        self.step, self.total_steps = 0, total_steps or run.config.iters or 0
+        if getattr(getattr(run, "worker", None), "resume", False):
+            self.load_history(Path(run.config.output) / "metrics.jsonl")
         self._t_started, self._paused_for, self._t_paused = time.perf_counter(), 0.0, None
         for s in self.stats.values():
             s.set("–")
         self.run_folder.setText(f"Run folder: {run.config.output}")
-        self.progress.setRange(0, 0)  # busy until the first phase reports
-        self.progress.setFormat("Starting…")
+        if self.step and self.total_steps:  # a resumed run: where it continues from, of its real total
+            self.progress.setRange(0, self.total_steps)
+            self.progress.setValue(min(self.step, self.total_steps))
+            self.progress.setFormat("Resuming: step %v of %m…")
+        else:
+            self.progress.setRange(0, 0)  # busy until the first phase reports
+            self.progress.setFormat("Starting…")
         run.connect(stateChanged=self.on_state, progressed=self.on_progress, trainReport=self.on_train,
                     valReport=self.on_val, sampleReport=self.on_samples,
                     checkpointSaved=self.on_checkpoint, notice=self.on_notice, done=self.on_done)
@@ -383,8 +393,9 @@ class TrainingView(QWidget):
         elif state in ("resumed", "stopping") and self._t_paused is not None:
             self._paused_for += time.perf_counter() - self._t_paused
             self._t_paused = None
-        if state == "started":
+        if state in ("started", "resumed"):
             self.progress.setRange(0, max(1, self.total_steps))
+            self.progress.setValue(min(self.step, max(1, self.total_steps)))
             self.progress.setFormat("step %v of %m")
         if state == "failed":
             self.error.show_message("Training failed", reason or "The run stopped with an error.", "error")
@@ -400,22 +411,53 @@ class TrainingView(QWidget):
         self._set_state(state, reason)
 
     def on_progress(self, phase: str, done: int, total: int) -> None:
-        if self.state in ("loading", "preparing"):
+        if self.state in ("loading", "preparing") and not self.step:  # a resumed run keeps its steps
             self.progress.setRange(0, max(1, total))
             self.progress.setValue(min(done, total))
             self.progress.setFormat(f"{phase.capitalize()}… %v of %m" if total else phase.capitalize() + "…")
 
-    def on_train(self, r) -> None:
-        self.step, self.total_steps = r.step, r.total_steps
-        self.loss_steps.append(r.step)
-        self.losses.append(r.loss)
-        # Exponential average with a time constant in steps (debiased: the first points count fully).
-        gap = r.step - (self.loss_steps[-2] if len(self.loss_steps) > 1 else 0)
+    def load_history(self, metrics_path: Path) -> int:
+        """The curves of the run so far (a resumed run): train and validation points read from
+        its metrics.jsonl. Returns the last step shown."""
+        from finetune_app.core.training.events import MetricsLog
+
+        for row in MetricsLog.read(metrics_path):
+            if row.get("kind") == "train" and "step" in row and "loss" in row:
+                self._add_train_point(int(row["step"]), float(row["loss"]), float(row.get("learning_rate") or 0.0))
+            elif row.get("kind") == "val" and "step" in row and "val_loss" in row:
+                self.val_steps.append(int(row["step"]))
+                self.val_losses.append(float(row["val_loss"]))
+        self.step = self.loss_steps[-1] if self.loss_steps else 0
+        if self.loss_steps:
+            self.progress.setValue(min(self.step, self.progress.maximum()))
+            self.stats["step"].set(f"{self.step:,} / {self.total_steps:,}")
+            self.stats["loss"].set(f"{self.losses[-1]:.3f}")
+        if self.val_losses:
+            self.stats["val"].set(f"{self.val_losses[-1]:.3f}")
+        self._dirty = True
+        self._redraw()
+        return self.step
+
+    def _add_train_point(self, step: int, loss: float, lr: float) -> None:
+        # A resumed run repeats the steps after its checkpoint: drop the old points from there on.
+        while self.loss_steps and self.loss_steps[-1] >= step:
+            for series in (self.loss_steps, self.losses, self.ema, self.lrs):
+                series.pop()
+        while self.val_steps and self.val_steps[-1] > step:
+            self.val_steps.pop()
+            self.val_losses.pop()
+        self.loss_steps.append(step)
+        self.losses.append(loss)
+        gap = step - (self.loss_steps[-2] if len(self.loss_steps) > 1 else 0)
         a = 1.0 - math.exp(-max(gap, 1) / EMA_STEPS)
-        self._ema_raw = (1 - a) * self._ema_raw + a * r.loss
+        self._ema_raw = (1 - a) * self._ema_raw + a * loss
         self._ema_weight = (1 - a) * self._ema_weight + a
         self.ema.append(self._ema_raw / self._ema_weight)
-        self.lrs.append(r.learning_rate)
+        self.lrs.append(lr)
+
+    def on_train(self, r) -> None:
+        self.step, self.total_steps = r.step, r.total_steps
+        self._add_train_point(r.step, r.loss, r.learning_rate)
         self._dirty = True
         self.progress.setRange(0, max(1, r.total_steps))
         self.progress.setValue(r.step)

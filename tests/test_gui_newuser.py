@@ -1,0 +1,142 @@
+"""Issue 18: the app as a new user meets it (recovery first, the demo, stale dataset state, open
+dialogs, exports, caption cards, the training screen, menus and shortcuts), driven offscreen.
+
+Real behaviour only: tiny models really train and the assertions read the window's own widgets
+and the files on disk."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("PySide6")
+pytest.importorskip("pyqtgraph")
+
+from PySide6.QtCore import QTimer  # noqa: E402
+from PySide6.QtWidgets import QApplication, QMessageBox  # noqa: E402
+
+pytestmark = pytest.mark.gui
+
+
+def click_in_dialog(name: str, button_text: str) -> list:
+    """Click `button_text` in the QMessageBox called `name` as soon as it is open."""
+    clicked = []
+
+    def poll():
+        for widget in QApplication.topLevelWidgets():
+            if isinstance(widget, QMessageBox) and widget.objectName() == name and widget.isVisible():
+                for b in widget.buttons():
+                    if b.text() == button_text:
+                        clicked.append(button_text)
+                        b.click()
+                        return
+        QTimer.singleShot(20, poll)
+
+    QTimer.singleShot(0, poll)
+    return clicked
+
+
+@pytest.fixture
+def windows(app_env, qtbot):
+    """new() -> a shown MainWindow; each is stopped (no run, no dialog left) and closed after the test."""
+    from finetune_app.ui.main_window import MainWindow
+
+    made = []
+
+    def new():
+        w = MainWindow()
+        w.resize(1300, 850)
+        w.show()
+        made.append(w)
+        return w
+
+    yield new
+    for w in made:
+        finish(w, qtbot)
+        w.close()
+        w.deleteLater()
+
+
+def finish(w, qtbot):
+    for widget in QApplication.topLevelWidgets():  # a dialog a failed test left open
+        if isinstance(widget, QMessageBox) and widget.isVisible():
+            widget.reject()
+    if w.run is not None and w.run.is_running():
+        w.run.stop(save=False)
+        w.run.wait(60000)
+    qtbot.waitUntil(lambda: not w.training.is_running(), timeout=20000)
+
+
+def interrupted_run(tiny_model, instruction_data, root: Path) -> tuple[int, Path]:
+    """A 12-step run whose process 'died' after its step-4 checkpoint: recorded as running under a
+    dead pid, later checkpoints gone, its metrics.jsonl intact up to the kill."""
+    from finetune_app.core import runs
+    from finetune_app.core.config import TrainConfig
+    from finetune_app.core.training.trainer import Trainer
+
+    out = root / "killed-run"
+    cfg = TrainConfig(model=str(tiny_model("llama")), data=str(instruction_data), output=str(out), iters=12,
+                      batch_size=2, learning_rate=1e-3, lora_rank=4, steps_per_report=1, steps_per_eval=4,
+                      save_every=4, keep_checkpoints=5, sample_count=0, seed=1)
+    recorder = runs.RunRecorder(cfg)
+    Trainer(cfg, listeners=[recorder]).run()
+    recorder.close()
+    for later in ("step-0000008", "step-0000012"):
+        shutil.rmtree(out / "checkpoints" / later, ignore_errors=True)
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    with runs.open_store() as store:
+        store.update_run(recorder.run_id, status="running", pid=p.pid, pid_started=None, ended_at=None)
+    return recorder.run_id, out
+
+
+# ---- 2. crash recovery first --------------------------------------------------------------------
+
+def test_interrupted_run_is_offered_before_the_welcome_and_resumes_with_its_history(
+        windows, qtbot, tiny_model, instruction_data, tmp_path, monkeypatch):
+    import finetune_app.ui.welcome as welcome
+
+    rid, out = interrupted_run(tiny_model, instruction_data, tmp_path)
+    shown = []
+    monkeypatch.setattr(welcome, "run_welcome", lambda *a, **k: shown.append("welcome") or "skip")
+    clicked = click_in_dialog("recoveryDialog", "Resume")
+    w = windows()
+    attached = []
+    real_attach = w.training.attach
+
+    def spy(run, **kw):  # what the screen shows the moment the resumed run is attached
+        real_attach(run, **kw)
+        t = w.training
+        attached.append((list(t.loss_steps), t.progress.maximum(), w.status_model.text(), w.status_data.text()))
+
+    monkeypatch.setattr(w.training, "attach", spy)
+    w.maybe_show_welcome()
+    qtbot.waitUntil(lambda: bool(attached), timeout=20000)
+    assert clicked == ["Resume"] and shown == [], "recovery is offered instead of the welcome"
+    steps, maximum, model_text, data_text = attached[0]
+    assert steps[:4] == [1, 2, 3, 4], "the curve before the kill is on screen"
+    assert maximum == 12, "the progress bar knows the run's total from the start"
+    assert "llama" in model_text and instruction_data.name in data_text
+    qtbot.waitUntil(lambda: w.training.state == "finished", timeout=120000)
+    assert w.training.loss_steps == list(range(1, 13)), "one continuous curve, no step twice"
+    assert w.training.progress.maximum() == 12 and w.training.progress.value() == 12
+
+
+def test_discard_and_inspect_leave_the_run_on_the_history_tab(windows, qtbot, tiny_model, instruction_data,
+                                                              tmp_path):
+    from finetune_app.core import runs
+
+    rid, _ = interrupted_run(tiny_model, instruction_data, tmp_path)
+    clicked = click_in_dialog("recoveryDialog", "Inspect")
+    w = windows()
+    assert w.offer_recovery() is True and clicked == ["Inspect"]
+    assert w.tabs.currentWidget() is w.history and w.history.selected_ids() == [rid]
+    clicked = click_in_dialog("recoveryDialog", "Discard")
+    assert w.offer_recovery() is True and clicked == ["Discard"]
+    with runs.open_store() as store:
+        assert store.get(rid).status == "stopped"
+    assert w.offer_recovery() is False, "a discarded run is not offered again"
