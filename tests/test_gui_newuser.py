@@ -140,3 +140,49 @@ def test_discard_and_inspect_leave_the_run_on_the_history_tab(windows, qtbot, ti
     with runs.open_store() as store:
         assert store.get(rid).status == "stopped"
     assert w.offer_recovery() is False, "a discarded run is not offered again"
+
+
+# ---- 3. the demo resets the form; the Training tab names and shows the settings to fix -----------
+
+def type_into(w, name: str, text: str, qtbot) -> None:
+    editor = w.form.fields[name].editor
+    editor.clear()
+    qtbot.keyClicks(editor, text)
+
+
+def test_demo_resets_invalid_settings_and_problems_are_named_and_shown(windows, qtbot, qwen_model, shapes_data):
+    from finetune_app.core.config import TrainConfig
+    from finetune_app.ui.main_window import DEMO_SETTINGS, TAB_SETTINGS
+
+    w = windows()
+    w.resize(1000, 560)  # small enough that the form scrolls
+    qtbot.wait(50)
+    form = w.form
+    below = form.fields["grad_accumulation"].editor
+    y_before = below.mapTo(form.scroll.widget(), below.rect().topLeft()).y()
+    type_into(w, "batch_size", "0", qtbot)  # the field just above it
+    assert form.fields["batch_size"].message.text()
+    qtbot.wait(50)
+    assert below.mapTo(form.scroll.widget(), below.rect().topLeft()).y() == y_before, "the form did not jump"
+    type_into(w, "keep_checkpoints", "lots", qtbot)
+    why = w.why_not_ready()
+    assert "Batch size" in why and "Checkpoints kept" in why
+    assert "Show the settings to fix" in w.training.start_hint.text()
+    assert w.training.status.text() != "Ready"
+    w.tabs.setCurrentWidget(w.training)
+    w.training.start_hint.linkActivated.emit("#settings")
+    qtbot.waitUntil(lambda: w.tabs.currentIndex() == TAB_SETTINGS)
+    qtbot.wait(50)
+    first = form.fields["batch_size"]
+    top = first.mapTo(form.scroll.widget(), first.rect().topLeft()).y()
+    bar = form.scroll.verticalScrollBar()
+    assert bar.value() <= top <= bar.value() + form.scroll.viewport().height(), "scrolled to the first one"
+
+    # "Try the demo" after that: the demo's own (valid) settings, not the broken ones
+    w._on_demo_ready((qwen_model, shapes_data))
+    assert form.is_valid()
+    assert form.config() == TrainConfig().replace(**DEMO_SETTINGS, output="")
+    qtbot.waitUntil(lambda: w.model_choice is not None and w.dataset_check is not None
+                    and not w.browser.is_busy(), timeout=60000)
+    assert w.why_not_ready() == ""
+    assert w.training.status.text() == "Ready"

@@ -150,7 +150,8 @@ class Field(QWidget):
         self.message.setObjectName(f"problem_{name}")
         self.message.setWordWrap(True)
         self.message.setStyleSheet(f"color: {RED};")
-        self.message.hide()
+        # The line is always there (empty when fine): an error appearing never moves the form.
+        self.message.setMinimumHeight(self.message.fontMetrics().height())
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(2)
@@ -217,13 +218,12 @@ class Field(QWidget):
         self.problem = problem
         if problem:
             self.message.setText(f"{LABELS.get(self.name, self.name)} {problem}.")
-            self.message.show()
             if isinstance(self.editor, QLineEdit):
                 self.editor.setStyleSheet(f"QLineEdit {{ border: 2px solid {RED}; border-radius: 4px; padding: 1px 3px; }}")
             else:
                 self.editor.setStyleSheet(f"color: {RED};")
         else:
-            self.message.hide()
+            self.message.setText("")
             self.editor.setStyleSheet("")
 
 
@@ -336,7 +336,7 @@ class HyperparamForm(QWidget):
         inner_layout.addLayout(run_box)
         inner_layout.addLayout(grid)
         inner_layout.addStretch(1)
-        scroll = QScrollArea()
+        scroll = self.scroll = QScrollArea()
         scroll.setObjectName("hyperparamScroll")
         scroll.setWidgetResizable(True)
         scroll.setFrameShape(QFrame.Shape.NoFrame)
@@ -395,6 +395,20 @@ class HyperparamForm(QWidget):
 
     def is_valid(self) -> bool:
         return not self._problems
+
+    def problem_names(self) -> list[str]:
+        """The labels of the settings to fix, in the form's order (e.g. "Batch size")."""
+        order = [n for n in self.fields if n in self._problems] + [n for n in self._problems if n not in self.fields]
+        return [LABELS.get(n, n) for n in order]
+
+    def show_first_problem(self) -> str | None:
+        """Scroll to the first setting to fix and put the cursor in it; returns its name."""
+        for name, f in self.fields.items():
+            if name in self._problems:
+                self.scroll.ensureWidgetVisible(f, 20, 40)
+                f.editor.setFocus()
+                return name
+        return None
 
     # -- presets -------------------------------------------------------------------------------
     def apply_preset(self, name: str | None) -> None:

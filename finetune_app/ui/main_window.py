@@ -171,6 +171,7 @@ class MainWindow(QMainWindow):
         self.training.runEnded.connect(self._on_run_ended)
         self.training.stateShown.connect(lambda _s: self._update_ready())
         self.training.image_resolver = self._sample_image
+        self.training.start_hint.linkActivated.connect(lambda _link: self.show_settings_problems())
 
         self.history.duplicate_config.connect(self._duplicate_config)
         self.history.resume_requested.connect(self.resume_run)
@@ -369,7 +370,9 @@ class MainWindow(QMainWindow):
         elif not self.dataset_check.report.rows_usable:
             missing.append("fix the dataset: no row is usable")
         if not self.form.is_valid():
-            missing.append("fix the settings marked in red")
+            names = self.form.problem_names()
+            missing.append("fix the settings marked in red (" + ", ".join(names[:4])
+                           + (f" and {len(names) - 4} more" if len(names) > 4 else "") + ")")
         if not missing and self.cluster.why_not_ready():
             return self.cluster.why_not_ready()
         return ("To start: " + "; ".join(missing) + ".") if missing else ""
@@ -400,6 +403,8 @@ class MainWindow(QMainWindow):
         if why or self.training.is_running():
             if why:
                 self.notice.show_message("Not ready to train", why, "warning")
+                if not self.form.is_valid() and not self.training.is_running():
+                    self.show_settings_problems()
             return False
         warning = self.form.memory_warning()
         if warning and not ask_start_despite_memory(self, warning):
@@ -437,6 +442,11 @@ class MainWindow(QMainWindow):
         adapter = self.run.config.output if self.run is not None else ""
         ExportWizard(self, model=model, adapter=adapter).exec()
         self.history.refresh()
+
+    def show_settings_problems(self) -> None:
+        """The Model & Settings tab, scrolled to the first setting to fix."""
+        self.tabs.setCurrentIndex(TAB_SETTINGS)
+        QTimer.singleShot(0, self.form.show_first_problem)  # once the tab has its geometry
 
     def _duplicate_config(self, cfg) -> None:
         self.form.set_config(cfg)
@@ -585,7 +595,8 @@ class MainWindow(QMainWindow):
     def _on_demo_ready(self, paths) -> None:
         self._demo_task = None
         model, data = paths
-        self.form.set_config(self.form.config().replace(**DEMO_SETTINGS, output=""))
+        # The demo's own valid settings, whatever the form held (saved settings may be invalid).
+        self.form.set_config(TrainConfig().replace(**DEMO_SETTINGS, output=""))
         self.load_model(str(model))
         self.open_dataset(str(data))
         self.notice.show_message(

@@ -169,6 +169,7 @@ class TrainingView(QWidget):
         self.start_hint = secondary(QLabel(""))
         self.start_hint.setObjectName("startHint")
         self.start_hint.setWordWrap(True)
+        self.start_hint.setTextFormat(Qt.TextFormat.RichText)
         head = QHBoxLayout()
         titles = QVBoxLayout()
         titles.addWidget(self.status)
@@ -344,8 +345,14 @@ class TrainingView(QWidget):
         running = self.is_running()
         can = getattr(self, "_can_start", False)
         self.start_button.setEnabled(can and not running)
-        self.start_hint.setText("" if running or can else getattr(self, "_why", ""))
-        self.start_hint.setVisible(bool(self.start_hint.text()))
+        why = "" if running or can else getattr(self, "_why", "")
+        text = html.escape(why)
+        if "settings marked in red" in why:  # a link that opens the form at the first one
+            text += " <a href='#settings'>Show the settings to fix</a>"
+        self.start_hint.setText(text)
+        self.start_hint.setVisible(bool(why))
+        if self.state == "idle":
+            self.status.setText("Ready" if can else "Not ready to start")
         active = self.state in ("started", "resumed", "paused", "pausing")
         self.pause_button.setEnabled(active)
         self.pause_button.setText("Resume" if self.state in ("paused", "pausing") else "Pause")
