@@ -186,3 +186,48 @@ def test_demo_resets_invalid_settings_and_problems_are_named_and_shown(windows, 
                     and not w.browser.is_busy(), timeout=60000)
     assert w.why_not_ready() == ""
     assert w.training.status.text() == "Ready"
+
+
+# ---- 5. switching datasets after a failed open; 6. Ctrl+O opens files too -------------------------
+
+def test_failed_open_leaves_nothing_of_the_old_dataset(windows, qtbot, shapes_data, tmp_path, monkeypatch):
+    from PySide6.QtGui import QKeySequence
+    from PySide6.QtWidgets import QFileDialog
+
+    w = windows()
+    b = w.browser
+    w.open_dataset(str(shapes_data))
+    qtbot.waitUntil(lambda: w.dataset_check is not None and not b.is_busy(), timeout=60000)
+    b.select_row(0)
+    assert b.details.text() and b.model.rowCount() and b.problems.count() >= 0
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text("{not json\n")
+    w.open_dataset(str(broken))
+    assert b.model.rowCount() == 0 and b.details.text() == "" and b.counts.text() == "–", "cleared at once"
+    qtbot.waitUntil(lambda: not b.is_busy(), timeout=60000)
+    assert b.error.isVisible() and b.title.text() == "broken.jsonl"
+    assert b.model.rowCount() == 0 and b.stack.currentIndex() == 0 and b.details.text() == ""
+    assert b.problems.count() == 0 and b.splits.text() == "" and b.check is None
+    assert "opening" not in w.status_data.text() and "broken.jsonl" in w.status_data.text()
+    assert w.dataset_check is None and "open a dataset" in w.why_not_ready()
+
+    # File > Open Dataset File… (Ctrl+O) offers files; the folder has its own item
+    assert w.act_open.shortcut() == QKeySequence(QKeySequence.StandardKey.Open)
+    assert "File" in w.act_open.text() and "Folder" in w.act_open_folder.text()
+    file_menu = next(a.menu() for a in w.menuBar().actions() if a.text().replace("&", "") == "File")
+    assert {w.act_open, w.act_open_folder} <= set(file_menu.actions())
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join('{"messages": [{"role": "user", "content": "q%d"}, {"role": "assistant", '
+                            '"content": "a%d"}]}\n' % (i, i) for i in range(12)))
+    asked = []
+
+    def fake_dialog(parent, caption, folder, filters):
+        asked.append(filters)
+        return str(rows), ""
+
+    monkeypatch.setattr(QFileDialog, "getOpenFileName", staticmethod(fake_dialog))
+    w.act_open.trigger()
+    assert asked and "*.jsonl" in asked[0] and "*.csv" in asked[0] and "*.json" in asked[0]
+    qtbot.waitUntil(lambda: w.dataset_check is not None and not b.is_busy(), timeout=60000)
+    assert w.dataset_check.report.rows_usable == 12 and not b.error.isVisible()
+    assert "rows.jsonl" in w.status_data.text()

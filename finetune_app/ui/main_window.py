@@ -165,6 +165,7 @@ class MainWindow(QMainWindow):
         self.picker.cancelled.connect(lambda: self.status_model.setText("No model"))
         self.browser.checked.connect(self._on_dataset)
         self.browser.opening.connect(self._on_dataset_opening)
+        self.browser.failed.connect(self._on_dataset_failed)
         self.form.configChanged.connect(self._on_form_changed)
         self.cluster.changed.connect(self._update_ready)
         self.training.startRequested.connect(self.start_training)
@@ -189,9 +190,15 @@ class MainWindow(QMainWindow):
         style = self.style()
         icon = style.standardIcon
         SP = QStyle.StandardPixmap
-        self.act_open = QAction(icon(SP.SP_DirOpenIcon), "Open Dataset…", self)
+        # Datasets are files (JSONL, CSV, JSON) or folders: one action each, Ctrl+O for files.
+        self.act_open = QAction(icon(SP.SP_FileIcon), "Open Dataset File…", self)
         self.act_open.setShortcut(QKeySequence.StandardKey.Open)
-        self.act_open.triggered.connect(self._open_dataset_dialog)
+        self.act_open.setToolTip("Open a JSONL, CSV or JSON dataset file")
+        self.act_open.triggered.connect(self._open_dataset_file_dialog)
+        self.act_open_folder = QAction(icon(SP.SP_DirOpenIcon), "Open Dataset Folder…", self)
+        self.act_open_folder.setShortcut(QKeySequence("Ctrl+Shift+O"))
+        self.act_open_folder.setToolTip("Open a folder of images with captions (captions.csv, metadata.jsonl…)")
+        self.act_open_folder.triggered.connect(self._open_dataset_dialog)
         self.act_model = QAction(icon(SP.SP_DriveHDIcon), "Choose Model…", self)
         self.act_model.setShortcut(QKeySequence("Ctrl+M"))
         self.act_model.triggered.connect(self._focus_model)
@@ -215,7 +222,7 @@ class MainWindow(QMainWindow):
         tb.setObjectName("mainToolbar")
         tb.setMovable(False)
         tb.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
-        for a in (self.act_open, self.act_model):
+        for a in (self.act_open, self.act_open_folder, self.act_model):
             tb.addAction(a)
         tb.addSeparator()
         for a in (self.act_start, self.act_pause, self.act_stop):
@@ -224,6 +231,7 @@ class MainWindow(QMainWindow):
 
         file_menu = self.menuBar().addMenu("&File")
         file_menu.addAction(self.act_open)
+        file_menu.addAction(self.act_open_folder)
         self.recent_menu = file_menu.addMenu("Open Recent Dataset")
         self.recent_menu.aboutToShow.connect(self._fill_recent_menu)
         file_menu.addAction(self.act_model)
@@ -269,6 +277,10 @@ class MainWindow(QMainWindow):
     def _open_dataset_dialog(self) -> None:
         self.tabs.setCurrentIndex(TAB_DATASET)
         self.browser.choose_folder()
+
+    def _open_dataset_file_dialog(self) -> None:
+        self.tabs.setCurrentIndex(TAB_DATASET)
+        self.browser.choose_file()
 
     def _load_settings_dialog(self) -> None:
         self.tabs.setCurrentIndex(TAB_SETTINGS)
@@ -328,6 +340,12 @@ class MainWindow(QMainWindow):
     def _on_dataset_opening(self, path: str) -> None:
         self.dataset_check = None
         self.status_data.setText(f"Dataset: opening {Path(path).name}…")
+        self._update_ready()
+
+    def _on_dataset_failed(self, _message: str) -> None:
+        self.dataset_check = None
+        name = Path(self.browser._path or "").name
+        self.status_data.setText(f"Dataset: {name} could not be opened" if name else "No dataset")
         self._update_ready()
 
     def _on_dataset(self, check) -> None:
