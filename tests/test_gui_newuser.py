@@ -231,3 +231,55 @@ def test_failed_open_leaves_nothing_of_the_old_dataset(windows, qtbot, shapes_da
     qtbot.waitUntil(lambda: w.dataset_check is not None and not b.is_busy(), timeout=60000)
     assert w.dataset_check.report.rows_usable == 12 and not b.error.isVisible()
     assert "rows.jsonl" in w.status_data.text()
+
+
+# ---- 7. exports: recorded, honest about quantization, default target and folder, normal modes -----
+
+def test_export_wizard_defaults_records_and_is_honest_about_4_bit(qtbot, tmp_path, monkeypatch):
+    import os
+    import stat
+
+    from PySide6.QtWidgets import QWizard
+    from test_export_support import make_adapter
+
+    from finetune_app.core import runs
+    from finetune_app.ui import export_wizard as ew
+
+    monkeypatch.setenv("FINETUNE_DATA_DIR", str(tmp_path / "appdata"))
+    run = make_adapter("qwen2", tmp_path / "run")
+    rec = runs.import_run(run)  # a recorded run (the app records every run it trains)
+    old_mask = os.umask(0o022)
+    try:
+        w = ew.ExportWizard(adapter=str(run))
+        qtbot.addWidget(w)
+        w.show()
+        src = w.source
+        assert src.target() == "mlx-lm", "default target for a text model"
+        for t in ("mlx-vlm", "mlx-swift"):
+            assert not src.buttons[t].isEnabled()
+            assert "Not available" in src.buttons[t].toolTip() and "Not available" in src.notes[t].text()
+        w.next()
+        assert w.currentId() == ew.PAGE_QUANT
+        label = w.quant.form.labelForField(w.quant.encoder_box)
+        assert not label.isVisible() and not w.quant.encoder_box.isVisible(), "no CoreML row for mlx-lm"
+        w.quant.bits.setCurrentIndex(w.quant.bits.findData(4))
+        w.next()
+        out = Path(w.dest.output_edit.text())
+        assert out == run.with_name("run-mlx-lm"), "default folder: beside the run folder"
+        assert w.button(QWizard.NextButton).isEnabled()
+        w.next()
+        w.next()
+        qtbot.waitUntil(lambda: w.currentId() == ew.PAGE_RESULT or bool(w.progress_page.error), timeout=120_000)
+        assert not w.progress_page.error
+        text = w.result_page.verification.toPlainText()
+        assert "approximate (quantized or half precision): max diff" in text and "): passed" not in text
+        assert stat.S_IMODE(out.stat().st_mode) == 0o755
+        for f in out.rglob("*"):
+            if f.is_file():
+                assert stat.S_IMODE(f.stat().st_mode) == 0o644, f
+        with runs.open_store() as store:
+            exports = store.exports(rec.id)
+        assert [(e["target"], Path(e["path"])) for e in exports] == [("mlx-lm", out.resolve())]
+        w.accept()
+    finally:
+        os.umask(old_mask)
