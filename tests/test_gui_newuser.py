@@ -283,3 +283,35 @@ def test_export_wizard_defaults_records_and_is_honest_about_4_bit(qtbot, tmp_pat
         w.accept()
     finally:
         os.umask(old_mask)
+
+
+# ---- 8. caption cards: long unbroken output wraps; control tokens are not shown -------------------
+
+def test_caption_card_wraps_long_words_and_hides_special_tokens(app_env, qtbot, shapes_data):
+    from PySide6.QtWidgets import QScrollArea
+
+    from finetune_app.core.compare import ImageInput
+    from finetune_app.ui.caption_panel import CaptionRequest, ResultCard
+    from finetune_app.ui.widgets import ZWSP
+
+    picture = next((shapes_data / "images").glob("*.png"))
+    image = ImageInput(path=picture)
+    card = ResultCard(image, CaptionRequest(image=image), None)
+    scroll = QScrollArea()
+    scroll.setWidgetResizable(True)
+    scroll.setWidget(card)
+    scroll.resize(640, 400)
+    qtbot.addWidget(scroll)
+    scroll.show()
+    base, tuned = card.sides["base"], card.sides["tuned"]
+    for piece in ("a" * 150, "b" * 150, "<|im_", "end|>"):
+        base.append(piece)  # streamed, the token split across pieces
+    tuned.finish("a red circle<|endoftext|></s>", "checkpoint step 40")
+    qtbot.wait(50)
+    assert "<|" not in base.body.text() and "<|" not in tuned.body.text() and "</s>" not in tuned.body.text()
+    assert tuned.body.text() == "a red circle" and base.text == "a" * 150 + "b" * 150
+    assert base.body.text().replace(ZWSP, "") == base.text
+    assert card.width() <= scroll.viewport().width(), "the card is no wider than the window's column"
+    right = tuned.mapTo(card, tuned.rect().topRight()).x()
+    assert right <= card.width() and tuned.width() > 100, "the fine-tuned caption stays on screen"
+    assert base.body.height() > 2 * base.body.fontMetrics().height(), "the long word wraps"

@@ -34,7 +34,7 @@ from PySide6.QtWidgets import (
 )
 
 from finetune_app.ui.plots import BLUE, GREEN, ORANGE, PURPLE, ThemedPlot, nice_ceiling
-from finetune_app.ui.widgets import Banner, format_duration, heading, secondary
+from finetune_app.ui.widgets import Banner, breakable, clean_output, format_duration, heading, secondary
 
 EMA_STEPS = 20.0  # the smoothed loss averages over about this many steps, however often reports come
 REDRAW_MS = 100  # plots redraw at most 10 times a second
@@ -110,10 +110,11 @@ class SampleCard(QFrame):
                 pic.setPixmap(pixmap)
             layout.addWidget(pic)
         self.has_picture = pixmap is not None
-        match = item.output.strip().lower().rstrip(".") == item.reference.strip().lower().rstrip(".")
+        output = clean_output(item.output)
+        match = output.lower().rstrip(".") == item.reference.strip().lower().rstrip(".")
         colour = GREEN if match else ORANGE
         prompt = "" if item.image else f"<span style='opacity:.7'>{html.escape(item.prompt[:160])}</span><br>"
-        out = html.escape(item.output) if item.output else "<i>(nothing)</i>"
+        out = html.escape(breakable(output)) if output else "<i>(nothing)</i>"
         label = QLabel(f"{prompt}<span style='opacity:.7'>expected</span> {html.escape(item.reference)}<br>"
                        f"<span style='opacity:.7'>model</span> <b style='color:{colour}'>{out}</b>")
         label.setObjectName("sampleText")
