@@ -315,3 +315,48 @@ def test_caption_card_wraps_long_words_and_hides_special_tokens(app_env, qtbot, 
     right = tuned.mapTo(card, tuned.rect().topRight()).x()
     assert right <= card.width() and tuned.width() > 100, "the fine-tuned caption stays on screen"
     assert base.body.height() > 2 * base.body.fontMetrics().height(), "the long word wraps"
+
+
+# ---- 9. the training screen: log follows, ETA pauses, real peak memory, estimate follows batch ----
+
+def test_training_screen_log_eta_memory(windows, qtbot, tiny_model, instruction_data):
+    from finetune_app.core.config import TrainConfig
+
+    w = windows()
+    t = w.training
+    bar = t.log.verticalScrollBar()
+    for i in range(200):
+        t._log(f"line {i}")
+    assert bar.maximum() > 0 and bar.value() == bar.maximum(), "the log follows new lines"
+    bar.setValue(0)  # the person scrolls up to read
+    t._log("one more")
+    assert bar.value() == 0, "reading is not interrupted"
+    bar.setValue(bar.maximum())
+    t._log("and another")
+    assert bar.value() == bar.maximum()
+
+    w.load_model(str(tiny_model("llama")))
+    w.open_dataset(str(instruction_data))
+    qtbot.waitUntil(lambda: w.model_choice is not None and w.dataset_check is not None
+                    and not w.browser.is_busy(), timeout=60000)
+    w.form.set_config(TrainConfig(iters=400, batch_size=1, learning_rate=1e-3, lora_rank=4, steps_per_report=1,
+                                  steps_per_eval=1000, save_every=1000, sample_count=0, seed=1))
+    one = w.form.memory.text.text()
+    w.form.set_config(w.form.config().replace(batch_size=8))
+    eight = w.form.memory.text.text()
+    assert one != eight and "batch 8" in eight and "activations add" in eight, (one, eight)
+    w.form.set_config(w.form.config().replace(batch_size=1))
+    assert w.start_training()
+    qtbot.waitUntil(lambda: t.step >= 5, timeout=120000)
+    assert float(t.stats["mem"].value.text().split()[0]) > 0.05, "the process's real peak on CPU"
+    t.toggle_pause()
+    qtbot.waitUntil(lambda: t.state == "paused", timeout=60000)
+    assert t.stats["eta"].value.text() == "paused"
+    t._tick_clock()
+    elapsed = t.stats["elapsed"].value.text()
+    qtbot.wait(1300)  # clock ticks while paused
+    assert t.stats["eta"].value.text() == "paused" and t.stats["elapsed"].value.text() == elapsed
+    t.toggle_pause()
+    qtbot.waitUntil(lambda: t.stats["eta"].value.text() not in ("paused", "–"), timeout=60000)
+    t.stop(save=False)
+    qtbot.waitUntil(lambda: t.state in ("stopped", "finished"), timeout=60000)

@@ -534,7 +534,14 @@ class HyperparamForm(QWidget):
         gb, seq, ram = est
         seq_note = (f"sequence {seq:,} tokens" + ("" if self.longest_exact or not self.longest_row
                                                    else " (estimated from the dataset)"))
-        base = f"About <b>{gb:.1f} GB</b> for batch {cfg.batch_size}, {seq_note}"
+        size = f"{gb:.2f}" if gb < 10 else f"{gb:.1f}"  # small models: batch size shows in the figure
+        base = f"About <b>{size} GB</b> for batch {cfg.batch_size}, {seq_note}"
+        if isinstance(cfg.batch_size, int) and cfg.batch_size > 1:
+            one = self.memory_estimate(cfg.replace(batch_size=1))
+            if one is not None and gb > one[0]:
+                extra = (gb - one[0]) * 1e3
+                base += (f"; the batch's activations add {extra:,.0f} MB over batch 1" if extra >= 1
+                         else f"; the batch's activations add {extra * 1e3:,.0f} KB over batch 1")
         if not ram:
             self.memory.show_message("Memory", base + ".", "info")
             return

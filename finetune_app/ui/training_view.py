@@ -69,6 +69,18 @@ def ask_stop(parent: QWidget, step: int) -> str | None:
     return "save" if clicked is save else "discard" if clicked is discard else None
 
 
+def process_peak_gb() -> float:
+    """This process's peak resident memory (what a CPU run uses; MLX reports 0 there)."""
+    try:
+        import resource
+        import sys
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / 1e9 if sys.platform == "darwin" else peak * 1024 / 1e9  # bytes on macOS, KiB else
+    except Exception:
+        return 0.0
+
+
 class Stat(QFrame):
     """One number with its name under it."""
 
@@ -146,6 +158,8 @@ class TrainingView(QWidget):
         self._t_started: float | None = None
         self._paused_for = 0.0
         self._t_paused: float | None = None
+        self._first_step: int | None = None
+        self._first_active = 0.0
         self.sample_reports: list = []
         self.reset_data()
 
@@ -314,6 +328,7 @@ class TrainingView(QWidget):
         if getattr(getattr(run, "worker", None), "resume", False):
             self.load_history(Path(run.config.output) / "metrics.jsonl")
         self._t_started, self._paused_for, self._t_paused = time.perf_counter(), 0.0, None
+        self._first_step, self._first_active = None, 0.0
         for s in self.stats.values():
             s.set("–")
         self.run_folder.setText(f"Run folder: {run.config.output}")
@@ -398,6 +413,7 @@ class TrainingView(QWidget):
     def on_state(self, state: str, reason: str, step: int) -> None:
         if state == "paused":
             self._t_paused = time.perf_counter()
+            self.stats["eta"].set("paused")  # no time passes for the run while it is paused
         elif state in ("resumed", "stopping") and self._t_paused is not None:
             self._paused_for += time.perf_counter() - self._t_paused
             self._t_paused = None
@@ -475,8 +491,9 @@ class TrainingView(QWidget):
         s["epoch"].set(f"{r.epoch:.2f}")
         s["loss"].set(f"{r.loss:.3f}")
         s["tps"].set(f"{r.tokens_per_second:,.0f}")
-        s["mem"].set(f"{r.peak_memory_gb:.2f} GB")
-        s["eta"].set(format_duration(r.eta_seconds))
+        s["mem"].set(f"{max(r.peak_memory_gb or 0.0, process_peak_gb()):.2f} GB")  # MLX says ~0 on CPU
+        eta = self._eta(r.step, r.total_steps)
+        s["eta"].set(format_duration(eta if eta is not None else r.eta_seconds))
         if r.hosts:
             self.host_rates.show_rates(r.hosts)
 
@@ -567,11 +584,30 @@ class TrainingView(QWidget):
         lrs = [v for v in self.lrs if v == v]
         self.lr_plot.set_view(0, x_max, 0, nice_ceiling(max(lrs) * 1.1) if lrs and max(lrs) > 0 else 1.0)
 
+    def _active_seconds(self) -> float:
+        """Time spent training so far, pauses excluded."""
+        if self._t_started is None:
+            return 0.0
+        paused = self._paused_for + ((time.perf_counter() - self._t_paused) if self._t_paused else 0.0)
+        return time.perf_counter() - self._t_started - paused
+
+    def _eta(self, step: int, total: int) -> float | None:
+        """Remaining time at this run's own pace, pauses excluded (None before two reports)."""
+        if self._first_step is None:
+            self._first_step, self._first_active = step, self._active_seconds()
+            return None
+        done = step - self._first_step
+        spent = self._active_seconds() - self._first_active
+        if done <= 0 or spent <= 0:
+            return None
+        return max(0.0, (total - step) * spent / done)
+
     def _tick_clock(self) -> None:
         if self._t_started is None:
             return
-        paused = self._paused_for + ((time.perf_counter() - self._t_paused) if self._t_paused else 0.0)
-        self.stats["elapsed"].set(format_duration(time.perf_counter() - self._t_started - paused))
+        self.stats["elapsed"].set(format_duration(self._active_seconds()))
+        if self._t_paused is not None or self.state in ("paused", "pausing"):
+            self.stats["eta"].set("paused")
 
     def _clear_samples(self) -> None:
         for i in reversed(range(self.samples_layout.count())):
@@ -582,7 +618,12 @@ class TrainingView(QWidget):
         self.samples_empty.show()
 
     def _log(self, text: str) -> None:
+        """Append a line; the view follows new lines unless the person scrolled up to read."""
+        bar = self.log.verticalScrollBar()
+        following = bar.value() >= bar.maximum() - 2
         self.log.appendPlainText(time.strftime("%H:%M:%S  ") + text)
+        if following:
+            bar.setValue(bar.maximum())
 
     def _open_run_folder(self) -> None:
         if self.run is not None:
