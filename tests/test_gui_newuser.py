@@ -360,3 +360,62 @@ def test_training_screen_log_eta_memory(windows, qtbot, tiny_model, instruction_
     qtbot.waitUntil(lambda: t.stats["eta"].value.text() not in ("paused", "–"), timeout=60000)
     t.stop(save=False)
     qtbot.waitUntil(lambda: t.state in ("stopped", "finished"), timeout=60000)
+
+
+# ---- 10. conventions: menus, shortcuts, welcome until the first run, last session, text models ---
+
+def test_standard_menus_and_shortcuts(windows, qtbot, monkeypatch):
+    from PySide6.QtGui import QKeySequence
+
+    w = windows()
+    names = [a.text().replace("&", "") for a in w.menuBar().actions()]
+    assert names == ["Finetune", "File", "Edit", "View", "Training", "Window", "Help"]
+    assert w.act_minimise.shortcut() == QKeySequence("Ctrl+M") and w.act_model.shortcut() != QKeySequence("Ctrl+M")
+    assert w.act_pause.shortcut() == QKeySequence("Ctrl+P") and w.act_settings.shortcut() == QKeySequence("Ctrl+,")
+    shortcuts = [a.shortcut().toString() for a in w.findChildren(type(w.act_open)) if not a.shortcut().isEmpty()]
+    assert len(shortcuts) == len(set(shortcuts)), f"no shortcut used twice: {sorted(shortcuts)}"
+    paused = []
+    monkeypatch.setattr(w.training, "toggle_pause", lambda: paused.append(1))
+    w.pause_space.activated.emit()  # Space on the Training screen
+    assert w.pause_space.key() == QKeySequence("Space") and w.pause_space.parent() is w.training and paused
+    opened = []
+    from PySide6.QtGui import QDesktopServices
+
+    monkeypatch.setattr(QDesktopServices, "openUrl", lambda url: opened.append(url.toLocalFile()) or True)
+    w.act_help.trigger()
+    assert opened and Path(opened[0]).is_file() and "Finetune" in Path(opened[0]).read_text(encoding="utf-8")
+
+
+def test_welcome_until_first_run_then_last_session_reopens(windows, qtbot, monkeypatch, tiny_model,
+                                                           instruction_data):
+    import finetune_app.ui.welcome as welcome
+    from finetune_app.core import runs
+    from finetune_app.core.config import TrainConfig
+    from finetune_app.core.training.trainer import Trainer
+
+    shown = []
+    monkeypatch.setattr(welcome, "run_welcome", lambda *a, **k: shown.append(1) or "skip")
+    first = windows()
+    first.maybe_show_welcome()
+    qtbot.waitUntil(lambda: bool(shown))
+    model = tiny_model("llama")
+    first.load_model(str(model))
+    first.open_dataset(str(instruction_data))
+    qtbot.waitUntil(lambda: first.model_choice is not None and first.dataset_check is not None
+                    and not first.browser.is_busy(), timeout=60000)
+    # vision settings are off for a text-only model
+    assert not first.form.fields["train_vision"].isEnabled() and not first.form.fields["image_size"].isEnabled()
+    assert first.form.fields["lora_rank"].isEnabled()
+    cfg = TrainConfig(model=str(model), data=str(instruction_data), output=str(first.new_run_folder()), iters=2,
+                      batch_size=2, lora_rank=4, sample_count=0, steps_per_eval=100, save_every=100)
+    recorder = runs.RunRecorder(cfg)
+    Trainer(cfg, listeners=[recorder]).run()  # the first run
+    recorder.close()
+    first.close()
+
+    again = windows()
+    again.maybe_show_welcome()
+    qtbot.waitUntil(lambda: again.model_choice is not None and again.dataset_check is not None
+                    and not again.browser.is_busy(), timeout=60000)
+    assert shown == [1], "no welcome once a run exists"
+    assert again.model_choice.path == model and Path(str(again.dataset_check.dataset.path)) == instruction_data

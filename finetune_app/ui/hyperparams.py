@@ -454,8 +454,16 @@ class HyperparamForm(QWidget):
             self.validityChanged.emit(valid)
         self.configChanged.emit()
 
+    VISION_FIELDS = ("train_vision", "train_projector", "image_size", "quantize_vision", "cache_vision")
+
     def set_model(self, choice) -> None:
         self.model_choice = choice
+        text_only = choice is not None and getattr(choice.info, "kind", "vlm") == "text"
+        for name in self.VISION_FIELDS:  # a text-only model has no vision tower to set up
+            f = self.fields.get(name)
+            if f is not None:
+                f.setEnabled(not text_only)
+                f.editor.setToolTip("Not used: this is a text-only model." if text_only else TrainConfig.help(name))
         self.update_estimates()
 
     def set_dataset_stats(self, train_rows: int | None, longest: int | None, exact: bool) -> None:

@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 
 from PySide6.QtCore import QByteArray, Qt, QTimer
-from PySide6.QtGui import QAction, QKeySequence
+from PySide6.QtGui import QAction, QKeySequence, QShortcut
 from PySide6.QtWidgets import (
     QLabel,
     QMainWindow,
@@ -200,13 +200,18 @@ class MainWindow(QMainWindow):
         self.act_open_folder.setToolTip("Open a folder of images with captions (captions.csv, metadata.jsonl…)")
         self.act_open_folder.triggered.connect(self._open_dataset_dialog)
         self.act_model = QAction(icon(SP.SP_DriveHDIcon), "Choose Model…", self)
-        self.act_model.setShortcut(QKeySequence("Ctrl+M"))
+        self.act_model.setShortcut(QKeySequence("Ctrl+L"))  # Ctrl/⌘+M is Minimise (Window menu)
         self.act_model.triggered.connect(self._focus_model)
         self.act_start = QAction(icon(SP.SP_MediaPlay), "Start Training", self)
         self.act_start.setShortcut(QKeySequence("Ctrl+R"))
         self.act_start.triggered.connect(self.start_training)
         self.act_pause = QAction(icon(SP.SP_MediaPause), "Pause", self)
+        self.act_pause.setShortcut(QKeySequence("Ctrl+P"))
         self.act_pause.triggered.connect(self.training.toggle_pause)
+        # Space pauses and resumes while the Training screen has the focus (not in a text field).
+        self.pause_space = QShortcut(QKeySequence(Qt.Key.Key_Space), self.training)
+        self.pause_space.setContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
+        self.pause_space.activated.connect(self.training.toggle_pause)
         self.act_stop = QAction(icon(SP.SP_MediaStop), "Stop…", self)
         self.act_stop.setShortcut(QKeySequence("Ctrl+."))
         self.act_stop.triggered.connect(self.training.request_stop)
@@ -229,6 +234,18 @@ class MainWindow(QMainWindow):
             tb.addAction(a)
         self.addToolBar(tb)
 
+        # The standard menu set: App (on macOS Qt moves About, Settings and Quit there by their
+        # roles), File, Edit, View, Training, Window, Help.
+        self.app_menu = self.menuBar().addMenu("Finetune")
+        self.act_about = QAction("About Finetune", self)
+        self.act_about.setMenuRole(QAction.MenuRole.AboutRole)
+        self.act_about.triggered.connect(self.show_about)
+        self.act_settings = QAction("Settings…", self)
+        self.act_settings.setShortcut(QKeySequence("Ctrl+,"))
+        self.act_settings.setMenuRole(QAction.MenuRole.PreferencesRole)
+        self.act_settings.triggered.connect(lambda: self.tabs.setCurrentIndex(TAB_SETTINGS))
+        self.app_menu.addAction(self.act_about)
+        self.app_menu.addAction(self.act_settings)
         file_menu = self.menuBar().addMenu("&File")
         file_menu.addAction(self.act_open)
         file_menu.addAction(self.act_open_folder)
@@ -244,6 +261,27 @@ class MainWindow(QMainWindow):
         quit_action = file_menu.addAction("Quit", self.close)
         quit_action.setShortcut(QKeySequence.StandardKey.Quit)
         quit_action.setMenuRole(QAction.MenuRole.QuitRole)
+        self.act_quit = quit_action
+        edit_menu = self.menuBar().addMenu("&Edit")
+        for text, key, slot in (("Undo", QKeySequence.StandardKey.Undo, "undo"),
+                                ("Redo", QKeySequence.StandardKey.Redo, "redo"),
+                                (None, None, None),
+                                ("Cut", QKeySequence.StandardKey.Cut, "cut"),
+                                ("Copy", QKeySequence.StandardKey.Copy, "copy"),
+                                ("Paste", QKeySequence.StandardKey.Paste, "paste"),
+                                ("Select All", QKeySequence.StandardKey.SelectAll, "selectAll")):
+            if text is None:
+                edit_menu.addSeparator()
+                continue
+            action = edit_menu.addAction(text, lambda s=slot: self._edit(s))
+            action.setShortcut(key)
+            action.setShortcutContext(Qt.ShortcutContext.WidgetShortcut)  # the menu item; fields keep their keys
+        view_menu = self.menuBar().addMenu("&View")
+        for i, name in enumerate(("Dataset", "Model && Settings", "Training", "History")):
+            action = view_menu.addAction(name, lambda i=i: self.tabs.setCurrentIndex(i))
+            action.setShortcut(QKeySequence(f"Ctrl+{i + 1}"))
+        view_menu.addSeparator()
+        view_menu.addAction(tb.toggleViewAction())
         run_menu = self.menuBar().addMenu("&Training")
         for a in (self.act_start, self.act_pause, self.act_stop):
             run_menu.addAction(a)
@@ -252,6 +290,45 @@ class MainWindow(QMainWindow):
         self.act_export.setShortcut(QKeySequence("Ctrl+E"))
         self.act_export.triggered.connect(self.open_export_wizard)
         run_menu.addAction(self.act_export)
+        window_menu = self.menuBar().addMenu("&Window")
+        self.act_minimise = window_menu.addAction("Minimise", self.showMinimized)
+        self.act_minimise.setShortcut(QKeySequence("Ctrl+M"))
+        window_menu.addAction("Zoom", lambda: self.showNormal() if self.isMaximized() else self.showMaximized())
+        full = window_menu.addAction("Enter Full Screen",
+                                     lambda: self.showNormal() if self.isFullScreen() else self.showFullScreen())
+        full.setShortcut(QKeySequence.StandardKey.FullScreen)
+        help_menu = self.menuBar().addMenu("&Help")
+        self.act_help = help_menu.addAction("Finetune Help", self.open_help)
+        self.act_help.setShortcut(QKeySequence.StandardKey.HelpContents)
+        help_menu.addAction("Set Up the Demo", self.start_demo)
+
+    def _edit(self, slot: str) -> None:
+        """Edit menu: the standard edit on whatever has the focus (a field, the log…)."""
+        from PySide6.QtWidgets import QApplication
+
+        widget = QApplication.focusWidget()
+        if widget is not None and hasattr(widget, slot):
+            getattr(widget, slot)()
+
+    def open_help(self) -> bool:
+        """Help opens the bundled documentation (the README) in the system's viewer."""
+        from PySide6.QtCore import QUrl
+        from PySide6.QtGui import QDesktopServices
+
+        from finetune_app.resources import help_path
+
+        try:
+            path = help_path()
+        except Exception as exc:
+            self.notice.show_message("The help is not installed", message_of(exc), "warning")
+            return False
+        return QDesktopServices.openUrl(QUrl.fromLocalFile(str(path)))
+
+    def show_about(self) -> None:
+        from finetune_app import __version__ as version
+
+        QMessageBox.about(self, "About Finetune", f"<b>Finetune</b> {version}<br>Fine-tune vision-language and "
+                          "language models on your own pictures and text, with MLX.")
 
     def _build_status(self) -> None:
         self.status_model = QLabel("No model")
