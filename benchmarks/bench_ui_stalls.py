@@ -52,15 +52,18 @@ def main() -> int:
     def now() -> float:
         return time.perf_counter() - meter._t0
 
-    meter.start()
-    t_launch = now()
     from finetune_app.ui.main_window import DEMO_SETTINGS, MainWindow
     from finetune_app.ui.workers import Task, build_demo
 
-    window = MainWindow()
+    t0 = time.perf_counter()
+    window = MainWindow()  # built before anything is on screen: reported, not a stall anyone sees
     window.resize(1300, 850)
-    window.show()
-    spin(1.0)
+    construct_ms = (time.perf_counter() - t0) * 1000
+    meter.start()
+    t_launch = now()
+    window.show()  # launch: the window on screen, its first paints, the history read at start-up
+    window.maybe_show_welcome()
+    spin(2.0)
     t_launch_end = now()
 
     demo = Task(lambda t: build_demo(Path(os.environ["FINETUNE_DATA_DIR"]) / "demo", t), name="demo", uses_mlx=True)
@@ -127,6 +130,7 @@ def main() -> int:
         result[kind] = max(worst, key=lambda p: p["max_ms"]) if worst else {"ticks": 0, "max_ms": 0.0}
         result[kind]["events"] = len(times)
     result["export"] = phase(t_export, t_export_end)
+    result["window_construction_ms"] = round(construct_ms, 1)
     print(json.dumps(result, indent=2))
     print("worst stalls overall:\n" + meter.worst(8))
     if args.json:

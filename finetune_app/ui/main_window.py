@@ -591,10 +591,14 @@ class MainWindow(QMainWindow):
             return None
         if check is not None and str(check.dataset.path) == run.config.data:
             dataset = check.dataset
-        else:
-            from finetune_app.core.data import open_dataset
+        else:  # a resumed run's dataset, opened once (not at every sample card)
+            cached = getattr(self, "_run_dataset", None)
+            if cached is None or cached[0] != run.config.data:
+                from finetune_app.core.data import open_dataset
 
-            dataset = open_dataset(run.config.data, format=run.config.data_format)
+                cached = (run.config.data, open_dataset(run.config.data, format=run.config.data_format))
+                self._run_dataset = cached
+            dataset = cached[1]
         sample = dataset.sample(item.index)
         return sample.images[0] if sample.images else None
 
