@@ -419,3 +419,68 @@ def test_welcome_until_first_run_then_last_session_reopens(windows, qtbot, monke
                     and not again.browser.is_busy(), timeout=60000)
     assert shown == [1], "no welcome once a run exists"
     assert again.model_choice.path == model and Path(str(again.dataset_check.dataset.path)) == instruction_data
+
+
+# ---- the labelling loop -------------------------------------------------------------------------
+
+def test_label_twenty_pictures_edit_three_save_and_train(windows, qtbot, qwen_model, tmp_path):
+    import csv
+
+    from finetune_app.core.data.demo import make_shapes_dataset
+    from finetune_app.ui.main_window import DEMO_SETTINGS
+
+    src = make_shapes_dataset(tmp_path / "src", n_train=20, n_valid=0, size=64, seed=3)
+    folder = tmp_path / "unlabelled"
+    shutil.copytree(Path(src) / "images", folder / "images")  # pictures only, no captions
+    w = windows()
+    w.load_model(str(qwen_model))
+    qtbot.waitUntil(lambda: w.model_choice is not None, timeout=60000)
+    panel = w.label_folder(str(folder))
+    assert w.tabs.currentWidget() is panel and panel.table.rowCount() == 20
+    assert panel.captions() == [""] * 20
+    panel.caption_all()
+    assert panel.is_busy() and panel.cancel_button.isEnabled()
+    qtbot.waitUntil(lambda: not panel.is_busy(), timeout=180000)
+    assert panel.banner.title.text() == "Captions ready", panel.banner.text.text()
+    base = panel.captions()
+    assert len(base) == 20 and all("<|" not in c for c in base)
+    # one Undo takes back all the model's captions, Redo brings them back
+    panel.undo_stack.undo()
+    assert panel.captions() == [""] * 20
+    panel.undo_stack.redo()
+    assert panel.captions() == base
+    # correct three: typed in the table (Enter moves on), one through the API, one undone and redone
+    panel.table.setFocus()
+    panel.table.setCurrentCell(0, 1)
+    qtbot.keyClick(panel.table, "a")  # any key starts editing the caption
+    from PySide6.QtCore import Qt
+    from PySide6.QtWidgets import QLineEdit
+
+    editor = panel.table.findChild(QLineEdit)
+    assert editor is not None and editor.text() == "a"
+    qtbot.keyClicks(editor, " red circle")
+    qtbot.keyClick(editor, Qt.Key.Key_Return)  # commits and moves to the next picture
+    qtbot.waitUntil(lambda: panel.table.currentRow() == 1)
+    assert panel.captions()[0] == "a red circle"
+    panel.set_caption(5, "a blue square")
+    panel.set_caption(9, "a green triangle")
+    panel.undo_stack.undo()
+    assert panel.captions()[9] == base[9]
+    panel.undo_stack.redo()
+    for i, c in enumerate(panel.captions()):  # a random tiny model may say nothing: fill those too
+        if not c.strip():
+            panel.set_caption(i, "a shape")
+    assert panel.save() is not None
+    with open(folder / "captions.csv", newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 20 and rows[0]["caption"] == "a red circle" and rows[5]["caption"] == "a blue square"
+    assert rows[9]["caption"] == "a green triangle"
+    assert not list(folder.glob(".captions.csv*")), "written atomically: no temporary left"
+    qtbot.waitUntil(lambda: w.dataset_check is not None and not w.browser.is_busy(), timeout=60000)
+    assert w.dataset_check.report.rows_usable == 20
+    w.form.set_config(w.form.config().replace(**{**DEMO_SETTINGS, "iters": 20, "steps_per_eval": 10,
+                                                 "save_every": 20, "sample_count": 1, "valid_fraction": 0.1}))
+    assert w.start_training()
+    qtbot.waitUntil(lambda: w.training.state in ("finished", "failed"), timeout=180000)
+    assert w.training.state == "finished" and w.training.step == 20
+    assert (Path(w.run.config.output) / "adapters.safetensors").is_file()

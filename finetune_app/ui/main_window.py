@@ -249,6 +249,9 @@ class MainWindow(QMainWindow):
         file_menu = self.menuBar().addMenu("&File")
         file_menu.addAction(self.act_open)
         file_menu.addAction(self.act_open_folder)
+        self.act_label = file_menu.addAction("Label Pictures…", self._label_dialog)
+        self.act_label.setToolTip("A folder of pictures without captions: caption them with the base model, "
+                                  "correct, save and train")
         self.recent_menu = file_menu.addMenu("Open Recent Dataset")
         self.recent_menu.aboutToShow.connect(self._fill_recent_menu)
         file_menu.addAction(self.act_model)
@@ -355,6 +358,27 @@ class MainWindow(QMainWindow):
         self.tabs.setCurrentIndex(TAB_DATASET)
         self.browser.choose_folder()
 
+    def _label_dialog(self) -> None:
+        from PySide6.QtWidgets import QFileDialog
+
+        folder = QFileDialog.getExistingDirectory(self, "Label the pictures of a folder", str(Path.home()))
+        if folder:
+            self.label_folder(folder)
+
+    def label_folder(self, folder: str):
+        """The Label tab on this folder's pictures (created the first time)."""
+        if getattr(self, "labeller", None) is None:
+            from finetune_app.ui.labelling import LabelPanel
+
+            self.labeller = LabelPanel()
+            self.labeller.saved.connect(self.open_dataset)
+            self.tabs.addTab(self.labeller, "Label")
+        if self.model_choice is not None:
+            self.labeller.set_model(str(self.model_choice.path))
+        self.labeller.open_folder(folder)
+        self.tabs.setCurrentWidget(self.labeller)
+        return self.labeller
+
     def _open_dataset_file_dialog(self) -> None:
         self.tabs.setCurrentIndex(TAB_DATASET)
         self.browser.choose_file()
@@ -405,6 +429,8 @@ class MainWindow(QMainWindow):
         self.form.set_model(choice)
         self.status_model.setText(f"Model: {choice.info.family} · {choice.name}")
         settings().setValue(LAST_MODEL_KEY, str(choice.path))
+        if getattr(self, "labeller", None) is not None:
+            self.labeller.set_model(str(choice.path))
         self._update_cluster_paths()
         self._update_ready()
 
