@@ -484,3 +484,21 @@ def test_label_twenty_pictures_edit_three_save_and_train(windows, qtbot, qwen_mo
     qtbot.waitUntil(lambda: w.training.state in ("finished", "failed"), timeout=180000)
     assert w.training.state == "finished" and w.training.step == 20
     assert (Path(w.run.config.output) / "adapters.safetensors").is_file()
+
+
+def test_labelling_cancel_keeps_what_is_done_and_undo_removes_it(windows, qtbot, qwen_model, tmp_path):
+    from finetune_app.core.data.demo import make_shapes_dataset
+
+    src = make_shapes_dataset(tmp_path / "src", n_train=24, n_valid=0, size=64, seed=4)
+    w = windows()
+    panel = w.label_folder(str(Path(src) / "images"))
+    panel.set_model(str(qwen_model))
+    panel.caption_all()
+    qtbot.waitUntil(lambda: panel.progress.value() >= 4, timeout=120000)
+    panel.cancel()
+    assert not panel.is_busy() and panel.banner.title.text() == "Captioning cancelled"
+    done = panel.captions()
+    qtbot.wait(1500)  # a batch in flight when cancelled never lands
+    assert panel.captions() == done and panel.save_button.isEnabled()
+    panel.undo_stack.undo()
+    assert panel.captions() == [""] * 24
