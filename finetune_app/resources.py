@@ -34,6 +34,7 @@ __all__ = [
     "app_icon_path",
     "app_icns_path",
     "app_icon_svg_path",
+    "help_path",
     "candidate_dirs",
     "resource_path",
     "resources_dir",
@@ -144,6 +145,17 @@ def resource_path(*parts: str | os.PathLike[str], must_exist: bool = True) -> Pa
                 return path
             raise ResourceNotFoundError(rel.as_posix(), [d], detail=f" in {d}")
     raise ResourceNotFoundError(rel.as_posix(), dirs, detail=f" (no folder with {MARKER.as_posix()})")
+
+
+def help_path() -> Path:
+    """The bundled user documentation Help opens: the README (quick start, what it does, links to
+    docs/), else docs/ui.md, beside the resources folder (a checkout, an editable install, the app
+    bundle, which copies both)."""
+    base = resources_dir().parent
+    for candidate in (base / "README.md", base / "docs" / "ui.md", resources_dir() / "README.md"):
+        if candidate.is_file():
+            return candidate
+    raise ResourceNotFoundError("README.md", [base, base / "docs", resources_dir()])
 
 
 def app_icon_path(size: int = 512) -> Path:

@@ -149,15 +149,17 @@ def test_drop_files_on_window_gives_base_and_adapter_captions(window, qtbot, tra
 
     latest = ckpt.latest_valid(run_dir)[0]
     label = f"checkpoint step {int(latest.name.split('-')[1])}"  # step 4 (longer in screenshot mode)
-    base_expected = engine_captions(str(model), None, tuple(map(str, pictures)))
-    tuned_expected = engine_captions(str(model), str(latest), tuple(map(str, pictures)))
+    from finetune_app.ui.widgets import breakable, clean_output  # control tokens are not shown
+
+    base_expected = [clean_output(c) for c in engine_captions(str(model), None, tuple(map(str, pictures)))]
+    tuned_expected = [clean_output(c) for c in engine_captions(str(model), str(latest), tuple(map(str, pictures)))]
     for card, base, tuned in zip(panel.cards, base_expected, tuned_expected, strict=True):
         b, t = card.sides["base"], card.sides["tuned"]
         assert not b.error and not t.error, (b.error, t.error)
         assert b.text == base, "the base caption is the engine's own"
         assert t.text == tuned, "the fine-tuned caption is the engine's own output for base + adapter"
         assert t.label == label
-        assert b.body.text() == (base or "(no text)") and t.body.text() == (tuned or "(no text)")
+        assert b.body.text() == (breakable(base) or "(no text)") and t.body.text() == (breakable(tuned) or "(no text)")
     assert base_expected != tuned_expected, "the adapter changes what the model says"
     assert ("base", "loading base model…") in statuses
     assert ("tuned", f"loading {label}…") in statuses
@@ -291,8 +293,10 @@ def test_link_and_image_data_during_training(window, qtbot, trained, tmp_path):
         assert not card.problem.text() and not t.error, (card.problem.text(), t.error)
         step = int(re.fullmatch(r"checkpoint step (\d+)", t.label).group(1))
         ckpt = Path(cfg.output) / "checkpoints" / f"step-{step:07d}"
-        assert card.sides["base"].text == engine_captions(str(model), None, (str(picture),))[0]
-        assert t.text == engine_captions(str(model), str(ckpt), (str(picture),))[0]
+        from finetune_app.ui.widgets import clean_output
+
+        assert card.sides["base"].text == clean_output(engine_captions(str(model), None, (str(picture),))[0])
+        assert t.text == clean_output(engine_captions(str(model), str(ckpt), (str(picture),))[0])
     assert panel.cards[1].image.data is not None and panel.cards[0].image.url.startswith("http://127.0.0.1")
 
     step = w.training.step

@@ -124,6 +124,16 @@ def test_filter_and_sort(view, history_data):
     assert "3 runs" in view.summary_label.text() and "KB" in view.summary_label.text()
 
 
+def assert_view_covers(plot, items):
+    """The plot's visible range holds every point (issue 18: it stayed at 0-1 while data was at 4-24)."""
+    (x0, x1), (y0, y1) = plot.plotItem.vb.viewRange()
+    for item in items:
+        xs, ys = item.getData()
+        assert len(xs) and x0 <= xs.min() and xs.max() <= x1, (item.name(), (x0, x1), (xs.min(), xs.max()))
+        assert y0 <= ys.min() and ys.max() <= y1, (item.name(), (y0, y1), (ys.min(), ys.max()))
+    assert x1 - x0 < 4 * max(float(i.getData()[0].max()) for i in items), "not zoomed far out either"
+
+
 def test_overlays_two_runs_and_shows_one(view, history_data, qtbot):
     db, (a, b, crashed) = history_data
     view.select_runs([a, b])
@@ -138,6 +148,7 @@ def test_overlays_two_runs_and_shows_one(view, history_data, qtbot):
             xs, ys = item.getData()
             assert dict(zip(xs.astype(int).tolist(), ys.tolist())) == pytest.approx(expect[run])
     assert "2 runs compared" in view.plot._title
+    assert_view_covers(view.plot, items)
     shot = os.environ.get("FINETUNE_SCREENSHOT_DIR")
     if shot:
         view.tabs.setCurrentWidget(view.curves)
@@ -147,6 +158,7 @@ def test_overlays_two_runs_and_shows_one(view, history_data, qtbot):
 
     view.select_runs([b])
     assert len(view.plot.plotItem.listDataItems()) == 2
+    assert_view_covers(view.plot, view.plot.plotItem.listDataItems())
     assert "learning_rate = 0.005" in view.config_text.toPlainText()
     assert view.samples_table.rowCount() == 12  # 2 samples at each of 6 evaluations
     details = view.details_text.toPlainText()

@@ -19,6 +19,16 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from finetune_app.ui.platform_check import xcb_problem
+
+    problem = xcb_problem()  # before Qt, which would abort the process with its raw message
+    if problem:
+        import sys
+
+        print(f"error: {problem}", file=sys.stderr)
+        from finetune_app.cli import main
+
+        return main(["demo"])
     try:
         from finetune_app.ui.app import run_app
     except ImportError as exc:  # PySide6 or pyqtgraph missing: say so instead of a traceback

@@ -4,7 +4,8 @@
 Modules: app (QApplication, style, dark mode, settings), main_window, model_picker,
 dataset_browser + dataset_model (the lazy thumbnail grid), hyperparams, training_view, plots,
 widgets (small shared pieces), workers (background jobs and the training QThread), stall_meter
-(how long the event loop stalls), welcome (first launch).
+(how long the event loop stalls), welcome (first launch), labelling (caption a folder of pictures),
+platform_check (Linux: can Qt's X11 plugin load, checked before Qt starts).
 """
 
 from finetune_app.ui import qt_compat as _qt_compat

@@ -63,7 +63,7 @@ from finetune_app.core.compare import (
     recorded_base,
 )
 from finetune_app.core.generate import DEFAULT_CAPTION_PROMPT, GenerationSettings
-from finetune_app.ui.widgets import Banner, heading, message_of, secondary
+from finetune_app.ui.widgets import Banner, breakable, clean_output, heading, message_of, secondary
 
 MAX_DROP_FILES = 50
 THUMB = 96
@@ -517,12 +517,14 @@ class SideView(QFrame):
             self.state.setVisible(bool(text))
 
     def append(self, piece: str) -> None:
-        self.text += piece
-        self.body.setText(self.text)
+        self.raw = getattr(self, "raw", "") + piece
+        self.text = clean_output(self.raw)
+        self.body.setText(breakable(self.text))
         self.set_state("generating…")
 
     def finish(self, text: str, label: str) -> None:
-        self.text, self.label, self.finished = text, label, True
+        self.text, self.label, self.finished = clean_output(text), label, True
+        text = breakable(self.text)
         self.header.setText(f"<b>{html.escape(self.title)}</b> <span style='opacity:.65'>· {html.escape(label)}</span>"
                             if label else f"<b>{html.escape(self.title)}</b>")
         self.body.setText(text if text else "(no text)")

@@ -38,7 +38,7 @@ from finetune_app.ui.caption_panel import (
     InferenceService,
     TunedSourcePicker,
 )
-from finetune_app.ui.widgets import Banner, heading, message_of, secondary
+from finetune_app.ui.widgets import Banner, breakable, clean_output, heading, message_of, secondary
 
 COLUMNS = ("#", "Picture", "Prompt", "Reference", "Base model", "Fine-tuned", "Exact match", "BLEU", "ROUGE-L")
 COL_INDEX, COL_PICTURE, COL_PROMPT, COL_REF, COL_BASE, COL_TUNED, COL_EM, COL_BLEU, COL_ROUGE = range(len(COLUMNS))
@@ -291,8 +291,8 @@ class CompareView(QWidget):
         if jid != self.job:
             return
         self.rows[i] = row
-        self._set(i, COL_BASE, row.base if not row.error else "")
-        self._set(i, COL_TUNED, row.tuned if not row.error else f"({row.error})")
+        self._set(i, COL_BASE, breakable(clean_output(row.base)) if not row.error else "")
+        self._set(i, COL_TUNED, breakable(clean_output(row.tuned)) if not row.error else f"({row.error})")
         b, t = row.base_scores, row.tuned_scores
         for col, key, fmt in ((COL_EM, "exact_match", "{:.0f}"), (COL_BLEU, "bleu", "{:.1f}"), (COL_ROUGE, "rouge_l", "{:.2f}")):
             if key in b and key in t:

@@ -72,12 +72,11 @@ class DatasetBrowser(QWidget):
         self.open_button.setObjectName("openDatasetButton")
         self.open_button.setText("Open Dataset…")
         self.open_button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextOnly)
-        self.open_button.setPopupMode(QToolButton.ToolButtonPopupMode.MenuButtonPopup)
+        self.open_button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)  # file or folder
         menu = QMenu(self.open_button)
+        menu.addAction("Open File (JSONL, CSV, JSON…)…", self.choose_file)
         menu.addAction("Open Folder…", self.choose_folder)
-        menu.addAction("Open File…", self.choose_file)
         self.open_button.setMenu(menu)
-        self.open_button.clicked.connect(self.choose_folder)
         head = QHBoxLayout()
         titles = QVBoxLayout()
         titles.addWidget(self.title)
@@ -214,10 +213,26 @@ class DatasetBrowser(QWidget):
         """Open and check a dataset in the background (`checked` or `failed` follows)."""
         self._path = str(path)
         self.error.hide()
+        self.clear_dataset()  # nothing of the previous dataset stays under the new name
         self.title.setText(Path(path).name or str(path))
         self.subtitle.setText(f"Opening {path}…")
         self.opening.emit(str(path))
         self._start_check(str(path))
+
+    def clear_dataset(self) -> None:
+        """Forget the open dataset: rows, check, problems, row detail, histogram, split."""
+        self.check = None
+        self._row_lookup = None
+        self.train_rows, self.valid_rows = [], []
+        self.model.set_dataset(None, {})
+        self.stack.setCurrentIndex(0)
+        self.conversation.clear()
+        self.problems.clear()
+        self.details.setText("")
+        self.counts.setText("–")
+        self.splits.setText("")
+        self.histogram_note.setText("")
+        self._fill_histogram()  # with no check: removes the bars
 
     def set_model(self, choice: ModelChoice | None) -> None:
         """Token lengths are the model's: recount with its tokenizer when one is chosen."""
@@ -261,7 +276,7 @@ class DatasetBrowser(QWidget):
         self.check_progress.hide()
         text = message_of(exc)
         self.error.show_message("This dataset cannot be opened", text)
-        self.subtitle.setText(self._path or "")
+        self.subtitle.setText(f"Could not open {self._path or ''}")
         self.failed.emit(text)
 
     def _on_checked(self, check: DatasetCheck) -> None:

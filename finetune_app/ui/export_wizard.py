@@ -49,6 +49,7 @@ from PySide6.QtWidgets import (
     QWizardPage,
 )
 
+from finetune_app.ui.widgets import secondary
 from finetune_app.core.export.export import (
     TARGET_HELP,
     TARGETS,
@@ -82,6 +83,46 @@ def read_model_info(source: str) -> dict | None:
     mt = str(config.get("model_type", "")).lower()
     return {"kind": kind, "model_type": mt, "family": VLM_FAMILIES.get(mt, mt),
             "is_fastvlm": mt in ("llava_qwen2", "fastvlm"), "config": config, "path": path}
+
+
+def why_not(target: str, info: dict | None) -> str:
+    """Why `target` is not offered for this model (empty when it is)."""
+    if info is None or target in allowed_targets(info):
+        return ""
+    family = info.get("family") or info.get("model_type") or "this model"
+    if target == "mlx-swift":
+        return f"only for FastVLM models; this is {family}"
+    if target == "mlx-lm":
+        return f"for text models; {family} is a vision-language model (use mlx-vlm)"
+    if target == "mlx-vlm":
+        return f"for vision-language models; {family} is a text model (use mlx-lm)"
+    return f"not available for {family}"
+
+
+def default_target(info: dict | None, adapter: str) -> str:
+    """The usual choice: a fused model for the model's own Python library; the adapter alone when
+    the base model is unknown."""
+    if info is None:
+        return "adapter" if adapter else "mlx-vlm"
+    return "mlx-lm" if info["kind"] == "text" else "mlx-vlm"
+
+
+def default_folder(target: str, adapter: str, model: str) -> str:
+    """A new folder beside the run folder (the export refuses one inside it) or beside the model;
+    never an existing one."""
+    if adapter:
+        a = Path(adapter).expanduser()
+        base = a.with_name(f"{a.name}-{target}")
+    elif model and Path(model).expanduser().is_dir():
+        m = Path(model).expanduser()
+        base = m.with_name(f"{m.name}-{target}")
+    else:
+        base = Path.home() / f"finetune-export-{target}"
+    folder, n = base, 1
+    while folder.exists():
+        n += 1
+        folder = base.with_name(f"{base.name}-{n}")
+    return str(folder)
 
 
 def allowed_targets(info: dict | None) -> set[str]:
@@ -120,10 +161,21 @@ class ExportWorker(QObject):
                             should_stop=lambda: self._stop)
         except FinetuneError as exc:
             self.failed.emit(exc.message)
+            return
         except Exception as exc:  # noqa: BLE001 - shown in the wizard instead of a crash
             self.failed.emit(f"Unexpected error: {type(exc).__name__}: {exc}")
-        else:
-            self.finished.emit(result)
+            return
+        try:  # the run's Exports section (history); on this thread, not the window's
+            if self.options.adapter:
+                from finetune_app.core.runs import record_export
+
+                v = getattr(result, "verification", None)
+                record_export(self.options.adapter, self.options.target, result.output,
+                              {"quantize_bits": self.options.quantize_bits,
+                               "verification": v.to_dict() if v is not None else None})
+        except Exception as exc:  # noqa: BLE001 - the export itself succeeded
+            result.warnings.append(f"The export could not be added to the run history: {exc}")
+        self.finished.emit(result)
 
 
 def _browse_row(edit: QLineEdit, button_text: str, pick) -> QWidget:
@@ -155,6 +207,7 @@ class SourcePage(QWizardPage):
         form.addRow("", self.info_label)
         self.group = QButtonGroup(self)
         self.buttons: dict[str, QRadioButton] = {}
+        self.notes: dict[str, QLabel] = {}
         box = QWidget()
         v = QVBoxLayout(box)
         v.setContentsMargins(0, 0, 0, 0)
@@ -165,10 +218,12 @@ class SourcePage(QWizardPage):
             self.group.addButton(rb)
             self.buttons[t] = rb
             v.addWidget(rb)
-            note = QLabel(TARGET_HELP[t])
+            note = secondary(QLabel(TARGET_HELP[t]))  # palette-following: readable in dark mode
+            note.setObjectName(f"note_{t}")
             note.setWordWrap(True)
-            note.setStyleSheet("color: palette(mid); margin-left: 22px;")
+            note.setContentsMargins(22, 0, 0, 0)
             v.addWidget(note)
+            self.notes[t] = note
             rb.toggled.connect(self.completeChanged)
         form.addRow("Target:", box)
         self.adapter_edit.editingFinished.connect(self.refresh)
@@ -201,8 +256,15 @@ class SourcePage(QWizardPage):
         allowed = allowed_targets(info)
         for t, rb in self.buttons.items():
             rb.setEnabled(t in allowed)
+            reason = why_not(t, info)
+            rb.setToolTip(f"Not available: {reason}." if reason else TARGET_HELP[t])
+            self.notes[t].setText(f"Not available: {reason}." if reason else TARGET_HELP[t])
             if rb.isChecked() and t not in allowed:
+                self.group.setExclusive(False)
                 rb.setChecked(False)
+                self.group.setExclusive(True)
+        if self.target() is None:
+            self.buttons[default_target(info, self.adapter_edit.text().strip())].setChecked(True)
         if info is None:
             self.info_label.setText("Hub model or unknown folder: every target is offered; the export checks it." if self.model_edit.text().strip() else "")
         else:
@@ -260,6 +322,7 @@ class QuantPage(QWizardPage):
         ev.addWidget(check)
         ev.addWidget(self.check_label)
         form.addRow("CoreML encoder:", self.encoder_box)
+        self.form = form
         self.bits.currentIndexChanged.connect(self._update)
         self.use_rb.toggled.connect(self.completeChanged)
         self.mlpackage_edit.textChanged.connect(self.completeChanged)
@@ -267,7 +330,7 @@ class QuantPage(QWizardPage):
     def initializePage(self) -> None:
         t = self.w.source.target()
         info = self.w.model_info
-        self.encoder_box.setVisible(t == "mlx-swift")
+        self.form.setRowVisible(self.encoder_box, t == "mlx-swift")  # the label goes with it
         self.vision.setVisible(t != "mlx-swift" and (info is None or info["kind"] == "vlm"))
         self._update()
 
@@ -329,6 +392,14 @@ class DestPage(QWizardPage):
         form.addRow("", self.note)
         self.output_edit.textChanged.connect(self._update)
         self.overwrite.toggled.connect(self._update)
+
+    def initializePage(self) -> None:
+        src = self.w.source
+        target = src.target() or "adapter"
+        text = self.output_edit.text().strip()
+        if not text or text == getattr(self, "_default", None):  # a default, never the person's choice
+            self._default = default_folder(target, src.adapter_edit.text().strip(), src.model_edit.text().strip())
+            self.output_edit.setText(self._default)
 
     def _pick(self):
         d = QFileDialog.getSaveFileName(self, "Export to (a new folder)", self.output_edit.text())[0]

@@ -150,7 +150,8 @@ class Field(QWidget):
         self.message.setObjectName(f"problem_{name}")
         self.message.setWordWrap(True)
         self.message.setStyleSheet(f"color: {RED};")
-        self.message.hide()
+        # The line is always there (empty when fine): an error appearing never moves the form.
+        self.message.setMinimumHeight(self.message.fontMetrics().height())
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(2)
@@ -217,13 +218,12 @@ class Field(QWidget):
         self.problem = problem
         if problem:
             self.message.setText(f"{LABELS.get(self.name, self.name)} {problem}.")
-            self.message.show()
             if isinstance(self.editor, QLineEdit):
                 self.editor.setStyleSheet(f"QLineEdit {{ border: 2px solid {RED}; border-radius: 4px; padding: 1px 3px; }}")
             else:
                 self.editor.setStyleSheet(f"color: {RED};")
         else:
-            self.message.hide()
+            self.message.setText("")
             self.editor.setStyleSheet("")
 
 
@@ -336,7 +336,7 @@ class HyperparamForm(QWidget):
         inner_layout.addLayout(run_box)
         inner_layout.addLayout(grid)
         inner_layout.addStretch(1)
-        scroll = QScrollArea()
+        scroll = self.scroll = QScrollArea()
         scroll.setObjectName("hyperparamScroll")
         scroll.setWidgetResizable(True)
         scroll.setFrameShape(QFrame.Shape.NoFrame)
@@ -396,6 +396,20 @@ class HyperparamForm(QWidget):
     def is_valid(self) -> bool:
         return not self._problems
 
+    def problem_names(self) -> list[str]:
+        """The labels of the settings to fix, in the form's order (e.g. "Batch size")."""
+        order = [n for n in self.fields if n in self._problems] + [n for n in self._problems if n not in self.fields]
+        return [LABELS.get(n, n) for n in order]
+
+    def show_first_problem(self) -> str | None:
+        """Scroll to the first setting to fix and put the cursor in it; returns its name."""
+        for name, f in self.fields.items():
+            if name in self._problems:
+                self.scroll.ensureWidgetVisible(f, 20, 40)
+                f.editor.setFocus()
+                return name
+        return None
+
     # -- presets -------------------------------------------------------------------------------
     def apply_preset(self, name: str | None) -> None:
         if not name or name not in PRESETS:
@@ -440,8 +454,16 @@ class HyperparamForm(QWidget):
             self.validityChanged.emit(valid)
         self.configChanged.emit()
 
+    VISION_FIELDS = ("train_vision", "train_projector", "image_size", "quantize_vision", "cache_vision")
+
     def set_model(self, choice) -> None:
         self.model_choice = choice
+        text_only = choice is not None and getattr(choice.info, "kind", "vlm") == "text"
+        for name in self.VISION_FIELDS:  # a text-only model has no vision tower to set up
+            f = self.fields.get(name)
+            if f is not None:
+                f.setEnabled(not text_only)
+                f.editor.setToolTip("Not used: this is a text-only model." if text_only else TrainConfig.help(name))
         self.update_estimates()
 
     def set_dataset_stats(self, train_rows: int | None, longest: int | None, exact: bool) -> None:
@@ -520,7 +542,14 @@ class HyperparamForm(QWidget):
         gb, seq, ram = est
         seq_note = (f"sequence {seq:,} tokens" + ("" if self.longest_exact or not self.longest_row
                                                    else " (estimated from the dataset)"))
-        base = f"About <b>{gb:.1f} GB</b> for batch {cfg.batch_size}, {seq_note}"
+        size = f"{gb:.2f}" if gb < 10 else f"{gb:.1f}"  # small models: batch size shows in the figure
+        base = f"About <b>{size} GB</b> for batch {cfg.batch_size}, {seq_note}"
+        if isinstance(cfg.batch_size, int) and cfg.batch_size > 1:
+            one = self.memory_estimate(cfg.replace(batch_size=1))
+            if one is not None and gb > one[0]:
+                extra = (gb - one[0]) * 1e3
+                base += (f"; the batch's activations add {extra:,.0f} MB over batch 1" if extra >= 1
+                         else f"; the batch's activations add {extra * 1e3:,.0f} KB over batch 1")
         if not ram:
             self.memory.show_message("Memory", base + ".", "info")
             return

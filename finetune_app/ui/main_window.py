@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 
 from PySide6.QtCore import QByteArray, Qt, QTimer
-from PySide6.QtGui import QAction, QKeySequence
+from PySide6.QtGui import QAction, QKeySequence, QShortcut
 from PySide6.QtWidgets import (
     QLabel,
     QMainWindow,
@@ -35,6 +35,7 @@ from finetune_app.ui.widgets import Banner, message_of
 from finetune_app.ui.workers import Task, TrainingRun, build_demo
 
 RECENT_DATASETS_KEY = "datasets/recent"
+LAST_MODEL_KEY = "session/model"
 FORM_KEY = "form/config"
 DOWNLOAD_MODEL = "mlx-community/FastVLM-0.5B-bf16"
 # The demo: a tiny random Qwen2-VL learns "a {colour} {shape}" (600 steps: colour and shape mostly
@@ -82,6 +83,26 @@ def ask_start_despite_memory(parent, warning: str) -> bool:
     box.setDefaultButton(cancel)
     box.exec()
     return box.clickedButton() is start
+
+
+def ask_recovery(parent, rec, count: int) -> str:
+    """The launch-time offer for an interrupted run: "resume", "inspect" or "discard"."""
+    box = QMessageBox(parent)
+    box.setObjectName("recoveryDialog")
+    box.setIcon(QMessageBox.Icon.Warning)
+    box.setWindowTitle("A run was interrupted")
+    more = f" ({count - 1} more on the History tab)" if count > 1 else ""
+    box.setText(f"Run {rec.id} ({rec.name}) stopped at step {rec.step or 0:,} of {rec.total_steps or 0:,} when its "
+                f"process ended{more}.")
+    box.setInformativeText("Resume continues it from its newest checkpoint. Inspect shows it on the History "
+                           "tab. Discard marks it stopped; its folder is kept.")
+    resume = box.addButton("Resume", QMessageBox.ButtonRole.AcceptRole)
+    inspect = box.addButton("Inspect", QMessageBox.ButtonRole.ActionRole)
+    discard = box.addButton("Discard", QMessageBox.ButtonRole.DestructiveRole)
+    box.setDefaultButton(resume)
+    box.exec()
+    clicked = box.clickedButton()
+    return {resume: "resume", inspect: "inspect", discard: "discard"}.get(clicked, "later")
 
 
 def _is_model_folder(path: Path) -> bool:
@@ -144,12 +165,14 @@ class MainWindow(QMainWindow):
         self.picker.cancelled.connect(lambda: self.status_model.setText("No model"))
         self.browser.checked.connect(self._on_dataset)
         self.browser.opening.connect(self._on_dataset_opening)
+        self.browser.failed.connect(self._on_dataset_failed)
         self.form.configChanged.connect(self._on_form_changed)
         self.cluster.changed.connect(self._update_ready)
         self.training.startRequested.connect(self.start_training)
         self.training.runEnded.connect(self._on_run_ended)
         self.training.stateShown.connect(lambda _s: self._update_ready())
         self.training.image_resolver = self._sample_image
+        self.training.start_hint.linkActivated.connect(lambda _link: self.show_settings_problems())
 
         self.history.duplicate_config.connect(self._duplicate_config)
         self.history.resume_requested.connect(self.resume_run)
@@ -167,17 +190,28 @@ class MainWindow(QMainWindow):
         style = self.style()
         icon = style.standardIcon
         SP = QStyle.StandardPixmap
-        self.act_open = QAction(icon(SP.SP_DirOpenIcon), "Open Dataset…", self)
+        # Datasets are files (JSONL, CSV, JSON) or folders: one action each, Ctrl+O for files.
+        self.act_open = QAction(icon(SP.SP_FileIcon), "Open Dataset File…", self)
         self.act_open.setShortcut(QKeySequence.StandardKey.Open)
-        self.act_open.triggered.connect(self._open_dataset_dialog)
+        self.act_open.setToolTip("Open a JSONL, CSV or JSON dataset file")
+        self.act_open.triggered.connect(self._open_dataset_file_dialog)
+        self.act_open_folder = QAction(icon(SP.SP_DirOpenIcon), "Open Dataset Folder…", self)
+        self.act_open_folder.setShortcut(QKeySequence("Ctrl+Shift+O"))
+        self.act_open_folder.setToolTip("Open a folder of images with captions (captions.csv, metadata.jsonl…)")
+        self.act_open_folder.triggered.connect(self._open_dataset_dialog)
         self.act_model = QAction(icon(SP.SP_DriveHDIcon), "Choose Model…", self)
-        self.act_model.setShortcut(QKeySequence("Ctrl+M"))
+        self.act_model.setShortcut(QKeySequence("Ctrl+L"))  # Ctrl/⌘+M is Minimise (Window menu)
         self.act_model.triggered.connect(self._focus_model)
         self.act_start = QAction(icon(SP.SP_MediaPlay), "Start Training", self)
         self.act_start.setShortcut(QKeySequence("Ctrl+R"))
         self.act_start.triggered.connect(self.start_training)
         self.act_pause = QAction(icon(SP.SP_MediaPause), "Pause", self)
+        self.act_pause.setShortcut(QKeySequence("Ctrl+P"))
         self.act_pause.triggered.connect(self.training.toggle_pause)
+        # Space pauses and resumes while the Training screen has the focus (not in a text field).
+        self.pause_space = QShortcut(QKeySequence(Qt.Key.Key_Space), self.training)
+        self.pause_space.setContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
+        self.pause_space.activated.connect(self.training.toggle_pause)
         self.act_stop = QAction(icon(SP.SP_MediaStop), "Stop…", self)
         self.act_stop.setShortcut(QKeySequence("Ctrl+."))
         self.act_stop.triggered.connect(self.training.request_stop)
@@ -193,15 +227,31 @@ class MainWindow(QMainWindow):
         tb.setObjectName("mainToolbar")
         tb.setMovable(False)
         tb.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
-        for a in (self.act_open, self.act_model):
+        for a in (self.act_open, self.act_open_folder, self.act_model):
             tb.addAction(a)
         tb.addSeparator()
         for a in (self.act_start, self.act_pause, self.act_stop):
             tb.addAction(a)
         self.addToolBar(tb)
 
+        # The standard menu set: App (on macOS Qt moves About, Settings and Quit there by their
+        # roles), File, Edit, View, Training, Window, Help.
+        self.app_menu = self.menuBar().addMenu("Finetune")
+        self.act_about = QAction("About Finetune", self)
+        self.act_about.setMenuRole(QAction.MenuRole.AboutRole)
+        self.act_about.triggered.connect(self.show_about)
+        self.act_settings = QAction("Settings…", self)
+        self.act_settings.setShortcut(QKeySequence("Ctrl+,"))
+        self.act_settings.setMenuRole(QAction.MenuRole.PreferencesRole)
+        self.act_settings.triggered.connect(lambda: self.tabs.setCurrentIndex(TAB_SETTINGS))
+        self.app_menu.addAction(self.act_about)
+        self.app_menu.addAction(self.act_settings)
         file_menu = self.menuBar().addMenu("&File")
         file_menu.addAction(self.act_open)
+        file_menu.addAction(self.act_open_folder)
+        self.act_label = file_menu.addAction("Label Pictures…", self._label_dialog)
+        self.act_label.setToolTip("A folder of pictures without captions: caption them with the base model, "
+                                  "correct, save and train")
         self.recent_menu = file_menu.addMenu("Open Recent Dataset")
         self.recent_menu.aboutToShow.connect(self._fill_recent_menu)
         file_menu.addAction(self.act_model)
@@ -214,6 +264,27 @@ class MainWindow(QMainWindow):
         quit_action = file_menu.addAction("Quit", self.close)
         quit_action.setShortcut(QKeySequence.StandardKey.Quit)
         quit_action.setMenuRole(QAction.MenuRole.QuitRole)
+        self.act_quit = quit_action
+        edit_menu = self.menuBar().addMenu("&Edit")
+        for text, key, slot in (("Undo", QKeySequence.StandardKey.Undo, "undo"),
+                                ("Redo", QKeySequence.StandardKey.Redo, "redo"),
+                                (None, None, None),
+                                ("Cut", QKeySequence.StandardKey.Cut, "cut"),
+                                ("Copy", QKeySequence.StandardKey.Copy, "copy"),
+                                ("Paste", QKeySequence.StandardKey.Paste, "paste"),
+                                ("Select All", QKeySequence.StandardKey.SelectAll, "selectAll")):
+            if text is None:
+                edit_menu.addSeparator()
+                continue
+            action = edit_menu.addAction(text, lambda s=slot: self._edit(s))
+            action.setShortcut(key)
+            action.setShortcutContext(Qt.ShortcutContext.WidgetShortcut)  # the menu item; fields keep their keys
+        view_menu = self.menuBar().addMenu("&View")
+        for i, name in enumerate(("Dataset", "Model && Settings", "Training", "History")):
+            action = view_menu.addAction(name, lambda i=i: self.tabs.setCurrentIndex(i))
+            action.setShortcut(QKeySequence(f"Ctrl+{i + 1}"))
+        view_menu.addSeparator()
+        view_menu.addAction(tb.toggleViewAction())
         run_menu = self.menuBar().addMenu("&Training")
         for a in (self.act_start, self.act_pause, self.act_stop):
             run_menu.addAction(a)
@@ -222,6 +293,45 @@ class MainWindow(QMainWindow):
         self.act_export.setShortcut(QKeySequence("Ctrl+E"))
         self.act_export.triggered.connect(self.open_export_wizard)
         run_menu.addAction(self.act_export)
+        window_menu = self.menuBar().addMenu("&Window")
+        self.act_minimise = window_menu.addAction("Minimise", self.showMinimized)
+        self.act_minimise.setShortcut(QKeySequence("Ctrl+M"))
+        window_menu.addAction("Zoom", lambda: self.showNormal() if self.isMaximized() else self.showMaximized())
+        full = window_menu.addAction("Enter Full Screen",
+                                     lambda: self.showNormal() if self.isFullScreen() else self.showFullScreen())
+        full.setShortcut(QKeySequence.StandardKey.FullScreen)
+        help_menu = self.menuBar().addMenu("&Help")
+        self.act_help = help_menu.addAction("Finetune Help", self.open_help)
+        self.act_help.setShortcut(QKeySequence.StandardKey.HelpContents)
+        help_menu.addAction("Set Up the Demo", self.start_demo)
+
+    def _edit(self, slot: str) -> None:
+        """Edit menu: the standard edit on whatever has the focus (a field, the log…)."""
+        from PySide6.QtWidgets import QApplication
+
+        widget = QApplication.focusWidget()
+        if widget is not None and hasattr(widget, slot):
+            getattr(widget, slot)()
+
+    def open_help(self) -> bool:
+        """Help opens the bundled documentation (the README) in the system's viewer."""
+        from PySide6.QtCore import QUrl
+        from PySide6.QtGui import QDesktopServices
+
+        from finetune_app.resources import help_path
+
+        try:
+            path = help_path()
+        except Exception as exc:
+            self.notice.show_message("The help is not installed", message_of(exc), "warning")
+            return False
+        return QDesktopServices.openUrl(QUrl.fromLocalFile(str(path)))
+
+    def show_about(self) -> None:
+        from finetune_app import __version__ as version
+
+        QMessageBox.about(self, "About Finetune", f"<b>Finetune</b> {version}<br>Fine-tune vision-language and "
+                          "language models on your own pictures and text, with MLX.")
 
     def _build_status(self) -> None:
         self.status_model = QLabel("No model")
@@ -247,6 +357,31 @@ class MainWindow(QMainWindow):
     def _open_dataset_dialog(self) -> None:
         self.tabs.setCurrentIndex(TAB_DATASET)
         self.browser.choose_folder()
+
+    def _label_dialog(self) -> None:
+        from PySide6.QtWidgets import QFileDialog
+
+        folder = QFileDialog.getExistingDirectory(self, "Label the pictures of a folder", str(Path.home()))
+        if folder:
+            self.label_folder(folder)
+
+    def label_folder(self, folder: str):
+        """The Label tab on this folder's pictures (created the first time)."""
+        if getattr(self, "labeller", None) is None:
+            from finetune_app.ui.labelling import LabelPanel
+
+            self.labeller = LabelPanel()
+            self.labeller.saved.connect(self.open_dataset)
+            self.tabs.addTab(self.labeller, "Label")
+        if self.model_choice is not None:
+            self.labeller.set_model(str(self.model_choice.path))
+        self.labeller.open_folder(folder)
+        self.tabs.setCurrentWidget(self.labeller)
+        return self.labeller
+
+    def _open_dataset_file_dialog(self) -> None:
+        self.tabs.setCurrentIndex(TAB_DATASET)
+        self.browser.choose_file()
 
     def _load_settings_dialog(self) -> None:
         self.tabs.setCurrentIndex(TAB_SETTINGS)
@@ -293,6 +428,9 @@ class MainWindow(QMainWindow):
         self.browser.set_model(choice)
         self.form.set_model(choice)
         self.status_model.setText(f"Model: {choice.info.family} · {choice.name}")
+        settings().setValue(LAST_MODEL_KEY, str(choice.path))
+        if getattr(self, "labeller", None) is not None:
+            self.labeller.set_model(str(choice.path))
         self._update_cluster_paths()
         self._update_ready()
 
@@ -305,6 +443,12 @@ class MainWindow(QMainWindow):
     def _on_dataset_opening(self, path: str) -> None:
         self.dataset_check = None
         self.status_data.setText(f"Dataset: opening {Path(path).name}…")
+        self._update_ready()
+
+    def _on_dataset_failed(self, _message: str) -> None:
+        self.dataset_check = None
+        name = Path(self.browser._path or "").name
+        self.status_data.setText(f"Dataset: {name} could not be opened" if name else "No dataset")
         self._update_ready()
 
     def _on_dataset(self, check) -> None:
@@ -347,7 +491,9 @@ class MainWindow(QMainWindow):
         elif not self.dataset_check.report.rows_usable:
             missing.append("fix the dataset: no row is usable")
         if not self.form.is_valid():
-            missing.append("fix the settings marked in red")
+            names = self.form.problem_names()
+            missing.append("fix the settings marked in red (" + ", ".join(names[:4])
+                           + (f" and {len(names) - 4} more" if len(names) > 4 else "") + ")")
         if not missing and self.cluster.why_not_ready():
             return self.cluster.why_not_ready()
         return ("To start: " + "; ".join(missing) + ".") if missing else ""
@@ -378,6 +524,8 @@ class MainWindow(QMainWindow):
         if why or self.training.is_running():
             if why:
                 self.notice.show_message("Not ready to train", why, "warning")
+                if not self.form.is_valid() and not self.training.is_running():
+                    self.show_settings_problems()
             return False
         warning = self.form.memory_warning()
         if warning and not ask_start_despite_memory(self, warning):
@@ -416,6 +564,11 @@ class MainWindow(QMainWindow):
         ExportWizard(self, model=model, adapter=adapter).exec()
         self.history.refresh()
 
+    def show_settings_problems(self) -> None:
+        """The Model & Settings tab, scrolled to the first setting to fix."""
+        self.tabs.setCurrentIndex(TAB_SETTINGS)
+        QTimer.singleShot(0, self.form.show_first_problem)  # once the tab has its geometry
+
     def _duplicate_config(self, cfg) -> None:
         self.form.set_config(cfg)
         self.tabs.setCurrentIndex(TAB_SETTINGS)
@@ -439,7 +592,20 @@ class MainWindow(QMainWindow):
             self.run = DistributedTrainingRun(cfg, c.host_list(), resume=True, parent=self)
         else:
             self.run = TrainingRun(cfg, resume=True, parent=self)
-        self.training.attach(self.run)
+        total = None
+        try:
+            from finetune_app.core import runs as core_runs
+
+            with core_runs.open_store() as store:
+                rec = store.get(run_id)
+                total = rec.total_steps if rec is not None else None
+        except Exception:
+            pass  # the record only adds the total; the run's first report brings it anyway
+        if self.model_choice is None or str(self.model_choice.path) != cfg.model:
+            self.status_model.setText(f"Model: {Path(cfg.model).name} (run {run_id})")
+        if self.dataset_check is None or str(self.dataset_check.dataset.path) != cfg.data:
+            self.status_data.setText(f"Dataset: {Path(cfg.data).name} (run {run_id})")
+        self.training.attach(self.run, total_steps=total)
         self.tabs.setCurrentIndex(TAB_TRAINING)
         QTimer.singleShot(40, self.run.start)
 
@@ -451,10 +617,14 @@ class MainWindow(QMainWindow):
             return None
         if check is not None and str(check.dataset.path) == run.config.data:
             dataset = check.dataset
-        else:
-            from finetune_app.core.data import open_dataset
+        else:  # a resumed run's dataset, opened once (not at every sample card)
+            cached = getattr(self, "_run_dataset", None)
+            if cached is None or cached[0] != run.config.data:
+                from finetune_app.core.data import open_dataset
 
-            dataset = open_dataset(run.config.data, format=run.config.data_format)
+                cached = (run.config.data, open_dataset(run.config.data, format=run.config.data_format))
+                self._run_dataset = cached
+            dataset = cached[1]
         sample = dataset.sample(item.index)
         return sample.images[0] if sample.images else None
 
@@ -468,8 +638,61 @@ class MainWindow(QMainWindow):
 
     # -- demo and welcome --------------------------------------------------------------------------
     def maybe_show_welcome(self) -> None:
-        """Show the first-launch welcome once the window is on screen."""
-        QTimer.singleShot(0, self._welcome)
+        """At launch, once the window is on screen: an interrupted run is offered first (resume,
+        inspect or discard); else the welcome, only until the first run; else the last model and
+        dataset are reopened."""
+        QTimer.singleShot(0, self._at_launch)
+
+    def _at_launch(self) -> None:
+        if self.offer_recovery():
+            return
+        if self._has_runs():
+            self.reopen_last_session()
+        else:
+            self._welcome()
+
+    def reopen_last_session(self) -> None:
+        """The model and dataset of the last session, when they are still there."""
+        model = str(settings().value(LAST_MODEL_KEY, "") or "")
+        if model and _is_model_folder(Path(model)):
+            self.load_model(model)
+        recent = recent_datasets()
+        if recent and Path(recent[0]).exists():
+            self.open_dataset(recent[0])
+
+    def _has_runs(self) -> bool:
+        try:
+            from finetune_app.core import runs as core_runs
+
+            with core_runs.open_store() as store:
+                return bool(store.runs())
+        except Exception:
+            return False
+
+    def offer_recovery(self) -> bool:
+        """Ask about the newest interrupted run that can continue; True when one was offered."""
+        from finetune_app.core import runs as core_runs
+
+        try:
+            found = core_runs.recover_at_startup()
+        except Exception:
+            return False
+        if not found:
+            return False
+        rec = found[0]
+        choice = ask_recovery(self, rec, len(found))
+        self.history.refresh()
+        if choice == "resume":
+            self.resume_run(rec.id)
+        elif choice == "inspect":
+            self.tabs.setCurrentWidget(self.history)
+            self.history.select_runs([rec.id])
+        elif choice == "discard":
+            with core_runs.open_store() as store:
+                store.set_status(rec.id, "stopped", "Discarded at launch: not resumed (it can still be "
+                                 "resumed from the History tab).")
+            self.history.refresh()
+        return True
 
     def _welcome(self) -> None:
         from finetune_app.ui.welcome import CHOICE_DEMO, CHOICE_DOWNLOAD, run_welcome
@@ -497,7 +720,8 @@ class MainWindow(QMainWindow):
     def _on_demo_ready(self, paths) -> None:
         self._demo_task = None
         model, data = paths
-        self.form.set_config(self.form.config().replace(**DEMO_SETTINGS, output=""))
+        # The demo's own valid settings, whatever the form held (saved settings may be invalid).
+        self.form.set_config(TrainConfig().replace(**DEMO_SETTINGS, output=""))
         self.load_model(str(model))
         self.open_dataset(str(data))
         self.notice.show_message(

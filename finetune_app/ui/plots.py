@@ -87,6 +87,19 @@ class ThemedPlot(pg.PlotWidget):
             self._view = view
             self.setRange(xRange=view[:2], yRange=view[2:], padding=0)
 
+    def fit_view(self, xs, ys, *, x_min: float | None = None) -> None:
+        """Show all of these points (finite ones): x from x_min (or the data's first step) to the
+        last step, y from 0 to a round ceiling; used where the data is known up front."""
+        pts = [(float(x), float(y)) for x, y in zip(xs, ys)
+               if x is not None and y is not None and math.isfinite(float(x)) and math.isfinite(float(y))]
+        if not pts:
+            self.set_view(0, 1, 0, 1)
+            return
+        x_lo = min(p[0] for p in pts) if x_min is None else x_min
+        x_hi = max(p[0] for p in pts)
+        y_lo = min(0.0, min(p[1] for p in pts))
+        self.set_view(x_lo, x_hi, y_lo, nice_ceiling(max(p[1] for p in pts) * 1.05))
+
     def set_title(self, title: str) -> None:
         self._title = title
         self.apply_palette()

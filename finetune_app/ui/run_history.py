@@ -422,12 +422,17 @@ class RunHistoryView(QWidget):
             self.curves_hint.show()
             return
         self.curves_hint.setVisible(len(records) == 1)
+        xs: list = []
+        ys: list = []
         with self.store() as store:
             for k, rec in enumerate(records):
                 colour = RUN_COLOURS[k % len(RUN_COLOURS)]
                 train = store.metrics(rec.id, "train")
                 val = store.metrics(rec.id, "val")
                 label = f"{rec.id} {rec.name}"
+                for m in train + val:
+                    xs.append(m["step"])
+                    ys.append(m["loss"])
                 if train:
                     self.plot.plot([m["step"] for m in train], [m["loss"] for m in train],
                                    pen=pg.mkPen(colour, width=2), name=f"{label} (training)")
@@ -436,6 +441,8 @@ class RunHistoryView(QWidget):
                                    pen=pg.mkPen(colour, width=1.5, style=Qt.PenStyle.DashLine), symbol="o",
                                    symbolSize=6, symbolBrush=colour, symbolPen=None,
                                    name=f"{label} (validation)")
+        # ThemedPlot never auto-ranges (cheap live redraws): the data is known here, so fit it.
+        self.plot.fit_view(xs, ys, x_min=0)
         self.plot.set_title("Loss" if len(records) == 1 else f"Loss: {len(records)} runs compared")
 
     def _show_one(self, rec) -> None:

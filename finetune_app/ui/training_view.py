@@ -34,7 +34,7 @@ from PySide6.QtWidgets import (
 )
 
 from finetune_app.ui.plots import BLUE, GREEN, ORANGE, PURPLE, ThemedPlot, nice_ceiling
-from finetune_app.ui.widgets import Banner, format_duration, heading, secondary
+from finetune_app.ui.widgets import Banner, breakable, clean_output, format_duration, heading, secondary
 
 EMA_STEPS = 20.0  # the smoothed loss averages over about this many steps, however often reports come
 REDRAW_MS = 100  # plots redraw at most 10 times a second
@@ -67,6 +67,18 @@ def ask_stop(parent: QWidget, step: int) -> str | None:
     box.exec()
     clicked = box.clickedButton()
     return "save" if clicked is save else "discard" if clicked is discard else None
+
+
+def process_peak_gb() -> float:
+    """This process's peak resident memory (what a CPU run uses; MLX reports 0 there)."""
+    try:
+        import resource
+        import sys
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / 1e9 if sys.platform == "darwin" else peak * 1024 / 1e9  # bytes on macOS, KiB else
+    except Exception:
+        return 0.0
 
 
 class Stat(QFrame):
@@ -110,10 +122,11 @@ class SampleCard(QFrame):
                 pic.setPixmap(pixmap)
             layout.addWidget(pic)
         self.has_picture = pixmap is not None
-        match = item.output.strip().lower().rstrip(".") == item.reference.strip().lower().rstrip(".")
+        output = clean_output(item.output)
+        match = output.lower().rstrip(".") == item.reference.strip().lower().rstrip(".")
         colour = GREEN if match else ORANGE
         prompt = "" if item.image else f"<span style='opacity:.7'>{html.escape(item.prompt[:160])}</span><br>"
-        out = html.escape(item.output) if item.output else "<i>(nothing)</i>"
+        out = html.escape(breakable(output)) if output else "<i>(nothing)</i>"
         label = QLabel(f"{prompt}<span style='opacity:.7'>expected</span> {html.escape(item.reference)}<br>"
                        f"<span style='opacity:.7'>model</span> <b style='color:{colour}'>{out}</b>")
         label.setObjectName("sampleText")
@@ -145,6 +158,8 @@ class TrainingView(QWidget):
         self._t_started: float | None = None
         self._paused_for = 0.0
         self._t_paused: float | None = None
+        self._first_step: int | None = None
+        self._first_active = 0.0
         self.sample_reports: list = []
         self.reset_data()
 
@@ -169,6 +184,7 @@ class TrainingView(QWidget):
         self.start_hint = secondary(QLabel(""))
         self.start_hint.setObjectName("startHint")
         self.start_hint.setWordWrap(True)
+        self.start_hint.setTextFormat(Qt.TextFormat.RichText)
         head = QHBoxLayout()
         titles = QVBoxLayout()
         titles.addWidget(self.status)
@@ -296,8 +312,11 @@ class TrainingView(QWidget):
         return 0 if x is None else len(x)
 
     # -- run wiring --------------------------------------------------------------------------------
-    def attach(self, run) -> None:
-        """Show `run` (a workers.TrainingRun not yet started): clear the screen and connect it."""
+    def attach(self, run, *, total_steps: int | None = None) -> None:
+        """Show `run` (a workers.TrainingRun not yet started): clear the screen and connect it.
+
+        A resumed run first shows its curves from the run folder's metrics.jsonl up to the step it
+        continues from, and `total_steps` (from its record) when its settings give only epochs."""
         self.run = run
         self.reset_data()
         self._thumbs.clear()
@@ -305,13 +324,21 @@ class TrainingView(QWidget):
         self.error.hide()
         self.host_rates.clear_rates()
         self.log.clear()
-        self.step, self.total_steps = 0, run.config.iters or 0
+        self.step, self.total_steps = 0, total_steps or run.config.iters or 0
+        if getattr(getattr(run, "worker", None), "resume", False):
+            self.load_history(Path(run.config.output) / "metrics.jsonl")
         self._t_started, self._paused_for, self._t_paused = time.perf_counter(), 0.0, None
+        self._first_step, self._first_active = None, 0.0
         for s in self.stats.values():
             s.set("–")
         self.run_folder.setText(f"Run folder: {run.config.output}")
-        self.progress.setRange(0, 0)  # busy until the first phase reports
-        self.progress.setFormat("Starting…")
+        if self.step and self.total_steps:  # a resumed run: where it continues from, of its real total
+            self.progress.setRange(0, self.total_steps)
+            self.progress.setValue(min(self.step, self.total_steps))
+            self.progress.setFormat("Resuming: step %v of %m…")
+        else:
+            self.progress.setRange(0, 0)  # busy until the first phase reports
+            self.progress.setFormat("Starting…")
         run.connect(stateChanged=self.on_state, progressed=self.on_progress, trainReport=self.on_train,
                     valReport=self.on_val, sampleReport=self.on_samples,
                     checkpointSaved=self.on_checkpoint, notice=self.on_notice, done=self.on_done)
@@ -334,8 +361,14 @@ class TrainingView(QWidget):
         running = self.is_running()
         can = getattr(self, "_can_start", False)
         self.start_button.setEnabled(can and not running)
-        self.start_hint.setText("" if running or can else getattr(self, "_why", ""))
-        self.start_hint.setVisible(bool(self.start_hint.text()))
+        why = "" if running or can else getattr(self, "_why", "")
+        text = html.escape(why)
+        if "settings marked in red" in why:  # a link that opens the form at the first one
+            text += " <a href='#settings'>Show the settings to fix</a>"
+        self.start_hint.setText(text)
+        self.start_hint.setVisible(bool(why))
+        if self.state == "idle":
+            self.status.setText("Ready" if can else "Not ready to start")
         active = self.state in ("started", "resumed", "paused", "pausing")
         self.pause_button.setEnabled(active)
         self.pause_button.setText("Resume" if self.state in ("paused", "pausing") else "Pause")
@@ -380,11 +413,13 @@ class TrainingView(QWidget):
     def on_state(self, state: str, reason: str, step: int) -> None:
         if state == "paused":
             self._t_paused = time.perf_counter()
+            self.stats["eta"].set("paused")  # no time passes for the run while it is paused
         elif state in ("resumed", "stopping") and self._t_paused is not None:
             self._paused_for += time.perf_counter() - self._t_paused
             self._t_paused = None
-        if state == "started":
+        if state in ("started", "resumed"):
             self.progress.setRange(0, max(1, self.total_steps))
+            self.progress.setValue(min(self.step, max(1, self.total_steps)))
             self.progress.setFormat("step %v of %m")
         if state == "failed":
             self.error.show_message("Training failed", reason or "The run stopped with an error.", "error")
@@ -400,22 +435,53 @@ class TrainingView(QWidget):
         self._set_state(state, reason)
 
     def on_progress(self, phase: str, done: int, total: int) -> None:
-        if self.state in ("loading", "preparing"):
+        if self.state in ("loading", "preparing") and not self.step:  # a resumed run keeps its steps
             self.progress.setRange(0, max(1, total))
             self.progress.setValue(min(done, total))
             self.progress.setFormat(f"{phase.capitalize()}… %v of %m" if total else phase.capitalize() + "…")
 
-    def on_train(self, r) -> None:
-        self.step, self.total_steps = r.step, r.total_steps
-        self.loss_steps.append(r.step)
-        self.losses.append(r.loss)
-        # Exponential average with a time constant in steps (debiased: the first points count fully).
-        gap = r.step - (self.loss_steps[-2] if len(self.loss_steps) > 1 else 0)
+    def load_history(self, metrics_path: Path) -> int:
+        """The curves of the run so far (a resumed run): train and validation points read from
+        its metrics.jsonl. Returns the last step shown."""
+        from finetune_app.core.training.events import MetricsLog
+
+        for row in MetricsLog.read(metrics_path):
+            if row.get("kind") == "train" and "step" in row and "loss" in row:
+                self._add_train_point(int(row["step"]), float(row["loss"]), float(row.get("learning_rate") or 0.0))
+            elif row.get("kind") == "val" and "step" in row and "val_loss" in row:
+                self.val_steps.append(int(row["step"]))
+                self.val_losses.append(float(row["val_loss"]))
+        self.step = self.loss_steps[-1] if self.loss_steps else 0
+        if self.loss_steps:
+            self.progress.setValue(min(self.step, self.progress.maximum()))
+            self.stats["step"].set(f"{self.step:,} / {self.total_steps:,}")
+            self.stats["loss"].set(f"{self.losses[-1]:.3f}")
+        if self.val_losses:
+            self.stats["val"].set(f"{self.val_losses[-1]:.3f}")
+        self._dirty = True
+        self._redraw()
+        return self.step
+
+    def _add_train_point(self, step: int, loss: float, lr: float) -> None:
+        # A resumed run repeats the steps after its checkpoint: drop the old points from there on.
+        while self.loss_steps and self.loss_steps[-1] >= step:
+            for series in (self.loss_steps, self.losses, self.ema, self.lrs):
+                series.pop()
+        while self.val_steps and self.val_steps[-1] > step:
+            self.val_steps.pop()
+            self.val_losses.pop()
+        self.loss_steps.append(step)
+        self.losses.append(loss)
+        gap = step - (self.loss_steps[-2] if len(self.loss_steps) > 1 else 0)
         a = 1.0 - math.exp(-max(gap, 1) / EMA_STEPS)
-        self._ema_raw = (1 - a) * self._ema_raw + a * r.loss
+        self._ema_raw = (1 - a) * self._ema_raw + a * loss
         self._ema_weight = (1 - a) * self._ema_weight + a
         self.ema.append(self._ema_raw / self._ema_weight)
-        self.lrs.append(r.learning_rate)
+        self.lrs.append(lr)
+
+    def on_train(self, r) -> None:
+        self.step, self.total_steps = r.step, r.total_steps
+        self._add_train_point(r.step, r.loss, r.learning_rate)
         self._dirty = True
         self.progress.setRange(0, max(1, r.total_steps))
         self.progress.setValue(r.step)
@@ -425,8 +491,9 @@ class TrainingView(QWidget):
         s["epoch"].set(f"{r.epoch:.2f}")
         s["loss"].set(f"{r.loss:.3f}")
         s["tps"].set(f"{r.tokens_per_second:,.0f}")
-        s["mem"].set(f"{r.peak_memory_gb:.2f} GB")
-        s["eta"].set(format_duration(r.eta_seconds))
+        s["mem"].set(f"{max(r.peak_memory_gb or 0.0, process_peak_gb()):.2f} GB")  # MLX says ~0 on CPU
+        eta = self._eta(r.step, r.total_steps)
+        s["eta"].set(format_duration(eta if eta is not None else r.eta_seconds))
         if r.hosts:
             self.host_rates.show_rates(r.hosts)
 
@@ -517,11 +584,30 @@ class TrainingView(QWidget):
         lrs = [v for v in self.lrs if v == v]
         self.lr_plot.set_view(0, x_max, 0, nice_ceiling(max(lrs) * 1.1) if lrs and max(lrs) > 0 else 1.0)
 
+    def _active_seconds(self) -> float:
+        """Time spent training so far, pauses excluded."""
+        if self._t_started is None:
+            return 0.0
+        paused = self._paused_for + ((time.perf_counter() - self._t_paused) if self._t_paused else 0.0)
+        return time.perf_counter() - self._t_started - paused
+
+    def _eta(self, step: int, total: int) -> float | None:
+        """Remaining time at this run's own pace, pauses excluded (None before two reports)."""
+        if self._first_step is None:
+            self._first_step, self._first_active = step, self._active_seconds()
+            return None
+        done = step - self._first_step
+        spent = self._active_seconds() - self._first_active
+        if done <= 0 or spent <= 0:
+            return None
+        return max(0.0, (total - step) * spent / done)
+
     def _tick_clock(self) -> None:
         if self._t_started is None:
             return
-        paused = self._paused_for + ((time.perf_counter() - self._t_paused) if self._t_paused else 0.0)
-        self.stats["elapsed"].set(format_duration(time.perf_counter() - self._t_started - paused))
+        self.stats["elapsed"].set(format_duration(self._active_seconds()))
+        if self._t_paused is not None or self.state in ("paused", "pausing"):
+            self.stats["eta"].set("paused")
 
     def _clear_samples(self) -> None:
         for i in reversed(range(self.samples_layout.count())):
@@ -532,7 +618,12 @@ class TrainingView(QWidget):
         self.samples_empty.show()
 
     def _log(self, text: str) -> None:
+        """Append a line; the view follows new lines unless the person scrolled up to read."""
+        bar = self.log.verticalScrollBar()
+        following = bar.value() >= bar.maximum() - 2
         self.log.appendPlainText(time.strftime("%H:%M:%S  ") + text)
+        if following:
+            bar.setValue(bar.maximum())
 
     def _open_run_folder(self) -> None:
         if self.run is not None:

@@ -6,6 +6,8 @@ as a traceback dialog: the person can read it, copy it, and keep working.
 
 from __future__ import annotations
 
+import re
+
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QColor, QPalette
 from PySide6.QtWidgets import (
@@ -135,3 +137,22 @@ def format_count(n: int) -> str:
         if n >= size:
             return f"{n / size:.2f}{unit}"
     return str(n)
+
+
+# Chat-template and tokenizer control tokens a model may print: <|im_end|>, <|endoftext|>,
+# <|eot_id|>, </s>, <end_of_turn>, <pad>… They are not words; the person never sees them.
+_SPECIAL_TOKEN = re.compile(r"<\|[^<>|\s]{1,40}\|>|</?s>|<(?:pad|eos|bos|unk|end_of_turn|start_of_turn|image)>")
+_LONG_RUN = re.compile(r"\S{24,}")
+ZWSP = "\u200b"
+
+
+def clean_output(text: str) -> str:
+    """A model's output as a person should read it: control tokens removed."""
+    return _SPECIAL_TOKEN.sub("", text or "").strip()
+
+
+def breakable(text: str, every: int = 20) -> str:
+    """Zero-width break opportunities inside long unbroken runs (a URL, "aaaa…"), so a word-wrapped
+    label wraps them instead of growing wider than its column."""
+    return _LONG_RUN.sub(lambda m: ZWSP.join(m.group(0)[i:i + every] for i in range(0, len(m.group(0)), every)),
+                         text)

@@ -44,13 +44,23 @@ class Verification:
         return not self.problems
 
     def to_dict(self) -> dict:
-        return {"loader": self.loader, "ok": self.ok, "prompt": self.prompt, "output": self.output,
+        return {"loader": self.loader, "ok": self.ok, "status": self.status, "prompt": self.prompt, "output": self.output,
                 "max_logit_diff": self.max_logit_diff, "tolerance": self.tolerance, "reference": self.reference,
                 "checks": self.checks,
                 "problems": self.problems, "warnings": self.warnings}
 
+    @property
+    def status(self) -> str:
+        """passed / FAILED / approximate: a quantized export's logits are not held to a tolerance,
+        so it never claims to have passed a comparison it did not make."""
+        if not self.ok:
+            return "FAILED"
+        if self.tolerance is None and self.max_logit_diff is not None:
+            return f"approximate (quantized or half precision): max diff {self.max_logit_diff:.3g}"
+        return "passed"
+
     def lines(self) -> list[str]:
-        out = [f"Verification ({self.loader}): {'passed' if self.ok else 'FAILED'}"]
+        out = [f"Verification ({self.loader}): {self.status}"]
         if self.prompt:
             out.append(f"  prompt: {self.prompt}")
         if self.output or self.prompt:

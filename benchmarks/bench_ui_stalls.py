@@ -1,0 +1,145 @@
+"""How long the window's event loop stalls, phase by phase, on the demo (issue 18).
+
+Phases: launch (window built and shown, first paint), start (the 3 s after Start Training),
+evaluation and checkpoint (0.5 s either side of each validation report / checkpoint), export (the
+export wizard exporting the run's adapter). Each phase's worst stall and p99 are printed; with
+--json the figures go to a file for docs/ui.md. A benchmark, not a test: nothing is asserted.
+
+    QT_QPA_PLATFORM=offscreen python3 benchmarks/bench_ui_stalls.py [--iters 120] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--iters", type=int, default=120)
+    ap.add_argument("--every", type=int, default=40, help="evaluate and checkpoint every N steps")
+    ap.add_argument("--json", default="")
+    args = ap.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="finetune-stall-bench-"))
+    os.environ.setdefault("FINETUNE_SETTINGS_DIR", str(work / "settings"))
+    os.environ.setdefault("FINETUNE_DATA_DIR", str(work / "appdata"))
+    os.environ["FINETUNE_NO_WELCOME"] = "1"
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+    from PySide6.QtCore import QEventLoop, QObject, QTimer, Slot
+
+    from finetune_app.ui.app import create_app
+    from finetune_app.ui.stall_meter import StallMeter
+
+    app = create_app([])
+    meter = StallMeter(report_over=0.05)
+    marks: list[tuple[str, float]] = []  # (event, seconds since the meter started)
+
+    def spin(seconds: float, until=None) -> None:
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end and not (until and until()):
+            loop = QEventLoop()
+            QTimer.singleShot(20, loop.quit)
+            loop.exec()
+
+    def now() -> float:
+        return time.perf_counter() - meter._t0
+
+    from finetune_app.ui.main_window import DEMO_SETTINGS, MainWindow
+    from finetune_app.ui.workers import Task, build_demo
+
+    t0 = time.perf_counter()
+    window = MainWindow()  # built before anything is on screen: reported, not a stall anyone sees
+    window.resize(1300, 850)
+    construct_ms = (time.perf_counter() - t0) * 1000
+    meter.start()
+    t_launch = now()
+    window.show()  # launch: the window on screen, its first paints, the history read at start-up
+    window.maybe_show_welcome()
+    spin(2.0)
+    t_launch_end = now()
+
+    demo = Task(lambda t: build_demo(Path(os.environ["FINETUNE_DATA_DIR"]) / "demo", t), name="demo", uses_mlx=True)
+    got = []
+    demo.succeeded.connect(got.append)
+    demo.start()
+    spin(300, lambda: bool(got))
+    window._on_demo_ready(got[0])
+    spin(120, lambda: window.model_choice is not None and window.dataset_check is not None
+         and not window.browser.is_busy())
+    window.form.set_config(window.form.config().replace(**{**DEMO_SETTINGS, "iters": args.iters,
+                                                            "steps_per_eval": args.every,
+                                                            "save_every": args.every, "output": ""}))
+    window.form.memory_warning = lambda: None  # no dialog in a benchmark
+    t_start = now()
+    assert window.start_training(), window.why_not_ready()
+    run = window.run
+
+    class Marker(QObject):  # queued slots need a receiver on the GUI thread (see TrainingRun.connect)
+        @Slot(object)
+        def evaluation(self, _r) -> None:
+            marks.append(("evaluation", now()))
+
+        @Slot(int, str)
+        def checkpoint(self, *_a) -> None:
+            marks.append(("checkpoint", now()))
+
+    marker = Marker()
+    run.connect(valReport=marker.evaluation, checkpointSaved=marker.checkpoint)
+    spin(3600, lambda: window.training.state in ("finished", "stopped", "failed"))
+    run.wait(60000)
+
+    from finetune_app.ui import export_wizard as ew
+
+    wiz = ew.ExportWizard(window, model=str(window.model_choice.path), adapter=run.config.output,
+                          output=str(work / "export"))
+    wiz.show()
+    t_export = now()
+    wiz.source.buttons["mlx-vlm"].setChecked(True)
+    for _ in range(3):
+        wiz.next()
+    wiz.next()  # Export
+    spin(600, lambda: wiz.currentId() == ew.PAGE_RESULT or bool(wiz.progress_page.error))
+    t_export_end = now()
+    meter.stop()
+
+    ticks = []  # (time, gap): rebuild tick times from the gaps
+    t = 0.0
+    for gap in meter.gaps:
+        t += meter.interval + gap
+        ticks.append((t, gap))
+
+    def phase(lo: float, hi: float) -> dict:
+        gaps = sorted(g for tt, g in ticks if lo <= tt <= hi)
+        if not gaps:
+            return {"ticks": 0, "max_ms": 0.0, "p99_ms": 0.0}
+        return {"ticks": len(gaps), "max_ms": round(gaps[-1] * 1000, 1),
+                "p99_ms": round(gaps[min(len(gaps) - 1, int(0.99 * (len(gaps) - 1)))] * 1000, 1)}
+
+    result = {"launch": phase(t_launch, t_launch_end), "start": phase(t_start, t_start + 3.0)}
+    for kind in ("evaluation", "checkpoint"):
+        times = [tt for k, tt in marks if k == kind]
+        worst = [phase(tt - 0.5, tt + 0.5) for tt in times]
+        result[kind] = max(worst, key=lambda p: p["max_ms"]) if worst else {"ticks": 0, "max_ms": 0.0}
+        result[kind]["events"] = len(times)
+    result["export"] = phase(t_export, t_export_end)
+    result["window_construction_ms"] = round(construct_ms, 1)
+    print(json.dumps(result, indent=2))
+    print("worst stalls overall:\n" + meter.worst(8))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    window.shutdown()
+    window.close()
+    app.processEvents()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
