@@ -700,6 +700,10 @@ def delete_run(store: RunStore, run_id: int, *, files: bool = True) -> int:
     rec = store.get(run_id)
     if rec.status == "running":
         raise FinetuneError(f"Run {rec.id} is training now (pid {rec.pid}).", "Stop it before deleting it.")
+    if store.read_only:  # the record could not be removed afterwards: delete nothing
+        raise FinetuneError(f"{store.path}: the run history is read-only here, so run {rec.id} cannot be forgotten.",
+                            "Make the app-data folder writable (or set FINETUNE_DATA_DIR to a writable folder), "
+                            "then delete the run again; nothing was deleted.", file=None)
     from finetune_app.core import run_folder
 
     freed = 0

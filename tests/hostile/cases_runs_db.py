@@ -206,9 +206,11 @@ def _(env):
     run = _fake_run(env, "run-j")
     env.keep(run)
     with read_only(_db().parent):
-        # --keep-files: core.runs.delete_run (not this area's) removes the folder before the record
         env.expect("runs", "delete", "run-j", "--yes", "--keep-files", exit=2,
                    says=["runs.sqlite3", "read-only", "writable"])
+        # deleting the files too: refused before any file goes (the record could not follow)
+        env.expect("runs", "delete", "run-j", "--yes", exit=2,
+                   says=["runs.sqlite3", "read-only", "writable", "nothing was deleted"])
     env.expect("runs", "show", "run-j", exit=0, says=["run-j"])  # still recorded
 
 
