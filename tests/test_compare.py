@@ -187,6 +187,7 @@ def test_compare_view_fills_the_table(trained, qtbot, qapp, monkeypatch, tmp_pat
     monkeypatch.setenv("FINETUNE_SETTINGS_DIR", str(tmp_path / "settings"))
     from finetune_app.ui.caption_panel import InferenceService
     from finetune_app.ui.compare_view import COL_BASE, COL_REF, COL_TUNED, CompareView
+    from finetune_app.ui.widgets import breakable, clean_output
 
     model, data, run_dir = trained
     service = InferenceService()
@@ -203,8 +204,9 @@ def test_compare_view_fills_the_table(trained, qtbot, qapp, monkeypatch, tmp_pat
         assert result is not None and len(result.rows) == 3 and view.table.rowCount() == 3
         for i, row in enumerate(result.rows):
             assert view.table.item(i, COL_REF).text() == row.reference
-            assert view.table.item(i, COL_BASE).text() == row.base
-            assert view.table.item(i, COL_TUNED).text() == row.tuned
+            # shown as a person reads them: control tokens removed, long runs breakable
+            assert view.table.item(i, COL_BASE).text() == breakable(clean_output(row.base))
+            assert view.table.item(i, COL_TUNED).text() == breakable(clean_output(row.tuned))
         assert html.escape(result.verdict()) in view.summary.text()
         assert "Compared 3 items" in view.status.text()
         assert view.save(tmp_path / "v.json").is_file()

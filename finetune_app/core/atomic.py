@@ -28,7 +28,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _umask() -> int:
+def current_umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
@@ -38,7 +38,7 @@ def write_bytes(path: str | Path, data: bytes) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the file gets a normal file's mode
+    os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; the file gets a normal file's mode
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -98,7 +98,7 @@ def staged_dir(dest: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
         raise FileExistsError(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}.staging-", dir=dest.parent))
-    stage.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; the folder gets a normal folder's mode
+    stage.chmod(0o777 & ~current_umask())  # mkdtemp makes 0700; the folder gets a normal folder's mode
     try:
         yield stage
         if dest.exists():

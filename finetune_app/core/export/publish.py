@@ -68,6 +68,7 @@ def staged(dest: Path, *, overwrite: bool = False) -> Iterator[Path]:
         raise FileExistsError(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}.staging-", dir=dest.parent))
+    stage.chmod(0o777 & ~atomic.current_umask())  # mkdtemp makes 0700; a bundle gets a normal folder's mode
     try:
         (stage / STAGE_MARKER).write_text(str(os.getpid()))
         yield stage
