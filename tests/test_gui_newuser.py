@@ -142,6 +142,23 @@ def test_discard_and_inspect_leave_the_run_on_the_history_tab(windows, qtbot, ti
     assert w.offer_recovery() is False, "a discarded run is not offered again"
 
 
+def test_a_damaged_run_history_is_repaired_and_the_window_says_so(windows, qtbot):
+    """#14: a garbage runs database is moved aside and rebuilt; the app shows what happened (a
+    banner on the History tab and a status-bar line), not only a line on stderr."""
+    from finetune_app.core import runs
+
+    runs.take_notices()
+    db = runs.db_path()
+    db.parent.mkdir(parents=True, exist_ok=True)
+    db.write_bytes(b"this is not a database" * 100)
+    w = windows()
+    w._at_launch()
+    assert list(db.parent.glob("runs.sqlite3.damaged-*")), "the damaged file is kept aside"
+    assert w.history.db_banner.isVisibleTo(w.history)
+    assert "moved to" in w.history.db_banner.text.text() and "runs.sqlite3" in w.history.db_banner.text.text()
+    assert "run history needed repair" in w.statusBar().currentMessage()
+
+
 # ---- 3. the demo resets the form; the Training tab names and shows the settings to fix -----------
 
 def type_into(w, name: str, text: str, qtbot) -> None:

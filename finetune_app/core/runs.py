@@ -38,7 +38,7 @@ from finetune_app.core.run_records.store import (STATUSES, CheckpointRecord, Dam
 
 __all__ = ["RunRecorder", "RunRecord", "RunStore", "CheckpointRecord", "STATUSES", "data_dir", "db_path",
            "open_store", "mark_interrupted", "resumable_runs", "resume_run", "resume_config", "delete_run",
-           "disk_usage", "resolve_run", "record_export", "is_resumable", "recover_at_startup", "import_run"]
+           "disk_usage", "resolve_run", "record_export", "take_notices", "is_resumable", "recover_at_startup", "import_run"]
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +69,19 @@ def db_path() -> Path:
     return data_dir() / DB_NAME
 
 
+_NOTICES: list[str] = []  # what opening the database had to do, until a front end shows it
+
+
 def _warn(text: str) -> None:
     print(f"warning: {text}", file=sys.stderr, flush=True)
+    _NOTICES.append(text)
+
+
+def take_notices() -> list[str]:
+    """The repairs open_store made in this process since the last call (the app shows them)."""
+    out = list(_NOTICES)
+    _NOTICES.clear()
+    return out
 
 
 def open_store(path: str | Path | None = None, *, notify=None) -> RunStore:

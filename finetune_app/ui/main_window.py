@@ -146,6 +146,8 @@ class MainWindow(QMainWindow):
         from finetune_app.ui.run_history import RunHistoryView
 
         self.history = RunHistoryView()
+        self.history.history_repaired.connect(
+            lambda text: self.statusBar().showMessage("The run history needed repair: see the History tab.", 0))
         self.tabs.addTab(self.history, "History")
         self.notice = Banner("info")
         self.notice.setObjectName("windowNotice")
@@ -644,7 +646,9 @@ class MainWindow(QMainWindow):
         QTimer.singleShot(0, self._at_launch)
 
     def _at_launch(self) -> None:
-        if self.offer_recovery():
+        offered = self.offer_recovery()
+        self.history.show_repairs()  # a damaged run database was moved aside and rebuilt: say so
+        if offered:
             return
         if self._has_runs():
             self.reopen_last_session()

@@ -217,6 +217,7 @@ class RunHistoryView(QWidget):
     duplicate_config = Signal(object)  # TrainConfig with output cleared: fill the form with it
     resume_requested = Signal(int)  # run id
     runs_deleted = Signal(list)  # run ids
+    history_repaired = Signal(str)  # what open_store did to a damaged or read-only run database
 
     def __init__(self, db_path: str | Path | None = None, parent: QWidget | None = None, *,
                  confirm_delete: bool = True):
@@ -244,6 +245,8 @@ class RunHistoryView(QWidget):
         top.addWidget(self.status_box)
         top.addWidget(self.refresh_button)
 
+        self.db_banner = Banner("warning")  # the run database was repaired (or is read-only)
+        self.db_banner.hide()
         self.banner = Banner("warning")
         self.banner_resume = self.banner.add_button("Resume", self._resume_interrupted)
         self._interrupted: list[int] = []
@@ -320,6 +323,7 @@ class RunHistoryView(QWidget):
 
         layout = QVBoxLayout(self)
         layout.addLayout(top)
+        layout.addWidget(self.db_banner)
         layout.addWidget(self.banner)
         layout.addWidget(self.splitter, 1)
 
@@ -329,6 +333,14 @@ class RunHistoryView(QWidget):
         self._update_buttons()
 
     # ---- data --------------------------------------------------------------------------------
+    def show_repairs(self) -> bool:
+        """Show what opening the run database had to do (moved aside and rebuilt, read-only)."""
+        notices = core_runs.take_notices()
+        if notices:
+            self.db_banner.show_message("The run history needed repair", "\n".join(notices), "warning")
+            self.history_repaired.emit("\n".join(notices))
+        return bool(notices)
+
     def store(self):
         return core_runs.open_store(self.db_path)
 
@@ -341,6 +353,7 @@ class RunHistoryView(QWidget):
         except Exception as exc:  # an unreadable database must not take the window down
             self.banner.show_message("The run history cannot be read", message_of(exc), "error")
             return
+        self.show_repairs()
         self.model.set_summaries(summaries)
         self._interrupted = [s.record.id for s in summaries if s.record.status == "interrupted" and s.resumable]
         if self._interrupted:
