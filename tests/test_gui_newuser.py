@@ -18,26 +18,11 @@ pytest.importorskip("pyqtgraph")
 
 from PySide6.QtCore import QTimer  # noqa: E402
 from PySide6.QtWidgets import QApplication, QMessageBox  # noqa: E402
+from gui_helpers import click_in_dialog  # noqa: E402
 
 pytestmark = pytest.mark.gui
 
 
-def click_in_dialog(name: str, button_text: str) -> list:
-    """Click `button_text` in the QMessageBox called `name` as soon as it is open."""
-    clicked = []
-
-    def poll():
-        for widget in QApplication.topLevelWidgets():
-            if isinstance(widget, QMessageBox) and widget.objectName() == name and widget.isVisible():
-                for b in widget.buttons():
-                    if b.text() == button_text:
-                        clicked.append(button_text)
-                        b.click()
-                        return
-        QTimer.singleShot(20, poll)
-
-    QTimer.singleShot(0, poll)
-    return clicked
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ pytest.importorskip("pyqtgraph")
 
 from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import QApplication, QMessageBox
+from gui_helpers import click_in_dialog  # noqa: E402
 
 pytestmark = pytest.mark.gui
 
@@ -48,21 +49,6 @@ def type_into(form, name, text, qtbot):
     qtbot.keyClicks(editor, text)
 
 
-def click_in_dialog(name: str, button_text: str) -> list:
-    clicked = []
-
-    def poll():
-        for widget in QApplication.topLevelWidgets():
-            if isinstance(widget, QMessageBox) and widget.objectName() == name and widget.isVisible():
-                for b in widget.buttons():
-                    if b.text() == button_text:
-                        clicked.append(button_text)
-                        b.click()
-                        return
-        QTimer.singleShot(20, poll)
-
-    QTimer.singleShot(0, poll)
-    return clicked
 
 
 # ---- model picker ---------------------------------------------------------------------------------

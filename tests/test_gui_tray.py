@@ -22,6 +22,7 @@ pytest.importorskip("PySide6")
 
 from PySide6.QtCore import QPoint, QTimer  # noqa: E402
 from PySide6.QtWidgets import QApplication, QMessageBox  # noqa: E402
+from gui_helpers import click_in_dialog  # noqa: E402
 
 pytestmark = pytest.mark.gui
 
@@ -69,21 +70,6 @@ def start(w, cfg):
     return run
 
 
-def click_in_dialog(name: str, button_text: str) -> list:
-    clicked = []
-
-    def poll():
-        for widget in QApplication.topLevelWidgets():
-            if isinstance(widget, QMessageBox) and widget.objectName() == name and widget.isVisible():
-                for b in widget.buttons():
-                    if b.text() == button_text:
-                        clicked.append(button_text)
-                        b.click()
-                        return
-        QTimer.singleShot(20, poll)
-
-    QTimer.singleShot(0, poll)
-    return clicked
 
 
 def test_menu_and_icon_follow_a_run(window, qtbot, tiny_model, shapes_data, tmp_path):
