@@ -405,7 +405,7 @@ def make_model(family: str, dest: Path, args) -> Path:
     if args.model:
         return Path(args.model).resolve()
     sys.path.insert(0, str(REPO))
-    from finetune_app.core.tiny_models import build_tiny_model
+    from finetune_app.testing.tiny_models import build_tiny_model
 
     overrides = json.loads(args.config_overrides) if args.config_overrides else {}
     path = build_tiny_model(args.family or family, dest, **overrides)

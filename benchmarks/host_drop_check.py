@@ -36,7 +36,7 @@ def main() -> int:
     from finetune_app.core.cluster.launch import DistributedRun
     from finetune_app.core.config import TrainConfig
     from finetune_app.core.data.demo import make_instruction_dataset
-    from finetune_app.core.tiny_models import build_tiny_model
+    from finetune_app.testing.tiny_models import build_tiny_model
     from finetune_app.core.training import events as ev
 
     work = Path(a.work)

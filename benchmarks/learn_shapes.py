@@ -104,7 +104,7 @@ def main():
     p.add_argument("--model", default=None, help="model folder (default: a tiny one of --family)")
     args = p.parse_args()
     from finetune_app.core.data.demo import make_shapes_dataset
-    from finetune_app.core.tiny_models import build_tiny_model
+    from finetune_app.testing.tiny_models import build_tiny_model
 
     work = Path(tempfile.mkdtemp(prefix="learn-shapes-"))
     try:

@@ -25,7 +25,7 @@ import pytest
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     """tiny_model(family, **overrides) -> folder of a tiny random-weight model, built once per session."""
-    from finetune_app.core.tiny_models import build_tiny_model
+    from finetune_app.testing.tiny_models import build_tiny_model
 
     root = tmp_path_factory.mktemp("tiny-models")
     built: dict = {}
@@ -73,6 +73,6 @@ def app_env(tmp_path, monkeypatch, qapp):
 
 @pytest.fixture(scope="module")
 def qwen_model():
-    from finetune_app.core.tiny_models import cached_tiny_model
+    from finetune_app.testing.tiny_models import cached_tiny_model
 
     return cached_tiny_model("qwen2_vl")

@@ -25,3 +25,13 @@ def test_core_imports_no_qt():
 
 def test_core_files_exist():
     assert (CORE / "__init__.py").exists()
+
+
+def test_engine_does_not_import_test_support():
+    """Tiny random models are test and demo support: the engine's import path never reaches them."""
+    offenders = []
+    for path in CORE.rglob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        if "finetune_app.testing" in text or "from finetune_app import testing" in text:
+            offenders.append(str(path.relative_to(CORE)))
+    assert not offenders, offenders

@@ -24,7 +24,7 @@ from test_export_support import make_adapter
 
 from finetune_app.cli import main
 from finetune_app.core.export import paths
-from finetune_app.core.tiny_models import cached_tiny_model
+from finetune_app.testing.tiny_models import cached_tiny_model
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ nn = pytest.importorskip("mlx.nn")
 from test_export_support import make_adapter, max_abs, text_logits, vlm_load, vlm_logits
 
 from finetune_app.core.export.export import ExportOptions, export
-from finetune_app.core.tiny_models import cached_tiny_model
+from finetune_app.testing.tiny_models import cached_tiny_model
 
 TOL = 1e-4
 

@@ -28,7 +28,7 @@ def make_adapter(family: str, dest: Path, *, fine_tune_type: str = "lora", bits:
     from finetune_app.core import adapters
     from finetune_app.core.config import TrainConfig
     from finetune_app.core.models import load_base
-    from finetune_app.core.tiny_models import cached_tiny_model
+    from finetune_app.testing.tiny_models import cached_tiny_model
 
     path = cached_tiny_model(family) if family in ("qwen2_vl", "fastvlm", "qwen2", "llama") else Path(family)
     base = load_base(path)

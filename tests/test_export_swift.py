@@ -24,7 +24,7 @@ from test_export_support import make_adapter
 
 from finetune_app.core.errors import FinetuneError
 from finetune_app.core.export.export import ExportOptions, export
-from finetune_app.core.tiny_models import build_tiny_model, cached_tiny_model
+from finetune_app.testing.tiny_models import build_tiny_model, cached_tiny_model
 
 # bundles.md section 2, written out.
 APP_CONFIG_KEYS = {"model_type", "mm_hidden_size", "hidden_size", "num_hidden_layers", "intermediate_size",

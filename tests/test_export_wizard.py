@@ -11,7 +11,7 @@ pytest.importorskip("pytestqt")
 from PySide6.QtWidgets import QWizard
 from test_export_support import make_adapter
 
-from finetune_app.core.tiny_models import cached_tiny_model
+from finetune_app.testing.tiny_models import cached_tiny_model
 from finetune_app.ui import export_wizard as ew
 
 pytestmark = pytest.mark.gui

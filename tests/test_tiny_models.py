@@ -14,8 +14,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 mx = pytest.importorskip("mlx.core")
 
-from finetune_app.core import compat, tiny_models  # noqa: E402
-from finetune_app.core.tiny_models import FAMILIES, TEXT_FAMILIES, VLM_FAMILIES  # noqa: E402
+from finetune_app.core import compat  # noqa: E402
+from finetune_app.testing import tiny_models  # noqa: E402
+from finetune_app.testing.tiny_models import FAMILIES, TEXT_FAMILIES, VLM_FAMILIES  # noqa: E402
 
 VLMS = [f for f in FAMILIES if f in VLM_FAMILIES]
 TEXTS = [f for f in FAMILIES if f in TEXT_FAMILIES]

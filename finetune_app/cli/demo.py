@@ -33,7 +33,7 @@ def run(args) -> int:
     from finetune_app.core.data.tokenize import Encoder
     from finetune_app.core.models import load_base
     from finetune_app.core.scoring import shapes_accuracy
-    from finetune_app.core.tiny_models import cached_tiny_model
+    from finetune_app.testing.tiny_models import cached_tiny_model
     from finetune_app.core.training.trainer import Trainer
 
     work = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="finetune-demo-"))

@@ -3,7 +3,7 @@
 The dialog only asks; it starts nothing. Its answer is one of three strings:
 
 * ``"demo"``: train the offline demo (bundled shapes data + a tiny model the app builds,
-  ``finetune_app.core.tiny_models.build_tiny_model``);
+  ``finetune_app.testing.tiny_models.build_tiny_model``);
 * ``"download"``: open the model picker on FastVLM-0.5B (the picker downloads, with progress);
 * ``"skip"``: neither (also what Esc, the close box and "Skip" mean).
 

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import atomic
+from finetune_app.core import atomic
 
 # Bump when the files a build writes change, so cached folders are rebuilt.
 # 2: narrower, calibrated FastVLM tower.
@@ -1025,7 +1025,7 @@ def build_tiny_model(family: str, dest: str | Path, *, seed: int = 0, overwrite:
     e.g. `build_tiny_model("fastvlm", dest, image_size=256)` gives 4x4 = 16 image features per
     image instead of the default 1024 px's 256, and trains several times faster. An explicit
     override of one of those keys must agree with it (ValueError otherwise)."""
-    from . import compat
+    from finetune_app.core import compat
 
     _check_family(family)
     if family in VLM_FAMILIES:  # mlx-vlm is slow to import; text builds do not need it
