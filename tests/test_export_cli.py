@@ -108,7 +108,7 @@ def test_failure_while_writing_leaves_nothing(text_run, tmp_path, monkeypatch):
     def broken(*a, **k):
         raise OSError("disk went away")
 
-    monkeypatch.setattr(bundle_mlx, "write_config", broken)
+    monkeypatch.setattr(bundle_mlx, "save_config", broken)
     out = tmp_path / "broken"
     with pytest.raises(OSError):
         export(ExportOptions(output=out, target="mlx-lm", adapter=text_run))

@@ -38,14 +38,15 @@ def is_adapter_layer(module) -> bool:
     return isinstance(module, _lora_classes())
 
 
-def _quantize(module: nn.Module, bits: int, group_size: int, prefix: str, skip: tuple[str, ...]) -> None:
-    def predicate(path: str, layer) -> bool:
-        full = f"{prefix}.{path}" if prefix else path
-        if any(s in full.split(".") for s in skip):
-            return False
-        return (isinstance(layer, (nn.Linear, nn.Embedding)) and layer.weight.shape[-1] % group_size == 0)
+def _quantize(module: nn.Module, bits: int, group_size: int) -> None:
+    """QLoRA: every layer the library can quantize whose input width divides by the group size."""
+    import contextlib
+    import io
 
-    nn.quantize(module, group_size=group_size, bits=bits, class_predicate=predicate)
+    from mlx_vlm.quant_utils import quantize_model
+
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints the bits per weight on stdout
+        quantize_model(module, {}, group_size, bits)
 
 
 def _quantization_map(model: nn.Module) -> dict:
@@ -90,19 +91,19 @@ def attach(base: BaseModel, cfg: TrainConfig) -> dict:
     if cfg.quantize_bits and cfg.fine_tune_type == "full":
         raise ConfigError("A full fine-tune needs full-precision weights.", "Use LoRA for a quantized base, or leave quantization empty.", field="quantize_bits")
     if cfg.fine_tune_type == "full" and already_quantized:
-        from mlx_vlm.trainer.common.model import _dequantize_model
+        from mlx_vlm.quant_utils import dequantize_model
 
-        _dequantize_model(model)
+        dequantize_model(model)
     elif cfg.quantize_bits and not already_quantized:
         if base.kind == "vlm":
             lm = model.language_model
-            _quantize(lm, cfg.quantize_bits, cfg.quantize_group_size, "language_model", ())
+            _quantize(lm, cfg.quantize_bits, cfg.quantize_group_size)
             if cfg.quantize_vision:
                 for name in VISION_NAMES:
                     if getattr(model, name, None) is not None:
-                        _quantize(getattr(model, name), cfg.quantize_bits, cfg.quantize_group_size, name, ())
+                        _quantize(getattr(model, name), cfg.quantize_bits, cfg.quantize_group_size)
         else:
-            _quantize(model, cfg.quantize_bits, cfg.quantize_group_size, "", ())
+            _quantize(model, cfg.quantize_bits, cfg.quantize_group_size)
     base_quantization = _quantization_map(model)
 
     if base.kind == "vlm":
@@ -121,8 +122,6 @@ def attach(base: BaseModel, cfg: TrainConfig) -> dict:
     _freeze_norm_stats(model)
     config["finetune_app"] = {"base_model": base.source or str(base.path), "model_type": base.model_type,
                               "train_vision": cfg.train_vision, "train_projector": cfg.train_projector}
-    if base.kind == "vlm":
-        model._vlm_adapter_config = config
     set_train_modes(model, cfg.fine_tune_type)
     if not tree_flatten(model.trainable_parameters()):
         raise ConfigError("Nothing would be trained with these settings.", "Check the LoRA target layer names.", field="lora_targets")
@@ -136,25 +135,26 @@ def _freeze_norm_stats(model: nn.Module) -> None:
 
 
 def _attach_vlm(base: BaseModel, cfg: TrainConfig) -> dict:
-    from mlx_vlm.trainer.peft import get_peft_model
-    from mlx_vlm.trainer.peft.utils import _resolve_lora_targets
+    from mlx_vlm.trainer.peft import find_all_linear_names, get_peft_model
 
     model = base.model
     if cfg.fine_tune_type == "full":
         model.freeze()
         model.language_model.unfreeze()
         return {"fine_tune_type": "full"}
+    targets = cfg.lora_targets
+    if cfg.train_vision:  # the language model's targets (suffixes, as mlx-vlm finds them) + the tower's Linears
+        targets = list(targets or find_all_linear_names(getattr(model, "language_model", model)))
+        targets += _vision_linear_names(model)
     try:
-        targets = _resolve_lora_targets(model, cfg.lora_targets)
-    except ValueError as exc:
+        get_peft_model(model, targets, rank=cfg.lora_rank, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                       use_dora=cfg.fine_tune_type == "dora", verbose=False)
+    except ValueError as exc:  # raised while resolving the names, before the model changes
         raise ConfigError(f"LoRA targets {cfg.lora_targets} match no layer of this model.",
                           f"Use layer names such as q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj. ({str(exc)[:300]})",
                           field="lora_targets") from None
-    if cfg.train_vision:
-        targets = targets + _vision_linear_names(model)
-    get_peft_model(model, targets, rank=cfg.lora_rank, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
-                   use_dora=cfg.fine_tune_type == "dora", verbose=False)
-    return dict(model._vlm_adapter_config)
+    recorded = model.config  # get_peft_model records the adapter_config on the model's config
+    return dict(recorded["lora"] if isinstance(recorded, dict) else recorded.lora)
 
 
 def _attach_text(base: BaseModel, cfg: TrainConfig) -> dict:

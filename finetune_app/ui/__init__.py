@@ -7,7 +7,3 @@ widgets (small shared pieces), workers (background jobs and the training QThread
 (how long the event loop stalls), welcome (first launch), labelling (caption a folder of pictures),
 platform_check (Linux: can Qt's X11 plugin load, checked before Qt starts).
 """
-
-from finetune_app.ui import qt_compat as _qt_compat
-
-_qt_compat.install()  # before any signal is emitted (see qt_compat: PySide6 6.12 + CPython 3.11)

@@ -1,11 +1,13 @@
 """Write model folders the Python libraries load: mlx-vlm (VLMs) and mlx-lm (text), and the
 MLXVLM variant mlx-swift-lm reads (mlx-vlm names plus a complete FastVLM `vision_config`).
 
-Weights are the model's own parameter names (what `mlx_vlm.utils.save_weights` writes), in
-`model.safetensors` or 5 GB shards, with `model.safetensors.index.json`. config.json is the base's,
-with `quantization` set or removed. Tokenizer, chat template, processor and generation files are
-copied from the base folder; nothing executable (`*.py`) and no PyTorch weights are copied.
-See shared/reference/bundles.md sections 1 and 3.
+Weights and config.json are written by the libraries' own savers (`mlx_vlm.utils.save_weights` /
+`save_config` for VLMs, `mlx_lm.utils.save_model` / `save_config` for text): the model's parameter
+names in `model.safetensors` or 5 GB shards, with `model.safetensors.index.json`; config.json is
+the base's, with `quantization` set or removed. The savers write files in place: callers write into
+the export's staging folder, which is published whole (publish.py). Tokenizer, chat template,
+processor and generation files are copied from the base folder; nothing executable (`*.py`) and
+no PyTorch weights are copied. See shared/reference/bundles.md sections 1 and 3.
 """
 
 from __future__ import annotations
@@ -18,11 +20,10 @@ from pathlib import Path
 
 import mlx.core as mx
 from mlx import nn
-from mlx.utils import tree_flatten
+from mlx.utils import tree_flatten, tree_unflatten
 
 from finetune_app.core import atomic
 
-SHARD_BYTES = 5 * 1024**3
 WEIGHTS_INDEX = "model.safetensors.index.json"
 # Files of a model folder that travel with an export (everything else is left behind).
 SUPPORT_PATTERNS = (
@@ -40,38 +41,42 @@ def model_weights(model: nn.Module) -> dict[str, mx.array]:
     return dict(tree_flatten(model.parameters()))
 
 
-def save_weights(weights: dict[str, mx.array], folder: Path, *, shard_bytes: int = SHARD_BYTES,
-                 progress=None) -> list[str]:
-    """model.safetensors (or model-0000i-of-0000n.safetensors shards) + the index; returns names."""
-    shards: list[dict[str, mx.array]] = [{}]
-    size = 0
-    for key in sorted(weights):
-        v = weights[key]
-        if size and size + v.nbytes > shard_bytes:
-            shards.append({})
-            size = 0
-        shards[-1][key] = v
-        size += v.nbytes
-    n = len(shards)
-    names = ["model.safetensors"] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
-    weight_map = {}
-    for i, (name, shard) in enumerate(zip(names, shards)):
-        mx.eval(list(shard.values()))
-        mx.save_safetensors(str(folder / name), shard, metadata={"format": "mlx"})
-        weight_map.update({k: name for k in shard})
-        if progress:
-            progress((i + 1) / n, f"Wrote {name}")
-    total = int(sum(v.nbytes for v in weights.values()))
-    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-    atomic.write_json(folder / WEIGHTS_INDEX, index)
+def weights_module(weights: dict[str, mx.array]) -> nn.Module:
+    """A module holding only `weights`, under their names: for the savers, which take a model."""
+    holder = nn.Module()
+    for key, value in tree_unflatten(list(weights.items())).items():
+        holder[key] = value
+    return holder
+
+
+def save_weights(model: nn.Module, folder: Path, *, kind: str = "vlm", progress=None) -> list[str]:
+    """model.safetensors (or model-0000i-of-0000n.safetensors shards) + the index, by mlx-vlm's
+    `save_weights` (mlx-lm's `save_model` for text); returns the file names."""
+    if progress:
+        progress(0.0, "Writing the weights")
+    mx.eval(model.parameters())
+    if kind == "text":
+        from mlx_lm.utils import save_model
+
+        save_model(folder, model)
+    else:
+        from mlx_vlm.utils import save_weights as library_save_weights
+
+        library_save_weights(folder, model)
+    index = json.loads((Path(folder) / WEIGHTS_INDEX).read_text(encoding="utf-8"))
+    names = sorted(set(index["weight_map"].values()))
+    if progress:
+        progress(1.0, f"Wrote {', '.join(names)}")
     return names + [WEIGHTS_INDEX]
 
 
-def read_weights(folder: Path) -> dict[str, mx.array]:
-    out: dict[str, mx.array] = {}
-    for f in sorted(Path(folder).glob("*.safetensors")):
-        out.update(mx.load(str(f)))
-    return out
+def save_config(folder: Path, config: dict, *, kind: str = "vlm") -> None:
+    """config.json by the library's `save_config` (keys sorted; mlx-lm adds `quantization_config`)."""
+    if kind == "text":
+        from mlx_lm.utils import save_config as library_save_config
+    else:
+        from mlx_vlm.utils import save_config as library_save_config
+    library_save_config(copy.deepcopy(config), Path(folder) / "config.json")
 
 
 def support_files(src: Path) -> list[Path]:
@@ -103,15 +108,11 @@ def export_config(base_config: dict, quantization: dict | None) -> dict:
     return cfg
 
 
-def write_config(folder: Path, config: dict) -> None:
-    atomic.write_json(folder / "config.json", config)
-
-
 def write_mlx_bundle(base, model: nn.Module, folder: Path, *, quantization: dict | None,
                      progress=None) -> list[str]:
     """The mlx-vlm / mlx-lm folder: weights, config.json, tokenizer and processor files."""
-    names = save_weights(model_weights(model), folder, progress=progress)
-    write_config(folder, export_config(base.config, quantization))
+    names = save_weights(model, folder, kind=base.kind, progress=progress)
+    save_config(folder, export_config(base.config, quantization), kind=base.kind)
     names += ["config.json"] + copy_support_files(base.path, folder)
     return names
 
@@ -154,8 +155,8 @@ def mlxvlm_config(base, model: nn.Module, quantization: dict | None) -> dict:
 
 def write_mlxvlm_bundle(base, model: nn.Module, folder: Path, *, quantization: dict | None,
                         progress=None) -> list[str]:
-    names = save_weights(model_weights(model), folder, progress=progress)
-    write_config(folder, mlxvlm_config(base, model, quantization))
+    names = save_weights(model, folder, progress=progress)
+    save_config(folder, mlxvlm_config(base, model, quantization))
     names += ["config.json"] + copy_support_files(base.path, folder)
     if base.is_fastvlm:  # MLXVLM picks its processor by preprocessor_config.json's processor_class
         for name in ("preprocessor_config.json", "processor_config.json"):

@@ -209,9 +209,9 @@ def app_config(base, *, vocab_size: int, image_token_index: int, quantization: d
 def write_app_bundle(base, model: nn.Module, folder: Path, *, quantization: dict | None,
                      token_id: int, token_present: bool, vocab_size: int, progress=None) -> tuple[list[str], list[str]]:
     """Weights, config, tokenizer and processor files (the mlpackage is added by the caller)."""
-    names = bundle_mlx.save_weights(app_weights(model), folder, progress=progress)
+    names = bundle_mlx.save_weights(bundle_mlx.weights_module(app_weights(model)), folder, progress=progress)
     cfg, warnings = app_config(base, vocab_size=vocab_size, image_token_index=token_id, quantization=quantization)
-    atomic.write_json(folder / "config.json", cfg)
+    bundle_mlx.save_config(folder, cfg)
     names.append("config.json")
     names += write_tokenizer(base.path, folder, token_id, token_present)
     size = image_size_of(base)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import mlx.core as mx
 from mlx import nn
-from mlx.utils import tree_flatten, tree_unflatten
+from mlx.utils import tree_unflatten
 
 from finetune_app.core import adapters
 from finetune_app.core.errors import AdapterError
@@ -79,22 +79,13 @@ def apply_adapter(base: BaseModel, adapter_dir: str | Path) -> dict:
 
 
 def dequantize(model: nn.Module) -> int:
-    """Replace every quantized linear/embedding by its floating-point equivalent."""
-    replacements = []
-    for name, layer in quantized_layers(model).items():
-        weight = mx.dequantize(layer.weight, layer.scales, layer.biases, group_size=layer.group_size,
-                               bits=layer.bits, mode=getattr(layer, "mode", "affine"))
-        if isinstance(layer, nn.QuantizedLinear):
-            new = nn.Linear(weight.shape[1], weight.shape[0], bias="bias" in layer)
-            if "bias" in layer:
-                new.bias = layer.bias
-        else:
-            new = nn.Embedding(weight.shape[0], weight.shape[1])
-        new.weight = weight
-        replacements.append((name, new))
-    if replacements:
-        model.update_modules(tree_unflatten(replacements))
-    return len(replacements)
+    """Replace every quantized layer by its floating-point equivalent (mlx-vlm's
+    `dequantize_model`); returns how many linear/embedding layers were quantized."""
+    from mlx_vlm.quant_utils import dequantize_model
+
+    n = len(quantized_layers(model))
+    dequantize_model(model)
+    return n
 
 
 def fuse(model: nn.Module, fine_tune_type: str = "lora") -> FuseReport:
@@ -121,7 +112,3 @@ def fuse_adapter(base: BaseModel, adapter_dir: str | Path) -> tuple[dict, FuseRe
     config = apply_adapter(base, adapter_dir)
     report = fuse(base.model, config.get("fine_tune_type", "lora"))
     return config, report
-
-
-def parameter_bytes(model: nn.Module) -> int:
-    return int(sum(v.nbytes for _, v in tree_flatten(model.parameters())))

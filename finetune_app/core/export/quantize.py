@@ -1,22 +1,22 @@
-"""Quantize a fused floating-point model for export (4 or 8 bits, affine, selectable group size).
-
-Which layers: every Linear and Embedding of the language model and the vision-language projector
-(as `mlx_vlm convert -q` does), and the vision tower only when asked. A layer is quantized only if
-the loaders on the other side will quantize it too: its input width divides by the group size and
-its weight has a multiple of 64 elements (mlx-vlm's and mlx-lm's loaders skip other layers,
-then fail on their `.scales`). Each quantized layer gets `<path>.scales` and `<path>.biases`, which
-is also how mlx-swift recognises them, and config.json gets `"quantization": {"group_size",
+"""Quantize a fused floating-point model for export (4 or 8 bits, affine, selectable group size),
+with the libraries' own helpers: mlx-vlm's `quantize_model` (what `mlx_vlm convert -q` runs: every
+layer that can be quantized and whose input width divides by the group size) with mlx-vlm's
+loader predicate (`get_class_predicate`: multimodal parts (tower, projectors named like
+`multi_modal_projector`) only when asked, and only weights of a multiple of 64 elements, the ones
+mlx-vlm's loader quantizes back). Each quantized layer gets `<path>.scales` and `<path>.biases`,
+which is also how mlx-swift recognises them, and config.json gets `"quantization": {"group_size",
 "bits"}` (no "mode" key: mlx-swift-examples 2.21 rejects unknown keys in that object).
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 from dataclasses import dataclass
 
 import mlx.core as mx
 from mlx import nn
 
-from finetune_app.core.adapters import VISION_NAMES
 from finetune_app.core.errors import ConfigError
 
 BITS = (4, 8)
@@ -44,34 +44,23 @@ class QuantizeSettings:
         return f"{self.bits}-bit, group size {self.group_size}{vision}"
 
 
-def is_vision_path(path: str) -> bool:
-    return path.split(".")[0] in VISION_NAMES
-
-
-def can_quantize(path: str, module: nn.Module, settings: QuantizeSettings) -> bool:
-    if not isinstance(module, (nn.Linear, nn.Embedding)) or not hasattr(module, "to_quantized"):
-        return False
-    if is_vision_path(path) and not settings.quantize_vision:
-        return False
-    weight = module.weight
-    return weight.ndim == 2 and weight.shape[-1] % settings.group_size == 0 and weight.size % 64 == 0
+def quantized_layers(model: nn.Module) -> list[str]:
+    return [path for path, m in model.named_modules() if isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding))]
 
 
 def quantize_model(model: nn.Module, settings: QuantizeSettings) -> list[str]:
     """Quantize `model` in place; return the paths of the quantized layers."""
+    from mlx_vlm.quant_utils import quantize_model as library_quantize
+    from mlx_vlm.utils import get_class_predicate
+
     settings.check()
-    chosen = [path for path, m in model.named_modules() if can_quantize(path, m, settings)]
+    before = set(quantized_layers(model))
+    loadable = get_class_predicate(skip_vision=not settings.quantize_vision)
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints the bits per weight on stdout
+        library_quantize(model, {}, settings.group_size, settings.bits, quant_predicate=loadable)
+    chosen = [p for p in quantized_layers(model) if p not in before]
     if not chosen:
         raise ConfigError(f"No layer of this model can be quantized with group size {settings.group_size}.",
                           "Choose a smaller group size (32), or export in full precision.", field="group_size")
-    wanted = set(chosen)
-    nn.quantize(model, group_size=settings.group_size, bits=settings.bits,
-                class_predicate=lambda path, m: path in wanted)
     mx.eval(model.parameters())
     return chosen
-
-
-def quantized_size(n_params: int, settings: QuantizeSettings, dtype_bytes: int = 2) -> int:
-    """Bytes of `n_params` weights quantized: packed values plus a scale and bias per group."""
-    per_group = 2 * dtype_bytes
-    return int(n_params * settings.bits / 8 + n_params / settings.group_size * per_group)
