@@ -70,9 +70,9 @@ def independent_loss(model_dir, family, data_file):
     from mlx_vlm.prompt_utils import apply_chat_template
     from mlx_vlm.utils import load, prepare_inputs
 
-    from finetune_app.core import compat
+    from finetune_app.core import patches
 
-    compat.apply()
+    patches.apply()
     model, processor = load(str(model_dir))
     model.eval()
     tok = processor.tokenizer

@@ -81,9 +81,9 @@ def text_logits(model, tokenizer) -> mx.array:
 def vlm_load(path, adapter_path=None):
     from mlx_vlm import load
 
-    from finetune_app.core import compat
+    from finetune_app.core import patches
 
-    compat.apply()  # config-driven FastViTHD sizes for the tiny FastVLM
+    patches.apply()  # config-driven FastViTHD sizes for the tiny FastVLM
     model, processor = load(str(path), adapter_path=str(adapter_path) if adapter_path else None)
     return model, processor, json.loads((Path(path) / "config.json").read_text())
 

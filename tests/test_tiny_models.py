@@ -14,7 +14,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 mx = pytest.importorskip("mlx.core")
 
-from finetune_app.core import compat  # noqa: E402
+from finetune_app.core import patches  # noqa: E402
 from finetune_app.testing import tiny_models  # noqa: E402
 from finetune_app.testing.tiny_models import FAMILIES, TEXT_FAMILIES, VLM_FAMILIES  # noqa: E402
 
@@ -352,10 +352,10 @@ def test_fastvlm_image_size_keyword(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-def test_compat_patch_keeps_default_fastvlm_tower():
-    compat.apply()
-    compat.apply()  # idempotent
-    assert "fastvlm_vision_config" in compat.applied()
+def test_fastvlm_patch_keeps_default_fastvlm_tower():
+    patches.apply()
+    patches.apply()  # idempotent
+    assert "fastvlm_vision_config" in patches.applied()
     import mlx_vlm.models.fastvlm as fastvlm_pkg
     from mlx_vlm.models.fastvlm.config import ModelConfig, VisionConfig
     from mlx_vlm.utils import update_module_configs
@@ -389,4 +389,4 @@ def test_compat_patch_keeps_default_fastvlm_tower():
     assert tiny.pos_embs_shapes[3] == (7, 7) and tiny.token_mixers[3] == "attention"
     assert VisionConfig.layers == [2, 12, 24, 4, 2]
     assert VisionConfig.from_dict({}).embed_dims == [96, 192, 384, 768, 1536]
-    assert compat.fastvlm_vision_dict(tiny)["embed_dims"] == [4, 8, 16, 32, 64]
+    assert patches.fastvlm_vision_config.fastvlm_vision_dict(tiny)["embed_dims"] == [4, 8, 16, 32, 64]

@@ -1,6 +1,6 @@
 """No code from a model folder, ever: every command refuses a folder whose config carries auto_map /
 model_file or that ships .py files, before any library reads it; no marker file is written and
-nothing lands in the HF modules cache. The compat patch holds even when a library asks
+nothing lands in the HF modules cache. The no_remote_code patch holds even when a library asks
 transformers for trust_remote_code=True (mlx-vlm does for its own families).
 
 On e8bd7cc, `generate`/`caption` with the qwen2_vl folder below ran evil.py (the marker appeared and
@@ -119,17 +119,17 @@ def test_gui_model_picker_path_refuses(tiny_model, tmp_path, marker):
     assert not list(marker.iterdir()) and not modules_cache_py()
 
 
-def test_compat_blocks_folder_code_even_when_a_library_trusts_it(tiny_model, tmp_path, marker):
+def test_no_remote_code_patch_blocks_folder_code_even_when_a_library_trusts_it(tiny_model, tmp_path, marker):
     """Second wall: past the folder check, transformers asked with trust_remote_code=True (as
     mlx-vlm does) still never copies or imports the folder's Python."""
     from transformers import AutoConfig
     from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
-    from finetune_app.core import compat
+    from finetune_app.core import patches
     from finetune_app.core.errors import ModelError
 
-    compat.apply()
-    assert "no_remote_code" in compat.applied()
+    patches.apply()
+    assert "no_remote_code" in patches.applied()
     model = evil_folder(tiny_model("qwen2_vl"), tmp_path / "evil", marker)
     cfg = json.loads((model / "config.json").read_text())
     cfg["model_type"] = "not_a_known_family"  # no local class to fall back to

@@ -40,29 +40,6 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _printer(stream):
-    tty = hasattr(stream, "isatty") and stream.isatty()
-    last = {"msg": None}
-
-    def progress(fraction: float, message: str) -> None:
-        from finetune_app.cli.progress import bar
-
-        if tty:
-            stream.write("\r\033[K" + f"{bar(int(fraction * 1000), 1000)} {message}"[:160])
-            stream.flush()
-        elif message != last["msg"]:
-            stream.write(f"[{fraction * 100:5.1f}%] {message}\n")
-            stream.flush()
-        last["msg"] = message
-
-    def close() -> None:
-        if tty:
-            stream.write("\n")
-            stream.flush()
-
-    return progress, close
-
-
 def run(args) -> int:
     from finetune_app.core.export.export import ExportOptions, export, human_bytes
 
@@ -70,7 +47,9 @@ def run(args) -> int:
                          quantize_bits=args.quantize_bits, group_size=args.group_size,
                          quantize_vision=args.quantize_vision, mlpackage=args.mlpackage, overwrite=args.force,
                          verify=args.verify, prompt=args.prompt, image=args.image)
-    progress, close = _printer(sys.stderr)
+    from finetune_app.cli.progress import fraction_printer
+
+    progress, close = fraction_printer(sys.stderr)
 
     def on_term(signum, frame):
         raise KeyboardInterrupt

@@ -175,14 +175,10 @@ def check_chat_template(path: Path) -> None:
     f, text = found
     from jinja2 import TemplateSyntaxError
 
-    try:  # transformers' own compiler (its {% generation %} tag, loop controls, filters)
-        from transformers.utils.chat_template_utils import _compile_jinja_template as compile_template
-    except ImportError:  # pragma: no cover - another transformers layout
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
+    from finetune_app.core.patches.chat_template import compile_chat_template
 
-        compile_template = ImmutableSandboxedEnvironment(extensions=["jinja2.ext.loopcontrols"]).from_string
     try:
-        compile_template(text)
+        compile_chat_template(text)
     except TemplateSyntaxError as exc:
         raise ModelError(f"the chat template in {f.name} does not parse ({exc.message}).",
                          "Restore the template from the original model (chat_template.jinja or the chat_template "

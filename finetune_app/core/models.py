@@ -58,10 +58,9 @@ class BaseModel:
     @property
     def tokenizer(self):
         """The Hugging Face tokenizer (under mlx-lm's wrapper or the VLM processor)."""
-        tok = getattr(self.processor, "tokenizer", self.processor)
-        if type(tok).__name__ == "TokenizerWrapper":  # mlx-lm's wrapper around the HF tokenizer
-            tok = tok._tokenizer
-        return tok
+        from finetune_app.core.patches.hf_tokenizer import unwrap
+
+        return unwrap(getattr(self.processor, "tokenizer", self.processor))
 
 
 @dataclass(frozen=True)
@@ -208,11 +207,11 @@ def load_base(source: str | Path, *, progress: ProgressFn | None = None, lazy: b
     """Load a base model through mlx-vlm or mlx-lm, refusing clearly what they cannot load.
 
     The folder is checked first (core.model_folder: no code of its own, sane sizes, readable
-    headers), and the loaders are told `trust_remote_code=False` (compat's no_remote_code patch
+    headers), and the loaders are told `trust_remote_code=False` (the no_remote_code patch
     holds even where a library asks for True)."""
-    from finetune_app.core import compat
+    from finetune_app.core import patches
 
-    compat.apply()
+    patches.apply()
     path = resolve_model_path(source, progress=progress)
     config = _check_folder(path)
     kind = model_kind(config)

@@ -115,12 +115,14 @@ def corpus_stats(outputs: list[str], references: list[str]) -> dict:
     (sacreBLEU's own paired bootstrap works this way)."""
     import numpy as np
 
+    from finetune_app.core.patches.sacrebleu_stats import corpus_statistics
+
     b, c = _bleu(), _chrf()
     refs = [list(references)]
     rows = [rouge(o, r) for o, r in zip(outputs, references)]
     return {
-        "bleu": np.asarray(b._extract_corpus_statistics(list(outputs), refs), dtype=np.float64),
-        "chrf": np.asarray(c._extract_corpus_statistics(list(outputs), refs), dtype=np.float64),
+        "bleu": np.asarray(corpus_statistics(b, list(outputs), refs), dtype=np.float64),
+        "chrf": np.asarray(corpus_statistics(c, list(outputs), refs), dtype=np.float64),
         **{k: np.asarray([r[k] for r in rows]) for k in ROUGE_TYPES},
         "exact_match": np.asarray([exact_match(o, r) for o, r in zip(outputs, references)]),
         "normalised_match": np.asarray([normalised_match(o, r) for o, r in zip(outputs, references)]),
@@ -129,10 +131,12 @@ def corpus_stats(outputs: list[str], references: list[str]) -> dict:
 
 def from_stats(name: str, stats) -> float:
     """The metric of a set of rows from their statistics (rows along the first axis)."""
+    from finetune_app.core.patches.sacrebleu_stats import score_from_statistics
+
     if name == "bleu":
-        return _bleu()._compute_score_from_stats(stats.sum(0).tolist()).score
+        return score_from_statistics(_bleu(), stats.sum(0).tolist()).score
     if name == "chrf":
-        return _chrf()._compute_score_from_stats(stats.sum(0).tolist()).score
+        return score_from_statistics(_chrf(), stats.sum(0).tolist()).score
     return float(stats.mean()) if len(stats) else 0.0
 
 

@@ -7,7 +7,7 @@ Each folder is built from the library's own `Model` class with seeded random flo
 (same seed -> identical weights), a small byte-level BPE tokenizer carrying the family's special
 tokens and chat template, and the family's processor files.
 
-FastVLM needs `compat.apply()` (done here, and needed again before loading the folder in a fresh
+FastVLM needs `patches.apply()` (done here, and needed again before loading the folder in a fresh
 process): mlx-vlm 0.7.10 otherwise ignores the tower sizes in config.json and builds the
 125M-parameter FastViTHD tower. Its random tower is also initialised and calibrated like a trained
 one, so that its features carry the image's colour and shape and a LoRA on the language model
@@ -1025,11 +1025,11 @@ def build_tiny_model(family: str, dest: str | Path, *, seed: int = 0, overwrite:
     e.g. `build_tiny_model("fastvlm", dest, image_size=256)` gives 4x4 = 16 image features per
     image instead of the default 1024 px's 256, and trains several times faster. An explicit
     override of one of those keys must agree with it (ValueError otherwise)."""
-    from finetune_app.core import compat
+    from finetune_app.core import patches
 
     _check_family(family)
     if family in VLM_FAMILIES:  # mlx-vlm is slow to import; text builds do not need it
-        compat.apply()
+        patches.apply()
     cfg, pre, gen = _config(family)
     pre_over = overrides.pop("preprocessor_config", None)
     cfg_over, pre_over = _with_image_size(family, image_size, overrides, pre_over)

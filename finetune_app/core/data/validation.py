@@ -209,12 +209,12 @@ def token_counter_for(model_path: str | Path) -> TokenCounter:
         raise ModelError(f"model folder not found: {model_path}.",
                          "Pass a local model folder (with tokenizer files) to --model.",
                          file=str(model_path))
-    from finetune_app.core import compat
+    from finetune_app.core import patches
     from finetune_app.core.model_folder import check_no_code, check_tokenizer
 
-    check_no_code(path)  # no code from a model folder, ever (compat's patch is the second wall)
+    check_no_code(path)  # no code from a model folder, ever (patches.no_remote_code is the second wall)
     check_tokenizer(path)
-    compat.apply(only=("no_remote_code",))
+    patches.apply(only=("no_remote_code",))
     try:
         from transformers import AutoTokenizer
 

@@ -121,10 +121,10 @@ def write_mlx_bundle(base, model: nn.Module, folder: Path, *, quantization: dict
 
 def fastvlm_full_vision_config(model: nn.Module, base_config: dict) -> dict:
     """Every FastViTHD key MLXVLM decodes, from the loaded tower's (patched) config."""
-    from finetune_app.core import compat
+    from finetune_app.core import patches
 
     vision = dict(base_config.get("vision_config") or {})
-    vision.update(compat.fastvlm_vision_dict(model.config.vision_config))
+    vision.update(patches.fastvlm_vision_config.fastvlm_vision_dict(model.config.vision_config))
     vision.setdefault("model_type", base_config.get("model_type", "llava_qwen2"))
     return vision
 

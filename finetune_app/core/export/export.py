@@ -568,10 +568,10 @@ class _Job:
         return v
 
     def _check_mlxvlm(self, stage: Path, v) -> None:
-        from finetune_app.core import compat
+        from finetune_app.core import patches
 
         cfg = json.loads((stage / "config.json").read_text(encoding="utf-8"))
-        missing = [k for k in compat.FASTVLM_VISION_KEYS if k not in (cfg.get("vision_config") or {})]
+        missing = [k for k in patches.fastvlm_vision_config.FASTVLM_VISION_KEYS if k not in (cfg.get("vision_config") or {})]
         top = [k for k in ("eos_token_id", "mm_projector_type", "mm_hidden_size", "tokenizer_model_max_length",
                            "tokenizer_padding_side") if k not in cfg]
         if missing or top:

@@ -162,9 +162,9 @@ def _base_from(model, processor, kind: str, path: Path, config: dict):
 
 def load_bundle(folder: Path, kind: str):
     """The bundle through the destination's loader: mlx_vlm.load or mlx_lm.load."""
-    from finetune_app.core import compat
+    from finetune_app.core import patches
 
-    compat.apply()  # tiny FastVLM towers: config-driven sizes (no effect on stock models)
+    patches.apply()  # tiny FastVLM towers: config-driven sizes (no effect on stock models)
     if kind == "vlm":
         from mlx_vlm import load
 
@@ -178,9 +178,9 @@ def load_bundle(folder: Path, kind: str):
 
 
 def load_with_adapter(base_path: Path, adapter_dir: Path, kind: str):
-    from finetune_app.core import compat
+    from finetune_app.core import patches
 
-    compat.apply()
+    patches.apply()
     if kind == "vlm":
         from mlx_vlm import load
 

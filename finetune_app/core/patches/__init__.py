@@ -1,0 +1,35 @@
+"""Every place the app changes a library it pins, or reaches past its public API: one module
+per patch, each naming the library version it was written against (`WRITTEN_FOR`) and saying
+whether it is still needed (`still_needed()`); tests/test_patches.py checks both and that the
+patch works, so an upgrade that makes one obsolete or breaks it fails a test.
+
+Behaviour patches (`BEHAVIOUR`) are applied by `apply()`: idempotent, safe from several threads,
+called by the model loader and the tiny-model builder, never at package import. The other modules
+are wrappers of private library functions, imported where they are used.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from finetune_app.core.patches import chat_template, fastvlm_vision_config, hf_tokenizer, no_remote_code, sacrebleu_stats
+
+BEHAVIOUR = {"fastvlm_vision_config": fastvlm_vision_config.apply, "no_remote_code": no_remote_code.apply}
+MODULES = (fastvlm_vision_config, no_remote_code, chat_template, sacrebleu_stats, hf_tokenizer)
+
+_lock = threading.Lock()
+_applied: set[str] = set()
+
+
+def apply(only: tuple[str, ...] | None = None) -> None:
+    """Apply every behaviour patch (or the named ones) once per process."""
+    with _lock:
+        for name, patch in BEHAVIOUR.items():
+            if name not in _applied and (only is None or name in only):
+                patch()
+                _applied.add(name)
+
+
+def applied() -> frozenset[str]:
+    """Names of the patches applied in this process (for diagnostics and tests)."""
+    return frozenset(_applied)

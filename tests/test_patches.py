@@ -1,0 +1,96 @@
+"""Every library patch (core/patches/): written for the installed library version, still needed,
+and working. A library upgrade that fixes a gap or moves a private function fails here first."""
+
+from __future__ import annotations
+
+from importlib.metadata import version
+
+import pytest
+
+from finetune_app.core import patches
+from finetune_app.core.errors import ModelError
+
+PINS = [(m.__name__.rsplit(".", 1)[-1], lib, v) for m in patches.MODULES for lib, v in m.WRITTEN_FOR.items()]
+
+
+@pytest.mark.parametrize("patch,library,written_for", PINS)
+def test_written_for_the_installed_library(patch, library, written_for):
+    installed = version(library)
+    assert installed.split(".")[:2] == written_for.split(".")[:2], (
+        f"{patch} was written for {library} {written_for}, {installed} is installed: check that it is still "
+        f"needed and works (this file), then update its WRITTEN_FOR")
+
+
+@pytest.mark.parametrize("module", patches.MODULES, ids=lambda m: m.__name__.rsplit(".", 1)[-1])
+def test_still_needed(module):
+    assert module.still_needed(), f"{module.__name__}: the library now does this itself; remove the patch"
+
+
+def test_fastvlm_vision_config_keeps_the_tower_sizes():
+    from mlx_vlm.models.fastvlm.config import VisionConfig
+
+    patches.apply(only=("fastvlm_vision_config",))
+    patches.apply(only=("fastvlm_vision_config",))  # idempotent
+    assert "fastvlm_vision_config" in patches.applied()
+    sized = VisionConfig.from_dict({"layers": [1, 1], "embed_dims": [4, 8], "pos_embs_shapes": [[7, 7], None],
+                                    "token_mixers": ["repmixer", "attention"]})
+    assert sized.layers == [1, 1] and sized.embed_dims == [4, 8]
+    assert sized.pos_embs_shapes == [(7, 7), None] and sized.token_mixers == ("repmixer", "attention")
+    default = VisionConfig.from_dict({})
+    assert default.layers == VisionConfig.layers  # a real config without the keys keeps mlx-vlm's tower
+    out = patches.fastvlm_vision_config.fastvlm_vision_dict(sized)
+    assert out["pos_embs_shapes"] == [[7, 7], None] and out["token_mixers"] == ["repmixer", "attention"]
+
+
+def test_no_remote_code_refuses_folder_code():
+    from transformers import dynamic_module_utils as dmu
+
+    patches.apply(only=("no_remote_code",))
+    patches.apply(only=("no_remote_code",))
+    assert dmu.resolve_trust_remote_code(True, "some/model", True, False) is False
+    with pytest.raises(ModelError, match="would run Python code"):
+        dmu.get_class_in_module("modeling_evil.Evil", "/tmp/model")
+    with pytest.raises(ModelError, match="would run Python code"):
+        dmu.get_cached_module_file("/tmp/model", "modeling_evil.py")
+
+
+def test_chat_template_compiles_transformers_tags_and_reports_syntax_errors():
+    from jinja2 import TemplateSyntaxError
+
+    from finetune_app.core.patches.chat_template import compile_chat_template
+
+    template = ("{% for m in messages %}{% if m.role == 'assistant' %}{% generation %}{{ m.content }}"
+                "{% endgeneration %}{% else %}{{ m.content }}{% endif %}{% endfor %}")
+    rendered = compile_chat_template(template).render(messages=[{"role": "user", "content": "hi "},
+                                                                {"role": "assistant", "content": "yo"}])
+    assert rendered == "hi yo"
+    with pytest.raises(TemplateSyntaxError):
+        compile_chat_template("{% for m in messages %}{{ m.content }")
+
+
+def test_sacrebleu_statistics_give_the_corpus_scores():
+    import numpy as np
+    from sacrebleu.metrics import BLEU, CHRF
+
+    from finetune_app.core.patches.sacrebleu_stats import corpus_statistics, score_from_statistics
+
+    outputs = ["a red circle", "a blue square on the left", "green"]
+    refs = [["a red circle", "a blue square", "a green triangle"]]
+    for metric in (BLEU(), CHRF()):
+        rows = np.asarray(corpus_statistics(metric, outputs, refs), dtype=np.float64)
+        assert rows.shape[0] == 3
+        got = score_from_statistics(metric, rows.sum(0).tolist()).score
+        assert got == pytest.approx(metric.corpus_score(outputs, refs).score)
+
+
+def test_hf_tokenizer_is_unwrapped():
+    from mlx_lm.tokenizer_utils import TokenizerWrapper
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    from finetune_app.core.patches.hf_tokenizer import unwrap
+
+    hf = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"a": 0, "<eos>": 1}, unk_token="a")),
+                                 eos_token="<eos>")
+    assert unwrap(TokenizerWrapper(hf)) is hf
+    assert unwrap(hf) is hf
