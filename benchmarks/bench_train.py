@@ -126,14 +126,14 @@ def child_mlx_lm(spec: dict) -> None:
 
 
 def child_mlx_vlm(spec: dict) -> None:
-    """`python -m mlx_vlm.train` after our loading compat patch (only for the tiny FastVLM, whose
+    """`python -m mlx_vlm.train` after our loading patches (core/patches) (only for the tiny FastVLM, whose
     configurable tower mlx-vlm cannot load by itself), so what gets recorded is its training error."""
     import runpy
 
     sys.path.insert(0, str(REPO))
-    from finetune_app.core import compat
+    from finetune_app.core import patches
 
-    compat.apply()
+    patches.apply()
     sys.argv = ["mlx_vlm.train"] + spec["argv"]
     runpy.run_module("mlx_vlm.train", run_name="__main__", alter_sys=True)
 

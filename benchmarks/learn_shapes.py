@@ -57,7 +57,7 @@ def ours(model_dir, data_dir, work, args):
 
 
 def theirs(model_dir, data_dir, work, args):
-    from finetune_app.core import compat
+    from finetune_app.core import patches
     from finetune_app.core.data import open_dataset, split
     from finetune_app.core.models import load_base
 
@@ -83,7 +83,7 @@ def theirs(model_dir, data_dir, work, args):
         return {"trainer": "mlx_vlm.train", "failed": r.stderr.strip().splitlines()[-1:]}
     from finetune_app.core import adapters
 
-    compat.apply()
+    patches.apply()
     base = load_base(model_dir)
     adapters.load_into(base, out if out.is_dir() else out.parent)
     samples = [ds.sample(i) for i in va]
