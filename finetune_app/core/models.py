@@ -25,11 +25,16 @@ VLM_FAMILIES = {
     "qwen3_vl": "Qwen3-VL",
     "llava_qwen2": "FastVLM",
     "fastvlm": "FastVLM",
+    "gemma3": "Gemma 3",
 }
 TEXT_FAMILIES = {"llama": "Llama", "qwen2": "Qwen2", "qwen3": "Qwen3", "mistral": "Mistral"}
 # mlx-vlm says these cannot be trained (mlx_vlm.trainer.core.not_supported_for_training).
 UNTRAINABLE = {"gemma3n": "its audio/vision towers are not differentiable in mlx-vlm",
-               "qwen3_omni": "mlx-vlm does not support training it"}
+               "qwen3_omni": "mlx-vlm does not support training it",
+               # Found with tiny models (tests/test_more_vlm_families.py); docs/engine.md says more.
+               "llava": "mlx-vlm 0.7.10 cannot prepare its inputs (its LlavaProcessor passes text "
+                        "options such as padding to the image processor, which transformers 5 "
+                        "rejects), so an adapter could be neither trained nor run"}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 ProgressFn = Callable[[int, int, str], None]  # (done_bytes, total_bytes, what)

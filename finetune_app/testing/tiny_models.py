@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from finetune_app.core import atomic
+from finetune_app.testing.tiny_vlm_families import SPECS
 
 # Bump when the files a build writes change, so cached folders are rebuilt.
 # 2: narrower, calibrated FastVLM tower.
@@ -41,8 +42,8 @@ from finetune_app.core import atomic
 # 4: FastVLM oblique line filters calibrated to std 3 (were 1).
 BUILDER_VERSION = 4
 
-FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "fastvlm", "llama", "qwen2", "qwen3")
-VLM_FAMILIES = frozenset({"qwen2_vl", "qwen2_5_vl", "qwen3_vl", "fastvlm"})
+FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "fastvlm", "llama", "qwen2", "qwen3", *SPECS)
+VLM_FAMILIES = frozenset({"qwen2_vl", "qwen2_5_vl", "qwen3_vl", "fastvlm", *SPECS})
 TEXT_FAMILIES = frozenset({"llama", "qwen2", "qwen3"})
 
 BPE_VOCAB_SIZE = 512
@@ -111,6 +112,7 @@ _TOKENS = {
     "llama": (_LLAMA_SPECIALS, [], "<|begin_of_text|>", "<|eot_id|>", "<|end_of_text|>"),
     "qwen2": (_QWEN_SPECIALS, [], None, "<|im_end|>", "<|endoftext|>"),
     "qwen3": (_QWEN_SPECIALS, ["<think>", "</think>"], None, "<|im_end|>", "<|endoftext|>"),
+    **{f: (s.specials, s.plain, s.bos, s.eos, s.pad) for f, s in SPECS.items()},
 }
 
 # Chat templates. Qwen2-VL / Qwen2.5-VL: the real template. Qwen2 / Qwen3 / Qwen3-VL / Llama 3:
@@ -205,6 +207,7 @@ CHAT_TEMPLATES = {
     "llama": LLAMA3_TEMPLATE,
     "qwen2": QWEN2_TEMPLATE,
     "qwen3": QWEN3_TEMPLATE,
+    **{f: s.template for f, s in SPECS.items()},
 }
 
 _bpe_lock = threading.Lock()
@@ -259,6 +262,8 @@ def make_tokenizer(family: str):
                   additional_special_tokens=extra, model_max_length=32768)
     if bos is not None:
         kwargs["bos_token"] = bos
+    if family in SPECS and SPECS[family].named:  # e.g. Gemma 3's tokenizer.image_token / boi_token
+        kwargs["extra_special_tokens"] = dict(SPECS[family].named)
     tok = PreTrainedTokenizerFast(**kwargs)
     tok.chat_template = CHAT_TEMPLATES[family]
     return tok
@@ -373,6 +378,12 @@ def _config(family: str) -> tuple[dict, dict | None, dict]:
     ids = _token_ids(family)
     vocab = model_vocab_size(family)
     pre = None
+    if family in SPECS:  # tiny_vlm_families: config.json, processor files, generation extras
+        cfg, files, gen_extra = SPECS[family].config(ids, vocab)
+        eos = cfg.get("eos_token_id", cfg.get("text_config", {}).get("eos_token_id"))
+        gen = {"eos_token_id": eos, "pad_token_id": ids[SPECS[family].pad], "do_sample": False,
+               **gen_extra}
+        return cfg, files.get("preprocessor_config.json"), gen
     if family in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl"):
         vl_ids = {
             "image_token_id": ids["<|image_pad|>"],
@@ -1051,7 +1062,11 @@ def build_tiny_model(family: str, dest: str | Path, *, seed: int = 0, overwrite:
         _write_json(stage / "config.json", cfg)
         _write_json(stage / "generation_config.json", gen)
         build_tokenizer(family, stage)
-        if pre is not None:
+        if family in SPECS:
+            files = SPECS[family].config(_token_ids(family), model_vocab_size(family))[1]
+            for name, obj in files.items():
+                _write_json(stage / name, pre if name == "preprocessor_config.json" else obj)
+        elif pre is not None:
             _write_json(stage / "preprocessor_config.json", pre)
             _write_json(stage / "processor_config.json",
                         {"processor_class": pre.get("processor_class", "FastVLMProcessor")})

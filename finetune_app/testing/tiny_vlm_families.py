@@ -1,0 +1,165 @@
+"""Tiny configs of the vision-language families beyond Qwen-VL and FastVLM (see tiny_models.py).
+
+Each `Spec` says what a tiny folder of the family holds: the real tokenizer's special tokens and a
+chat template close to the real one, config.json (built by mlx-vlm's own config classes into its
+own `Model`), and the processor files the family's processor (mlx-vlm's or transformers') reads,
+with the real image processor class at a small image size (28-32 px, a handful of image tokens).
+
+`tiny_models` merges these into its tables; this module imports nothing from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+HIDDEN = 64
+LAYERS = 2
+HEADS = 4
+KV_HEADS = 2
+INTERMEDIATE = 128
+
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+
+@dataclass(frozen=True)
+class Spec:
+    specials: list[str]  # special tokens, in the real tokenizer's order
+    bos: str | None
+    eos: str
+    pad: str
+    template: str
+    # (token ids, model vocab size) -> (config.json, {file name: json}, generation_config extras)
+    config: Callable[[dict, int], tuple[dict, dict, dict]]
+    plain: list[str] = field(default_factory=list)
+    named: dict[str, str] = field(default_factory=dict)  # tokenizer attributes (image_token=...)
+
+
+def _llama_text(vocab: int, ids: dict, bos: str, eos: str, **extra) -> dict:
+    return {
+        "model_type": "llama", "hidden_size": HIDDEN, "num_hidden_layers": LAYERS,
+        "intermediate_size": INTERMEDIATE, "num_attention_heads": HEADS,
+        "num_key_value_heads": KV_HEADS, "rms_norm_eps": 1e-5, "vocab_size": vocab,
+        "max_position_embeddings": 4096, "rope_theta": 10000.0, "tie_word_embeddings": False,
+        "bos_token_id": ids[bos], "eos_token_id": ids[eos], **extra,
+    }
+
+
+def _clip_vision(image_size: int, **extra) -> dict:
+    return {
+        "model_type": "clip_vision_model", "hidden_size": 32, "intermediate_size": 64,
+        "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": image_size,
+        "patch_size": 14, "projection_dim": 32, "layer_norm_eps": 1e-5, "hidden_act": "quick_gelu",
+        **extra,
+    }
+
+
+def _clip_processor(size: int, **extra) -> dict:
+    return {
+        "image_processor_type": "CLIPImageProcessor", "do_resize": True,
+        "size": {"shortest_edge": size}, "do_center_crop": True,
+        "crop_size": {"height": size, "width": size}, "do_rescale": True,
+        "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": CLIP_MEAN,
+        "image_std": CLIP_STD, "do_convert_rgb": True, "resample": 3, **extra,
+    }
+
+
+# ---- LLaVA 1.5 (llava-hf/llava-1.5-7b-hf: Vicuna tokenizer, CLIP ViT-L/14-336) ---------------
+
+_LLAMA2_SPECIALS = ["<unk>", "<s>", "</s>"]
+
+LLAVA_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] != 'system' %}"
+    "{{ message['role'].upper() + ': ' }}{% endif %}"
+    "{% if message['content'] is string %}{{ message['content'] + ' ' }}{% else %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}"
+    "{{ '<image>\n' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{{ content['text'] + ' ' }}{% endfor %}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+
+
+def _llava(ids: dict, vocab: int):
+    cfg = {
+        "architectures": ["LlavaForConditionalGeneration"], "model_type": "llava",
+        "text_config": _llama_text(vocab, ids, "<s>", "</s>"),
+        "vision_config": _clip_vision(28),
+        "image_token_index": ids["<image>"], "vision_feature_select_strategy": "default",
+        "vision_feature_layer": -2, "vocab_size": vocab, "projector_hidden_act": "gelu",
+        "pad_token_id": ids["<pad>"], "torch_dtype": "float32",
+    }
+    files = {
+        "preprocessor_config.json": _clip_processor(28),
+        "processor_config.json": {"processor_class": "LlavaProcessor", "patch_size": 14,
+                                  "vision_feature_select_strategy": "default",
+                                  "image_token": "<image>", "num_additional_image_tokens": 1},
+    }
+    return cfg, files, {"bos_token_id": ids["<s>"]}
+
+
+# ---- Gemma 3 (google/gemma-3-4b-it: SigLIP tower, pooled to mm_tokens_per_image) -------------
+
+_GEMMA_SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<start_of_turn>", "<end_of_turn>"]
+
+GEMMA3_TEMPLATE = (
+    "{{ bos_token }}{%- if messages[0]['role'] == 'system' -%}"
+    "{%- if messages[0]['content'] is string -%}"
+    "{%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}{%- else -%}"
+    "{%- set first_user_prefix = messages[0]['content'][0]['text'] + '\n\n' -%}{%- endif -%}"
+    "{%- set loop_messages = messages[1:] -%}{%- else -%}{%- set first_user_prefix = '' -%}"
+    "{%- set loop_messages = messages -%}{%- endif -%}"
+    "{%- for message in loop_messages -%}"
+    "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}"
+    "{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') }}"
+    "{%- if message['content'] is string -%}{{ message['content'] | trim }}"
+    "{%- else -%}{%- for item in message['content'] -%}"
+    "{%- if item['type'] == 'image' -%}{{ '<start_of_image>' }}"
+    "{%- elif item['type'] == 'text' -%}{{ item['text'] | trim }}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}{{ '<end_of_turn>\n' }}{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}"
+)
+
+SIGLIP_HALF = {"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}
+
+
+def _gemma3(ids: dict, vocab: int):
+    text = {
+        "model_type": "gemma3_text", "hidden_size": HIDDEN, "num_hidden_layers": LAYERS,
+        "intermediate_size": INTERMEDIATE, "num_attention_heads": HEADS,
+        "num_key_value_heads": KV_HEADS, "head_dim": HIDDEN // HEADS,
+        "query_pre_attn_scalar": HIDDEN // HEADS, "rms_norm_eps": 1e-6, "vocab_size": vocab,
+        "sliding_window": 512, "sliding_window_pattern": 2, "mm_tokens_per_image": 4,
+        "rope_global_base_freq": 1000000.0, "rope_local_base_freq": 10000.0,
+        "max_position_embeddings": 4096,
+    }
+    vision = {"model_type": "siglip_vision_model", "hidden_size": 32, "intermediate_size": 64,
+              "num_hidden_layers": 2, "num_attention_heads": 2, "patch_size": 14,
+              "image_size": 56, "layer_norm_eps": 1e-6}
+    cfg = {
+        "architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3",
+        "text_config": text, "vision_config": vision, "vocab_size": vocab,
+        "image_token_index": ids["<image_soft_token>"], "boi_token_index": ids["<start_of_image>"],
+        "eoi_token_index": ids["<end_of_image>"], "mm_tokens_per_image": 4,
+        "pad_token_id": ids["<pad>"], "eos_token_id": [ids["<eos>"], ids["<end_of_turn>"]],
+        "torch_dtype": "float32",
+    }
+    pre = {"image_processor_type": "Gemma3ImageProcessor", "processor_class": "Gemma3Processor",
+           "do_resize": True, "size": {"height": 56, "width": 56}, "resample": 2,
+           "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True, **SIGLIP_HALF,
+           "do_convert_rgb": True, "do_pan_and_scan": False, "image_seq_length": 4}
+    files = {"preprocessor_config.json": pre,
+             "processor_config.json": {"processor_class": "Gemma3Processor",
+                                       "image_seq_length": 4}}
+    return cfg, files, {"bos_token_id": ids["<bos>"]}
+
+
+SPECS: dict[str, Spec] = {
+    "llava": Spec(_LLAMA2_SPECIALS + ["<image>", "<pad>"], "<s>", "</s>", "<pad>",
+                  LLAVA_TEMPLATE, _llava),
+    "gemma3": Spec(_GEMMA_SPECIALS + ["<start_of_image>", "<end_of_image>", "<image_soft_token>"],
+                   "<bos>", "<end_of_turn>", "<pad>", GEMMA3_TEMPLATE, _gemma3,
+                   named={"image_token": "<image_soft_token>", "boi_token": "<start_of_image>",
+                          "eoi_token": "<end_of_image>"}),
+}

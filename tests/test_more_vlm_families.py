@@ -1,0 +1,58 @@
+"""The families beyond Qwen-VL and FastVLM (tiny_vlm_families): each trains LoRA through the
+engine's reference path on a few one-image rows (loss finite and falling), and its adapter loads
+with `mlx_vlm.load(model, adapter_path=run)` and generates through `apply_chat_template`, exactly
+as an mlx-vlm user runs it. Families mlx-vlm 0.7.10 cannot serve are refused at load."""
+
+import math
+
+import pytest
+
+from finetune_app.core.config import TrainConfig
+from finetune_app.core.errors import ModelError
+from finetune_app.core.training.events import TrainReport
+from finetune_app.core.training.trainer import Trainer
+
+# family -> batch size (1 where mlx-vlm's model merges image features for one row only)
+TRAINED = {"gemma3": 2}
+REFUSED = ["llava"]
+
+
+@pytest.fixture(scope="module")
+def four_shapes(tmp_path_factory):
+    from finetune_app.core.data.demo import make_shapes_dataset
+
+    return make_shapes_dataset(tmp_path_factory.mktemp("data") / "shapes", n_train=4, n_valid=2,
+                               size=64, seed=0)
+
+
+@pytest.mark.parametrize("family", sorted(TRAINED))
+def test_family_trains_and_its_adapter_generates_in_mlx_vlm(family, tiny_model, four_shapes,
+                                                            tmp_path):
+    import mlx_vlm
+    from mlx_vlm.prompt_utils import apply_chat_template
+
+    model, run = tiny_model(family), tmp_path / "run"
+    losses = []
+    cfg = TrainConfig(model=str(model), data=str(four_shapes), output=str(run), iters=4,
+                      batch_size=TRAINED[family], lr_schedule="constant", steps_per_report=1,
+                      steps_per_eval=100, save_every=100, sample_count=0)
+    listener = lambda e: losses.append(e.loss) if isinstance(e, TrainReport) else None  # noqa: E731
+    assert Trainer(cfg, listeners=[listener]).run().status == "finished"
+    assert len(losses) == 4 and all(math.isfinite(x) for x in losses)
+    assert min(losses[2:]) < losses[0], losses  # the same rows again: the adapter learnt them
+
+    loaded, processor = mlx_vlm.load(str(model), adapter_path=str(run))
+    assert any("lora" in type(m).__name__.lower() for _, m in loaded.named_modules())
+    prompt = apply_chat_template(processor, loaded.config, "Describe the image.", num_images=1)
+    image = sorted((four_shapes / "images").glob("*.png"))[0]
+    out = mlx_vlm.generate(loaded, processor, prompt, image=[str(image)], max_tokens=4,
+                           temperature=0.0, verbose=False)
+    assert out.generation_tokens > 0
+
+
+@pytest.mark.parametrize("family", REFUSED)
+def test_family_mlx_vlm_cannot_serve_is_refused_at_load(family, tiny_model):
+    from finetune_app.core.models import load_base
+
+    with pytest.raises(ModelError, match="cannot be fine-tuned"):
+        load_base(tiny_model(family))
