@@ -155,6 +155,47 @@ def _gemma3(ids: dict, vocab: int):
     return cfg, files, {"bos_token_id": ids["<bos>"]}
 
 
+# ---- Idefics3 (HuggingFaceM4/Idefics3-8B-Llama3) and SmolVLM (HuggingFaceTB/SmolVLM-Instruct):
+# SigLIP tower, pixel shuffle by scale_factor 2; no image splitting at this size -------------------
+
+_IDEFICS_IMAGE_TOKENS = ["<fake_token_around_image>", "<image>", "<end_of_utterance>",
+                         "<global-img>"]
+
+
+def _idefics_template(start: str) -> str:
+    return (
+        start + "{% for message in messages %}{{ message['role'] | capitalize }}"
+        "{% if message['content'] is string %}{{ ': ' + message['content'] }}{% else %}"
+        "{% if message['content'][0]['type'] == 'image' %}{{ ':' }}{% else %}{{ ': ' }}{% endif %}"
+        "{% for line in message['content'] %}{% if line['type'] == 'text' %}{{ line['text'] }}"
+        "{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}{% endif %}"
+        "<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+    )
+
+
+def _idefics(model_type: str, processor: str, image_processor: str, bos: str):
+    def config(ids: dict, vocab: int):
+        text = _llama_text(vocab, ids, bos, "<end_of_utterance>")
+        vision = {"model_type": "idefics3_vision" if model_type == "idefics3" else "smolvlm_vision",
+                  "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                  "num_attention_heads": 2, "patch_size": 14, "image_size": 56}
+        cfg = {
+            "architectures": [f"{processor[:-len('Processor')]}ForConditionalGeneration"],
+            "model_type": model_type, "text_config": text, "vision_config": vision,
+            "scale_factor": 2, "image_token_id": ids["<image>"], "vocab_size": vocab,
+            "eos_token_id": ids["<end_of_utterance>"], "torch_dtype": "float32",
+        }
+        pre = {"image_processor_type": image_processor, "processor_class": processor,
+               "do_resize": True, "size": {"longest_edge": 56}, "resample": 1,
+               "do_image_splitting": False, "max_image_size": {"longest_edge": 56},
+               "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True, **SIGLIP_HALF,
+               "do_pad": True, "do_convert_rgb": True}
+        files = {"preprocessor_config.json": pre,
+                 "processor_config.json": {"processor_class": processor, "image_seq_len": 4}}
+        return cfg, files, {"bos_token_id": ids[bos]}
+    return config
+
+
 SPECS: dict[str, Spec] = {
     "llava": Spec(_LLAMA2_SPECIALS + ["<image>", "<pad>"], "<s>", "</s>", "<pad>",
                   LLAVA_TEMPLATE, _llava),
@@ -162,4 +203,14 @@ SPECS: dict[str, Spec] = {
                    "<bos>", "<end_of_turn>", "<pad>", GEMMA3_TEMPLATE, _gemma3,
                    named={"image_token": "<image_soft_token>", "boi_token": "<start_of_image>",
                           "eoi_token": "<end_of_image>"}),
+    "idefics3": Spec(["<|begin_of_text|>", "<|end_of_text|>"] + _IDEFICS_IMAGE_TOKENS,
+                     "<|begin_of_text|>", "<end_of_utterance>", "<|end_of_text|>",
+                     _idefics_template("<|begin_of_text|>"),
+                     _idefics("idefics3", "Idefics3Processor", "Idefics3ImageProcessor",
+                              "<|begin_of_text|>")),
+    "smolvlm": Spec(["<|endoftext|>", "<|im_start|>", "<|im_end|>"] + _IDEFICS_IMAGE_TOKENS,
+                    "<|im_start|>", "<end_of_utterance>", "<|im_end|>",
+                    _idefics_template("<|im_start|>"),
+                    _idefics("smolvlm", "SmolVLMProcessor", "SmolVLMImageProcessor",
+                             "<|im_start|>")),
 }
