@@ -28,6 +28,8 @@ VLM_FAMILIES = {
     "gemma3": "Gemma 3",
     "idefics3": "Idefics3",
     "smolvlm": "SmolVLM",
+    "pixtral": "Pixtral",
+    "mistral3": "Mistral 3",
 }
 TEXT_FAMILIES = {"llama": "Llama", "qwen2": "Qwen2", "qwen3": "Qwen3", "mistral": "Mistral"}
 # mlx-vlm says these cannot be trained (mlx_vlm.trainer.core.not_supported_for_training).

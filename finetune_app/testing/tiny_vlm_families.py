@@ -196,6 +196,84 @@ def _idefics(model_type: str, processor: str, image_processor: str, bos: str):
     return config
 
 
+# ---- Pixtral (mistral-community/pixtral-12b) and Mistral 3 (Mistral-Small-3.1-24B-Instruct):
+# Pixtral tower with 2-D RoPE; [IMG] per patch, [IMG_BREAK] per row, [IMG_END] ------------------
+
+_MISTRAL_SPECIALS = ["<unk>", "<s>", "</s>", "[INST]", "[/INST]", "[IMG]", "[IMG_BREAK]",
+                     "[IMG_END]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]"]
+
+
+def _mistral_template(system: bool) -> str:
+    sys_part = ("{%- if messages[0]['role'] == 'system' %}{%- set loop_messages = messages[1:] %}"
+                "{{- '[SYSTEM_PROMPT]' + (messages[0]['content'] if messages[0]['content'] is string"
+                " else messages[0]['content'][0]['text']) + '[/SYSTEM_PROMPT]' }}"
+                "{%- else %}{%- set loop_messages = messages %}{%- endif %}") if system else \
+        "{%- set loop_messages = messages %}"
+    return (
+        "{{- bos_token }}" + sys_part +
+        "{%- for message in loop_messages %}{%- if message['role'] == 'user' %}{{- '[INST]' }}"
+        "{%- if message['content'] is string %}{{- message['content'] }}{%- else %}"
+        "{%- for chunk in message['content'] %}{%- if chunk['type'] == 'text' %}{{- chunk['text'] }}"
+        "{%- elif chunk['type'] == 'image' %}{{- '[IMG]' }}{%- endif %}{%- endfor %}{%- endif %}"
+        "{{- '[/INST]' }}{%- elif message['role'] == 'assistant' %}"
+        "{%- if message['content'] is string %}{{- message['content'] }}"
+        "{%- else %}{{- message['content'][0]['text'] }}{%- endif %}{{- eos_token }}"
+        "{%- endif %}{%- endfor %}"
+    )
+
+
+def _mistral_text(vocab: int, ids: dict) -> dict:
+    return {
+        "model_type": "mistral", "hidden_size": HIDDEN, "head_dim": HIDDEN // HEADS,
+        "num_hidden_layers": LAYERS, "intermediate_size": INTERMEDIATE,
+        "num_attention_heads": HEADS, "num_key_value_heads": KV_HEADS, "rms_norm_eps": 1e-5,
+        "vocab_size": vocab, "rope_theta": 1000000000.0, "max_position_embeddings": 4096,
+        "tie_word_embeddings": False,
+    }
+
+
+def _pixtral_vision(patch: int, image_size: int) -> dict:
+    return {"model_type": "pixtral", "hidden_size": 32, "head_dim": 16, "intermediate_size": 64,
+            "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": image_size,
+            "patch_size": patch, "rope_theta": 10000.0, "num_channels": 3}
+
+
+def _pixtral_files(processor: str, patch: int, image_size: int, merge: int) -> dict:
+    pre = {"image_processor_type": "PixtralImageProcessor", "processor_class": processor,
+           "do_resize": True, "size": {"longest_edge": image_size},
+           "patch_size": {"height": patch, "width": patch}, "do_rescale": True,
+           "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": CLIP_MEAN,
+           "image_std": CLIP_STD, "do_convert_rgb": True, "resample": 3}
+    return {"preprocessor_config.json": pre,
+            "processor_config.json": {"processor_class": processor, "patch_size": patch,
+                                      "spatial_merge_size": merge, "image_token": "[IMG]",
+                                      "image_break_token": "[IMG_BREAK]",
+                                      "image_end_token": "[IMG_END]"}}
+
+
+def _pixtral(ids: dict, vocab: int):
+    cfg = {
+        "architectures": ["LlavaForConditionalGeneration"], "model_type": "pixtral",
+        "text_config": _mistral_text(vocab, ids), "vision_config": _pixtral_vision(16, 32),
+        "image_token_index": ids["[IMG]"], "vision_feature_layer": -1,
+        "vision_feature_select_strategy": "full", "projector_hidden_act": "gelu",
+        "vocab_size": vocab, "eos_token_id": ids["</s>"], "torch_dtype": "float32",
+    }
+    return cfg, _pixtral_files("PixtralProcessor", 16, 32, 1), {"bos_token_id": ids["<s>"]}
+
+
+def _mistral3(ids: dict, vocab: int):
+    cfg = {
+        "architectures": ["Mistral3ForConditionalGeneration"], "model_type": "mistral3",
+        "text_config": _mistral_text(vocab, ids), "vision_config": _pixtral_vision(14, 56),
+        "image_token_index": ids["[IMG]"], "spatial_merge_size": 2,
+        "multimodal_projector_bias": False, "projector_hidden_act": "gelu",
+        "vision_feature_layer": -1, "vocab_size": vocab, "eos_token_id": ids["</s>"],
+        "torch_dtype": "float32",
+    }
+    return cfg, _pixtral_files("Mistral3Processor", 14, 56, 2), {"bos_token_id": ids["<s>"]}
+
+
 SPECS: dict[str, Spec] = {
     "llava": Spec(_LLAMA2_SPECIALS + ["<image>", "<pad>"], "<s>", "</s>", "<pad>",
                   LLAVA_TEMPLATE, _llava),
@@ -213,4 +291,6 @@ SPECS: dict[str, Spec] = {
                     _idefics_template("<|im_start|>"),
                     _idefics("smolvlm", "SmolVLMProcessor", "SmolVLMImageProcessor",
                              "<|im_start|>")),
+    "pixtral": Spec(_MISTRAL_SPECIALS, "<s>", "</s>", "</s>", _mistral_template(False), _pixtral),
+    "mistral3": Spec(_MISTRAL_SPECIALS, "<s>", "</s>", "</s>", _mistral_template(True), _mistral3),
 }
