@@ -30,6 +30,7 @@ VLM_FAMILIES = {
     "smolvlm": "SmolVLM",
     "pixtral": "Pixtral",
     "mistral3": "Mistral 3",
+    "mllama": "Llama 3.2 Vision",
 }
 TEXT_FAMILIES = {"llama": "Llama", "qwen2": "Qwen2", "qwen3": "Qwen3", "mistral": "Mistral"}
 # mlx-vlm says these cannot be trained (mlx_vlm.trainer.core.not_supported_for_training).

@@ -274,6 +274,46 @@ def _mistral3(ids: dict, vocab: int):
     return cfg, _pixtral_files("Mistral3Processor", 14, 56, 2), {"bos_token_id": ids["<s>"]}
 
 
+# ---- Mllama (meta-llama/Llama-3.2-11B-Vision-Instruct): tiled tower, cross-attention layers ---
+
+_LLAMA3_SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
+                    "<|end_header_id|>", "<|eot_id|>", "<|finetune_right_pad_id|>", "<|python_tag|>",
+                    "<|image|>"]
+
+MLLAMA_TEMPLATE = (
+    "{{- bos_token }}{%- for message in messages %}"
+    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' }}"
+    "{%- if message['content'] is string %}{{- message['content'] | trim }}{%- else %}"
+    "{%- for content in message['content'] %}{%- if content['type'] == 'image' %}"
+    "{{- '<|image|>' }}{%- elif content['type'] == 'text' %}{{- content['text'] | trim }}"
+    "{%- endif %}{%- endfor %}{%- endif %}{{- '<|eot_id|>' }}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\n\n' }}"
+    "{%- endif %}"
+)
+
+
+def _mllama(ids: dict, vocab: int):
+    text = _llama_text(vocab, ids, "<|begin_of_text|>", "<|eot_id|>", model_type="mllama",
+                       num_hidden_layers=3, cross_attention_layers=[1], rope_theta=500000.0)
+    vision = {"model_type": "mllama", "image_size": 28, "patch_size": 14, "hidden_size": 32,
+              "intermediate_size": 64, "num_hidden_layers": 2, "num_global_layers": 1,
+              "num_attention_heads": 2, "max_num_tiles": 4, "intermediate_layers_indices": [0],
+              "vision_output_dim": 64, "norm_eps": 1e-5}
+    cfg = {
+        "architectures": ["MllamaForConditionalGeneration"], "model_type": "mllama",
+        "text_config": text, "vision_config": vision, "image_token_index": ids["<|image|>"],
+        "vocab_size": vocab, "eos_token_id": [ids["<|end_of_text|>"], ids["<|eot_id|>"]],
+        "torch_dtype": "float32",
+    }
+    pre = {"image_processor_type": "MllamaImageProcessor", "processor_class": "MllamaProcessor",
+           "do_resize": True, "size": {"height": 28, "width": 28}, "max_image_tiles": 4,
+           "resample": 2, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+           "image_mean": CLIP_MEAN, "image_std": CLIP_STD, "do_convert_rgb": True, "do_pad": True}
+    files = {"preprocessor_config.json": pre,
+             "processor_config.json": {"processor_class": "MllamaProcessor"}}
+    return cfg, files, {"bos_token_id": ids["<|begin_of_text|>"]}
+
+
 SPECS: dict[str, Spec] = {
     "llava": Spec(_LLAMA2_SPECIALS + ["<image>", "<pad>"], "<s>", "</s>", "<pad>",
                   LLAVA_TEMPLATE, _llava),
@@ -293,4 +333,6 @@ SPECS: dict[str, Spec] = {
                              "<|im_start|>")),
     "pixtral": Spec(_MISTRAL_SPECIALS, "<s>", "</s>", "</s>", _mistral_template(False), _pixtral),
     "mistral3": Spec(_MISTRAL_SPECIALS, "<s>", "</s>", "</s>", _mistral_template(True), _mistral3),
+    "mllama": Spec(_LLAMA3_SPECIALS, "<|begin_of_text|>", "<|eot_id|>",
+                   "<|finetune_right_pad_id|>", MLLAMA_TEMPLATE, _mllama),
 }
