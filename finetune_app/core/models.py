@@ -23,6 +23,7 @@ VLM_FAMILIES = {
     "qwen2_vl": "Qwen2-VL",
     "qwen2_5_vl": "Qwen2.5-VL",
     "qwen3_vl": "Qwen3-VL",
+    "qwen3_5": "Qwen3.5",
     "llava_qwen2": "FastVLM",
     "fastvlm": "FastVLM",
     "gemma3": "Gemma 3",

@@ -42,8 +42,9 @@ from finetune_app.testing.tiny_vlm_families import SPECS
 # 4: FastVLM oblique line filters calibrated to std 3 (were 1).
 BUILDER_VERSION = 4
 
-FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "fastvlm", "llama", "qwen2", "qwen3", *SPECS)
-VLM_FAMILIES = frozenset({"qwen2_vl", "qwen2_5_vl", "qwen3_vl", "fastvlm", *SPECS})
+FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "fastvlm", "llama", "qwen2", "qwen3", "qwen3_5",
+            *SPECS)
+VLM_FAMILIES = frozenset({"qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5", "fastvlm", *SPECS})
 TEXT_FAMILIES = frozenset({"llama", "qwen2", "qwen3"})
 
 BPE_VOCAB_SIZE = 512
@@ -107,6 +108,7 @@ _TOKENS = {
     "qwen2_vl": (_QWEN_VL_SPECIALS, [], None, "<|im_end|>", "<|endoftext|>"),
     "qwen2_5_vl": (_QWEN_VL_SPECIALS, [], None, "<|im_end|>", "<|endoftext|>"),
     "qwen3_vl": (_QWEN_VL_SPECIALS, ["<think>", "</think>"], None, "<|im_end|>", "<|endoftext|>"),
+    "qwen3_5": (_QWEN_VL_SPECIALS, ["<think>", "</think>"], None, "<|im_end|>", "<|endoftext|>"),
     # Apple's FastVLM ships the Qwen2 tokenizer; `<image>` is split out by the processor, not a token.
     "fastvlm": (_QWEN_SPECIALS, [], None, "<|im_end|>", "<|endoftext|>"),
     "llama": (_LLAMA_SPECIALS, [], "<|begin_of_text|>", "<|eot_id|>", "<|end_of_text|>"),
@@ -203,6 +205,7 @@ CHAT_TEMPLATES = {
     "qwen2_vl": QWEN2_VL_TEMPLATE,
     "qwen2_5_vl": QWEN2_VL_TEMPLATE,
     "qwen3_vl": QWEN3_VL_TEMPLATE,
+    "qwen3_5": QWEN3_VL_TEMPLATE,
     "fastvlm": FASTVLM_TEMPLATE,
     "llama": LLAMA3_TEMPLATE,
     "qwen2": QWEN2_TEMPLATE,
@@ -384,7 +387,7 @@ def _config(family: str) -> tuple[dict, dict | None, dict]:
         gen = {"eos_token_id": eos, "pad_token_id": ids[SPECS[family].pad], "do_sample": False,
                **gen_extra}
         return cfg, files.get("preprocessor_config.json"), gen
-    if family in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl"):
+    if family in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5"):
         vl_ids = {
             "image_token_id": ids["<|image_pad|>"],
             "video_token_id": ids["<|video_pad|>"],
@@ -451,6 +454,40 @@ def _config(family: str) -> tuple[dict, dict | None, dict]:
                 "num_heads": 2, "in_channels": 3, "patch_size": 16, "spatial_merge_size": 2,
                 "temporal_patch_size": 2, "num_position_embeddings": 64,
                 "deepstack_visual_indexes": [0], "hidden_act": "gelu_pytorch_tanh",
+            },
+            "tie_word_embeddings": True,
+            "eos_token_id": ids["<|im_end|>"],
+            "torch_dtype": "float32",
+        }
+        pre.update(patch_size=16, image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
+                   size={"shortest_edge": 56 * 56, "longest_edge": 112 * 112},
+                   image_processor_type="Qwen2VLImageProcessorFast", processor_class="Qwen3VLProcessor")
+    elif family == "qwen3_5":
+        # Qwen3.5: gated-delta (linear attention) layers with a full-attention layer every
+        # `full_attention_interval`; the Qwen3-VL tower without deepstack.
+        text = {
+            "model_type": "qwen3_5_text",
+            **_text_block(family, vocab, ids),
+            "head_dim": HIDDEN // HEADS,
+            "linear_num_value_heads": 2, "linear_num_key_heads": 2, "linear_key_head_dim": 16,
+            "linear_value_head_dim": 16, "linear_conv_kernel_dim": 4,
+            "full_attention_interval": 2,
+            "tie_word_embeddings": True,
+            "rope_parameters": {"type": "default", "mrope_section": [2, 1, 1],
+                                "rope_theta": 10000000.0, "partial_rotary_factor": 0.5,
+                                "mrope_interleaved": True},
+        }
+        cfg = {
+            "architectures": ["Qwen3_5ForConditionalGeneration"],
+            "model_type": "qwen3_5",
+            "text_config": text,
+            **vl_ids,
+            "vision_config": {
+                "model_type": "qwen3_5",
+                "depth": 2, "hidden_size": 32, "intermediate_size": 64, "out_hidden_size": HIDDEN,
+                "num_heads": 2, "in_channels": 3, "patch_size": 16, "spatial_merge_size": 2,
+                "temporal_patch_size": 2, "num_position_embeddings": 64,
+                "deepstack_visual_indexes": [], "hidden_act": "gelu_pytorch_tanh",
             },
             "tie_word_embeddings": True,
             "eos_token_id": ids["<|im_end|>"],
@@ -1070,7 +1107,7 @@ def build_tiny_model(family: str, dest: str | Path, *, seed: int = 0, overwrite:
             _write_json(stage / "preprocessor_config.json", pre)
             _write_json(stage / "processor_config.json",
                         {"processor_class": pre.get("processor_class", "FastVLMProcessor")})
-        if family == "qwen3_vl":
+        if family in ("qwen3_vl", "qwen3_5"):
             video = {k: pre[k] for k in ("patch_size", "temporal_patch_size", "merge_size",
                                          "image_mean", "image_std") if k in pre}
             _write_json(stage / "video_preprocessor_config.json", video)
