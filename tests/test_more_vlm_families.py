@@ -15,7 +15,7 @@ from finetune_app.core.training.trainer import Trainer
 # family -> batch size (1 where mlx-vlm's model merges image features for one row only)
 TRAINED = {"gemma3": 2, "idefics3": 2, "smolvlm": 2, "pixtral": 2, "mistral3": 2,
            "mllama": 1, "qwen3_5": 2}
-REFUSED = ["llava"]
+REFUSED = ["llava", "llava_next", "deepseek_vl_v2"]
 
 
 @pytest.fixture(scope="module")

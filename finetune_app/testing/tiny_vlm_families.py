@@ -314,6 +314,89 @@ def _mllama(ids: dict, vocab: int):
     return cfg, files, {"bos_token_id": ids["<|begin_of_text|>"]}
 
 
+# ---- LLaVA-NeXT (llava-hf/llava-v1.6-mistral-7b-hf: anyres tiles, image_newline) --------------
+
+
+def _llava_next(ids: dict, vocab: int):
+    text = _mistral_text(vocab, ids)
+    cfg = {
+        "architectures": ["LlavaNextForConditionalGeneration"], "model_type": "llava_next",
+        "text_config": text, "vision_config": _clip_vision(28),
+        "image_token_index": ids["<image>"], "vision_feature_select_strategy": "default",
+        "vision_feature_layer": -2, "image_grid_pinpoints": [[28, 56], [56, 28], [56, 56]],
+        "projector_hidden_act": "gelu", "vocab_size": vocab, "eos_token_id": ids["</s>"],
+        "torch_dtype": "float32",
+    }
+    pre = _clip_processor(28, image_processor_type="LlavaNextImageProcessor",
+                          image_grid_pinpoints=[[28, 56], [56, 28], [56, 56]], do_pad=True)
+    files = {"preprocessor_config.json": pre,
+             "processor_config.json": {"processor_class": "LlavaNextProcessor", "patch_size": 14,
+                                       "vision_feature_select_strategy": "default",
+                                       "image_token": "<image>",
+                                       "num_additional_image_tokens": 1}}
+    return cfg, files, {"bos_token_id": ids["<s>"]}
+
+
+LLAVA_NEXT_TEMPLATE = (
+    "{{- bos_token }}{%- for message in messages %}{%- if message['role'] == 'user' %}"
+    "{{- '[INST] ' }}{%- if message['content'] is string %}{{- message['content'] }}{%- else %}"
+    "{%- for content in message['content'] | selectattr('type', 'equalto', 'image') %}"
+    "{{- '<image>\n' }}{%- endfor %}"
+    "{%- for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{{- content['text'] }}{%- endfor %}{%- endif %}{{- ' [/INST]' }}"
+    "{%- elif message['role'] == 'assistant' %}{{- ' ' }}"
+    "{%- if message['content'] is string %}{{- message['content'] }}"
+    "{%- else %}{{- message['content'][0]['text'] }}{%- endif %}{{- eos_token }}"
+    "{%- endif %}{%- endfor %}"
+)
+
+
+# ---- DeepSeek-VL2 (deepseek-ai/deepseek-vl2-tiny: SigLIP tower, global + local tiles,
+# MoE language model with plain attention) ------------------------------------------------------
+
+_DEEPSEEK_SPECIALS = ["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜▁pad▁｜>", "<image>",
+                      "<|User|>", "<|Assistant|>"]
+
+DEEPSEEK_VL2_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}<|User|>:"
+    "{% elif message['role'] == 'assistant' %}<|Assistant|>{% endif %} "
+    "{{ message['content'] }}\n\n{% endfor %}"
+    "{% if add_generation_prompt %}<|Assistant|>:{% endif %}"
+)
+
+
+def _deepseek_vl_v2(ids: dict, vocab: int):
+    text = {
+        "model_type": "deepseek_v2", "vocab_size": vocab, "hidden_size": HIDDEN,
+        "intermediate_size": INTERMEDIATE, "moe_intermediate_size": 32, "num_hidden_layers": LAYERS,
+        "num_attention_heads": HEADS, "num_key_value_heads": HEADS, "n_shared_experts": 1,
+        "n_routed_experts": 4, "num_experts_per_tok": 2, "first_k_dense_replace": 1,
+        "moe_layer_freq": 1, "kv_lora_rank": 16, "q_lora_rank": None, "qk_rope_head_dim": 0,
+        "v_head_dim": 0, "qk_nope_head_dim": 0, "topk_method": "greedy", "rms_norm_eps": 1e-6,
+        "max_position_embeddings": 4096, "rope_theta": 10000.0,
+        "bos_token_id": ids["<｜begin▁of▁sentence｜>"], "eos_token_id": ids["<｜end▁of▁sentence｜>"],
+    }
+    cfg = {
+        "architectures": ["DeepseekVLV2ForCausalLM"], "model_type": "deepseek_vl_v2",
+        "language_config": text,
+        "vision_config": {"model_type": "vision", "layers": 2, "width": 32,
+                          "intermediate_size": 64, "num_attention_heads": 2, "image_size": 32,
+                          "patch_size": 16, "mlp_ratio": 2.0, "layer_norm_eps": 1e-6},
+        "projector_config": {"projector_type": "downsample_mlp_gelu", "input_dim": 32,
+                             "n_embed": HIDDEN, "depth": 2, "mlp_ratio": 1,
+                             "downsample_ratio": 2},
+        "image_token_index": ids["<image>"], "pad_id": ids["<｜▁pad▁｜>"], "tile_tag": "2D",
+        "global_view_pos": "head", "vocab_size": vocab,
+        "eos_token_id": ids["<｜end▁of▁sentence｜>"], "torch_dtype": "float32",
+    }
+    proc = {"processor_class": "DeepseekVLV2Processor", "candidate_resolutions": [[32, 32]],
+            "patch_size": 16, "downsample_ratio": 2, **SIGLIP_HALF, "normalize": True,
+            "image_token": "<image>", "pad_token": "<｜▁pad▁｜>", "add_special_token": False,
+            "sft_format": "deepseek", "mask_prompt": True, "ignore_id": -100}
+    return cfg, {"processor_config.json": proc}, {"bos_token_id": ids["<｜begin▁of▁sentence｜>"]}
+
+
 SPECS: dict[str, Spec] = {
     "llava": Spec(_LLAMA2_SPECIALS + ["<image>", "<pad>"], "<s>", "</s>", "<pad>",
                   LLAVA_TEMPLATE, _llava),
@@ -335,4 +418,8 @@ SPECS: dict[str, Spec] = {
     "mistral3": Spec(_MISTRAL_SPECIALS, "<s>", "</s>", "</s>", _mistral_template(True), _mistral3),
     "mllama": Spec(_LLAMA3_SPECIALS, "<|begin_of_text|>", "<|eot_id|>",
                    "<|finetune_right_pad_id|>", MLLAMA_TEMPLATE, _mllama),
+    "llava_next": Spec(_LLAMA2_SPECIALS + ["<image>", "[INST]", "[/INST]"], "<s>", "</s>", "<unk>",
+                       LLAVA_NEXT_TEMPLATE, _llava_next),
+    "deepseek_vl_v2": Spec(_DEEPSEEK_SPECIALS, "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>",
+                           "<｜▁pad▁｜>", DEEPSEEK_VL2_TEMPLATE, _deepseek_vl_v2),
 }
