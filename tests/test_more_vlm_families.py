@@ -15,7 +15,7 @@ from finetune_app.core.training.trainer import Trainer
 # family -> batch size (1 where mlx-vlm's model merges image features for one row only)
 TRAINED = {"gemma3": 2, "idefics3": 2, "smolvlm": 2, "pixtral": 2, "mistral3": 2,
            "mllama": 1, "qwen3_5": 2}
-REFUSED = ["llava", "llava_next", "deepseek_vl_v2"]
+REFUSED = ["llava", "llava_next", "deepseek_vl_v2", "paligemma"]
 
 
 @pytest.fixture(scope="module")
@@ -85,3 +85,15 @@ def test_family_mlx_vlm_cannot_serve_is_refused_at_load(family, tiny_model):
 
     with pytest.raises(ModelError, match="cannot be fine-tuned"):
         load_base(tiny_model(family))
+
+
+def test_every_listed_family_loads_as_a_vision_language_model():
+    from finetune_app.core.models import model_kind
+    from finetune_app.testing.tiny_models import tiny_config
+
+    for family in TRAINED:
+        assert model_kind(tiny_config(family)) == "vlm", family
+    # Phi-3-Vision's config names its tower `img_processor` and has no vision_config (no tiny
+    # model: mlx-vlm 0.7.10 hard-codes its 303M-parameter CLIP ViT-L/14-336 tower).
+    assert model_kind({"model_type": "phi3_v", "img_processor": {"name": "clip_vision_model"},
+                       "embd_layer": {"embedding_cls": "image"}}) == "vlm"

@@ -47,7 +47,11 @@ UNTRAINABLE = {"gemma3n": "its audio/vision towers are not differentiable in mlx
                "deepseek_vl_v2": "mlx-vlm 0.7.10's DeepSeek-VL2 language model cannot be "
                                  "differentiated (its MoE gate writes scores at indices without "
                                  "stop_gradient: '[scatter] Cannot calculate VJP with respect to "
-                                 "indices')"}
+                                 "indices')",
+               "paligemma": "mlx-vlm 0.7.10 trains PaliGemma with no causal mask (its language "
+                            "model attends both ways when use_bidirectional_attention, the "
+                            "default it sets), so every answer token sees the tokens after it; "
+                            "its chat formatting also keeps only the last message"}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 ProgressFn = Callable[[int, int, str], None]  # (done_bytes, total_bytes, what)
@@ -215,7 +219,9 @@ def model_kind(config: dict) -> str:
         raise ModelError("config.json has no model_type, so the architecture is unknown.", "Use a model converted for MLX (mlx-community) whose config.json names its model_type.")
     if model_type in UNTRAINABLE:
         raise ModelError(f"{model_type} models cannot be fine-tuned here: {UNTRAINABLE[model_type]}.", "Choose another model, e.g. Qwen2.5-VL or FastVLM.")
-    if model_type in VLM_FAMILIES or "vision_config" in config or "mm_projector_type" in config:
+    # img_processor: Phi-3-Vision's name for its vision tower's settings (it has no vision_config)
+    if model_type in VLM_FAMILIES or any(k in config for k in ("vision_config", "mm_projector_type",
+                                                               "img_processor")):
         return "vlm"
     return "text"
 

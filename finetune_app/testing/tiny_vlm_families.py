@@ -397,6 +397,42 @@ def _deepseek_vl_v2(ids: dict, vocab: int):
     return cfg, {"processor_config.json": proc}, {"bos_token_id": ids["<｜begin▁of▁sentence｜>"]}
 
 
+# ---- PaliGemma (google/paligemma-3b-mix-224: SigLIP tower, Gemma, prefix-LM; no chat template,
+# mlx-vlm sends the prompt alone) ---------------------------------------------------------------
+
+PALIGEMMA_TEMPLATE = (
+    "{% for message in messages %}{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for c in message['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }}"
+    "{% endif %}{% endfor %}{% endif %}{% if message['role'] == 'user' %}{{ '\n' }}"
+    "{% else %}{{ eos_token }}{% endif %}{% endfor %}"
+)
+
+
+def _paligemma(ids: dict, vocab: int):
+    text = {"model_type": "gemma", "hidden_size": HIDDEN, "num_hidden_layers": LAYERS,
+            "intermediate_size": INTERMEDIATE, "num_attention_heads": HEADS,
+            "num_key_value_heads": KV_HEADS, "head_dim": HIDDEN // HEADS, "vocab_size": vocab,
+            "rms_norm_eps": 1e-6, "hidden_activation": "gelu_pytorch_tanh",
+            "max_position_embeddings": 4096}
+    vision = {"model_type": "siglip_vision_model", "hidden_size": 32, "intermediate_size": 64,
+              "num_hidden_layers": 2, "num_attention_heads": 2, "patch_size": 14,
+              "image_size": 28, "projection_dim": HIDDEN, "layer_norm_eps": 1e-6}
+    cfg = {
+        "architectures": ["PaliGemmaForConditionalGeneration"], "model_type": "paligemma",
+        "text_config": text, "vision_config": vision, "image_token_index": ids["<image>"],
+        "hidden_size": HIDDEN, "projection_dim": HIDDEN, "vocab_size": vocab,
+        "pad_token_id": ids["<pad>"], "eos_token_id": ids["<eos>"], "torch_dtype": "float32",
+    }
+    pre = {"image_processor_type": "SiglipImageProcessor", "processor_class": "PaliGemmaProcessor",
+           "do_resize": True, "size": {"height": 28, "width": 28}, "resample": 3,
+           "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True, **SIGLIP_HALF,
+           "do_convert_rgb": True, "image_seq_length": 4}
+    files = {"preprocessor_config.json": pre,
+             "processor_config.json": {"processor_class": "PaliGemmaProcessor",
+                                       "image_seq_length": 4}}
+    return cfg, files, {"bos_token_id": ids["<bos>"]}
+
+
 SPECS: dict[str, Spec] = {
     "llava": Spec(_LLAMA2_SPECIALS + ["<image>", "<pad>"], "<s>", "</s>", "<pad>",
                   LLAVA_TEMPLATE, _llava),
@@ -422,4 +458,6 @@ SPECS: dict[str, Spec] = {
                        LLAVA_NEXT_TEMPLATE, _llava_next),
     "deepseek_vl_v2": Spec(_DEEPSEEK_SPECIALS, "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>",
                            "<｜▁pad▁｜>", DEEPSEEK_VL2_TEMPLATE, _deepseek_vl_v2),
+    "paligemma": Spec(_GEMMA_SPECIALS[:5] + ["<image>"], "<bos>", "<eos>", "<pad>",
+                      PALIGEMMA_TEMPLATE, _paligemma, named={"image_token": "<image>"}),
 }
