@@ -97,3 +97,15 @@ def test_every_listed_family_loads_as_a_vision_language_model():
     # model: mlx-vlm 0.7.10 hard-codes its 303M-parameter CLIP ViT-L/14-336 tower).
     assert model_kind({"model_type": "phi3_v", "img_processor": {"name": "clip_vision_model"},
                        "embd_layer": {"embedding_cls": "image"}}) == "vlm"
+
+
+@pytest.mark.parametrize("family", sorted(TRAINED) + REFUSED)
+def test_tokenizer_keeps_the_family_tokens_whole(family):
+    from finetune_app.testing import tiny_models
+
+    tok = tiny_models.make_tokenizer(family)
+    specials, plain, bos, eos, pad = tiny_models._TOKENS[family]
+    assert all(len(tok.tokenize(t)) == 1 for t in specials + plain)
+    assert tok.eos_token == eos and tok.pad_token == pad and len(tok) % 64 == 0
+    named = getattr(tiny_models.SPECS.get(family), "named", {})
+    assert all(getattr(tok, name) == token for name, token in named.items())
