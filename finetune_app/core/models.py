@@ -23,13 +23,35 @@ VLM_FAMILIES = {
     "qwen2_vl": "Qwen2-VL",
     "qwen2_5_vl": "Qwen2.5-VL",
     "qwen3_vl": "Qwen3-VL",
+    "qwen3_5": "Qwen3.5",
     "llava_qwen2": "FastVLM",
     "fastvlm": "FastVLM",
+    "gemma3": "Gemma 3",
+    "idefics3": "Idefics3",
+    "smolvlm": "SmolVLM",
+    "pixtral": "Pixtral",
+    "mistral3": "Mistral 3",
+    "mllama": "Llama 3.2 Vision",
 }
 TEXT_FAMILIES = {"llama": "Llama", "qwen2": "Qwen2", "qwen3": "Qwen3", "mistral": "Mistral"}
 # mlx-vlm says these cannot be trained (mlx_vlm.trainer.core.not_supported_for_training).
 UNTRAINABLE = {"gemma3n": "its audio/vision towers are not differentiable in mlx-vlm",
-               "qwen3_omni": "mlx-vlm does not support training it"}
+               "qwen3_omni": "mlx-vlm does not support training it",
+               # Found with tiny models (tests/test_more_vlm_families.py); docs/engine.md says more.
+               "llava": "mlx-vlm 0.7.10 cannot prepare its inputs (its LlavaProcessor passes text "
+                        "options such as padding to the image processor, which transformers 5 "
+                        "rejects), so an adapter could be neither trained nor run",
+               "llava_next": "mlx-vlm 0.7.10's LLaVA-NeXT model splices all image tiles and "
+                             "newline rows in place of each of the processor's expanded image "
+                             "tokens, so its outputs do not line up with the tokens to learn",
+               "deepseek_vl_v2": "mlx-vlm 0.7.10's DeepSeek-VL2 language model cannot be "
+                                 "differentiated (its MoE gate writes scores at indices without "
+                                 "stop_gradient: '[scatter] Cannot calculate VJP with respect to "
+                                 "indices')",
+               "paligemma": "mlx-vlm 0.7.10 trains PaliGemma with no causal mask (its language "
+                            "model attends both ways when use_bidirectional_attention, the "
+                            "default it sets), so every answer token sees the tokens after it; "
+                            "its chat formatting also keeps only the last message"}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 ProgressFn = Callable[[int, int, str], None]  # (done_bytes, total_bytes, what)
@@ -196,7 +218,9 @@ def model_kind(config: dict) -> str:
         raise ModelError("config.json has no model_type, so the architecture is unknown.", "Use a model converted for MLX (mlx-community) whose config.json names its model_type.")
     if model_type in UNTRAINABLE:
         raise ModelError(f"{model_type} models cannot be fine-tuned here: {UNTRAINABLE[model_type]}.", "Choose another model, e.g. Qwen2.5-VL or FastVLM.")
-    if model_type in VLM_FAMILIES or "vision_config" in config or "mm_projector_type" in config:
+    # img_processor: Phi-3-Vision's name for its vision tower's settings (it has no vision_config)
+    if model_type in VLM_FAMILIES or any(k in config for k in ("vision_config", "mm_projector_type",
+                                                               "img_processor")):
         return "vlm"
     return "text"
 

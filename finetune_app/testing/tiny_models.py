@@ -14,6 +14,10 @@ one, so that its features carry the image's colour and shape and a LoRA on the l
 alone can learn to caption them (see `_init_fastvit`, `_calibrate_fastvit`, `_calibrate_projector`);
 `image_size=256` builds a FastVLM that sees 256 px images (16 image features instead of 256).
 
+Qwen3.5 and the families in `tiny_vlm_families` (Gemma 3, Idefics3, SmolVLM, Pixtral, Mistral 3,
+Mllama, LLaVA, LLaVA-NeXT, DeepSeek-VL2, PaliGemma) are `MORE_VLM_FAMILIES`; `ALL_FAMILIES` is
+every name a build accepts.
+
 API: `FAMILIES`, `build_tiny_model(family, dest, seed=0, image_size=None, **overrides)`,
 `cached_tiny_model(family, root=None)`, `build_tokenizer(family, dest)`, `make_tokenizer(family)`.
 """
@@ -34,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from finetune_app.core import atomic
+from finetune_app.testing.tiny_vlm_families import SPECS
 
 # Bump when the files a build writes change, so cached folders are rebuilt.
 # 2: narrower, calibrated FastVLM tower.
@@ -42,7 +47,11 @@ from finetune_app.core import atomic
 BUILDER_VERSION = 4
 
 FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "fastvlm", "llama", "qwen2", "qwen3")
-VLM_FAMILIES = frozenset({"qwen2_vl", "qwen2_5_vl", "qwen3_vl", "fastvlm"})
+# The other families the engine is tested on (tests/test_more_vlm_families.py); every name here
+# builds like those above.
+MORE_VLM_FAMILIES = ("qwen3_5", *SPECS)
+ALL_FAMILIES = FAMILIES + MORE_VLM_FAMILIES
+VLM_FAMILIES = frozenset({"qwen2_vl", "qwen2_5_vl", "qwen3_vl", "fastvlm", *MORE_VLM_FAMILIES})
 TEXT_FAMILIES = frozenset({"llama", "qwen2", "qwen3"})
 
 BPE_VOCAB_SIZE = 512
@@ -106,11 +115,13 @@ _TOKENS = {
     "qwen2_vl": (_QWEN_VL_SPECIALS, [], None, "<|im_end|>", "<|endoftext|>"),
     "qwen2_5_vl": (_QWEN_VL_SPECIALS, [], None, "<|im_end|>", "<|endoftext|>"),
     "qwen3_vl": (_QWEN_VL_SPECIALS, ["<think>", "</think>"], None, "<|im_end|>", "<|endoftext|>"),
+    "qwen3_5": (_QWEN_VL_SPECIALS, ["<think>", "</think>"], None, "<|im_end|>", "<|endoftext|>"),
     # Apple's FastVLM ships the Qwen2 tokenizer; `<image>` is split out by the processor, not a token.
     "fastvlm": (_QWEN_SPECIALS, [], None, "<|im_end|>", "<|endoftext|>"),
     "llama": (_LLAMA_SPECIALS, [], "<|begin_of_text|>", "<|eot_id|>", "<|end_of_text|>"),
     "qwen2": (_QWEN_SPECIALS, [], None, "<|im_end|>", "<|endoftext|>"),
     "qwen3": (_QWEN_SPECIALS, ["<think>", "</think>"], None, "<|im_end|>", "<|endoftext|>"),
+    **{f: (s.specials, s.plain, s.bos, s.eos, s.pad) for f, s in SPECS.items()},
 }
 
 # Chat templates. Qwen2-VL / Qwen2.5-VL: the real template. Qwen2 / Qwen3 / Qwen3-VL / Llama 3:
@@ -201,10 +212,12 @@ CHAT_TEMPLATES = {
     "qwen2_vl": QWEN2_VL_TEMPLATE,
     "qwen2_5_vl": QWEN2_VL_TEMPLATE,
     "qwen3_vl": QWEN3_VL_TEMPLATE,
+    "qwen3_5": QWEN3_VL_TEMPLATE,
     "fastvlm": FASTVLM_TEMPLATE,
     "llama": LLAMA3_TEMPLATE,
     "qwen2": QWEN2_TEMPLATE,
     "qwen3": QWEN3_TEMPLATE,
+    **{f: s.template for f, s in SPECS.items()},
 }
 
 _bpe_lock = threading.Lock()
@@ -229,8 +242,8 @@ def _base_bpe_json() -> str:
 
 
 def _check_family(family: str) -> None:
-    if family not in FAMILIES:
-        raise ValueError(f"unknown tiny-model family {family!r}; choose one of {', '.join(FAMILIES)}")
+    if family not in ALL_FAMILIES:
+        raise ValueError(f"unknown tiny-model family {family!r}; choose one of {', '.join(ALL_FAMILIES)}")
 
 
 def make_tokenizer(family: str):
@@ -259,6 +272,8 @@ def make_tokenizer(family: str):
                   additional_special_tokens=extra, model_max_length=32768)
     if bos is not None:
         kwargs["bos_token"] = bos
+    if family in SPECS and SPECS[family].named:  # e.g. Gemma 3's tokenizer.image_token / boi_token
+        kwargs["extra_special_tokens"] = dict(SPECS[family].named)
     tok = PreTrainedTokenizerFast(**kwargs)
     tok.chat_template = CHAT_TEMPLATES[family]
     return tok
@@ -373,7 +388,13 @@ def _config(family: str) -> tuple[dict, dict | None, dict]:
     ids = _token_ids(family)
     vocab = model_vocab_size(family)
     pre = None
-    if family in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl"):
+    if family in SPECS:  # tiny_vlm_families: config.json, processor files, generation extras
+        cfg, files, gen_extra = SPECS[family].config(ids, vocab)
+        eos = cfg.get("eos_token_id", cfg.get("text_config", {}).get("eos_token_id"))
+        gen = {"eos_token_id": eos, "pad_token_id": ids[SPECS[family].pad], "do_sample": False,
+               **gen_extra}
+        return cfg, files.get("preprocessor_config.json"), gen
+    if family in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5"):
         vl_ids = {
             "image_token_id": ids["<|image_pad|>"],
             "video_token_id": ids["<|video_pad|>"],
@@ -440,6 +461,40 @@ def _config(family: str) -> tuple[dict, dict | None, dict]:
                 "num_heads": 2, "in_channels": 3, "patch_size": 16, "spatial_merge_size": 2,
                 "temporal_patch_size": 2, "num_position_embeddings": 64,
                 "deepstack_visual_indexes": [0], "hidden_act": "gelu_pytorch_tanh",
+            },
+            "tie_word_embeddings": True,
+            "eos_token_id": ids["<|im_end|>"],
+            "torch_dtype": "float32",
+        }
+        pre.update(patch_size=16, image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
+                   size={"shortest_edge": 56 * 56, "longest_edge": 112 * 112},
+                   image_processor_type="Qwen2VLImageProcessorFast", processor_class="Qwen3VLProcessor")
+    elif family == "qwen3_5":
+        # Qwen3.5: gated-delta (linear attention) layers with a full-attention layer every
+        # `full_attention_interval`; the Qwen3-VL tower without deepstack.
+        text = {
+            "model_type": "qwen3_5_text",
+            **_text_block(family, vocab, ids),
+            "head_dim": HIDDEN // HEADS,
+            "linear_num_value_heads": 2, "linear_num_key_heads": 2, "linear_key_head_dim": 16,
+            "linear_value_head_dim": 16, "linear_conv_kernel_dim": 4,
+            "full_attention_interval": 2,
+            "tie_word_embeddings": True,
+            "rope_parameters": {"type": "default", "mrope_section": [2, 1, 1],
+                                "rope_theta": 10000000.0, "partial_rotary_factor": 0.5,
+                                "mrope_interleaved": True},
+        }
+        cfg = {
+            "architectures": ["Qwen3_5ForConditionalGeneration"],
+            "model_type": "qwen3_5",
+            "text_config": text,
+            **vl_ids,
+            "vision_config": {
+                "model_type": "qwen3_5",
+                "depth": 2, "hidden_size": 32, "intermediate_size": 64, "out_hidden_size": HIDDEN,
+                "num_heads": 2, "in_channels": 3, "patch_size": 16, "spatial_merge_size": 2,
+                "temporal_patch_size": 2, "num_position_embeddings": 64,
+                "deepstack_visual_indexes": [], "hidden_act": "gelu_pytorch_tanh",
             },
             "tie_word_embeddings": True,
             "eos_token_id": ids["<|im_end|>"],
@@ -1051,11 +1106,15 @@ def build_tiny_model(family: str, dest: str | Path, *, seed: int = 0, overwrite:
         _write_json(stage / "config.json", cfg)
         _write_json(stage / "generation_config.json", gen)
         build_tokenizer(family, stage)
-        if pre is not None:
+        if family in SPECS:
+            files = SPECS[family].config(_token_ids(family), model_vocab_size(family))[1]
+            for name, obj in files.items():
+                _write_json(stage / name, pre if name == "preprocessor_config.json" else obj)
+        elif pre is not None:
             _write_json(stage / "preprocessor_config.json", pre)
             _write_json(stage / "processor_config.json",
                         {"processor_class": pre.get("processor_class", "FastVLMProcessor")})
-        if family == "qwen3_vl":
+        if family in ("qwen3_vl", "qwen3_5"):
             video = {k: pre[k] for k in ("patch_size", "temporal_patch_size", "merge_size",
                                          "image_mean", "image_std") if k in pre}
             _write_json(stage / "video_preprocessor_config.json", video)

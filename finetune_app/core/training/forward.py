@@ -70,7 +70,13 @@ class Forward:
             return self._fastvlm_logits(model, batch, ids)
         extra = {k: mx.array(v) for k, v in batch.images.items() if k != "pixel_values"}
         pixel_values = mx.array(batch.images["pixel_values"]) if "pixel_values" in batch.images else None
-        out = model(ids, pixel_values, mx.array(batch.attention_mask), **extra)
+        # As mlx_vlm.generate runs it (generate/ar.py generate_step): the padding mask goes to
+        # get_input_embeddings only, and the language model keeps its own causal mask. Several
+        # models' __call__ (Gemma 3, Idefics3, SmolVLM, LLaVA) hand the padding mask to the
+        # language model instead, which then attends to later tokens.
+        emb = model.get_input_embeddings(ids, pixel_values, mask=mx.array(batch.attention_mask), **extra)
+        fields = {k: v for k, v in emb.to_dict().items() if k != "inputs_embeds" and v is not None}
+        out = model.language_model(ids, inputs_embeds=emb.inputs_embeds, **{**extra, **fields})
         logits = out.logits if hasattr(out, "logits") else out
         if logits.shape[1] != ids.shape[1]:
             raise RuntimeError(f"logits cover {logits.shape[1]} positions for {ids.shape[1]} tokens; "

@@ -1,0 +1,112 @@
+"""The families beyond Qwen-VL and FastVLM (tiny_vlm_families): each trains LoRA through the
+engine's reference path on a few one-image rows (loss finite and falling), and its adapter loads
+with `mlx_vlm.load(model, adapter_path=run)` and generates through `apply_chat_template`, exactly
+as an mlx-vlm user runs it. Families mlx-vlm 0.7.10 cannot serve are refused at load."""
+
+import math
+
+import pytest
+
+from finetune_app.core.config import TrainConfig
+from finetune_app.core.errors import ModelError
+from finetune_app.core.training.events import TrainReport
+from finetune_app.core.training.trainer import Trainer
+
+# family -> batch size (Mllama 1: mlx-vlm keeps the first row's image only, see docs/engine.md)
+TRAINED = {"gemma3": 2, "idefics3": 2, "smolvlm": 2, "pixtral": 2, "mistral3": 2,
+           "mllama": 1, "qwen3_5": 2}
+REFUSED = ["llava", "llava_next", "deepseek_vl_v2", "paligemma"]
+
+
+@pytest.fixture(scope="module")
+def four_shapes(tmp_path_factory):
+    from finetune_app.core.data.demo import make_shapes_dataset
+
+    return make_shapes_dataset(tmp_path_factory.mktemp("data") / "shapes", n_train=4, n_valid=2,
+                               size=64, seed=0)
+
+
+@pytest.mark.parametrize("family", sorted(TRAINED))
+def test_family_trains_and_its_adapter_generates_in_mlx_vlm(family, tiny_model, four_shapes,
+                                                            tmp_path):
+    import mlx_vlm
+    from mlx_vlm.prompt_utils import apply_chat_template
+
+    model, run = tiny_model(family), tmp_path / "run"
+    assert_causal(family, model, four_shapes)
+    losses, epoch = [], 4 // TRAINED[family]  # steps per pass over the 4 training rows
+    cfg = TrainConfig(model=str(model), data=str(four_shapes), output=str(run), iters=2 * epoch,
+                      batch_size=TRAINED[family], lr_schedule="constant", steps_per_report=1,
+                      steps_per_eval=100, save_every=100, sample_count=0)
+    listener = lambda e: losses.append(e.loss) if isinstance(e, TrainReport) else None  # noqa: E731
+    assert Trainer(cfg, listeners=[listener]).run().status == "finished"
+    assert len(losses) == 2 * epoch and all(math.isfinite(x) for x in losses)
+    # the same rows a second time: the adapter has learnt them
+    assert sum(losses[epoch:]) < sum(losses[:epoch]), losses
+
+    loaded, processor = mlx_vlm.load(str(model), adapter_path=str(run))
+    assert any("lora" in type(m).__name__.lower() for _, m in loaded.named_modules())
+    prompt = apply_chat_template(processor, loaded.config, "Describe the image.", num_images=1)
+    image = sorted((four_shapes / "images").glob("*.png"))[0]
+    out = mlx_vlm.generate(loaded, processor, prompt, image=[str(image)], max_tokens=4,
+                           temperature=0.0, verbose=False)
+    assert out.generation_tokens > 0
+
+
+def assert_causal(family, model_folder, data):
+    """The engine's forward must not see later tokens (some mlx-vlm models' __call__ hand the
+    padding mask to the language model in place of its causal mask): changing the last tokens of
+    a batch leaves every earlier logit as it was."""
+    import dataclasses
+
+    import mlx.core as mx
+
+    from finetune_app.core.data import open_dataset
+    from finetune_app.core.data.batching import collate
+    from finetune_app.core.data.tokenize import Encoder
+    from finetune_app.core.models import load_base
+    from finetune_app.core.training.forward import Forward
+
+    base = load_base(model_folder)
+    encoder, rows = Encoder(base), open_dataset(data)
+    batch = collate([encoder.encode(rows.sample(i), i) for i in range(TRAINED[family])],
+                    base.tokenizer.pad_token_id or 0, encoder.image_token_index)
+    ids = batch.input_ids.copy()
+    k = ids.shape[1] - 3
+    ids[:, k:] = ids[:, k - 1:k]  # a different tail
+    forward = Forward(base)
+    before = forward.logits(base.model, batch)
+    after = forward.logits(base.model, dataclasses.replace(batch, input_ids=ids))
+    assert float(mx.abs(before[:, :k] - after[:, :k]).max()) == 0.0
+
+
+@pytest.mark.parametrize("family", REFUSED)
+def test_family_mlx_vlm_cannot_serve_is_refused_at_load(family, tiny_model):
+    from finetune_app.core.models import load_base
+
+    with pytest.raises(ModelError, match="cannot be fine-tuned"):
+        load_base(tiny_model(family))
+
+
+def test_every_listed_family_loads_as_a_vision_language_model():
+    from finetune_app.core.models import model_kind
+    from finetune_app.testing.tiny_models import tiny_config
+
+    for family in TRAINED:
+        assert model_kind(tiny_config(family)) == "vlm", family
+    # Phi-3-Vision's config names its tower `img_processor` and has no vision_config (no tiny
+    # model: mlx-vlm 0.7.10 hard-codes its 303M-parameter CLIP ViT-L/14-336 tower).
+    assert model_kind({"model_type": "phi3_v", "img_processor": {"name": "clip_vision_model"},
+                       "embd_layer": {"embedding_cls": "image"}}) == "vlm"
+
+
+@pytest.mark.parametrize("family", sorted(TRAINED) + REFUSED)
+def test_tokenizer_keeps_the_family_tokens_whole(family):
+    from finetune_app.testing import tiny_models
+
+    tok = tiny_models.make_tokenizer(family)
+    specials, plain, bos, eos, pad = tiny_models._TOKENS[family]
+    assert all(len(tok.tokenize(t)) == 1 for t in specials + plain)
+    assert tok.eos_token == eos and tok.pad_token == pad and len(tok) % 64 == 0
+    named = getattr(tiny_models.SPECS.get(family), "named", {})
+    assert all(getattr(tok, name) == token for name, token in named.items())
