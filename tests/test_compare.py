@@ -309,3 +309,14 @@ def test_compare_view_full_evaluation_progress_cancel_resume_and_report(trained,
     finally:
         view.shutdown_eval()
         service.shutdown()
+
+
+def test_eval_eta_counts_only_this_sessions_rows():
+    pytest.importorskip("PySide6")
+    from finetune_app.ui.eval_worker import Eta
+
+    eta = Eta()
+    assert eta.update(10, 40, now=100.0) == ""  # resumed after 10 cached rows: no rate yet
+    assert eta.update(10, 40, now=101.0) == ""
+    assert eta.update(20, 40, now=105.0) == "about 10 s left"  # 10 rows in 5 s, 20 to go
+    assert eta.update(30, 400, now=110.0) == "about 3 min left"  # 2 rows/s, 370 to go

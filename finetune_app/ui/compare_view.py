@@ -195,7 +195,7 @@ class CompareView(QWidget):
         self.eval_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.eval_table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
         self.eval_table.hide()
-        split = QSplitter(Qt.Orientation.Vertical)
+        self.split = split = QSplitter(Qt.Orientation.Vertical)
         split.addWidget(self.eval_table)
         split.addWidget(self.table)
         split.setStretchFactor(1, 1)
@@ -481,6 +481,8 @@ class CompareView(QWidget):
         self.eval_progress.setValue(overall)
         name = "base model" if side == "before" else "fine-tuned"
         self.eval_progress.setFormat(f"{name}: {done} of {total} rows")
+        if 0 < done < total:
+            self.status.setText(f"Generating and scoring with the {name}…")
         self.eval_eta.setText(self._eta.update(overall, whole))
 
     def _on_eval_done(self, result: dict, report: str) -> None:
@@ -543,6 +545,10 @@ class CompareView(QWidget):
                     self.eval_table.item(r, c).setBackground(QBrush(BETTER if verdict > 0 else WORSE))
         self.eval_table.resizeRowsToContents()
         self.eval_table.show()
+        t = self.eval_table  # every metric on screen; the rows of the comparison get the rest
+        want = t.horizontalHeader().height() + sum(t.rowHeight(r) for r in range(t.rowCount())) + 2 * t.frameWidth() + 2
+        total = sum(self.split.sizes()) or self.split.height()
+        self.split.setSizes([want, max(total - want, 120)])
 
     def open_report_file(self) -> bool:
         if self.report_path is None or not self.report_path.is_file():

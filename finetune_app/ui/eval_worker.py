@@ -70,8 +70,8 @@ class Eta:
         self.start: float | None = None
         self.first = 0
 
-    def update(self, done: int, total: int) -> str:
-        now = time.monotonic()
+    def update(self, done: int, total: int, now: float | None = None) -> str:
+        now = time.monotonic() if now is None else now
         if self.start is None:
             self.start, self.first = now, done
             return ""
