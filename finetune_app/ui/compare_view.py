@@ -411,15 +411,6 @@ class CompareView(QWidget):
             item.setToolTip(text)
 
     # -- the full evaluation ----------------------------------------------------------------------
-    def eval_request(self):
-        """The EvalRequest for what Compare would compare now (ValueError with a reason if it cannot)."""
-        from finetune_app.core.evaluation import EvalRequest, Side
-
-        req = self.request()
-        return EvalRequest(model=req.model, after=Side(req.tuned), data=req.data, part=req.part, limit=req.limit,
-                           valid_fraction=req.valid_fraction, seed=req.seed, prompt=req.prompt,
-                           image_size=req.image_size, settings=req.settings, resamples=self.resamples)
-
     def is_evaluating(self) -> bool:
         return self.eval_worker is not None
 
@@ -427,7 +418,7 @@ class CompareView(QWidget):
         if self.eval_worker is not None or self.job is not None:
             return None
         try:
-            request = self.eval_request()
+            request = self.request()
         except ValueError as exc:
             self.message.show_message("Cannot evaluate yet", str(exc), "warning")
             return None
@@ -441,7 +432,7 @@ class CompareView(QWidget):
         self.eval_progress.setFormat("starting…")
         self.eval_progress.show()
         self.eval_eta.setText("")
-        worker = EvalWorker(request, report_dir(request.after.source), self)
+        worker = EvalWorker(request, report_dir(request.tuned), resamples=self.resamples, parent=self)
         worker.status.connect(self._on_eval_status)
         worker.progressed.connect(self._on_eval_progress)
         worker.finished_ok.connect(self._on_eval_done)
@@ -480,7 +471,7 @@ class CompareView(QWidget):
         self.eval_progress.setRange(0, whole)
         self.eval_progress.setValue(overall)
         name = "base model" if side == "before" else "fine-tuned"
-        self.eval_progress.setFormat(f"{name}: {done} of {total} rows")
+        self.eval_progress.setFormat(f"{name}: {done} of {total} rows (side {1 if side == 'before' else 2} of 2)")
         if 0 < done < total:
             self.status.setText(f"Generating and scoring with the {name}…")
         self.eval_eta.setText(self._eta.update(overall, whole))

@@ -13,10 +13,22 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QThread, Signal
 
-from finetune_app.core.evaluation import EvalRequest
+if TYPE_CHECKING:  # the engine's evaluation is imported on the worker's thread, when first used
+    from finetune_app.core.evaluation import EvalRequest
+    from finetune_app.ui.caption_panel import CompareRequest
+
+
+def eval_request(req: "CompareRequest", resamples: int = 1000) -> "EvalRequest":
+    """The full evaluation of what a comparison compares: same models, rows and settings."""
+    from finetune_app.core.evaluation import EvalRequest, Side
+
+    return EvalRequest(model=req.model, after=Side(req.tuned), data=req.data, part=req.part, limit=req.limit,
+                       valid_fraction=req.valid_fraction, seed=req.seed, prompt=req.prompt,
+                       image_size=req.image_size, settings=req.settings, resamples=resamples)
 
 
 class EvalWorker(QThread):
@@ -29,10 +41,11 @@ class EvalWorker(QThread):
     failed = Signal(str)
     cancelled = Signal()
 
-    def __init__(self, request: EvalRequest, out_dir: str | Path, parent=None):
+    def __init__(self, request: "CompareRequest", out_dir: str | Path, *, resamples: int = 1000, parent=None):
         super().__init__(parent)
         self.setObjectName("finetune-eval")
         self.request = request
+        self.resamples = resamples
         self.out_dir = Path(out_dir)
         self._cancel = threading.Event()
 
@@ -50,7 +63,7 @@ class EvalWorker(QThread):
         from finetune_app.ui.workers import release_mlx_thread_state
 
         try:
-            result = evaluate(self.request, progress=False, status=self.status.emit,
+            result = evaluate(eval_request(self.request, self.resamples), progress=False, status=self.status.emit,
                               cancelled=self._cancel.is_set, on_progress=self.progressed.emit)
             self.status.emit("writing the report…")
             _, report = write_outputs(result, self.out_dir)

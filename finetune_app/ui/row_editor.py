@@ -22,6 +22,7 @@ from PySide6.QtWidgets import (
     QDialogButtonBox,
     QFileDialog,
     QFormLayout,
+    QFrame,
     QHBoxLayout,
     QLabel,
     QLineEdit,
@@ -172,6 +173,7 @@ class RowEditor(QDialog):
         self.preview.setObjectName("rowEditorPreview")
         self.preview.setFixedSize(PREVIEW, PREVIEW)
         self.preview.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.preview.setFrameShape(QFrame.Shape.StyledPanel)
         self.image = QLineEdit(fields.image)
         self.image.setObjectName("rowEditorImage")
         self.image.textChanged.connect(self._show_picture)
