@@ -212,3 +212,111 @@ def test_compare_view_fills_the_table(trained, qtbot, qapp, monkeypatch, tmp_pat
         assert view.save(tmp_path / "v.json").is_file()
     finally:
         service.shutdown()
+
+
+def test_compare_view_full_evaluation_progress_cancel_resume_and_report(trained, qtbot, qapp, monkeypatch, tmp_path):
+    """The Compare tab's Full Evaluation: core.evaluation on its own thread with the tab's settings;
+    Cancel stops between rows and keeps them (the next start resumes after them); the metrics table
+    with perplexity, deltas and intervals; Open Report hands report.html to the desktop; a third
+    start comes from the cache; a dataset without answers is a message, not a traceback."""
+    pytest.importorskip("PySide6")
+    from PySide6.QtCore import QObject, Qt, Slot
+    from PySide6.QtGui import QDesktopServices
+    from PIL import Image
+
+    from finetune_app.ui.caption_panel import InferenceService
+    from finetune_app.ui.compare_view import CompareView
+
+    monkeypatch.setenv("FINETUNE_SETTINGS_DIR", str(tmp_path / "settings"))
+    monkeypatch.setenv("FINETUNE_DATA_DIR", str(tmp_path / "appdata"))
+    model, data, run_dir = trained
+    service = InferenceService()
+    view = CompareView(service, context_fn=lambda: {"model": str(model), "data": str(data)})
+    qtbot.addWidget(view)
+    view.resamples = 50
+    view.max_tokens.setValue(4)
+    view.limit.setValue(4)
+    assert view.picker.add_folder(run_dir)
+    seen = []
+    try:
+        # 1. cancelled as soon as the first row is done (on the worker's thread: deterministic)
+        worker = view.start_eval()
+        assert worker is not None and not view.run_button.isEnabled() and view.start() is None
+        worker.progressed.connect(lambda side, done, total: worker.cancel() if done >= 1 else None,
+                                  Qt.ConnectionType.DirectConnection)
+        qtbot.waitUntil(lambda: not view.is_evaluating(), timeout=90000)
+        assert "cancelled" in view.status.text() and not view.message.isVisible()
+        assert view.eval_result is None and not view.open_report.isEnabled() and view.run_button.isEnabled()
+        partial = list((tmp_path / "appdata" / "eval-cache").glob("*.partial.json"))
+        assert len(partial) == 1 and len(json.loads(partial[0].read_text())["rows"]) == 1
+
+        # 2. again: resumes after the kept row, then the after side; the metrics show in the tab
+        worker = view.start_eval()
+        worker.progressed.connect(lambda *a: seen.append(a), Qt.ConnectionType.DirectConnection)
+        qtbot.waitUntil(lambda: not view.is_evaluating(), timeout=90000)
+        assert not view.message.isVisible(), view.message.text.text()
+        assert seen[0] == ("before", 1, 4) and seen[-1] == ("after", 4, 4)
+        assert [d for s, d, _ in seen if s == "before"] == [1, 2, 3, 4]
+        assert not list((tmp_path / "appdata" / "eval-cache").glob("*.partial.json"))
+        result = view.eval_result
+        assert result["rows"] == 4 and result["settings"]["max_tokens"] == 4
+        assert result["sides"]["after"]["label"].startswith("checkpoint step 4")
+        assert view.report_path == run_dir / "eval" / "report.html" and view.report_path.is_file()
+        assert (run_dir / "eval" / "eval.json").is_file()
+        table = {view.eval_table.item(r, 0).text(): [view.eval_table.item(r, c).text() for c in range(1, 5)]
+                 for r in range(view.eval_table.rowCount())}
+        assert view.eval_table.isVisible() or view.eval_table.isVisibleTo(view)
+        ppl = table["Perplexity (lower is better)"]
+        b, a = result["metrics"]["before"]["perplexity"], result["metrics"]["after"]["perplexity"]
+        assert ppl[0].startswith(f"{b:.4f}" if b < 10 else f"{b:.2f}") and "[" in ppl[0]
+        assert ppl[1].startswith(f"{a:.4f}" if a < 10 else f"{a:.2f}")
+        lo, hi = result["deltas"]["perplexity"]["ci95"]
+        assert lo <= result["deltas"]["perplexity"]["delta"] <= hi and ppl[3].startswith("[")
+        assert {"BLEU (sacreBLEU)", "ROUGE-L F1", "Accuracy: colour", "Accuracy: shape"} <= table.keys()
+
+        # Open Report: report.html goes to the desktop's handler for file: URLs
+        class Catch(QObject):
+            urls = []
+
+            @Slot("QUrl")
+            def take(self, url):
+                self.urls.append(url.toLocalFile())
+
+        catch = Catch()
+        QDesktopServices.setUrlHandler("file", catch, "take")
+        try:
+            assert view.open_report.isEnabled() and view.open_report_file()
+        finally:
+            QDesktopServices.unsetUrlHandler("file")
+        assert catch.urls == [str(view.report_path)]
+
+        # 3. re-opening is instant: both sides from the cache, the same numbers
+        view.start_eval()
+        qtbot.waitUntil(lambda: not view.is_evaluating(), timeout=30000)
+        assert view.eval_result["sides"]["before"]["cached"] and view.eval_result["sides"]["after"]["cached"]
+        assert view.eval_result["metrics"] == result["metrics"] and "from the cache" in view.status.text()
+
+        # 4. pictures without captions cannot be scored: a message in the tab
+        pics = tmp_path / "pics"
+        pics.mkdir()
+        for i in range(2):
+            Image.new("RGB", (16, 16), (i * 100, 0, 0)).save(pics / f"p{i}.png")
+        view.set_data(pics)
+        view.start_eval()
+        qtbot.waitUntil(lambda: not view.is_evaluating(), timeout=30000)
+        assert view.message.isVisibleTo(view) and "no reference answers" in view.message.text.text()
+        assert "Traceback" not in view.message.text.text() and view.eval_button.isEnabled()
+    finally:
+        view.shutdown_eval()
+        service.shutdown()
+
+
+def test_eval_eta_counts_only_this_sessions_rows():
+    pytest.importorskip("PySide6")
+    from finetune_app.ui.eval_worker import Eta
+
+    eta = Eta()
+    assert eta.update(10, 40, now=100.0) == ""  # resumed after 10 cached rows: no rate yet
+    assert eta.update(10, 40, now=101.0) == ""
+    assert eta.update(20, 40, now=105.0) == "about 10 s left"  # 10 rows in 5 s, 20 to go
+    assert eta.update(30, 400, now=110.0) == "about 3 min left"  # 2 rows/s, 370 to go

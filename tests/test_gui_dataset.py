@@ -214,3 +214,69 @@ def test_dropping_a_folder_on_the_window_opens_it(app_env, qtbot, shapes):
     from finetune_app.ui.main_window import recent_datasets
 
     assert recent_datasets()[0] == str(shapes)
+
+
+def test_flagged_rows_are_fixed_in_the_row_editor_and_lose_their_flag(browser, broken, qtbot, monkeypatch):
+    """A missing picture (re-picked with Choose…) and an empty caption (typed), each saved into
+    captions.csv atomically with every other line kept byte for byte; the re-check clears the flags."""
+    from PySide6.QtWidgets import QDialogButtonBox, QFileDialog
+
+    open_and_wait(browser, broken, qtbot)
+    before = (broken / "captions.csv").read_bytes().splitlines(keepends=True)
+    items = [browser.problems.item(i) for i in range(browser.problems.count())]
+    browser.problems.itemClicked.emit(next(i for i in items if "line 5" in i.text()))
+    assert browser.current_row() == 3 and browser.edit_button.isEnabled()
+    editor = browser.edit_row(modal=False)
+    assert "image not found" in editor.problem.text() and editor.image.text() == "00003.png"
+    assert editor.preview.text() == "no picture"
+    # a picture outside the dataset folder is refused with the reason
+    outside = broken.parent / "elsewhere.png"
+    shutil.copy(broken / "images" / "00002.png", outside)
+    assert not editor.set_picture(outside) and "outside the dataset folder" in editor.banner.text.text()
+    # Choose… inside it: written as the other rows name theirs (relative to images/), previewed
+    shutil.copy(broken / "images" / "00002.png", broken / "images" / "00003b.png")
+    monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda *a, **k: (str(broken / "images" / "00003b.png"), ""))
+    editor.findChild(type(browser.edit_button), "rowEditorChoose").click()
+    assert editor.image.text() == "00003b.png" and editor.preview.pixmap() is not None
+    assert editor.preview.text() == ""
+    editor.caption.setPlainText(editor.caption.toPlainText() + " again")
+    editor.findChild(QDialogButtonBox).button(QDialogButtonBox.StandardButton.Save).click()
+    qtbot.waitUntil(lambda: browser.check is not None and not browser.is_busy(), timeout=60000)
+    after = (broken / "captions.csv").read_bytes().splitlines(keepends=True)
+    assert after[:4] == before[:4] and after[5:] == before[5:]
+    assert after[4].decode().startswith("00003b.png,") and " again," in after[4].decode()
+    texts = [browser.problems.item(i).text() for i in range(browser.problems.count())]
+    assert not any("line 5" in t for t in texts) and any("line 32" in t for t in texts), texts
+    assert browser.current_row() == 3 and "⚠" not in browser.details.text()
+    assert not browser.model.data(browser.model.index(3)).startswith("⚠")
+
+    # the empty caption: refused until written, then the dataset has no problems left
+    editor = browser.edit_row(30, modal=False)
+    assert "empty" in editor.problem.text() and editor.caption.toPlainText() == ""
+    assert editor.save() is None and "caption is empty" in editor.banner.title.text().lower()
+    editor.caption.setPlainText("a red circle,\n  with a comma")
+    assert editor.save() is not None
+    qtbot.waitUntil(lambda: browser.check is not None and not browser.is_busy(), timeout=60000)
+    assert browser.check.report.rows_usable == 31 and not browser.check.report.errors
+    assert browser.problems.item(0).text().startswith("No problems")
+    assert (broken / "captions.csv").read_bytes().splitlines()[-1] == b'00001.png,"a red circle, with a comma",train'
+    assert not list(broken.glob("*.tmp*")) and not list(broken.glob(".*tmp*"))
+
+
+def test_row_editor_rewrites_one_jsonl_line(tmp_path, shapes):
+    from finetune_app.core.data import open_dataset
+    from finetune_app.ui.row_editor import row_fields, save_row
+
+    root = tmp_path / "j"
+    shutil.copytree(shapes / "images", root / "images")
+    lines = ['{"image": "images/00000.png", "caption": "one"}', '{"image": "images/00001.png", "caption": ""}',
+             '{"image": "images/00002.png", "caption": "thrée", "id": 7}']
+    (root / "data.jsonl").write_text("\r\n".join(lines) + "\r\n", encoding="utf-8")
+    ds = open_dataset(root / "data.jsonl")
+    fields = row_fields(ds, 1)
+    assert (fields.kind, fields.line, fields.image_key, fields.text_key, fields.caption) == ("jsonl", 2, "image", "caption", "")
+    save_row(fields, image="images/00001.png", caption="  two  ")
+    out = (root / "data.jsonl").read_bytes().split(b"\r\n")
+    assert out[0].decode() == lines[0] and out[2].decode() == lines[2] and out[3] == b""
+    assert out[1].decode() == '{"image": "images/00001.png", "caption": "two"}'
+    assert [s.answer for s in open_dataset(root / "data.jsonl").samples()] == ["one", "two", "thrée"]

@@ -4,6 +4,11 @@ pictures), as a table of prompts, references and both outputs with agreement sco
 The work runs on the shared InferenceService thread (core.compare does it: the same code as
 `finetune-app compare`); rows fill in as they finish, and training goes on meanwhile. The
 summary says in one sentence whether the fine-tune agrees more with the references.
+
+"Full Evaluation" runs `finetune-app eval`'s engine (core.evaluation: perplexity, bootstrap
+intervals, the per-side cache) on the same base, fine-tuned model, data and generation settings,
+on its own thread (eval_worker.py), with progress, ETA and Cancel; the metrics table with deltas
+and intervals shows here, and report.html opens in the browser.
 """
 
 from __future__ import annotations
@@ -12,8 +17,8 @@ import html
 from pathlib import Path
 from typing import Callable
 
-from PySide6.QtCore import QSize, Qt
-from PySide6.QtGui import QBrush, QColor, QIcon, QImageReader, QPixmap
+from PySide6.QtCore import QCoreApplication, QSize, Qt, QUrl
+from PySide6.QtGui import QBrush, QColor, QDesktopServices, QIcon, QImageReader, QPixmap
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QComboBox,
@@ -23,21 +28,24 @@ from PySide6.QtWidgets import (
     QHeaderView,
     QLabel,
     QLineEdit,
+    QProgressBar,
     QPushButton,
     QSpinBox,
+    QSplitter,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
 
-from finetune_app.core.compare import CompareResult, recorded_base
+from finetune_app.core.compare import CompareResult, TunedSource, recorded_base
 from finetune_app.core.generate import GenerationSettings
 from finetune_app.ui.caption_panel import (
     CompareRequest,
     InferenceService,
     TunedSourcePicker,
 )
+from finetune_app.ui.eval_worker import Eta, EvalWorker
 from finetune_app.ui.widgets import Banner, breakable, clean_output, heading, message_of, secondary
 
 COLUMNS = ("#", "Picture", "Prompt", "Reference", "Base model", "Fine-tuned", "Exact match", "BLEU", "ROUGE-L")
@@ -46,6 +54,7 @@ CURRENT_DATA = "__current__"
 CHOOSE_DATA = "__choose__"
 BETTER, WORSE = QColor(46, 160, 67, 60), QColor(217, 48, 37, 50)
 ICON = 40
+EVAL_COLUMNS = ("Metric", "Base model", "Fine-tuned", "Change", "95% interval of the change")
 
 
 class CompareView(QWidget):
@@ -146,15 +155,65 @@ class CompareView(QWidget):
             header.setSectionResizeMode(col, QHeaderView.ResizeMode.Stretch)
         self.table.verticalHeader().setDefaultSectionSize(ICON + 8)
 
+        # -- the full evaluation (core.evaluation on its own thread) --------------------------------
+        self.eval_worker: EvalWorker | None = None
+        self.eval_result: dict | None = None
+        self.report_path: Path | None = None
+        self.resamples = 1000  # bootstrap resamples for the intervals
+        self._eta = Eta()
+        self._eval_total = 0
+        self.eval_button = QPushButton("Full Evaluation")
+        self.eval_button.setObjectName("evalRun")
+        self.eval_button.setToolTip("BLEU, chrF, ROUGE, label accuracy and perplexity with 95% intervals, on the same "
+                                    "models, data and settings; writes eval.json and report.html (cached: a second "
+                                    "run is instant).")
+        self.eval_button.clicked.connect(self.start_eval)
+        self.eval_cancel = QPushButton("Cancel")
+        self.eval_cancel.setObjectName("evalCancel")
+        self.eval_cancel.setEnabled(False)
+        self.eval_cancel.clicked.connect(self.cancel_eval)
+        self.eval_progress = QProgressBar()
+        self.eval_progress.setObjectName("evalProgress")
+        self.eval_progress.hide()
+        self.eval_eta = secondary(QLabel(""))
+        self.eval_eta.setObjectName("evalEta")
+        self.open_report = QPushButton("Open Report")
+        self.open_report.setObjectName("evalOpenReport")
+        self.open_report.setEnabled(False)
+        self.open_report.clicked.connect(self.open_report_file)
+        row3 = QHBoxLayout()
+        row3.addWidget(self.eval_button)
+        row3.addWidget(self.eval_cancel)
+        row3.addWidget(self.eval_progress, 1)
+        row3.addWidget(self.eval_eta)
+        row3.addStretch(0)
+        row3.addWidget(self.open_report)
+        self.eval_table = QTableWidget(0, len(EVAL_COLUMNS))
+        self.eval_table.setObjectName("evalTable")
+        self.eval_table.setHorizontalHeaderLabels(list(EVAL_COLUMNS))
+        self.eval_table.verticalHeader().setVisible(False)
+        self.eval_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.eval_table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        self.eval_table.hide()
+        self.split = split = QSplitter(Qt.Orientation.Vertical)
+        split.addWidget(self.eval_table)
+        split.addWidget(self.table)
+        split.setStretchFactor(1, 1)
+        split.setChildrenCollapsible(False)
+
         layout = QVBoxLayout(self)
         layout.addWidget(title)
         layout.addWidget(hint)
         layout.addLayout(row1)
         layout.addLayout(row2)
+        layout.addLayout(row3)
         layout.addWidget(self.message)
         layout.addWidget(self.status)
         layout.addWidget(self.summary)
-        layout.addWidget(self.table, 1)
+        layout.addWidget(split, 1)
+        app = QCoreApplication.instance()
+        if app is not None:  # the evaluation thread must end (and free its MLX state) before the app
+            app.aboutToQuit.connect(self.shutdown_eval)
 
         s = self.service
         s.started.connect(self._on_started)
@@ -222,7 +281,7 @@ class CompareView(QWidget):
         return self.job is not None
 
     def start(self) -> int | None:
-        if self.job is not None:
+        if self.job is not None or self.eval_worker is not None:
             return None
         try:
             request = self.request()
@@ -237,6 +296,7 @@ class CompareView(QWidget):
         self.save_button.setEnabled(False)
         self.job = self.service.submit(request)
         self.run_button.setEnabled(False)
+        self.eval_button.setEnabled(False)
         self.stop_button.setEnabled(True)
         self._on_queue()
         return self.job
@@ -318,6 +378,7 @@ class CompareView(QWidget):
             return
         self.job = None
         self.run_button.setEnabled(True)
+        self.eval_button.setEnabled(True)
         self.stop_button.setEnabled(False)
         self.save_button.setEnabled(self.result is not None)
         if self.result is not None:
@@ -349,6 +410,142 @@ class CompareView(QWidget):
         if col in (COL_PROMPT, COL_REF, COL_BASE, COL_TUNED):
             item.setToolTip(text)
 
+    # -- the full evaluation ----------------------------------------------------------------------
+    def is_evaluating(self) -> bool:
+        return self.eval_worker is not None
+
+    def start_eval(self) -> EvalWorker | None:
+        if self.eval_worker is not None or self.job is not None:
+            return None
+        try:
+            request = self.request()
+        except ValueError as exc:
+            self.message.show_message("Cannot evaluate yet", str(exc), "warning")
+            return None
+        self.message.hide()
+        self.eval_result, self.report_path = None, None
+        self.eval_table.hide()
+        self.open_report.setEnabled(False)
+        self._eta = Eta()
+        self._eval_total = 0
+        self.eval_progress.setRange(0, 0)  # busy until the first row count arrives
+        self.eval_progress.setFormat("starting…")
+        self.eval_progress.show()
+        self.eval_eta.setText("")
+        worker = EvalWorker(request, report_dir(request.tuned), resamples=self.resamples, parent=self)
+        worker.status.connect(self._on_eval_status)
+        worker.progressed.connect(self._on_eval_progress)
+        worker.finished_ok.connect(self._on_eval_done)
+        worker.failed.connect(self._on_eval_failed)
+        worker.cancelled.connect(self._on_eval_cancelled)
+        worker.finished.connect(self._on_eval_ended)
+        self.eval_worker = worker
+        self.eval_button.setEnabled(False)
+        self.run_button.setEnabled(False)
+        self.eval_cancel.setEnabled(True)
+        self.status.setText("Evaluating…")
+        worker.start()
+        return worker
+
+    def cancel_eval(self) -> None:
+        """Stop before the next row; the rows finished stay cached, so starting again resumes."""
+        if self.eval_worker is not None:
+            self.eval_worker.cancel()
+            self.eval_cancel.setEnabled(False)
+            self.status.setText("Stopping the evaluation after this row…")
+
+    def shutdown_eval(self, timeout_ms: int = 60000) -> bool:
+        if self.eval_worker is None:
+            return True
+        self.eval_worker.cancel()
+        return self.eval_worker.wait(timeout_ms)
+
+    def _on_eval_status(self, text: str) -> None:
+        if self.sender() is self.eval_worker and text:
+            self.status.setText(text)
+
+    def _on_eval_progress(self, side: str, done: int, total: int) -> None:
+        if self.sender() is not self.eval_worker:
+            return
+        overall, whole = done + (total if side == "after" else 0), 2 * total
+        self.eval_progress.setRange(0, whole)
+        self.eval_progress.setValue(overall)
+        name = "base model" if side == "before" else "fine-tuned"
+        self.eval_progress.setFormat(f"{name}: {done} of {total} rows (side {1 if side == 'before' else 2} of 2)")
+        if 0 < done < total:
+            self.status.setText(f"Generating and scoring with the {name}…")
+        self.eval_eta.setText(self._eta.update(overall, whole))
+
+    def _on_eval_done(self, result: dict, report: str) -> None:
+        if self.sender() is not self.eval_worker:
+            return
+        self.eval_result, self.report_path = result, Path(report)
+        self.show_eval(result)
+        cached = [n for n in ("before", "after") if result["sides"][n]["cached"]]
+        self.status.setText(f"Evaluated {result['scored']} of {result['rows']} rows in {result['seconds']:.1f} s"
+                            + (" (from the cache)" if len(cached) == 2 else "") + f" · report: {report}")
+        self.open_report.setEnabled(True)
+
+    def _on_eval_failed(self, message: str) -> None:
+        if self.sender() is self.eval_worker:
+            self.message.show_message("The evaluation stopped", message, "error")
+            self.status.setText("")
+
+    def _on_eval_cancelled(self) -> None:
+        if self.sender() is self.eval_worker:
+            self.status.setText("Evaluation cancelled. The rows finished are kept: Full Evaluation resumes after them.")
+
+    def _on_eval_ended(self) -> None:
+        if self.sender() is not self.eval_worker:
+            return
+        self.eval_worker.deleteLater()
+        self.eval_worker = None
+        self.eval_progress.hide()
+        self.eval_eta.setText("")
+        self.eval_cancel.setEnabled(False)
+        self.eval_button.setEnabled(self.job is None)
+        self.run_button.setEnabled(self.job is None)
+
+    def show_eval(self, result: dict) -> None:
+        """The metrics table: both sides with their intervals, the change and its interval."""
+        from finetune_app.core.evaluation.report import LABELS, _fmt, _fmt_delta, accuracy_label
+
+        b, a = result["metrics"]["before"], result["metrics"]["after"]
+        ci_b, ci_a = result["ci95"]["before"], result["ci95"]["after"]
+        keys = [k for k in a if k.startswith("accuracy/")] + [k for k in LABELS if k in a]
+        self.eval_table.setRowCount(len(keys))
+        for r, k in enumerate(keys):
+            d = result["deltas"].get(k)
+            name = (LABELS.get(k) or accuracy_label(k)) + (" (lower is better)" if d and d["lower_is_better"] else "")
+
+            def side(value, ci):
+                return _fmt(k, value) + (f"  [{_fmt(k, ci[0])}, {_fmt(k, ci[1])}]" if ci else "")
+
+            ci = d.get("ci95") if d else None
+            cells = (name, side(b.get(k), ci_b.get(k)), side(a.get(k), ci_a.get(k)),
+                     _fmt_delta(k, d["delta"]) if d else "",
+                     f"[{_fmt_delta(k, ci[0])}, {_fmt_delta(k, ci[1])}]" if ci else "–")
+            for c, text in enumerate(cells):
+                item = QTableWidgetItem(text)
+                if c:
+                    item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+                self.eval_table.setItem(r, c, item)
+            verdict = _verdict(ci, d["lower_is_better"] if d else False)
+            if verdict:
+                for c in (3, 4):
+                    self.eval_table.item(r, c).setBackground(QBrush(BETTER if verdict > 0 else WORSE))
+        self.eval_table.resizeRowsToContents()
+        self.eval_table.show()
+        t = self.eval_table  # every metric on screen; the rows of the comparison get the rest
+        want = t.horizontalHeader().height() + sum(t.rowHeight(r) for r in range(t.rowCount())) + 2 * t.frameWidth() + 2
+        total = sum(self.split.sizes()) or self.split.height()
+        self.split.setSizes([want, max(total - want, 120)])
+
+    def open_report_file(self) -> bool:
+        if self.report_path is None or not self.report_path.is_file():
+            return False
+        return QDesktopServices.openUrl(QUrl.fromLocalFile(str(self.report_path)))
+
     # -- saving -----------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         from finetune_app.core.compare import save_result
@@ -378,3 +575,25 @@ def _icon(path: str) -> QIcon | None:
         reader.setScaledSize(size.scaled(ICON, ICON, Qt.AspectRatioMode.KeepAspectRatio))
     image = reader.read()
     return None if image.isNull() else QIcon(QPixmap.fromImage(image))
+
+
+def _verdict(ci, lower_is_better: bool) -> int:
+    """+1 when the whole interval of the change says better, -1 worse, 0 when it spans zero."""
+    if not ci:
+        return 0
+    sign = -1 if lower_is_better else 1
+    lo, hi = ci[0] * sign, ci[1] * sign
+    return 1 if lo > 0 and hi > 0 else -1 if lo < 0 and hi < 0 else 0
+
+
+def report_dir(source: TunedSource) -> Path:
+    """Where eval.json and report.html go: RUN/eval for a run or one of its checkpoints (as
+    `finetune-app eval` does), else a folder of the app's own data named after the model."""
+    from finetune_app.core.runs import data_dir
+
+    p = source.path
+    if source.kind == "run":
+        return p / "eval"
+    if p.parent.name == "checkpoints" and (p.parent.parent / "train_config.toml").is_file():
+        return p.parent.parent / "eval"
+    return data_dir() / "evaluations" / p.name

@@ -5,6 +5,10 @@ conversations with the selected one rendered in full. Beside it: the validation 
 problem clickable to its row), the token-length histogram (counted with the chosen model's own
 tokenizer and chat template, or a rough character estimate until a model is chosen, labelled as
 such) and the train/validation split sizes. Opening and checking run on a background task.
+
+A row (a flagged one most often: missing picture, empty caption) opens in the row editor
+(row_editor.py: Edit Row…, double-click or Enter); saving rewrites that row in its file and the
+dataset is checked again, the row staying selected, so a fixed row loses its flag.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from PySide6.QtWidgets import (
     QListWidgetItem,
     QMenu,
     QProgressBar,
+    QPushButton,
     QSplitter,
     QStackedWidget,
     QStyle,
@@ -61,6 +66,8 @@ class DatasetBrowser(QWidget):
         self._task: Task | None = None
         self._path: str | None = None
         self._row_lookup: dict | None = None
+        self._reselect: int | None = None  # the row to select again after a re-check (an edited row)
+        self.editor = None  # the open RowEditor, if any
 
         # -- header --------------------------------------------------------------------------
         self.title = heading("No dataset", 3)
@@ -164,6 +171,12 @@ class DatasetBrowser(QWidget):
         self.details.setTextFormat(Qt.TextFormat.RichText)
         self.details.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.details.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
+        self.edit_button = QPushButton("Edit Row…")
+        self.edit_button.setObjectName("editRowButton")
+        self.edit_button.setToolTip("Fix this row's caption or picture in its file (double-click or Enter on a row).")
+        self.edit_button.setEnabled(False)
+        self.edit_button.clicked.connect(lambda: self.edit_row())
+        self.grid.activated.connect(lambda index: self.edit_row(index.row()))
 
         side = QWidget()
         side.setObjectName("datasetReportPanel")
@@ -178,6 +191,7 @@ class DatasetBrowser(QWidget):
         side_layout.addWidget(heading("Problems", 1))
         side_layout.addWidget(self.problems, 2)
         side_layout.addWidget(self.details)
+        side_layout.addWidget(self.edit_button, 0, Qt.AlignmentFlag.AlignLeft)
         side.setMinimumWidth(320)
         side.setMaximumWidth(460)
 
@@ -229,6 +243,7 @@ class DatasetBrowser(QWidget):
         self.conversation.clear()
         self.problems.clear()
         self.details.setText("")
+        self.edit_button.setEnabled(False)
         self.counts.setText("–")
         self.splits.setText("")
         self.histogram_note.setText("")
@@ -273,6 +288,7 @@ class DatasetBrowser(QWidget):
         if self.sender() is not self._task:
             return
         self._task = None
+        self._reselect = None
         self.check_progress.hide()
         text = message_of(exc)
         self.error.show_message("This dataset cannot be opened", text)
@@ -304,6 +320,9 @@ class DatasetBrowser(QWidget):
         self._fill_problems()
         self.update_split()
         self._fill_histogram()
+        if self._reselect is not None and 0 <= self._reselect < len(ds):
+            self.select_row(self._reselect)
+        self._reselect = None
         self.checked.emit(check)
 
     # -- report --------------------------------------------------------------------------------
@@ -471,8 +490,57 @@ class DatasetBrowser(QWidget):
         if problem:
             lines.append(f"<span style='color:#d93025'>⚠ {html.escape(problem)}</span>")
         self.details.setText("<br>".join(lines))
+        self.edit_button.setEnabled(self.editable(row))
         if self.stack.currentIndex() == 2:
             self.conversation.setHtml(_conversation_html(sample, problem))
+
+
+    # -- fixing a row ----------------------------------------------------------------------------
+    def editable(self, row: int) -> bool:
+        from finetune_app.ui.row_editor import row_fields
+
+        if self.check is None or self._task is not None:
+            return False
+        try:
+            row_fields(self.check.dataset, row)
+        except Exception:
+            return False
+        return True
+
+    def current_row(self) -> int | None:
+        index = self.current_view().currentIndex()
+        return index.row() if index.isValid() else None
+
+    def edit_row(self, row: int | None = None, *, modal: bool = True):
+        """Open the row editor on a row (default: the selected one). Saving re-checks the dataset.
+        Returns the editor (not yet closed when modal=False: tests, and a window that stays usable)."""
+        from finetune_app.ui.row_editor import RowEditor, row_fields
+
+        row = self.current_row() if row is None else row
+        if row is None or self.check is None or self._task is not None:
+            return None
+        try:
+            fields = row_fields(self.check.dataset, row)
+        except Exception as exc:
+            self.error.show_message("This row cannot be edited here", message_of(exc), "warning")
+            return None
+        problem = self.model.index(row).data(DatasetListModel.ProblemRole)
+        editor = RowEditor(fields, row, problem, self)
+        editor.accepted.connect(lambda: self._row_saved(row))
+        self.editor = editor
+        if modal:
+            editor.exec()
+        else:
+            editor.show()
+        return editor
+
+    def _row_saved(self, row: int) -> None:
+        """The file changed: open it again (its rows may have moved) and select the row again."""
+        self.editor = None
+        if self._path:
+            self._reselect = row
+            self.subtitle.setText("Checking again after the edit…")
+            self._start_check(self._path)
 
 
 def _conversation_html(sample, problem) -> str:

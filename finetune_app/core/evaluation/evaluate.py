@@ -96,21 +96,40 @@ def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit="row", disable=not enabled, leave=False, dynamic_ncols=True)
 
 
+Progress = Callable[[str, int, int], None]  # (side, rows done, rows in all) after each row
+PARTIAL_EVERY_S = 5.0  # a side's finished rows are kept at least this often while it runs
+
+
 def run_side(cache: ModelCache, model: str, side: Side, items: list[CompareItem], req: EvalRequest, *,
-             desc: str, progress: bool = True, cancelled: Callable[[], bool] | None = None) -> list[dict]:
-    """Generate and score every item with one side's model: [{output, nll, tokens, error}]."""
+             desc: str, progress: bool = True, cancelled: Callable[[], bool] | None = None,
+             done: list[dict] | None = None, keep: Callable[[list[dict]], None] | None = None,
+             on_row: Callable[[int, int], None] | None = None) -> list[dict]:
+    """Generate and score every item with one side's model: [{output, nll, tokens, error}].
+
+    `done` holds rows already finished (a cancelled run's, from the cache): work starts after them.
+    `keep(rows)` is called with the rows so far every PARTIAL_EVERY_S and when cancelled, so a
+    cancel or a crash loses at most a few seconds of work. Cancelling stops between rows."""
     from finetune_app.core.data.tokenize import Encoder
 
+    rows = list(done or [])
+    stop = cancelled or (lambda: False)
+    if stop():
+        raise Cancelled()
+    if len(rows) >= len(items):
+        return rows[:len(items)]
     if side.source is None:
         context = cache.base(model)
     else:
         context = nullcontext(cache.tuned(model, side.source)[0])
-    rows = []
+    kept = time.monotonic()
     with context as base, _progress(len(items), desc, progress) as bar:
+        bar.update(len(rows))
         encoder = Encoder(base, image_size=req.image_size)
         scorer = TokenNLL(base, image_size=req.image_size)
-        for item in items:
-            if cancelled is not None and cancelled():
+        for item in items[len(rows):]:
+            if stop():
+                if keep is not None and rows:
+                    keep(rows)
                 raise Cancelled()
             row = {"output": "", "nll": None, "tokens": None, "error": ""}
             try:
@@ -122,7 +141,19 @@ def run_side(cache: ModelCache, model: str, side: Side, items: list[CompareItem]
                 row["error"] = err.message
             rows.append(row)
             bar.update(1)
+            if on_row is not None:
+                on_row(len(rows), len(items))
+            if keep is not None and time.monotonic() - kept > PARTIAL_EVERY_S and len(rows) < len(items):
+                keep(rows)
+                kept = time.monotonic()
     return rows
+
+
+def _write_side(path: Path, what: dict, rows: list[dict]) -> None:
+    from finetune_app.core import atomic
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(path, json.dumps({"version": CACHE_VERSION, "key": what, "rows": rows}))
 
 
 def _cached_side(path: Path) -> list[dict] | None:
@@ -179,8 +210,11 @@ def loss_curves(path: Path) -> dict | None:
 # ---- the whole evaluation -----------------------------------------------------------------------
 
 def evaluate(req: EvalRequest, *, progress: bool = True, status: Callable[[str], None] | None = None,
-             cancelled: Callable[[], bool] | None = None) -> dict:
-    """Both sides on the same rows; returns what eval.json holds."""
+             cancelled: Callable[[], bool] | None = None, on_progress: Progress | None = None) -> dict:
+    """Both sides on the same rows; returns what eval.json holds.
+
+    `on_progress(side, done, total)` follows the rows (a cached side reports done == total at
+    once); `cancelled()` is asked between rows and raises `Cancelled`, keeping the rows finished."""
     t0 = time.perf_counter()
     say = status or (lambda text: None)
     model = req.model or recorded_base(req.after.source) or (recorded_base(req.before.source) if req.before.source else None)
@@ -212,16 +246,24 @@ def evaluate(req: EvalRequest, *, progress: bool = True, status: Callable[[str],
                                 "path": model if side.source is None else str(side.source.resolve().path),
                                 "fingerprint": key, "cached": rows is not None}
             if rows is None:
-                say(f"{name}: {label}")
+                partial = cache_dir / f"{key}.partial.json"
+                done = (_cached_side(partial) or []) if req.use_cache else []
+                say(f"{name}: {label}" + (f" (resuming after {len(done)} rows)" if done else ""))
+                if on_progress is not None:
+                    on_progress(name, len(done), len(items))
                 rows = run_side(model_cache, model or "", side, items, req, desc=f"{name} ({label})",
-                                progress=progress, cancelled=cancelled)
-                from finetune_app.core import atomic
-
-                cache_dir.mkdir(parents=True, exist_ok=True)
-                atomic.write_text(path, json.dumps({"version": CACHE_VERSION, "key": what, "rows": rows}))
+                                progress=progress, cancelled=cancelled, done=done,
+                                keep=lambda rows, p=partial, w=what: _write_side(p, w, rows),
+                                on_row=(lambda d, t, n=name: on_progress(n, d, t)) if on_progress else None)
+                _write_side(path, what, rows)
+                partial.unlink(missing_ok=True)
+            elif on_progress is not None:
+                on_progress(name, len(items), len(items))
             per_side[name] = rows
     finally:
         model_cache.clear()
+    if cancelled is not None and cancelled():
+        raise Cancelled()
 
     settings = {**vars(req.settings), "prompt": req.prompt, "image_size": req.image_size, "limit": req.limit,
                 "valid_fraction": req.valid_fraction, "seed": req.seed}
