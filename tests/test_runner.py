@@ -75,3 +75,12 @@ def test_run_folder_names_are_spelled_only_in_run_folder():
     found = [f"{p.relative_to(root)}: {m.group(0)}" for p in root.rglob("*.py") if p.name != "run_folder.py"
              for m in literal.finditer(p.read_text(encoding="utf-8"))]
     assert found == []
+
+
+def test_core_never_starts_or_imports_the_cli():
+    """The engine does not depend on its front ends: no core module imports finetune_app.cli or
+    runs `python -m finetune_app` (launched ranks have core/cluster/rank.py)."""
+    core = Path(finetune_app.__file__).parent / "core"
+    offenders = [str(p.relative_to(core)) for p in core.rglob("*.py")
+                 if re.search(r"finetune_app\.cli|[\"']-m[\"'],\s*[\"']finetune_app[\"']", p.read_text(encoding="utf-8"))]
+    assert offenders == []
