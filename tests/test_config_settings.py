@@ -30,6 +30,12 @@ def test_every_setting_has_a_flag_that_sets_it():
     from finetune_app.core.config import settings
 
     parser = build_parser()
+    from dataclasses import fields
+
+    from finetune_app.core.config import TrainConfig
+
+    undeclared = [f.name for f in fields(TrainConfig) if "group" not in f.metadata]
+    assert undeclared == [], "declare each TrainConfig field with setting(...)"
     flags = [s.flag for s in settings()]
     assert len(set(flags)) == len(flags)
     for s in settings():

@@ -83,10 +83,11 @@ def settings() -> tuple[Setting, ...]:
         optional = type(None) in typing.get_args(hint)
         base = args[0] if optional else hint
         kind = list if typing.get_origin(base) is list else base
-        md = f.metadata
-        flag = md["flag"] or ("--no-" if kind is bool and f.default else "--") + f.name.replace("_", "-")
-        out.append(Setting(f.name, kind, optional, f.default, md["group"], md["label"], md["help"], flag,
-                           md["placeholder"], md["choices"]))
+        md = f.metadata  # a field declared without setting(): shown in an "Other" group (tests say to declare it)
+        flag = md.get("flag") or ("--no-" if kind is bool and f.default else "--") + f.name.replace("_", "-")
+        out.append(Setting(f.name, kind, optional, f.default, md.get("group", "Other"),
+                           md.get("label", f.name.replace("_", " ").capitalize()), md.get("help", ""), flag,
+                           md.get("placeholder", ""), md.get("choices")))
     return tuple(out)
 
 
