@@ -58,7 +58,7 @@ def test_start_run_on_a_thread_gives_events_control_and_result(tiny_model, instr
     for event in handle.events(timeout=120):
         seen.append(event)
         if isinstance(event, ev.TrainReport) and event.step == 2:
-            handle.stop(save=True)
+            handle.control.stop(save=True)
     result = handle.wait(60)
     assert result.status == "stopped" and 2 <= result.step < 400
     states = [e.state for e in seen if isinstance(e, ev.StateChanged)]

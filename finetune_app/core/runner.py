@@ -72,15 +72,6 @@ class RunHandle:
                 return
             yield event
 
-    def pause(self) -> None:
-        self.control.pause()
-
-    def resume_training(self) -> None:
-        self.control.resume()
-
-    def stop(self, *, save: bool = True) -> None:
-        self.control.stop(save=save)
-
     # ---- the run's side ------------------------------------------------------------------------
     def _main(self, *, own_thread: bool) -> None:
         try:
