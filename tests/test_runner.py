@@ -52,7 +52,7 @@ def test_start_run_on_a_thread_gives_events_control_and_result(tiny_model, instr
 
     cfg = TrainConfig(model=str(tiny_model("llama")), data=str(instruction_data), output=str(tmp_path / "run"),
                       iters=400, batch_size=2, lora_rank=4, steps_per_report=1, steps_per_eval=1000,
-                      save_every=1000, sample_count=0)
+                      save_every=1000, sample_count=0, compile=False)
     handle = start_run(cfg, thread=True, record=False)
     seen = []
     for event in handle.events(timeout=120):
