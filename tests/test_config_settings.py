@@ -3,6 +3,9 @@ generated from core.config.settings()), and steps are estimated in one place wit
 
 from __future__ import annotations
 
+import contextlib
+import io
+
 import pytest
 
 
@@ -43,6 +46,10 @@ def test_every_setting_has_a_flag_that_sets_it():
         argv = ["train", s.flag] + ([text] if text is not None else [])
         cfg, _ = build_config(parser.parse_args(argv))
         assert getattr(cfg, s.name) == value, (s.flag, text)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+        parser.parse_args(["train", "--help"])
+    assert all(s.flag in out.getvalue() for s in settings()) and "about 30% slower" in out.getvalue()
     # a flag not given changes nothing: the preset's values stay
     cfg, _ = build_config(parser.parse_args(["train", "--preset", "quick test"]))
     assert cfg.iters == 50 and cfg.lora_rank == 8 and cfg.compile is True

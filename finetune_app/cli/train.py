@@ -24,6 +24,7 @@ def add_setting_flags(p) -> None:
                   help=("Turn off (on by default): " if s.kind is bool and s.default else "") + s.help)
         if s.choices and s.name != "data_format":
             kw["help"] += " One of: " + ", ".join(str(v) for _, v in s.choices if v is not None) + "."
+        kw["help"] = kw["help"].replace("%", "%%")  # argparse formats help with %
         if s.kind is bool:
             p.add_argument(s.flag, action="store_false" if s.default else "store_true", **kw)
         else:
