@@ -100,53 +100,97 @@ class TrainConfig:
     """What to train and how: each field is one `setting(...)`, the whole declaration of that
     setting. Help texts are plain words: the GUI shows them as tooltips."""
 
-    model: str = setting("", group=RUN, label="Base model", help="Base model: a Hugging Face id or a local folder.")
+    model: str = setting("", group=RUN, label="Base model",
+                         help="Base model: a Hugging Face id or a local folder.")
     data: str = setting("", group=RUN, label="Dataset", help="Dataset file or folder.")
-    output: str = setting("", group=RUN, label="Run folder", placeholder="a new folder under the app's runs", help="Run folder: adapter, checkpoints and metrics go here.")
+    output: str = setting("", group=RUN, label="Run folder", placeholder="a new folder under the app's runs",
+                          help="Run folder: adapter, checkpoints and metrics go here.")
 
-    fine_tune_type: str = setting("lora", group=ADAPTER, label="Method", choices=FINE_TUNE_CHOICES, help="lora: small adapter (recommended); dora: LoRA with a learned magnitude; full: every weight.")
-    lora_rank: int = setting(16, group=ADAPTER, label="Adapter size (rank)", help="Adapter size. Higher learns more but uses more memory.")
-    lora_alpha: float = setting(16.0, group=ADAPTER, label="Adapter strength (alpha)", help="Adapter strength; the update is scaled by alpha / rank.")
-    lora_dropout: float = setting(0.0, group=ADAPTER, label="Adapter dropout", help="Randomly drops adapter inputs while training (0 to 0.5) to fight over-fitting.")
-    lora_targets: list[str] | None = setting(None, group=ADAPTER, label="Layers to adapt", placeholder="all projections", help="Layer names to adapt (e.g. q_proj, v_proj). Empty: every attention and MLP projection of the language model.")
-    train_vision: bool = setting(False, group=ADAPTER, label="Also adapt the vision tower", help="Also adapt the vision tower (slower; rarely needed).")
-    train_projector: bool = setting(False, group=ADAPTER, label="Also train the projector", help="Also train the vision-to-language projector.")
+    fine_tune_type: str = setting("lora", group=ADAPTER, label="Method", choices=FINE_TUNE_CHOICES,
+                                  help="lora: small adapter (recommended); dora: LoRA with a learned magnitude; full: every weight.")
+    lora_rank: int = setting(16, group=ADAPTER, label="Adapter size (rank)",
+                             help="Adapter size. Higher learns more but uses more memory.")
+    lora_alpha: float = setting(16.0, group=ADAPTER, label="Adapter strength (alpha)",
+                                help="Adapter strength; the update is scaled by alpha / rank.")
+    lora_dropout: float = setting(0.0, group=ADAPTER, label="Adapter dropout",
+                                  help="Randomly drops adapter inputs while training (0 to 0.5) to fight over-fitting.")
+    lora_targets: list[str] | None = setting(None, group=ADAPTER, label="Layers to adapt",
+                                             placeholder="all projections",
+                                             help="Layer names to adapt (e.g. q_proj, v_proj). Empty: every attention and MLP projection of the language model.")
+    train_vision: bool = setting(False, group=ADAPTER, label="Also adapt the vision tower",
+                                 help="Also adapt the vision tower (slower; rarely needed).")
+    train_projector: bool = setting(False, group=ADAPTER, label="Also train the projector",
+                                    help="Also train the vision-to-language projector.")
 
-    iters: int | None = setting(None, group=LENGTH, label="Steps", placeholder="from epochs", help="Optimizer steps to train. Leave empty to use epochs.")
-    epochs: float | None = setting(None, group=LENGTH, label="Epochs", placeholder=f"{DEFAULT_EPOCHS:g} when steps are empty", help="Passes over the training split (used when steps are not given).")
-    batch_size: int = setting(4, group=LENGTH, label="Batch size", help="Examples per step. Larger is smoother but needs more memory.")
-    grad_accumulation: int = setting(1, group=LENGTH, label="Accumulate batches", help="Micro-batches summed per optimizer step (a larger effective batch without the memory).")
+    iters: int | None = setting(None, group=LENGTH, label="Steps", placeholder="from epochs",
+                                help="Optimizer steps to train. Leave empty to use epochs.")
+    epochs: float | None = setting(None, group=LENGTH, label="Epochs",
+                                   placeholder=f"{DEFAULT_EPOCHS:g} when steps are empty",
+                                   help="Passes over the training split (used when steps are not given).")
+    batch_size: int = setting(4, group=LENGTH, label="Batch size",
+                              help="Examples per step. Larger is smoother but needs more memory.")
+    grad_accumulation: int = setting(1, group=LENGTH, label="Accumulate batches",
+                                     help="Micro-batches summed per optimizer step (a larger effective batch without the memory).")
 
-    optimizer: str = setting("adamw", group=RATE, label="Optimizer", choices=OPTIMIZERS, help="Optimizer. AdamW suits almost every run.")
-    learning_rate: float = setting(1e-3, group=RATE, label="Learning rate", help="Step size. Too high makes the loss jump; too low learns nothing.")
-    lr_schedule: str = setting("cosine", group=RATE, label="Schedule", choices=SCHEDULES, help="How the learning rate changes: constant, cosine or linear decay.")
-    warmup_steps: int = setting(0, group=RATE, label="Warm-up steps", help="Steps over which the learning rate ramps up from zero.")
-    min_lr_ratio: float = setting(0.0, group=RATE, label="Final rate (fraction)", help="Final learning rate as a fraction of the peak (cosine/linear).")
-    weight_decay: float = setting(0.0, group=RATE, label="Weight decay", help="Pulls weights towards zero (AdamW).")
-    grad_clip: float | None = setting(1.0, group=RATE, label="Gradient cap", placeholder="no cap", help="Caps the gradient norm to keep training stable. Empty: no cap.")
+    optimizer: str = setting("adamw", group=RATE, label="Optimizer", choices=OPTIMIZERS,
+                             help="Optimizer. AdamW suits almost every run.")
+    learning_rate: float = setting(1e-3, group=RATE, label="Learning rate",
+                                   help="Step size. Too high makes the loss jump; too low learns nothing.")
+    lr_schedule: str = setting("cosine", group=RATE, label="Schedule", choices=SCHEDULES,
+                               help="How the learning rate changes: constant, cosine or linear decay.")
+    warmup_steps: int = setting(0, group=RATE, label="Warm-up steps",
+                                help="Steps over which the learning rate ramps up from zero.")
+    min_lr_ratio: float = setting(0.0, group=RATE, label="Final rate (fraction)",
+                                  help="Final learning rate as a fraction of the peak (cosine/linear).")
+    weight_decay: float = setting(0.0, group=RATE, label="Weight decay",
+                                  help="Pulls weights towards zero (AdamW).")
+    grad_clip: float | None = setting(1.0, group=RATE, label="Gradient cap", placeholder="no cap",
+                                      help="Caps the gradient norm to keep training stable. Empty: no cap.")
 
-    max_length: int = setting(2048, group=MEMORY, label="Max length (tokens)", help="Longest sequence in tokens (image tokens included). Longer rows are skipped and reported.")
-    image_size: int | None = setting(None, group=MEMORY, label="Image size limit (px)", placeholder="model's own", help="Resize images so their longer side is at most this many pixels before the model's own processing. Empty: the model's own size.")
-    quantize_bits: int | None = setting(None, group=MEMORY, label="Quantize the base (QLoRA)", choices=(("No", None), ("4-bit", 4), ("8-bit", 8)), help="QLoRA: quantize the frozen base to 4 or 8 bits to save memory.")
-    quantize_group_size: int = setting(64, group=MEMORY, label="Quantization group", choices=QUANT_GROUPS, help="Quantization group size (32, 64 or 128).")
-    quantize_vision: bool = setting(False, group=MEMORY, label="Quantize the vision tower too", help="Also quantize the vision tower (off: it stays in full precision).")
-    grad_checkpoint: bool = setting(False, group=MEMORY, label="Save memory (recompute)", help="Recompute activations instead of storing them: less memory, about 30% slower.")
-    compile: bool = setting(True, group=MEMORY, label="Compile the step", help="Compile the training step where the model allows it (faster).")
-    cache_vision: bool = setting(True, group=MEMORY, label="Reuse picture features", help="Compute a frozen vision tower's features once per image and reuse them every epoch (same results, faster).")
+    max_length: int = setting(2048, group=MEMORY, label="Max length (tokens)",
+                              help="Longest sequence in tokens (image tokens included). Longer rows are skipped and reported.")
+    image_size: int | None = setting(None, group=MEMORY, label="Image size limit (px)", placeholder="model's own",
+                                     help="Resize images so their longer side is at most this many pixels before the model's own processing. Empty: the model's own size.")
+    quantize_bits: int | None = setting(None, group=MEMORY, label="Quantize the base (QLoRA)",
+                                        choices=(("No", None), ("4-bit", 4), ("8-bit", 8)),
+                                        help="QLoRA: quantize the frozen base to 4 or 8 bits to save memory.")
+    quantize_group_size: int = setting(64, group=MEMORY, label="Quantization group", choices=QUANT_GROUPS,
+                                       help="Quantization group size (32, 64 or 128).")
+    quantize_vision: bool = setting(False, group=MEMORY, label="Quantize the vision tower too",
+                                    help="Also quantize the vision tower (off: it stays in full precision).")
+    grad_checkpoint: bool = setting(False, group=MEMORY, label="Save memory (recompute)",
+                                    help="Recompute activations instead of storing them: less memory, about 30% slower.")
+    compile: bool = setting(True, group=MEMORY, label="Compile the step",
+                            help="Compile the training step where the model allows it (faster).")
+    cache_vision: bool = setting(True, group=MEMORY, label="Reuse picture features",
+                                 help="Compute a frozen vision tower's features once per image and reuse them every epoch (same results, faster).")
 
-    valid_fraction: float = setting(0.1, group=PROGRESS, label="Held out for validation", help="Share of rows held out for validation when the dataset has no validation split.")
-    steps_per_eval: int = setting(50, group=PROGRESS, label="Validate every (steps)", help="Compute the validation loss every this many steps.")
-    val_batches: int | None = setting(None, group=PROGRESS, label="Validation batches", placeholder="whole split", help="Validation batches per evaluation. Empty: the whole split.")
-    steps_per_report: int = setting(10, group=PROGRESS, label="Report every (steps)", help="Report training metrics every this many steps.")
-    sample_count: int = setting(3, group=PROGRESS, label="Sample captions", help="Validation items captioned at each evaluation, so you see them improve.")
-    sample_max_tokens: int = setting(32, group=PROGRESS, label="Sample length (tokens)", help="Longest sample generation, in tokens.")
-    save_every: int = setting(100, group=PROGRESS, label="Checkpoint every (steps)", help="Write a resumable checkpoint every this many steps.")
-    keep_checkpoints: int = setting(3, group=PROGRESS, label="Checkpoints kept", help="How many recent checkpoints to keep.")
-    report_to: list[str] | None = setting(None, group=PROGRESS, label="Log to trackers", placeholder="off (tensorboard, wandb, mlflow)", help="Also log the run's metrics and settings to these trackers: any of tensorboard, wandb, mlflow (each needs its extra, e.g. pip install \"finetune-app[tensorboard]\"). Empty: off.")
+    valid_fraction: float = setting(0.1, group=PROGRESS, label="Held out for validation",
+                                    help="Share of rows held out for validation when the dataset has no validation split.")
+    steps_per_eval: int = setting(50, group=PROGRESS, label="Validate every (steps)",
+                                  help="Compute the validation loss every this many steps.")
+    val_batches: int | None = setting(None, group=PROGRESS, label="Validation batches", placeholder="whole split",
+                                      help="Validation batches per evaluation. Empty: the whole split.")
+    steps_per_report: int = setting(10, group=PROGRESS, label="Report every (steps)",
+                                    help="Report training metrics every this many steps.")
+    sample_count: int = setting(3, group=PROGRESS, label="Sample captions",
+                                help="Validation items captioned at each evaluation, so you see them improve.")
+    sample_max_tokens: int = setting(32, group=PROGRESS, label="Sample length (tokens)",
+                                     help="Longest sample generation, in tokens.")
+    save_every: int = setting(100, group=PROGRESS, label="Checkpoint every (steps)",
+                              help="Write a resumable checkpoint every this many steps.")
+    keep_checkpoints: int = setting(3, group=PROGRESS, label="Checkpoints kept",
+                                    help="How many recent checkpoints to keep.")
+    report_to: list[str] | None = setting(None, group=PROGRESS, label="Log to trackers",
+                                          placeholder="off (tensorboard, wandb, mlflow)",
+                                          help="Also log the run's metrics and settings to these trackers: any of tensorboard, wandb, mlflow (each needs its extra, e.g. pip install \"finetune-app[tensorboard]\"). Empty: off.")
 
-    completion_only: bool = setting(True, group=DATA, label="Learn only the answers", help="Learn only the answers, not the prompts or image tokens.")
-    data_format: str | None = setting(None, group=DATA, label="Dataset format", choices=data_format_choices, help="Dataset format (detected automatically when empty).")
-    strict_data: bool = setting(False, group=DATA, label="Refuse rows with problems", help="Refuse to start when any row has a problem (default: skip bad rows).")
+    completion_only: bool = setting(True, group=DATA, label="Learn only the answers",
+                                    help="Learn only the answers, not the prompts or image tokens.")
+    data_format: str | None = setting(None, group=DATA, label="Dataset format", choices=data_format_choices,
+                                      help="Dataset format (detected automatically when empty).")
+    strict_data: bool = setting(False, group=DATA, label="Refuse rows with problems",
+                                help="Refuse to start when any row has a problem (default: skip bad rows).")
     seed: int = setting(0, group=DATA, label="Random seed", help="Random seed: the same seed gives the same run.")
 
     # ---- derived -------------------------------------------------------------------------
