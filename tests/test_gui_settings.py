@@ -124,18 +124,6 @@ def test_download_shows_progress_and_cancel_abandons_it(picker, monkeypatch, qtb
 
 # ---- hyperparameter form --------------------------------------------------------------------------
 
-def test_every_setting_has_a_field_with_its_help_as_tooltip(form):
-    from dataclasses import fields
-
-    from finetune_app.core.config import TrainConfig
-
-    for f in fields(TrainConfig):
-        if f.name in ("model", "data"):
-            continue  # chosen with the model picker and the dataset browser
-        assert f.name in form.fields, f.name
-        assert form.fields[f.name].editor.toolTip() == TrainConfig.help(f.name)
-
-
 def test_presets_fill_the_form(form):
     from finetune_app.core.config import PRESETS
 

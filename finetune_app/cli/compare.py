@@ -43,14 +43,14 @@ def register(sub) -> None:
 
 def _run_split_settings(source) -> tuple[float, int]:
     """The run's own valid_fraction and seed, so the split is the one the run validated on."""
-    import tomllib
+    from finetune_app.core.run_folder import read_settings
 
     if source.kind != "run":
         return 0.1, 0
+    cfg = read_settings(source.path)
     try:
-        cfg = tomllib.loads((source.path / "train_config.toml").read_text(encoding="utf-8"))
         return float(cfg.get("valid_fraction", 0.1)), int(cfg.get("seed", 0))
-    except (OSError, ValueError, tomllib.TOMLDecodeError):
+    except (ValueError, TypeError):
         return 0.1, 0
 
 

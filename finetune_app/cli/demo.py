@@ -33,8 +33,8 @@ def run(args) -> int:
     from finetune_app.core.data.tokenize import Encoder
     from finetune_app.core.models import load_base
     from finetune_app.core.scoring import shapes_accuracy
+    from finetune_app.core.runner import start_run
     from finetune_app.testing.tiny_models import cached_tiny_model
-    from finetune_app.core.training.trainer import Trainer
 
     work = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="finetune-demo-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -59,7 +59,7 @@ def run(args) -> int:
                       lora_alpha=16.0, lr_schedule="cosine", steps_per_report=50, steps_per_eval=200,
                       save_every=200, sample_count=2)
     t0 = time.perf_counter()
-    Trainer(cfg, base=base, listeners=[ConsolePrinter(quiet=True)]).run()
+    start_run(cfg, base=base, listeners=[ConsolePrinter(quiet=True)], record=False)  # a demo is no run to keep
     seconds = time.perf_counter() - t0
     after = held_out_captions(base, valid, encoder)
     acc_after = shapes_accuracy(after, refs)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import sys
-import tomllib
 from pathlib import Path
 
 
@@ -46,12 +45,9 @@ def _run_config(source) -> dict:
     """The run's own settings (dataset, split, image size), when the side is a run."""
     if source is None:
         return {}
-    folder = source.path if source.kind == "run" else (
-        source.path.parent.parent if source.path.parent.name == "checkpoints" else source.path)
-    try:
-        return tomllib.loads((folder / "train_config.toml").read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError):
-        return {}
+    from finetune_app.core.run_folder import read_settings, run_of
+
+    return read_settings(source.path if source.kind == "run" else run_of(source.path))
 
 
 def _check(name: str, value, ok: bool, fix: str) -> None:

@@ -52,8 +52,6 @@ def run_check(args) -> int:
 
 
 def run_probe(args) -> int:
-    from finetune_app.core.cluster.check import PROBE_MARK
-    from finetune_app.core.cluster.probe import probe
+    from finetune_app.core.cluster.probe import main
 
-    print(PROBE_MARK + json.dumps(probe(args.model, args.data)), flush=True)
-    return 0
+    return main(["--model", args.model, "--data", args.data])

@@ -167,7 +167,7 @@ def run_show(args) -> int:
 
 def run_resume(args) -> int:
     from finetune_app.cli.progress import ConsolePrinter
-    from finetune_app.cli.train import ctrl_c_stops
+    from finetune_app.cli.train import ctrl_c_stops, summary
     from finetune_app.core.runs import open_store, resolve_run, resume_run
     from finetune_app.core.training.control import Control
 
@@ -178,9 +178,7 @@ def run_resume(args) -> int:
     with ctrl_c_stops(control):
         result = resume_run(rec.id, listeners=[ConsolePrinter(quiet=args.quiet)], control=control,
                             iters=args.iters, epochs=args.epochs)
-    print(f"{result.status}: step {result.step}/{result.total_steps}, final loss "
-          f"{_num(result.final_loss)}, validation loss {_num(result.final_val_loss)}, {result.seconds:.1f} s. "
-          f"Adapter: {result.run_dir}")
+    print(summary(result))
     return 0 if result.status == "finished" else 130
 
 

@@ -15,13 +15,13 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
-from finetune_app.core import atomic
+from finetune_app.core import atomic, run_folder
 from finetune_app.core.config import TrainConfig
 from finetune_app.core.errors import AdapterError, ConfigError
 from finetune_app.core.models import BaseModel
 
-ADAPTER_FILE = "adapters.safetensors"
-CONFIG_FILE = "adapter_config.json"
+ADAPTER_FILE = run_folder.ADAPTER_FILE  # the libraries' names, kept with every run-folder name
+CONFIG_FILE = run_folder.ADAPTER_CONFIG_FILE
 PROJECTOR_NAMES = ("mm_projector", "multi_modal_projector", "merger", "aligner", "connector")
 VISION_NAMES = ("vision_tower", "vision_model", "visual")
 
@@ -198,7 +198,7 @@ def save(model: nn.Module, config: dict, folder: str | Path, *, train_config: Tr
         tensor_files.save(tmp, weights, {"format": "mlx"}, direct=direct)
     atomic.write_json(folder / CONFIG_FILE, config)
     if train_config is not None:
-        train_config.save(folder / "train_config.toml")
+        run_folder.write_config(folder, train_config)
     return folder
 
 

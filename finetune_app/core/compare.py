@@ -21,13 +21,12 @@ import gc
 import io
 import json
 import re
-import tomllib
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from finetune_app.core import scoring
+from finetune_app.core import run_folder, scoring
 from finetune_app.core.data.sample import ImageRef, Sample
 from finetune_app.core.errors import AdapterError, DataError, FinetuneError, ModelError
 
@@ -36,7 +35,7 @@ MAX_DOWNLOAD_BYTES = 50 * 1024 * 1024
 DOWNLOAD_TIMEOUT = 15.0
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm",
                   ".tga", ".ico", ".heic", ".heif", ".avif", ".jfif")
-_STEP_DIR = re.compile(r"^step-(\d+)$")
+_STEP_DIR = run_folder.STEP_DIR
 
 StatusFn = Callable[[str], None]
 
@@ -70,9 +69,9 @@ class TunedSource:
         if not p.is_dir():
             raise AdapterError(f"'{p}' is a file, not a folder.", "Choose the folder that holds adapters.safetensors (or an exported model's config.json).", file=p)
         p = p.resolve()
-        if (p / "checkpoints").is_dir() or ((p / "train_config.toml").is_file() and not _STEP_DIR.match(p.name)):
+        if run_folder.checkpoints_dir(p).is_dir() or (run_folder.config_path(p).is_file() and not _STEP_DIR.match(p.name)):
             return cls("run", p)
-        if (p / "adapters.safetensors").is_file() and (p / "adapter_config.json").is_file():
+        if run_folder.has_adapter(p):
             return cls("adapter", p)
         if (p / "config.json").is_file() and any(p.glob("*.safetensors")):
             return cls("bundle", p)
@@ -95,7 +94,7 @@ class TunedSource:
             if found is not None:
                 step = int(_STEP_DIR.match(found.name).group(1))
                 return _adapter(found, f"checkpoint step {step}", step)
-            if (self.path / "adapters.safetensors").is_file() and (self.path / "adapter_config.json").is_file():
+            if run_folder.has_adapter(self.path):
                 return _adapter(self.path, f"adapter {self.path.name}", _state_step(self.path))
             every = _save_every(self.path)
             when = f" (the first is written at step {every})" if every else ""
@@ -118,21 +117,21 @@ def _stamp(path: Path) -> tuple:
 
 
 def _adapter(folder: Path, label: str, step: int | None) -> Resolved:
-    return Resolved("adapter", folder, label, step, key=("adapter", str(folder), _stamp(folder / "adapters.safetensors")))
+    return Resolved("adapter", folder, label, step, key=("adapter", str(folder), _stamp(run_folder.adapter_path(folder))))
 
 
 def _state_step(folder: Path) -> int | None:
     try:
-        return int(json.loads((folder / "state.json").read_text())["step"])
+        return int(run_folder.read_state(folder)["step"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
 def _save_every(run_dir: Path) -> int | None:
     try:
-        value = tomllib.loads((run_dir / "train_config.toml").read_text(encoding="utf-8")).get("save_every")
+        value = run_folder.read_settings(run_dir).get("save_every")
         return int(value) if value else None
-    except (OSError, ValueError, tomllib.TOMLDecodeError):
+    except (ValueError, TypeError):
         return None
 
 
@@ -141,12 +140,9 @@ def recorded_base(source: TunedSource) -> str | None:
     if source.kind == "bundle":
         return None
     if source.kind == "run":
-        try:
-            model = tomllib.loads((source.path / "train_config.toml").read_text(encoding="utf-8")).get("model")
-            if model:
-                return str(model)
-        except (OSError, tomllib.TOMLDecodeError):
-            pass
+        model = run_folder.read_settings(source.path).get("model")
+        if model:
+            return str(model)
     try:
         from finetune_app.core import adapters
 

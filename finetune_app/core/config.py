@@ -1,6 +1,10 @@
 """TrainConfig: every engine setting in one dataclass, with presets, validation and TOML I/O.
 
-The GUI form, the CLI flags and the run folder's `train_config.toml` are all views of this.
+Each field is declared once, with `setting(...)`: its default, CLI flag, form label, group,
+choices, placeholder and help. The CLI parser (cli/train.py) and the settings form
+(ui/hyperparams.py) are generated from `settings()`; the run folder's `train_config.toml` is
+`to_toml()`. Adding a setting is one `setting(...)` line here (plus its check in `problems()`
+when it has a range).
 """
 
 from __future__ import annotations
@@ -8,7 +12,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import tomllib
+import typing
 from dataclasses import dataclass, field, fields
+from functools import cache
 from pathlib import Path
 
 from finetune_app.core import atomic
@@ -18,58 +24,174 @@ FINE_TUNE_TYPES = ("lora", "dora", "full")
 SCHEDULES = ("constant", "cosine", "linear")
 TRACKERS = ("tensorboard", "wandb", "mlflow")
 OPTIMIZERS = ("adamw", "adam", "sgd", "adafactor", "lion", "adagrad", "rmsprop", "adadelta", "adamax")
+QUANT_GROUPS = (32, 64, 128)
+FINE_TUNE_CHOICES = (("LORA", "lora"), ("DORA", "dora"), ("Full fine-tune", "full"))
+DEFAULT_EPOCHS = 3.0  # when neither steps nor epochs are given (CLI, form, engine: estimates.total_steps)
+
+# The settings form's groups, in its order. RUN: the paths, set outside the groups (the run folder at
+# the top of the form, the model and the dataset with the model picker and the dataset browser).
+RUN, ADAPTER, LENGTH, RATE, MEMORY, PROGRESS, DATA = (
+    "Run", "Adapter", "Length of training", "Learning rate", "Memory and speed", "Checking progress", "Data")
+GROUPS = (ADAPTER, LENGTH, RATE, MEMORY, PROGRESS, DATA)
+
+
+def setting(default, *, group: str, label: str, help: str, choices=None, placeholder: str = "",
+            flag: str | None = None):
+    """A TrainConfig field with its whole declaration. `choices`: values, (label, value) pairs, or
+    a function returning them (asked when a form is built); `flag` defaults to --the-name (a bool
+    that defaults to on: --no-the-name)."""
+    return field(default=default, metadata={"group": group, "label": label, "help": help, "choices": choices,
+                                            "placeholder": placeholder, "flag": flag})
+
+
+def data_format_choices() -> tuple:
+    from finetune_app.core.data.formats import FORMATS
+
+    return (("Detect automatically", None),) + tuple((n, n) for n in FORMATS if n != "template")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One TrainConfig field as the CLI and the form see it."""
+
+    name: str
+    kind: type  # bool, int, float, str or list (of str)
+    optional: bool  # None is a valid value (an empty field, a flag not given)
+    default: object
+    group: str
+    label: str
+    help: str
+    flag: str
+    placeholder: str
+    _choices: object = None
+
+    @property
+    def choices(self) -> tuple[tuple[str, object], ...]:
+        """(label, value) pairs, or () for a free value."""
+        c = self._choices() if callable(self._choices) else (self._choices or ())
+        return tuple(x if isinstance(x, tuple) else (str(x), x) for x in c)
+
+
+@cache
+def settings() -> tuple[Setting, ...]:
+    """Every setting, in declaration order (the form's order)."""
+    hints = typing.get_type_hints(TrainConfig)
+    out = []
+    for f in fields(TrainConfig):
+        hint = hints[f.name]
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        optional = type(None) in typing.get_args(hint)
+        base = args[0] if optional else hint
+        kind = list if typing.get_origin(base) is list else base
+        md = f.metadata  # a field declared without setting(): shown in an "Other" group (tests say to declare it)
+        flag = md.get("flag") or ("--no-" if kind is bool and f.default else "--") + f.name.replace("_", "-")
+        out.append(Setting(f.name, kind, optional, f.default, md.get("group", "Other"),
+                           md.get("label", f.name.replace("_", " ").capitalize()), md.get("help", ""), flag,
+                           md.get("placeholder", ""), md.get("choices")))
+    return tuple(out)
+
+
+def setting_of(name: str) -> Setting:
+    return next(s for s in settings() if s.name == name)
 
 
 @dataclass
 class TrainConfig:
-    """What to train and how. Help texts are plain words: the GUI shows them as tooltips."""
+    """What to train and how: each field is one `setting(...)`, the whole declaration of that
+    setting. Help texts are plain words: the GUI shows them as tooltips."""
 
-    model: str = field(default="", metadata={"help": "Base model: a Hugging Face id or a local folder."})
-    data: str = field(default="", metadata={"help": "Dataset file or folder."})
-    output: str = field(default="", metadata={"help": "Run folder: adapter, checkpoints and metrics go here."})
+    model: str = setting("", group=RUN, label="Base model",
+                         help="Base model: a Hugging Face id or a local folder.")
+    data: str = setting("", group=RUN, label="Dataset", help="Dataset file or folder.")
+    output: str = setting("", group=RUN, label="Run folder", placeholder="a new folder under the app's runs",
+                          help="Run folder: adapter, checkpoints and metrics go here.")
 
-    fine_tune_type: str = field(default="lora", metadata={"help": "lora: small adapter (recommended); dora: LoRA with a learned magnitude; full: every weight."})
-    lora_rank: int = field(default=16, metadata={"help": "Adapter size. Higher learns more but uses more memory."})
-    lora_alpha: float = field(default=16.0, metadata={"help": "Adapter strength; the update is scaled by alpha / rank."})
-    lora_dropout: float = field(default=0.0, metadata={"help": "Randomly drops adapter inputs while training (0 to 0.5) to fight over-fitting."})
-    lora_targets: list[str] | None = field(default=None, metadata={"help": "Layer names to adapt (e.g. q_proj, v_proj). Empty: every attention and MLP projection of the language model."})
-    quantize_bits: int | None = field(default=None, metadata={"help": "QLoRA: quantize the frozen base to 4 or 8 bits to save memory."})
-    quantize_group_size: int = field(default=64, metadata={"help": "Quantization group size (32, 64 or 128)."})
-    quantize_vision: bool = field(default=False, metadata={"help": "Also quantize the vision tower (off: it stays in full precision)."})
-    train_vision: bool = field(default=False, metadata={"help": "Also adapt the vision tower (slower; rarely needed)."})
-    train_projector: bool = field(default=False, metadata={"help": "Also train the vision-to-language projector."})
+    fine_tune_type: str = setting("lora", group=ADAPTER, label="Method", choices=FINE_TUNE_CHOICES,
+                                  help="lora: small adapter (recommended); dora: LoRA with a learned magnitude; full: every weight.")
+    lora_rank: int = setting(16, group=ADAPTER, label="Adapter size (rank)",
+                             help="Adapter size. Higher learns more but uses more memory.")
+    lora_alpha: float = setting(16.0, group=ADAPTER, label="Adapter strength (alpha)",
+                                help="Adapter strength; the update is scaled by alpha / rank.")
+    lora_dropout: float = setting(0.0, group=ADAPTER, label="Adapter dropout",
+                                  help="Randomly drops adapter inputs while training (0 to 0.5) to fight over-fitting.")
+    lora_targets: list[str] | None = setting(None, group=ADAPTER, label="Layers to adapt",
+                                             placeholder="all projections",
+                                             help="Layer names to adapt (e.g. q_proj, v_proj). Empty: every attention and MLP projection of the language model.")
+    train_vision: bool = setting(False, group=ADAPTER, label="Also adapt the vision tower",
+                                 help="Also adapt the vision tower (slower; rarely needed).")
+    train_projector: bool = setting(False, group=ADAPTER, label="Also train the projector",
+                                    help="Also train the vision-to-language projector.")
 
-    optimizer: str = field(default="adamw", metadata={"help": "Optimizer. AdamW suits almost every run."})
-    learning_rate: float = field(default=1e-3, metadata={"help": "Step size. Too high makes the loss jump; too low learns nothing."})
-    weight_decay: float = field(default=0.0, metadata={"help": "Pulls weights towards zero (AdamW)."})
-    lr_schedule: str = field(default="cosine", metadata={"help": "How the learning rate changes: constant, cosine or linear decay."})
-    warmup_steps: int = field(default=0, metadata={"help": "Steps over which the learning rate ramps up from zero."})
-    min_lr_ratio: float = field(default=0.0, metadata={"help": "Final learning rate as a fraction of the peak (cosine/linear)."})
+    iters: int | None = setting(None, group=LENGTH, label="Steps", placeholder="from epochs",
+                                help="Optimizer steps to train. Leave empty to use epochs.")
+    epochs: float | None = setting(None, group=LENGTH, label="Epochs",
+                                   placeholder=f"{DEFAULT_EPOCHS:g} when steps are empty",
+                                   help="Passes over the training split (used when steps are not given).")
+    batch_size: int = setting(4, group=LENGTH, label="Batch size",
+                              help="Examples per step. Larger is smoother but needs more memory.")
+    grad_accumulation: int = setting(1, group=LENGTH, label="Accumulate batches",
+                                     help="Micro-batches summed per optimizer step (a larger effective batch without the memory).")
 
-    iters: int | None = field(default=None, metadata={"help": "Optimizer steps to train. Leave empty to use epochs."})
-    epochs: float | None = field(default=None, metadata={"help": "Passes over the training split (used when steps are not given)."})
-    batch_size: int = field(default=4, metadata={"help": "Examples per step. Larger is smoother but needs more memory."})
-    grad_accumulation: int = field(default=1, metadata={"help": "Micro-batches summed per optimizer step (a larger effective batch without the memory)."})
-    grad_clip: float | None = field(default=1.0, metadata={"help": "Caps the gradient norm to keep training stable. Empty: no cap."})
-    grad_checkpoint: bool = field(default=False, metadata={"help": "Recompute activations instead of storing them: less memory, about 30% slower."})
-    max_length: int = field(default=2048, metadata={"help": "Longest sequence in tokens (image tokens included). Longer rows are skipped and reported."})
-    completion_only: bool = field(default=True, metadata={"help": "Learn only the answers, not the prompts or image tokens."})
-    image_size: int | None = field(default=None, metadata={"help": "Resize images so their longer side is at most this many pixels before the model's own processing. Empty: the model's own size."})
+    optimizer: str = setting("adamw", group=RATE, label="Optimizer", choices=OPTIMIZERS,
+                             help="Optimizer. AdamW suits almost every run.")
+    learning_rate: float = setting(1e-3, group=RATE, label="Learning rate",
+                                   help="Step size. Too high makes the loss jump; too low learns nothing.")
+    lr_schedule: str = setting("cosine", group=RATE, label="Schedule", choices=SCHEDULES,
+                               help="How the learning rate changes: constant, cosine or linear decay.")
+    warmup_steps: int = setting(0, group=RATE, label="Warm-up steps",
+                                help="Steps over which the learning rate ramps up from zero.")
+    min_lr_ratio: float = setting(0.0, group=RATE, label="Final rate (fraction)",
+                                  help="Final learning rate as a fraction of the peak (cosine/linear).")
+    weight_decay: float = setting(0.0, group=RATE, label="Weight decay",
+                                  help="Pulls weights towards zero (AdamW).")
+    grad_clip: float | None = setting(1.0, group=RATE, label="Gradient cap", placeholder="no cap",
+                                      help="Caps the gradient norm to keep training stable. Empty: no cap.")
 
-    valid_fraction: float = field(default=0.1, metadata={"help": "Share of rows held out for validation when the dataset has no validation split."})
-    steps_per_eval: int = field(default=50, metadata={"help": "Compute the validation loss every this many steps."})
-    val_batches: int | None = field(default=None, metadata={"help": "Validation batches per evaluation. Empty: the whole split."})
-    steps_per_report: int = field(default=10, metadata={"help": "Report training metrics every this many steps."})
-    save_every: int = field(default=100, metadata={"help": "Write a resumable checkpoint every this many steps."})
-    keep_checkpoints: int = field(default=3, metadata={"help": "How many recent checkpoints to keep."})
-    sample_count: int = field(default=3, metadata={"help": "Validation items captioned at each evaluation, so you see them improve."})
-    sample_max_tokens: int = field(default=32, metadata={"help": "Longest sample generation, in tokens."})
-    seed: int = field(default=0, metadata={"help": "Random seed: the same seed gives the same run."})
-    data_format: str | None = field(default=None, metadata={"help": "Dataset format (detected automatically when empty)."})
-    strict_data: bool = field(default=False, metadata={"help": "Refuse to start when any row has a problem (default: skip bad rows)."})
-    compile: bool = field(default=True, metadata={"help": "Compile the training step where the model allows it (faster)."})
-    cache_vision: bool = field(default=True, metadata={"help": "Compute a frozen vision tower's features once per image and reuse them every epoch (same results, faster)."})
-    report_to: list[str] | None = field(default=None, metadata={"help": "Also log the run's metrics and settings to these trackers: any of tensorboard, wandb, mlflow (each needs its extra, e.g. pip install \"finetune-app[tensorboard]\"). Empty: off."})
+    max_length: int = setting(2048, group=MEMORY, label="Max length (tokens)",
+                              help="Longest sequence in tokens (image tokens included). Longer rows are skipped and reported.")
+    image_size: int | None = setting(None, group=MEMORY, label="Image size limit (px)", placeholder="model's own",
+                                     help="Resize images so their longer side is at most this many pixels before the model's own processing. Empty: the model's own size.")
+    quantize_bits: int | None = setting(None, group=MEMORY, label="Quantize the base (QLoRA)",
+                                        choices=(("No", None), ("4-bit", 4), ("8-bit", 8)),
+                                        help="QLoRA: quantize the frozen base to 4 or 8 bits to save memory.")
+    quantize_group_size: int = setting(64, group=MEMORY, label="Quantization group", choices=QUANT_GROUPS,
+                                       help="Quantization group size (32, 64 or 128).")
+    quantize_vision: bool = setting(False, group=MEMORY, label="Quantize the vision tower too",
+                                    help="Also quantize the vision tower (off: it stays in full precision).")
+    grad_checkpoint: bool = setting(False, group=MEMORY, label="Save memory (recompute)",
+                                    help="Recompute activations instead of storing them: less memory, about 30% slower.")
+    compile: bool = setting(True, group=MEMORY, label="Compile the step",
+                            help="Compile the training step where the model allows it (faster).")
+    cache_vision: bool = setting(True, group=MEMORY, label="Reuse picture features",
+                                 help="Compute a frozen vision tower's features once per image and reuse them every epoch (same results, faster).")
+
+    valid_fraction: float = setting(0.1, group=PROGRESS, label="Held out for validation",
+                                    help="Share of rows held out for validation when the dataset has no validation split.")
+    steps_per_eval: int = setting(50, group=PROGRESS, label="Validate every (steps)",
+                                  help="Compute the validation loss every this many steps.")
+    val_batches: int | None = setting(None, group=PROGRESS, label="Validation batches", placeholder="whole split",
+                                      help="Validation batches per evaluation. Empty: the whole split.")
+    steps_per_report: int = setting(10, group=PROGRESS, label="Report every (steps)",
+                                    help="Report training metrics every this many steps.")
+    sample_count: int = setting(3, group=PROGRESS, label="Sample captions",
+                                help="Validation items captioned at each evaluation, so you see them improve.")
+    sample_max_tokens: int = setting(32, group=PROGRESS, label="Sample length (tokens)",
+                                     help="Longest sample generation, in tokens.")
+    save_every: int = setting(100, group=PROGRESS, label="Checkpoint every (steps)",
+                              help="Write a resumable checkpoint every this many steps.")
+    keep_checkpoints: int = setting(3, group=PROGRESS, label="Checkpoints kept",
+                                    help="How many recent checkpoints to keep.")
+    report_to: list[str] | None = setting(None, group=PROGRESS, label="Log to trackers",
+                                          placeholder="off (tensorboard, wandb, mlflow)",
+                                          help="Also log the run's metrics and settings to these trackers: any of tensorboard, wandb, mlflow (each needs its extra, e.g. pip install \"finetune-app[tensorboard]\"). Empty: off.")
+
+    completion_only: bool = setting(True, group=DATA, label="Learn only the answers",
+                                    help="Learn only the answers, not the prompts or image tokens.")
+    data_format: str | None = setting(None, group=DATA, label="Dataset format", choices=data_format_choices,
+                                      help="Dataset format (detected automatically when empty).")
+    strict_data: bool = setting(False, group=DATA, label="Refuse rows with problems",
+                                help="Refuse to start when any row has a problem (default: skip bad rows).")
+    seed: int = setting(0, group=DATA, label="Random seed", help="Random seed: the same seed gives the same run.")
 
     # ---- derived -------------------------------------------------------------------------
     @property
@@ -95,7 +217,7 @@ class TrainConfig:
 
     @staticmethod
     def help(name: str) -> str:
-        return next(f.metadata.get("help", "") for f in fields(TrainConfig) if f.name == name)
+        return setting_of(name).help
 
     # ---- validation ----------------------------------------------------------------------
     def problems(self) -> dict[str, str]:

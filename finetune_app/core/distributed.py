@@ -88,7 +88,7 @@ def world() -> World:
         # Under a launcher, SIGTERM is blocked before MLX starts its threads (they inherit the
         # mask) and taken by peers.PeerWatch on a thread of its own: a main thread stuck in a
         # dead collective never runs a Python signal handler.
-        # finetune_app.cli blocks it first thing, before MLX's own threads exist (launcher_env).
+        # The CLI and the rank entry block it first thing, before MLX's own threads exist (launcher_env).
         launched = launcher_env.launched() and threading.current_thread() is threading.main_thread()
         if launched:
             signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})

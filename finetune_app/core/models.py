@@ -297,19 +297,3 @@ def describe(base: BaseModel) -> ModelInfo:
     return ModelInfo(family=base.family, kind=base.kind, model_type=base.model_type,
                      parameters=count_parameters(base.model), dtype=dtype, quantization=quant,
                      path=str(base.path))
-
-
-def estimate_memory_gb(info_params: int, *, dtype_bytes: float = 2.0, quantize_bits: int | None = None,
-                       trainable_params: int = 0, batch_size: int = 1, seq_len: int = 512,
-                       hidden_size: int = 1024, num_layers: int = 24, grad_checkpoint: bool = False) -> float:
-    """Rough peak memory of a LoRA run: weights + trainable state + activations.
-
-    Weights at their storage width; trainable params in fp32 with two Adam moments and a gradient
-    (16 bytes each); activations about 34 values per token per layer per hidden unit (attention and
-    MLP intermediates), two bytes each, or only the layer inputs with gradient checkpointing."""
-    weight_bytes = info_params * (quantize_bits / 8 if quantize_bits else dtype_bytes)
-    state_bytes = trainable_params * 16
-    per_token_layer = (2 if grad_checkpoint else 34) * hidden_size * 2
-    act_bytes = batch_size * seq_len * num_layers * per_token_layer
-    overhead = 0.5e9
-    return (weight_bytes + state_bytes + act_bytes + overhead) / 1e9

@@ -1,6 +1,7 @@
 """A run folder is ours to write and delete only as far as we made it.
 
-* Its file names live here (one place instead of string literals spread across modules).
+* Its file names live here, each with its path and its reader (and writer where it is written
+  whole): the rest of the app asks this module instead of spelling a name.
 * `run.json` is the manifest: it marks the folder as a run of ours and lists what the run wrote,
   so deleting a run removes exactly those files (and the folder only when it ends up empty),
   never the user's own files beside them.
@@ -31,7 +32,7 @@ MANIFEST_FILE = "run.json"
 LOCK_FILE = ".run.lock"
 CONFIG_FILE = "train_config.toml"
 METRICS_FILE = "metrics.jsonl"
-ADAPTER_FILE = "adapters.safetensors"  # the same names as finetune_app.core.adapters
+ADAPTER_FILE = "adapters.safetensors"  # the libraries' adapter layout (core/adapters.py writes it)
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "state.json"  # inside a checkpoint
@@ -47,6 +48,83 @@ CHECKPOINT_FILES = (ADAPTER_FILE, ADAPTER_CONFIG_FILE, CONFIG_FILE, OPTIMIZER_FI
 _TEMP = re.compile(r"^\.(?P<name>[^/]+?)(\.[A-Za-z0-9_]+\.tmp|\.partial\d+.*|\.staging-.+|\.old-\d+)$")
 
 _TEMP_OWNERS = frozenset(RUN_FILES) | {Path(f).stem for f in RUN_FILES}
+
+
+# ---- the files, their paths and readers ----------------------------------------------------------
+
+def config_path(folder: str | Path) -> Path:
+    return Path(folder) / CONFIG_FILE
+
+
+def read_config(folder: str | Path):
+    """The run's settings (a TrainConfig; ConfigError naming the file when it cannot be read)."""
+    from finetune_app.core.config import TrainConfig
+
+    return TrainConfig.load(config_path(folder))
+
+
+def write_config(folder: str | Path, config) -> Path:
+    return config.save(config_path(folder))
+
+
+def read_settings(folder: str | Path) -> dict:
+    """The run's settings as written, without validating them ({} when missing or unreadable):
+    for readers that need a value or two (the split, the base model) of any run, old or odd."""
+    import tomllib
+
+    try:
+        return tomllib.loads(config_path(folder).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return {}
+
+
+def metrics_path(folder: str | Path) -> Path:
+    return Path(folder) / METRICS_FILE
+
+
+def read_metrics(folder: str | Path) -> list[dict]:
+    """The rows of the run's metrics.jsonl (written by events.MetricsLog; a cut last line dropped)."""
+    from finetune_app.core.training.events import MetricsLog
+
+    return MetricsLog.read(metrics_path(folder))
+
+
+def adapter_path(folder: str | Path) -> Path:
+    return Path(folder) / ADAPTER_FILE
+
+
+def has_adapter(folder: str | Path) -> bool:
+    """Both files of an adapter in the libraries' layout are there."""
+    return adapter_path(folder).is_file() and (Path(folder) / ADAPTER_CONFIG_FILE).is_file()
+
+
+def checkpoints_dir(folder: str | Path) -> Path:
+    return Path(folder) / CHECKPOINTS
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:07d}"
+
+
+def checkpoint_dir(folder: str | Path, step: int) -> Path:
+    return checkpoints_dir(folder) / checkpoint_name(step)
+
+
+def checkpoint_step(path: str | Path) -> int | None:
+    """The step of a checkpoint folder from its name, or None when it is no checkpoint's name."""
+    m = STEP_DIR.match(Path(path).name)
+    return int(m.group(1)) if m else None
+
+
+def run_of(path: str | Path) -> Path:
+    """The run folder a path belongs to: a checkpoint's run, else the path itself."""
+    p = Path(path)
+    return p.parent.parent if p.parent.name == CHECKPOINTS else p
+
+
+def read_state(checkpoint: str | Path) -> dict:
+    """A checkpoint's state.json (step, epoch, data position...); raises OSError / ValueError."""
+    return json.loads((Path(checkpoint) / STATE_FILE).read_text(encoding="utf-8"))
 
 
 # ---- the manifest -------------------------------------------------------------------------------
@@ -113,7 +191,8 @@ def changed_sources(folder: str | Path, config) -> list[str]:
 
 
 def checkpoint_entry(step: int) -> str:
-    return f"{CHECKPOINTS}/step-{step:07d}"
+    """A checkpoint as the manifest lists it (relative to the run folder)."""
+    return f"{CHECKPOINTS}/{checkpoint_name(step)}"
 
 
 # ---- what is ours -------------------------------------------------------------------------------

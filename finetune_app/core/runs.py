@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from finetune_app.core import run_folder
 from finetune_app.core.errors import FinetuneError
 from finetune_app.core.run_records import folder_index
 from finetune_app.core.run_records.fingerprint import fingerprint_model, fingerprint_path
@@ -191,7 +192,7 @@ def rebuild(store: RunStore, folders) -> tuple[int, list[str]]:
     found, skipped = 0, []
     seen = set()
     for folder in folders:
-        if folder in seen or not (Path(folder) / "train_config.toml").is_file():
+        if folder in seen or not run_folder.config_path(folder).is_file():
             continue  # deleted since, or never got as far as its settings
         seen.add(folder)
         try:
@@ -431,10 +432,8 @@ def default_recorder(config, *, resume: bool = False) -> RunRecorder | None:
 
 def import_metrics(store: RunStore, run_id: int, run_dir: str | Path) -> int:
     """Copy a run folder's metrics.jsonl (train/val reports, samples) into the record."""
-    from finetune_app.core.training.events import MetricsLog
-
     n = 0
-    for row in MetricsLog.read(Path(run_dir) / "metrics.jsonl"):
+    for row in run_folder.read_metrics(run_dir):
         kind = row.get("kind")
         if kind == "train" and "step" in row:
             store.add_train(run_id, row)
@@ -460,9 +459,9 @@ def import_run(run_dir: str | Path, store: RunStore | None = None) -> RunRecord:
         existing = store.find_by_dir(folder)
         if existing is not None:
             return existing
-        toml = Path(folder) / "train_config.toml"
+        toml = run_folder.config_path(folder)
         if not toml.is_file():
-            raise FinetuneError(f"'{folder}' holds no run (no train_config.toml).",
+            raise FinetuneError(f"'{folder}' holds no run (no {run_folder.CONFIG_FILE}).",
                                 "Pass the folder of a run made by `finetune-app train` or the app.", file=folder)
         cfg = TrainConfig.load(toml)
         st = toml.stat()
@@ -480,10 +479,10 @@ def import_run(run_dir: str | Path, store: RunStore | None = None) -> RunRecord:
         store.sync_checkpoints(run_id, [(int(STEP_DIR.match(p.name).group(1)), str(p))
                                         for p in list_checkpoints(Path(folder))])
         rec = store.get(run_id)
-        done = rec.total_steps and rec.step >= rec.total_steps and (Path(folder) / "adapters.safetensors").is_file()
+        done = rec.total_steps and rec.step >= rec.total_steps and run_folder.adapter_path(folder).is_file()
+        metrics = run_folder.metrics_path(folder)
         store.update_run(run_id, status="finished" if done else "stopped", started_at=st.st_mtime,
-                         ended_at=Path(folder, "metrics.jsonl").stat().st_mtime if Path(folder, "metrics.jsonl").exists()
-                         else st.st_mtime, message="imported from its run folder",
+                         ended_at=metrics.stat().st_mtime if metrics.exists() else st.st_mtime, message="imported from its run folder",
                          disk_bytes=disk_usage(folder), pid=None, host=None)
         return store.get(run_id)
     finally:
@@ -573,7 +572,7 @@ def resume_config(rec: RunRecord, *, iters: int | None = None, epochs: float | N
     """The TrainConfig a resume of `rec` trains with (the run folder's own, extended when asked)."""
     from finetune_app.core.config import TrainConfig
 
-    toml = Path(rec.run_dir) / "train_config.toml"
+    toml = run_folder.config_path(rec.run_dir)
     cfg = TrainConfig.load(toml) if toml.is_file() else TrainConfig.from_dict(rec.config)
     cfg = cfg.replace(output=rec.run_dir)
     if iters is not None:
@@ -603,18 +602,18 @@ def check_can_resume(store: RunStore, rec: RunRecord, *, extend: bool = False) -
 
 def _never_checkpointed(rec: RunRecord) -> bool:
     """Killed before its first checkpoint: a resume starts it again from step 0 (nothing to lose)."""
-    from finetune_app.core.run_folder import ADAPTER_FILE, CONFIG_FILE
     from finetune_app.core.training.checkpoint import list_checkpoints
 
     folder = Path(rec.run_dir)
-    return (folder / CONFIG_FILE).is_file() and not list_checkpoints(folder) and not (folder / ADAPTER_FILE).exists()
+    return (run_folder.config_path(folder).is_file() and not list_checkpoints(folder)
+            and not run_folder.adapter_path(folder).exists())
 
 
 def resume_run(run_id: int | str, *, listeners=(), control=None, store: RunStore | None = None,
                iters: int | None = None, epochs: float | None = None, base=None):
     """Continue a run from its newest good checkpoint (or extend a finished one by more steps or
     epochs, with its optimizer state). Returns the engine's RunResult; records as it goes."""
-    from finetune_app.core.training.trainer import Trainer
+    from finetune_app.core.runner import start_run
 
     own = store is None
     store = store or open_store()
@@ -622,11 +621,7 @@ def resume_run(run_id: int | str, *, listeners=(), control=None, store: RunStore
         rec = resolve_run(store, run_id)
         check_can_resume(store, rec, extend=iters is not None or epochs is not None)
         cfg = resume_config(rec, iters=iters, epochs=epochs)
-        recorder = RunRecorder(cfg, resume=True, store=store)
-        try:
-            return Trainer(cfg, listeners=[recorder, *listeners], control=control, resume=True, base=base).run()
-        finally:
-            recorder.close()
+        return start_run(cfg, resume=True, listeners=listeners, control=control, base=base, store=store).result
     finally:
         if own:
             store.close()
@@ -666,11 +661,9 @@ def remove_stale_temporaries(run_dir: str | Path) -> int:
 
     freed = 0
     root = Path(run_dir)
-    from finetune_app.core.run_folder import is_our_temporary
-
     staging = re.compile(r"^\.step-\d+\.(staging-|old-).+")
-    patterns = [(root / "checkpoints", staging.match),
-                (root, is_our_temporary)]  # only our own files' temporaries, never the user's *.tmp
+    patterns = [(run_folder.checkpoints_dir(root), staging.match),
+                (root, run_folder.is_our_temporary)]  # only our own files' temporaries, never the user's *.tmp
     for folder, ours in patterns:
         try:
             entries = list(folder.iterdir())
@@ -715,8 +708,6 @@ def delete_run(store: RunStore, run_id: int, *, files: bool = True) -> int:
         raise FinetuneError(f"{store.path}: the run history is read-only here, so run {rec.id} cannot be forgotten.",
                             "Make the app-data folder writable (or set FINETUNE_DATA_DIR to a writable folder), "
                             "then delete the run again; nothing was deleted.", file=None)
-    from finetune_app.core import run_folder
-
     freed = 0
     folder = Path(rec.run_dir)
     if files and folder.is_dir():

@@ -50,6 +50,7 @@ from PySide6.QtWidgets import (
 )
 
 from finetune_app.ui.widgets import secondary
+from finetune_app.core.run_folder import ADAPTER_CONFIG_FILE
 from finetune_app.core.export.export import (
     TARGET_HELP,
     TARGETS,
@@ -247,7 +248,7 @@ class SourcePage(QWizardPage):
         adapter = self.adapter_edit.text().strip()
         if adapter and not self.model_edit.text().strip():
             try:
-                cfg = json.loads((Path(adapter).expanduser() / "adapter_config.json").read_text(encoding="utf-8"))
+                cfg = json.loads((Path(adapter).expanduser() / ADAPTER_CONFIG_FILE).read_text(encoding="utf-8"))
                 self.model_edit.setText(str((cfg.get("finetune_app") or {}).get("base_model") or ""))
             except (OSError, ValueError):
                 pass

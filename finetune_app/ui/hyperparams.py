@@ -1,10 +1,12 @@
 """The hyperparameter form: every TrainConfig setting, presets, checks as you type, a memory estimate.
 
-The form is a view of `TrainConfig`: each field's tooltip is `TrainConfig.help(name)`, presets are
+The form is a view of `TrainConfig`: each field's tooltip is its declared help, presets are
 `core.config.PRESETS`, and the red borders come from `TrainConfig.problems()` (plus "not a number"
 for text that does not parse), so the form and the engine can never disagree about what is valid.
-The memory estimate is `core.models.estimate_memory_gb` for the chosen model, batch and sequence
-length, against this machine's memory, with a warning before a run would swap.
+The fields, their labels, groups, choices and placeholders are generated from the settings'
+declarations (core.config.settings()). The step count and the memory estimate are core/estimates.py's
+for the chosen model, batch and sequence length, against this machine's memory, with a warning
+before a run would swap.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from __future__ import annotations
 import math
 import os
 import re
-from dataclasses import fields
 from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
@@ -34,70 +35,20 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from finetune_app.core.config import (
-    FINE_TUNE_TYPES,
-    OPTIMIZERS,
-    PRESETS,
-    SCHEDULES,
-    TrainConfig,
-)
+from finetune_app.core import estimates, run_folder
+from finetune_app.core.config import DEFAULT_EPOCHS, GROUPS, LENGTH, PRESETS, RUN, TrainConfig, setting_of, settings
 from finetune_app.ui.widgets import Banner, heading, message_of, secondary
 
 RED = "#d93025"
 SWAP_ADVICE = ("It would swap, which makes training very slow. Lower the batch size or the max length, "
                "turn on 4-bit quantization, or turn on 'Save memory'.")
 CUSTOM = "Custom"
-
-GROUPS: list[tuple[str, list[str]]] = [
-    ("Adapter", ["fine_tune_type", "lora_rank", "lora_alpha", "lora_dropout", "lora_targets",
-                 "train_vision", "train_projector"]),
-    ("Length of training", ["iters", "epochs", "batch_size", "grad_accumulation"]),
-    ("Learning rate", ["optimizer", "learning_rate", "lr_schedule", "warmup_steps", "min_lr_ratio",
-                       "weight_decay", "grad_clip"]),
-    ("Memory and speed", ["max_length", "image_size", "quantize_bits", "quantize_group_size",
-                          "quantize_vision", "grad_checkpoint", "compile", "cache_vision"]),
-    ("Checking progress", ["valid_fraction", "steps_per_eval", "val_batches", "steps_per_report",
-                           "sample_count", "sample_max_tokens", "save_every", "keep_checkpoints", "report_to"]),
-    ("Data", ["completion_only", "data_format", "strict_data", "seed"]),
-]
-
-LABELS = {
-    "fine_tune_type": "Method", "lora_rank": "Adapter size (rank)", "lora_alpha": "Adapter strength (alpha)",
-    "lora_dropout": "Adapter dropout", "lora_targets": "Layers to adapt",
-    "train_vision": "Also adapt the vision tower", "train_projector": "Also train the projector",
-    "iters": "Steps", "epochs": "Epochs", "batch_size": "Batch size", "grad_accumulation": "Accumulate batches",
-    "optimizer": "Optimizer", "learning_rate": "Learning rate", "lr_schedule": "Schedule",
-    "warmup_steps": "Warm-up steps", "min_lr_ratio": "Final rate (fraction)", "weight_decay": "Weight decay",
-    "grad_clip": "Gradient cap", "max_length": "Max length (tokens)", "image_size": "Image size limit (px)",
-    "quantize_bits": "Quantize the base (QLoRA)", "quantize_group_size": "Quantization group",
-    "quantize_vision": "Quantize the vision tower too", "grad_checkpoint": "Save memory (recompute)",
-    "compile": "Compile the step", "cache_vision": "Reuse picture features", "valid_fraction": "Held out for validation",
-    "steps_per_eval": "Validate every (steps)", "val_batches": "Validation batches",
-    "steps_per_report": "Report every (steps)", "sample_count": "Sample captions", "sample_max_tokens": "Sample length (tokens)",
-    "save_every": "Checkpoint every (steps)", "keep_checkpoints": "Checkpoints kept",
-    "completion_only": "Learn only the answers", "data_format": "Dataset format",
-    "strict_data": "Refuse rows with problems", "report_to": "Log to trackers", "seed": "Random seed", "output": "Run folder",
-}
-PLACEHOLDERS = {"iters": "from epochs", "epochs": "3 when steps are empty", "lora_targets": "all projections",
-                "image_size": "model's own", "report_to": "off (tensorboard, wandb, mlflow)", "val_batches": "whole split", "grad_clip": "no cap",
-                "output": "a new folder under the app's runs"}
-CHOICES = {
-    "fine_tune_type": [(t.upper() if t != "full" else "Full fine-tune", t) for t in FINE_TUNE_TYPES],
-    "optimizer": [(o, o) for o in OPTIMIZERS],
-    "lr_schedule": [(s, s) for s in SCHEDULES],
-    "quantize_bits": [("No", None), ("4-bit", 4), ("8-bit", 8)],
-    "quantize_group_size": [(str(g), g) for g in (32, 64, 128)],
-}
+CHOSEN_ELSEWHERE = ("model", "data")  # the model picker and the dataset browser set them (form.config(**paths))
 
 
-def _data_formats():
-    from finetune_app.core.data.formats import FORMATS
-
-    return [("Detect automatically", None)] + [(name, name) for name in FORMATS if name != "template"]
-
-
-def _field_types() -> dict[str, str]:
-    return {f.name: str(f.type) for f in fields(TrainConfig)}
+def label(name: str) -> str:
+    """A setting's form label (its name for anything else)."""
+    return next((s.label for s in settings() if s.name == name), name)
 
 
 def machine_memory_bytes() -> int:
@@ -118,34 +69,33 @@ def machine_memory_bytes() -> int:
 # ---- one field ----------------------------------------------------------------------------------
 
 class Field(QWidget):
-    """An editor for one TrainConfig setting, with its tooltip and its problem underneath."""
+    """An editor for one TrainConfig setting (core.config.Setting: its kind, choices, placeholder and
+    help), with its problem underneath."""
 
     changed = Signal()
 
-    def __init__(self, name: str, type_text: str, parent: QWidget | None = None):
+    def __init__(self, name: str, parent: QWidget | None = None):
         super().__init__(parent)
+        decl = setting_of(name)
         self.name = name
-        self.type_text = type_text
-        self.optional = "None" in type_text
-        self.kind = ("bool" if type_text == "bool" else "list" if type_text.startswith("list") else
-                     "int" if type_text.startswith("int") else "float" if type_text.startswith("float") else "str")
-        help_text = TrainConfig.help(name)
-        choices = _data_formats() if name == "data_format" else CHOICES.get(name)
-        if self.kind == "bool":
+        self.optional = decl.optional
+        self.kind = decl.kind.__name__  # bool, int, float, str, list
+        choices = decl.choices
+        if decl.kind is bool:
             self.editor = QCheckBox()
             self.editor.toggled.connect(self.changed)
         elif choices:
             self.editor = QComboBox()
-            for label, value in choices:
-                self.editor.addItem(label, value)
+            for text, value in choices:
+                self.editor.addItem(text, value)
             self.editor.currentIndexChanged.connect(self.changed)
         else:
             self.editor = QLineEdit()
-            self.editor.setPlaceholderText(PLACEHOLDERS.get(name, ""))
+            self.editor.setPlaceholderText(decl.placeholder)
             self.editor.textChanged.connect(self.changed)
             self.editor.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
         self.editor.setObjectName(f"field_{name}")
-        self.editor.setToolTip(help_text)
+        self.editor.setToolTip(decl.help)
         self.message = QLabel()
         self.message.setObjectName(f"problem_{name}")
         self.message.setWordWrap(True)
@@ -217,7 +167,7 @@ class Field(QWidget):
             return
         self.problem = problem
         if problem:
-            self.message.setText(f"{LABELS.get(self.name, self.name)} {problem}.")
+            self.message.setText(f"{label(self.name)} {problem}.")
             if isinstance(self.editor, QLineEdit):
                 self.editor.setStyleSheet(f"QLineEdit {{ border: 2px solid {RED}; border-radius: 4px; padding: 1px 3px; }}")
             else:
@@ -254,7 +204,6 @@ class HyperparamForm(QWidget):
         self._loading = False
         self._valid = True
         self._problems: dict[str, str] = {}
-        types = _field_types()
 
         # presets and files
         self.preset = QComboBox()
@@ -281,7 +230,7 @@ class HyperparamForm(QWidget):
         top.addWidget(self.save_button)
 
         # run folder
-        self.output = Field("output", "str")
+        self.output = Field("output")
         self.fields["output"] = self.output
         self.output.changed.connect(self._on_changed)
         out_browse = QPushButton("Choose…")
@@ -298,23 +247,21 @@ class HyperparamForm(QWidget):
         grid = QGridLayout()
         grid.setHorizontalSpacing(14)
         grid.setVerticalSpacing(10)
-        grouped = {n for _, names in GROUPS for n in names} | {"model", "data", "output"}
-        others = [n for n in types if n not in grouped]  # settings newer than this form
-        groups = GROUPS + ([("Other", others)] if others else [])
-        for i, (title, names) in enumerate(groups):
+        titles = [*GROUPS, *(g for g in dict.fromkeys(s.group for s in settings()) if g not in GROUPS and g != RUN)]
+        for i, title in enumerate(titles):  # each setting in its declared group, in declaration order
             box = QGroupBox(title)
             form = QFormLayout(box)
             form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
             form.setLabelAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-            for name in names:
-                f = Field(name, types[name])
+            for decl in (s for s in settings() if s.group == title):
+                f = Field(decl.name)
                 f.changed.connect(self._on_changed)
-                self.fields[name] = f
-                label = QLabel(LABELS.get(name, name))
-                label.setToolTip(TrainConfig.help(name))
-                label.setBuddy(f.editor)
-                form.addRow(label, f)
-            if title == "Length of training":
+                self.fields[decl.name] = f
+                text = QLabel(decl.label)
+                text.setToolTip(decl.help)
+                text.setBuddy(f.editor)
+                form.addRow(text, f)
+            if title == LENGTH:
                 form.addRow(self.steps_note)
             grid.addWidget(box, i // 2, i % 2, Qt.AlignmentFlag.AlignTop)
         grid.setColumnStretch(0, 1)
@@ -330,7 +277,7 @@ class HyperparamForm(QWidget):
         inner_layout = QVBoxLayout(inner)
         inner_layout.setContentsMargins(0, 0, 6, 0)
         run_box = QFormLayout()
-        run_label = QLabel(LABELS["output"])
+        run_label = QLabel(label("output"))
         run_label.setToolTip(TrainConfig.help("output"))
         run_box.addRow(run_label, out_row)
         inner_layout.addLayout(run_box)
@@ -399,7 +346,7 @@ class HyperparamForm(QWidget):
     def problem_names(self) -> list[str]:
         """The labels of the settings to fix, in the form's order (e.g. "Batch size")."""
         order = [n for n in self.fields if n in self._problems] + [n for n in self._problems if n not in self.fields]
-        return [LABELS.get(n, n) for n in order]
+        return [label(n) for n in order]
 
     def show_first_problem(self) -> str | None:
         """Scroll to the first setting to fix and put the cursor in it; returns its name."""
@@ -471,13 +418,7 @@ class HyperparamForm(QWidget):
         self.update_estimates()
 
     def total_steps(self, cfg: TrainConfig | None = None) -> int | None:
-        cfg = cfg or self.config()
-        if cfg.iters:
-            return cfg.iters
-        if not self.train_rows or not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
-            return None
-        per_epoch = max(1, math.ceil(math.ceil(self.train_rows / cfg.batch_size) / max(1, cfg.grad_accumulation)))
-        return max(1, math.ceil((cfg.epochs or 3.0) * per_epoch))
+        return estimates.total_steps_for_rows(cfg or self.config(), self.train_rows)
 
     def update_estimates(self) -> None:
         cfg = self.config()
@@ -487,35 +428,22 @@ class HyperparamForm(QWidget):
         elif cfg.iters:
             self.steps_note.setText(f"{steps:,} steps (steps win over epochs when both are set).")
         else:
-            self.steps_note.setText(f"≈ {steps:,} steps: {cfg.epochs or 3.0:g} epoch(s) of "
+            self.steps_note.setText(f"≈ {steps:,} steps: {cfg.epochs or DEFAULT_EPOCHS:g} epoch(s) of "
                                     f"{self.train_rows:,} training rows at batch {cfg.batch_size}.")
         self._update_memory(cfg)
 
     def memory_estimate(self, cfg: TrainConfig | None = None) -> tuple[float, int, int] | None:
         """(estimated GB, sequence length used, machine bytes), or None without a model."""
-        from finetune_app.core.models import estimate_memory_gb
-
         choice = self.model_choice
         if choice is None:
             return None
         cfg = cfg or self.config()
-        info, arch = choice.info, choice.arch
-        dtype_bytes = {"float32": 4.0, "bfloat16": 2.0, "float16": 2.0}.get(info.dtype, 2.0)
-        m = re.match(r"(\d+)-bit", info.quantization or "")
-        bits = cfg.quantize_bits or (int(m.group(1)) if m else None)
+        info = choice.info
         seq = cfg.max_length if isinstance(cfg.max_length, int) and cfg.max_length > 0 else 2048
         if self.longest_row:
             seq = min(seq, self.longest_row)
-        batch = cfg.batch_size if isinstance(cfg.batch_size, int) and cfg.batch_size > 0 else 1
-        rank = cfg.lora_rank if isinstance(cfg.lora_rank, int) and cfg.lora_rank > 0 else 16
-        h, inter = arch.get("hidden_size", 1024), arch.get("intermediate_size", 4096)
-        kv = arch.get("kv_heads", 1) * arch.get("head_dim", 64)
-        per_layer = rank * (2 * h + 2 * (h + kv) + 2 * h + 2 * (h + inter) + (inter + h))
-        trainable = info.parameters if cfg.fine_tune_type == "full" else per_layer * arch.get("num_layers", 24)
-        gb = estimate_memory_gb(info.parameters, dtype_bytes=dtype_bytes, quantize_bits=bits,
-                                trainable_params=trainable, batch_size=batch, seq_len=seq,
-                                hidden_size=h, num_layers=arch.get("num_layers", 24),
-                                grad_checkpoint=bool(cfg.grad_checkpoint))
+        gb = estimates.run_memory_gb(cfg, parameters=info.parameters, dtype=info.dtype,
+                                     quantization=info.quantization, sizes=choice.arch, seq_len=seq)
         return gb, seq, self.memory_ram
 
     def memory_warning(self) -> str | None:
@@ -571,7 +499,7 @@ class HyperparamForm(QWidget):
             self.fields["output"].set_value(path)
 
     def choose_save(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Save Settings", str(Path.home() / "train_config.toml"),
+        path, _ = QFileDialog.getSaveFileName(self, "Save Settings", str(Path.home() / run_folder.CONFIG_FILE),
                                               "TOML files (*.toml)")
         if path:
             self.save(path)

@@ -33,6 +33,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from finetune_app.core.run_folder import metrics_path
 from finetune_app.ui.plots import BLUE, GREEN, ORANGE, PURPLE, ThemedPlot, nice_ceiling
 from finetune_app.ui.widgets import Banner, breakable, clean_output, format_duration, heading, secondary
 
@@ -326,7 +327,7 @@ class TrainingView(QWidget):
         self.log.clear()
         self.step, self.total_steps = 0, total_steps or run.config.iters or 0
         if getattr(getattr(run, "worker", None), "resume", False):
-            self.load_history(Path(run.config.output) / "metrics.jsonl")
+            self.load_history(metrics_path(run.config.output))
         self._t_started, self._paused_for, self._t_paused = time.perf_counter(), 0.0, None
         self._first_step, self._first_active = None, 0.0
         for s in self.stats.values():

@@ -7,9 +7,10 @@ Two kinds of worker:
   network can hang in a socket call no one can interrupt; a daemon thread never keeps the app from
   quitting). Cancelling is immediate for the UI (the task's results are ignored from then on) and
   cooperative for the thread (its next progress report raises `Cancelled`).
-* `TrainingRun`: a `TrainingWorker` QObject moved to a QThread whose `run` slot creates the Trainer
-  there and calls `Trainer.run()`. MLX streams are thread-local, so the trainer's arrays are made,
-  used and released on that thread; every engine event becomes one signal, queued to the UI.
+* `TrainingRun`: a `TrainingWorker` QObject moved to a QThread whose `run` slot starts the run
+  there (core.runner.start_run, in the calling thread). MLX streams are thread-local, so the
+  trainer's arrays are made, used and released on that thread; every engine event becomes one
+  signal, queued to the UI.
 
 Every thread that touched MLX calls `mx.clear_streams()` before it ends: without it the process
 aborts at exit ("terminate called without an active exception", measured with mlx 0.32.4).
@@ -136,37 +137,17 @@ class ModelChoice:
     path: Path
     info: Any  # core.models.ModelInfo
     tokenizer_base: Any = field(repr=False, default=None)  # BaseModel with model=None
-    arch: dict = field(default_factory=dict)  # hidden_size, num_layers, intermediate_size, ...
+    arch: dict = field(default_factory=dict)  # core.estimates.model_sizes: hidden_size, num_layers, ...
 
     @property
     def name(self) -> str:
         return self.source if not Path(self.source).expanduser().exists() else Path(self.source).name
 
 
-def architecture(config: dict) -> dict:
-    """Sizes the memory estimate needs, from config.json (VLMs nest them under text_config)."""
-    text = config.get("text_config") or {}
-
-    def get(*names, default=None):
-        for n in names:
-            for c in (config, text):
-                if isinstance(c, dict) and c.get(n) is not None:
-                    return c[n]
-        return default
-
-    hidden = int(get("hidden_size", "d_model", default=1024))
-    heads = int(get("num_attention_heads", default=max(1, hidden // 64)))
-    kv_heads = int(get("num_key_value_heads", default=heads))
-    head_dim = int(get("head_dim", default=max(1, hidden // max(1, heads))))
-    return {"hidden_size": hidden, "num_layers": int(get("num_hidden_layers", "n_layers", default=24)),
-            "intermediate_size": int(get("intermediate_size", default=4 * hidden)),
-            "heads": heads, "kv_heads": kv_heads, "head_dim": head_dim}
-
-
 # What a run imports on first use. Importing is pure Python under the GIL; done on the training
 # thread it makes the window stutter for a second at the start of the first run, so the model
 # task imports them early, while the person is still choosing settings.
-WARM_IMPORTS = ("finetune_app.core.training.trainer", "finetune_app.core.generate", "mlx_lm.tuner.utils",
+WARM_IMPORTS = ("finetune_app.core.runner", "finetune_app.core.training.trainer", "finetune_app.core.generate", "mlx_lm.tuner.utils",
                 "mlx_lm.generate", "mlx_lm.sample_utils", "mlx_vlm.generate")
 
 
@@ -182,6 +163,7 @@ def warm_imports() -> None:
 
 def load_model_choice(source: str, task: Task) -> ModelChoice:
     """Resolve (download with progress) and describe a model without keeping its weights."""
+    from finetune_app.core.estimates import model_sizes
     from finetune_app.core.models import (
         BaseModel,
         describe,
@@ -198,7 +180,7 @@ def load_model_choice(source: str, task: Task) -> ModelChoice:
     info = describe(base)
     lite = BaseModel(model=None, processor=base.processor, kind=base.kind, model_type=base.model_type,
                      path=base.path, config=base.config, source=source)
-    arch = architecture(base.config)
+    arch = model_sizes(base.config)
     del base
     warm_imports()
     return ModelChoice(source=source, path=path, info=info, tokenizer_base=lite, arch=arch)
@@ -257,7 +239,7 @@ def build_demo(dest: Path, task: Task, *, n_train: int = 300, n_valid: int = 48)
 # ---- training -----------------------------------------------------------------------------------
 
 class TrainingWorker(QObject):
-    """Lives on the training QThread. `run()` builds the Trainer there and turns each engine event
+    """Lives on the training QThread. `run()` starts the run there and turns each engine event
     into one signal; pause/resume/stop go through the thread-safe Control."""
 
     stateChanged = Signal(str, str, int)  # state, reason, step
@@ -277,8 +259,7 @@ class TrainingWorker(QObject):
         self.config = config
         self.resume = resume
         self.hosts = hosts  # core.cluster.hosts.HostList: train on several machines (mlx.launch)
-        self.control = LaunchControl() if hosts is not None else Control()
-        self.launch = None
+        self.control = Control()  # exists before the run: the buttons steer it from the start
         self.progress = ProgressThrottle(0.1)  # seconds between Progress signals
         self.failed_reason = ""
 
@@ -313,52 +294,24 @@ class TrainingWorker(QObject):
         if line.startswith("[WARN]"):
             self.notice.emit(line.replace("[WARN] ", "").strip())
 
-    def _run_on_hosts(self):
-        """The engine runs in other processes: `mlx.launch` starts one per host; rank 0 (on this
-        machine) records the run and reports its events, which arrive here as the events of a
-        local run do. (One worker class for both: PySide6 6.11 ran a subclass's `run` slot on the
-        GUI thread.)"""
-        from finetune_app.core.cluster.launch import DistributedRun
-        from finetune_app.core.training.trainer import RunResult
-
-        self.launch = DistributedRun(self.hosts, self.config, resume=self.resume, listeners=[self._on_event],
-                                     log=self._log_line)
-        t0 = time.perf_counter()
-        self.launch.start()
-        self.control.attach(self.launch)
-        outcome = self.launch.wait()
-        if outcome.status == "failed":
-            self.failed_reason = outcome.message
-            return None
-        return RunResult(outcome.status, outcome.step, self.config.iters or outcome.step, None, None,
-                         outcome.run_dir, time.perf_counter() - t0)
-
     @Slot()
     def run(self) -> None:
+        """The run, on this QThread (core.runner.start_run in the calling thread): here, or on
+        several machines, where rank 0 records the run and its events arrive as a local run's do.
+        (One worker class for both: PySide6 6.11 ran a subclass's `run` slot on the GUI thread.)"""
         result = None
         try:
-            if self.hosts is not None:
-                result = self._run_on_hosts()
-                return
-            from finetune_app.core.training.trainer import Trainer
+            from finetune_app.core.runner import start_run
 
-            from finetune_app.core.runs import default_recorder
-
-            listeners = [self._on_event]
-            recorder = default_recorder(self.config, resume=self.resume)  # the run history
-            if recorder is not None:
-                listeners.append(recorder)
-            trainer = Trainer(self.config, listeners=listeners, control=self.control,
-                              resume=self.resume)
-            result = trainer.run()
+            result = start_run(self.config, resume=self.resume, listeners=[self._on_event], control=self.control,
+                               hosts=self.hosts, log=self._log_line).result
         except Exception as exc:
-            if not self.failed_reason:  # Trainer.run() reports its own failures; this is before it
+            if not self.failed_reason:  # the run reports its own failures; this is before it
                 from finetune_app.ui.widgets import message_of
 
                 self.failed_reason = message_of(exc)
                 self.stateChanged.emit("failed", self.failed_reason, 0)
         finally:
-            trainer = None
             release_mlx_thread_state()
             self.done.emit(result)
 
@@ -417,63 +370,10 @@ class TrainingRun(QObject):
 
     def terminate(self) -> None:
         """A run on several machines: stop every rank now (rank 0 saves the last finished step)."""
-        launch = getattr(self.worker, "launch", None)
-        if launch is not None:
-            launch.terminate()
+        self.control.terminate()
 
 
 # ---- training on several machines ----------------------------------------------------------------
-
-class LaunchControl:
-    """The Control of a run on several machines: each request also goes to every rank through the
-    launcher (core.cluster.launch); requests made before the launch starts are kept for it."""
-
-    def __init__(self) -> None:
-        from finetune_app.core.training.control import Control
-
-        self._local = Control()
-        self._launch = None
-        self._pending: list[str] = []
-        self._lock = threading.Lock()
-
-    def attach(self, launch) -> None:
-        with self._lock:
-            self._launch, pending, self._pending = launch, self._pending, []
-        for command in pending:
-            launch.send(command)
-
-    def _send(self, command: str) -> None:
-        with self._lock:
-            if self._launch is None:
-                self._pending.append(command)
-                return
-            launch = self._launch
-        launch.send(command)
-
-    def pause(self) -> None:
-        self._local.pause()
-        self._send("pause")
-
-    def resume(self) -> None:
-        self._local.resume()
-        self._send("resume")
-
-    def stop(self, *, save: bool = True) -> None:
-        self._local.stop(save=save)
-        self._send("stop" if save else "stop-discard")
-
-    @property
-    def save_on_stop(self) -> bool:
-        return self._local.save_on_stop
-
-    @property
-    def paused(self) -> bool:
-        return self._local.paused
-
-    @property
-    def stop_requested(self) -> bool:
-        return self._local.stop_requested
-
 
 def DistributedTrainingRun(config: TrainConfig, hosts, *, resume: bool = False,
                            parent: QObject | None = None) -> TrainingRun:

@@ -50,7 +50,7 @@ def absolute(path_or_id: str) -> str:
 
 
 def probe_command(python: str, model: str, data: str) -> list[str]:
-    return [python, "-m", "finetune_app", "hosts", "probe", "--model", model, "--data", data]
+    return [python, "-m", "finetune_app.core.cluster.probe", "--model", model, "--data", data]
 
 
 def ssh_command(host: Host, command: list[str], timeout: float) -> list[str]:
@@ -91,7 +91,7 @@ def check_host(host: Host, rank: int, model: str, data: str, *, python: str | No
     if proc.returncode != 0 or not lines:
         if "No module named" in (proc.stderr or "") or proc.returncode == 127:
             result.problems.append(f"Finetune is not installed for {python} on {host.name}. Install the same "
-                                   f"version there (the run starts `{python} -m finetune_app` on every host).")
+                                   f"version there (the run starts `{python} -m finetune_app.core.cluster.rank` on every host).")
         else:
             result.problems.append(f"The check failed on {host.name} ({last or f'exit code {proc.returncode}'}).")
         return result

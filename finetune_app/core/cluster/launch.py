@@ -1,8 +1,9 @@
 """Start a data-parallel run with `mlx.launch` and follow it from this machine.
 
-Rank 0 runs `finetune-app train --events-stdout --control-stdin`: its events come back as marked
-lines on stdout (events.EventLines), and pause/stop go to every rank through the launcher, which
-copies its stdin to all of them (the ranks then agree on the step, trainer._agree). When a host
+Each rank runs core/cluster/rank.py (the runner's own entry, not the CLI): rank 0's events come
+back as marked lines on stdout (events.EventLines), and pause/stop go to every rank through the
+launcher, which copies its stdin to all of them (the ranks then agree on the step). The runner
+(core/runner.py) starts this for `start_run(config, hosts=...)`. When a host
 drops out, mlx.launch says which rank ended and how, stops the others, and exits 0 all the same;
 this module turns that into one failed state naming the host, with rank 0's word on the
 checkpoint it saved.
@@ -21,6 +22,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from finetune_app.core.cluster import rank
 from finetune_app.core.cluster.hosts import HostList
 from finetune_app.core.config import TrainConfig
 from finetune_app.core.training import events as ev
@@ -69,13 +71,6 @@ def describe_exit(code: int | None) -> str:
     return f"its process exited with code {code}" + (f" ({EXIT_WORDS[code]})" if code in EXIT_WORDS else "")
 
 
-def train_command(cfg: TrainConfig, *, resume: bool, python: str) -> list[str]:
-    """What every rank runs. The settings travel inline: other hosts have no copy of this
-    machine's config file or run folder."""
-    return [python, "-m", "finetune_app", "train", "--config-json", json.dumps(cfg.to_dict()),
-            *(["--resume", cfg.output] if resume else []), "--events-stdout", "--control-stdin", "--quiet"]
-
-
 class DistributedRun:
     def __init__(self, hosts: HostList, cfg: TrainConfig, *, resume: bool = False, listeners=(),
                  python: str | None = None, log=None, starting_port: int | None = None, env: dict | None = None):
@@ -118,7 +113,7 @@ class DistributedRun:
         args = [self.python, "-c", LAUNCHER, *where, "--backend", self.hosts.backend]
         if self.starting_port:
             args += ["--starting-port", str(self.starting_port)]
-        return args + ["--", *train_command(self.cfg, resume=self.resume, python=self.python)]
+        return args + ["--", *rank.command(self.cfg, resume=self.resume, python=self.python)]
 
     # ---- control (any thread) ----------------------------------------------------------------
     def send(self, command: str) -> None:

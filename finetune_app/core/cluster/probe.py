@@ -1,4 +1,5 @@
-"""What one host has, as JSON: run there (`finetune-app hosts probe`) by check.py, over ssh.
+"""What one host has, as JSON: run there by check.py, over ssh, as
+`python -m finetune_app.core.cluster.probe --model M --data D` (or `finetune-app hosts probe`).
 
 The fingerprints let this machine see that a host has the *same* model and data, not only files
 at the same paths: names and sizes of the weight/data files and the bytes of config.json."""
@@ -6,6 +7,7 @@ at the same paths: names and sizes of the weight/data files and the bytes of con
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import platform
 import shutil
@@ -71,3 +73,20 @@ def probe(model: str, data: str) -> dict:
             "device": "Metal GPU" if gpu else ("CUDA GPU" if cuda else "CPU"),
             "memory_bytes": memory_bytes(), "free_disk_bytes": shutil.disk_usage(Path.home()).free,
             "model": model_info(model), "data": data_info(data)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from finetune_app.core.cluster.check import PROBE_MARK
+
+    parser = argparse.ArgumentParser(prog="finetune_app.core.cluster.probe")
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--data", required=True)
+    args = parser.parse_args(argv)
+    print(PROBE_MARK + json.dumps(probe(args.model, args.data)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -194,12 +194,12 @@ LOWER_IS_BETTER = {"perplexity", "nll_per_token"}
 def loss_curves(path: Path) -> dict | None:
     """Train and validation loss from the metrics.jsonl of the run a path belongs to (a run folder,
     one of its checkpoints, or an adapter saved in it)."""
-    from finetune_app.core.training.events import MetricsLog
+    from finetune_app.core import run_folder
 
     p = Path(path)
-    for folder in (p, p.parent.parent if p.parent.name == "checkpoints" else None, p.parent):
-        if folder is not None and (folder / "metrics.jsonl").is_file():
-            rows = MetricsLog.read(folder / "metrics.jsonl")
+    for folder in (p, run_folder.run_of(p) if run_folder.run_of(p) != p else None, p.parent):
+        if folder is not None and run_folder.metrics_path(folder).is_file():
+            rows = run_folder.read_metrics(folder)
             return {"run": str(folder),
                     "train": [[r["step"], r["loss"]] for r in rows if r.get("kind") == "train" and r.get("loss") is not None],
                     "val": [[r["step"], r["val_loss"]] for r in rows if r.get("kind") == "val"

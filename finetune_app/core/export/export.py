@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from finetune_app.core import run_folder
 from finetune_app.core.errors import ConfigError, FinetuneError
 from finetune_app.core.export.publish import STAGE_MARKER, remove_stale_stages
 
@@ -194,7 +195,8 @@ def estimate_bytes(model_path: str | Path, config: dict, *, target: str, adapter
     model_path = Path(model_path)
     if target == "adapter":
         a = Path(adapter)
-        return sum((a / n).stat().st_size for n in ("adapters.safetensors", "adapter_config.json", "train_config.toml")
+        return sum((a / n).stat().st_size for n in (run_folder.ADAPTER_FILE, run_folder.ADAPTER_CONFIG_FILE,
+                                                     run_folder.CONFIG_FILE)
                    if (a / n).is_file())
     q = config.get("quantization") or {}
     bits_in = int(q.get("bits", 0) or 0)
@@ -476,7 +478,7 @@ class _Job:
 
         self.step(0.4, "Copying the adapter")
         src = Path(self.opts.adapter).expanduser()
-        for name in (adapters.ADAPTER_FILE, adapters.CONFIG_FILE, "train_config.toml"):
+        for name in (adapters.ADAPTER_FILE, adapters.CONFIG_FILE, run_folder.CONFIG_FILE):
             if (src / name).is_file():
                 shutil.copyfile(src / name, stage / name)
 

@@ -18,7 +18,7 @@ import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
 
 from finetune_app.core import adapters, atomic
-from finetune_app.core.run_folder import CHECKPOINTS, OPTIMIZER_FILE, STATE_FILE, STEP_DIR  # noqa: F401
+from finetune_app.core.run_folder import CHECKPOINTS, OPTIMIZER_FILE, STATE_FILE, STEP_DIR, checkpoint_name  # noqa: F401
 
 
 class DamagedCheckpoint(Exception):
@@ -45,7 +45,7 @@ def save(run_dir: Path, model, adapter_config: dict, optimizer, state: TrainStat
     from finetune_app.core import tensor_files
 
     root = Path(run_dir) / CHECKPOINTS
-    dest = root / f"step-{state.step:07d}"
+    dest = root / checkpoint_name(state.step)
     with atomic.staged_dir(dest, overwrite=True) as stage:
         adapters.save(model, adapter_config, stage, train_config=train_config, direct=direct)
         tensor_files.save(stage / OPTIMIZER_FILE, dict(tree_flatten(optimizer.state)), direct=direct)

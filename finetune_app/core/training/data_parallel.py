@@ -19,6 +19,7 @@ import threading
 import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
 
+from finetune_app.core import run_folder
 from finetune_app.core.training import checkpoint as ckpt
 from finetune_app.core.training.events import HostRate, StateChanged
 
@@ -117,7 +118,7 @@ class DataParallel:
     def _save_last_good(self):
         t = self.t
         params, opt_state, state = self.last_good
-        existing = t.run_dir / ckpt.CHECKPOINTS / f"step-{state.step:07d}"
+        existing = run_folder.checkpoint_dir(t.run_dir, state.step)
         if existing.is_dir():
             return existing
         t.base.model.update(tree_unflatten(params))

@@ -18,7 +18,7 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 from mlx.utils import tree_map
 
-from finetune_app.core import adapters, distributed, run_folder, trackers
+from finetune_app.core import adapters, distributed, estimates, run_folder, trackers
 from finetune_app.core.config import TrainConfig
 from finetune_app.core.data.batching import Batch, collate, epoch_batches
 from finetune_app.core.data.tokenize import Encoder, Example
@@ -170,7 +170,7 @@ class Trainer:
         self.train_lengths = [e.model_length for e in data.train]
         n_batches = len(epoch_batches(self.train_lengths, cfg.batch_size, seed=cfg.seed, epoch=0))
         self.steps_per_epoch = max(1, math.ceil(n_batches / cfg.grad_accumulation))
-        self.total_steps = cfg.iters or max(1, math.ceil((cfg.epochs or 1.0) * self.steps_per_epoch))
+        self.total_steps = estimates.total_steps(cfg, n_batches)
         self.optimizer = make_optimizer(cfg.optimizer, cfg.learning_rate, cfg.weight_decay)
         self.state = ckpt.TrainState(seed=cfg.seed, total_steps=self.total_steps)
         self.metrics = MetricsLog(self.run_dir / METRICS_FILE)
