@@ -594,6 +594,8 @@ def report_dir(source: TunedSource) -> Path:
     p = source.path
     if source.kind == "run":
         return p / "eval"
-    if p.parent.name == "checkpoints" and (p.parent.parent / "train_config.toml").is_file():
-        return p.parent.parent / "eval"
+    from finetune_app.core import run_folder
+
+    if run_folder.run_of(p) != p and run_folder.config_path(run_folder.run_of(p)).is_file():
+        return run_folder.run_of(p) / "eval"
     return data_dir() / "evaluations" / p.name
