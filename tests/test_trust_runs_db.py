@@ -138,6 +138,16 @@ def test_older_database_starts_the_folder_list(tmp_path, datadir):
     assert folder_index.read(datadir) == [str(f) for f in folders]
 
 
+def test_a_first_run_is_not_reported_as_a_repair(tmp_path, datadir, capsys):
+    """A fresh data folder whose list already names the starting run's folder (no settings in it
+    yet) opens quietly: nothing was missing, nothing is said to be rebuilt."""
+    folder_index.add(datadir, str(tmp_path / "first-run"))
+    store = runs.open_store()
+    assert store.notice in (None, ""), store.notice
+    store.close()
+    assert "rebuilt" not in capsys.readouterr().err
+
+
 def test_folder_list_survives_a_torn_last_line(tmp_path):
     index = tmp_path / folder_index.INDEX_NAME
     index.write_text("/a/run1\n/a/ru")  # a writer killed mid-line

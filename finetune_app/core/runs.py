@@ -112,8 +112,8 @@ def open_store(path: str | Path | None = None, *, notify=None) -> RunStore:
         notify(store.notice)
     elif store.migrated_from == 0:  # new, or emptied (a zero-length file): refill it from the folders we know
         folders = folder_index.read(path.parent)
-        if folders:
-            found, skipped = rebuild(store, folders)
+        found, skipped = rebuild(store, folders) if folders else (0, 0)
+        if found or skipped:  # a listed folder that holds no run yet (its first run starting) is nothing to report
             store.notice = f"{path}: the run database was missing or empty; rebuilt from the run folders: " + \
                 _runs_recovered(found, skipped)
             notify(store.notice)
@@ -363,6 +363,10 @@ class RunRecorder:
 
     def _start(self) -> None:
         cfg = self.config
+        try:  # opened (and refilled if new) before this run's folder is listed, so a first run is no "repair"
+            self.store
+        except FinetuneError:
+            pass  # the same error comes again below, where it is reported; the folder is listed all the same
         if self.run_dir:
             try:
                 remember_folder(self.run_dir, self._db_file.parent)
