@@ -329,3 +329,23 @@ def test_pyside_emit_keeps_references():
     for _ in range(5000):
         p.ping.emit(None)
     assert sys.getrefcount(True) + sys.getrefcount(None) > before - 100
+
+
+def test_smoothed_loss_after_a_resume_continues_the_uninterrupted_curve(qtbot):
+    """A resumed run repeats the steps after its checkpoint; the smoothed curve rewinds to the
+    checkpoint's state instead of carrying the dropped points (no kink at the resume step)."""
+    from finetune_app.ui.training_view import TrainingView
+
+    losses = [3.0 - 0.05 * i + (0.3 if i % 3 == 0 else 0.0) for i in range(40)]
+    straight = TrainingView()
+    qtbot.addWidget(straight)
+    for step, loss in enumerate(losses, start=1):
+        straight._add_train_point(step, loss, 1e-3)
+    resumed = TrainingView()
+    qtbot.addWidget(resumed)
+    for step, loss in enumerate(losses[:30], start=1):  # killed at step 30, checkpoint at 20
+        resumed._add_train_point(step, loss + 5.0 if step > 20 else loss, 1e-3)
+    for step in range(21, 41):
+        resumed._add_train_point(step, losses[step - 1], 1e-3)
+    assert resumed.loss_steps == straight.loss_steps
+    assert resumed.ema == pytest.approx(straight.ema, rel=1e-12)

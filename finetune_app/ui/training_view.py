@@ -299,8 +299,7 @@ class TrainingView(QWidget):
         self.loss_steps: list[int] = []
         self.losses: list[float] = []
         self.ema: list[float] = []
-        self._ema_raw = 0.0
-        self._ema_weight = 0.0
+        self._ema_state: list[tuple[float, float]] = []  # (raw, weight) after each point, so a resume rewinds it
         self.val_steps: list[int] = []
         self.val_losses: list[float] = []
         self.lrs: list[float] = []
@@ -466,7 +465,7 @@ class TrainingView(QWidget):
     def _add_train_point(self, step: int, loss: float, lr: float) -> None:
         # A resumed run repeats the steps after its checkpoint: drop the old points from there on.
         while self.loss_steps and self.loss_steps[-1] >= step:
-            for series in (self.loss_steps, self.losses, self.ema, self.lrs):
+            for series in (self.loss_steps, self.losses, self.ema, self.lrs, self._ema_state):
                 series.pop()
         while self.val_steps and self.val_steps[-1] > step:
             self.val_steps.pop()
@@ -475,9 +474,10 @@ class TrainingView(QWidget):
         self.losses.append(loss)
         gap = step - (self.loss_steps[-2] if len(self.loss_steps) > 1 else 0)
         a = 1.0 - math.exp(-max(gap, 1) / EMA_STEPS)
-        self._ema_raw = (1 - a) * self._ema_raw + a * loss
-        self._ema_weight = (1 - a) * self._ema_weight + a
-        self.ema.append(self._ema_raw / self._ema_weight)
+        raw, weight = self._ema_state[-1] if self._ema_state else (0.0, 0.0)
+        raw, weight = (1 - a) * raw + a * loss, (1 - a) * weight + a
+        self._ema_state.append((raw, weight))
+        self.ema.append(raw / weight)
         self.lrs.append(lr)
 
     def on_train(self, r) -> None:
