@@ -18,15 +18,8 @@ from finetune_app.core.errors import ModelError
 
 log = logging.getLogger(__name__)
 
-# Families the engine is tested on; other models mlx-vlm / mlx-lm load are tried generically.
-VLM_FAMILIES = {
-    "qwen2_vl": "Qwen2-VL",
-    "qwen2_5_vl": "Qwen2.5-VL",
-    "qwen3_vl": "Qwen3-VL",
-    "llava_qwen2": "FastVLM",
-    "fastvlm": "FastVLM",
-}
-TEXT_FAMILIES = {"llama": "Llama", "qwen2": "Qwen2", "qwen3": "Qwen3", "mistral": "Mistral"}
+# Families (core/families) name the models the engine is tested on; other models mlx-vlm /
+# mlx-lm load are trained through the generic family.
 # mlx-vlm says these cannot be trained (mlx_vlm.trainer.core.not_supported_for_training).
 UNTRAINABLE = {"gemma3n": "its audio/vision towers are not differentiable in mlx-vlm",
                "qwen3_omni": "mlx-vlm does not support training it"}
@@ -49,11 +42,17 @@ class BaseModel:
 
     @property
     def family(self) -> str:
-        return VLM_FAMILIES.get(self.model_type) or TEXT_FAMILIES.get(self.model_type) or self.model_type
+        """The name people know the model's family by."""
+        from finetune_app.core.families import display_name
+
+        return display_name(self.model_type)
 
     @property
     def is_fastvlm(self) -> bool:
-        return self.model_type in ("llava_qwen2", "fastvlm")
+        """Apple's FastVLM app runs this model (its family says so)."""
+        from finetune_app.core.families import family_class
+
+        return family_class(self.model_type).apple_app
 
     @property
     def tokenizer(self):
@@ -197,7 +196,9 @@ def model_kind(config: dict) -> str:
         raise ModelError("config.json has no model_type, so the architecture is unknown.", "Use a model converted for MLX (mlx-community) whose config.json names its model_type.")
     if model_type in UNTRAINABLE:
         raise ModelError(f"{model_type} models cannot be fine-tuned here: {UNTRAINABLE[model_type]}.", "Choose another model, e.g. Qwen2.5-VL or FastVLM.")
-    if model_type in VLM_FAMILIES or "vision_config" in config or "mm_projector_type" in config:
+    from finetune_app.core.families import known_vlm
+
+    if known_vlm(model_type) or "vision_config" in config or "mm_projector_type" in config:
         return "vlm"
     return "text"
 
