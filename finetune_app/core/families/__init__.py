@@ -33,7 +33,7 @@ def family_for(base) -> Family:
 
 def display_name(model_type: str) -> str:
     model_type = str(model_type or "").lower()
-    return family_class(model_type).display_name(model_type) if model_type not in NAMES else NAMES[model_type]
+    return NAMES.get(model_type) or family_class(model_type).display_name(model_type)
 
 
 def known_vlm(model_type: str) -> bool:

@@ -25,7 +25,7 @@ from finetune_app.core.training import checkpoint as ckpt
 from finetune_app.core.training.control import Control
 from finetune_app.core.training.data_parallel import DataParallel
 from finetune_app.core.training.events import (CheckpointSaved, MetricsLog, Notice, Progress,
-                                               SampleItem, SampleReport, StateChanged, TrainReport, ValReport)
+                                               SampleItem, SampleReport, StateChanged, ValReport)
 from finetune_app.core.families import family_for
 from finetune_app.core.training.objectives import objective
 from finetune_app.core.training.step import Step
@@ -34,7 +34,7 @@ from finetune_app.core.training.peers import PeerLost
 from finetune_app.core.training.prepare import Prepared, prepare_examples
 from finetune_app.core.training import hooks
 from finetune_app.core.training.hooks import Clock
-from finetune_app.core.training.loop import step_seed, train_loop  # noqa: F401 (step_seed: public)
+from finetune_app.core.training.loop import train_loop
 
 CONFIG_FILE = run_folder.CONFIG_FILE
 METRICS_FILE = run_folder.METRICS_FILE
