@@ -100,7 +100,7 @@ def independent_loss(model_dir, family, data_file):
 
 
 @pytest.mark.parametrize("path", ["fast", "reference"])
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl", "fastvlm", "llama"])
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "fastvlm", "llama"])
 def test_trainer_loss_matches_independent_computation(family, path, tiny_model, tmp_path):
     """Both training paths: the fast one (cached tower features, compiled step; Qwen3-VL's deepstack
     features included) and the reference one (the library's own forward)."""

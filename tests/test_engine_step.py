@@ -34,3 +34,20 @@ def test_accumulated_micro_batches_equal_one_batch(fast, tiny_model, instruction
     for k in p1:
         assert mx.allclose(p1[k], p2[k], rtol=1e-4, atol=1e-6).item(), k
     assert any(mx.abs(v).max().item() > 0 for k, v in p1.items() if "lora_b" in k), "the step updated LoRA B"
+
+
+def test_a_rank_without_examples_joins_the_step_with_nothing_supervised(tiny_model, shapes_data, tmp_path):
+    """Data parallel: a global micro-batch smaller than the world leaves a rank without examples; it
+    still plans a batch (on the Qwen-VL fast path too, with its mRoPE ids) that adds zero loss."""
+    from finetune_app.core.distributed import World
+
+    cfg = TrainConfig(model=str(tiny_model("qwen2_vl")), data=str(shapes_data), output=str(tmp_path / "run"),
+                      iters=1, batch_size=1, sample_count=0)
+    t = Trainer(cfg)
+    t.setup()
+    assert t.family.fast
+    t.world = World(group=None, rank=1, size=2)  # rank 1 of 2, planning only (no collective runs)
+    batch = t.make_batch(t.shard([0]))
+    assert batch.n_targets == 0 and batch.positions is not None
+    total, count = t.step.loss_sum(batch)
+    assert total.item() == 0.0 and count.item() == 0

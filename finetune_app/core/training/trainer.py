@@ -7,7 +7,7 @@ Control (control.py). The loop owns its MLX arrays and runs on whichever thread 
 
 from __future__ import annotations
 
-import dataclasses
+import copy
 import math
 import time
 from dataclasses import dataclass
@@ -285,8 +285,9 @@ class Trainer:
         if mine:
             return mine
 
-        ex = self.data.train[positions[0]]
-        return [dataclasses.replace(ex, target_mask=ex.target_mask & False)]
+        empty = copy.copy(self.data.train[positions[0]])  # (keeps what a family attached, e.g. mRoPE ids)
+        empty.target_mask = empty.target_mask & False
+        return [empty]
 
     def evaluate_and_sample(self, step: int) -> float | None:
         if not self.data.valid:
