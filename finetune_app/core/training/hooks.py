@@ -84,8 +84,8 @@ class Agreement(Hook):
 class Report(Hook):
     """TrainReport every `steps_per_report` steps and at the last: loss, rates, memory, ETA."""
 
-    def __init__(self, clock: Clock, every: int):
-        self.clock, self.every = clock, every
+    def __init__(self, clock: Clock, every: int, host_rates=lambda examples, tokens, seconds: ()):
+        self.clock, self.every, self.host_rates = clock, every, host_rates  # per-host rates: data parallel
         self.step_times: list[float] = []
         self.last_loss = None
         self._new_window()
@@ -122,7 +122,7 @@ class Report(Hook):
             step_time=elapsed / self.steps, eta_seconds=(run.total_steps - done.step) * (sum(recent) / len(recent)),
             trained_tokens=s.trained_tokens,
             grad_norm=float(done.grad_norm.item()) if done.grad_norm is not None else None,
-            hosts=run.dp.host_rates(self.my_examples, self.my_tokens, elapsed)))
+            hosts=self.host_rates(self.my_examples, self.my_tokens, elapsed)))
         self._new_window()
 
 

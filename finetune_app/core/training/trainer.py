@@ -367,7 +367,8 @@ class Trainer:
         cfg = self.cfg
         self.emit(StateChanged("started", step=self.state.step))
         clock = Clock()
-        report, evaluate = hooks.Report(clock, cfg.steps_per_report), hooks.Evaluate(cfg.steps_per_eval)
+        report = hooks.Report(clock, cfg.steps_per_report, host_rates=self.dp.host_rates)
+        evaluate = hooks.Evaluate(cfg.steps_per_eval)
         status = train_loop(self, [self.dp, hooks.Agreement(self.dp, self.control, clock), report, evaluate,
                                    hooks.Checkpoints(cfg.save_every)], clock)
         if status == "stopped":
