@@ -34,12 +34,14 @@ class QwenVL(Generic):
 
     # ---- once per example ------------------------------------------------------------------------
     def tower_features(self, model, pixel_values, grid=None):
-        out = model.vision_tower(pixel_values, grid, output_hidden_states=False) if not self.deepstack else \
-            model.vision_tower(pixel_values.astype(model.vision_tower.patch_embed.proj.weight.dtype), grid)
-        if self.deepstack:
-            feats, deep = out
-            return feats, mx.stack(list(deep)) if deep is not None and len(deep) else None
-        return (out[0] if isinstance(out, tuple) else out), None
+        """Merged tower features [n, D] of one image, and Qwen3-VL's deepstack features
+        [layers, n, D] (None for the others)."""
+        tower = model.vision_tower
+        if not self.deepstack:
+            out = tower(pixel_values, grid, output_hidden_states=False)
+            return (out[0] if isinstance(out, tuple) else out), None
+        feats, deep = tower(pixel_values.astype(tower.patch_embed.proj.weight.dtype), grid)
+        return feats, (mx.stack(list(deep)) if deep is not None and len(deep) else None)
 
     def prepare_example(self, ex) -> None:
         if not self.fast:
