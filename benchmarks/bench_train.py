@@ -31,7 +31,7 @@ ours/theirs (prefix "SUMMARY " for the JSON form). Metrics:
   self ex/s         what the tool itself reports (mlx-vlm's and mlx-lm's exclude data loading)
   peak GB           mx.get_peak_memory() as each tool reports it; RSS GB: the process's max RSS
   train loss        the tool's own last reported train loss (mean over its last report window)
-  val loss          the same metric for every adapter: our loader + Forward.loss_sum, mean over all
+  val loss          the same metric for every adapter: our loader + the SFT objective on the library path, mean over all
                     supervised tokens of the validation split
   MFU               achieved model FLOP/s / peak FLOP/s (see flops_per_example()), with --measure-peak
                     or --peak-tflops
@@ -146,26 +146,22 @@ def child_eval(spec: dict) -> None:
 
     from finetune_app.core import adapters
     from finetune_app.core.config import TrainConfig
-    from finetune_app.core.data.batching import collate
     from finetune_app.core.data.tokenize import Encoder
+    from finetune_app.core.families import family_for
     from finetune_app.core.models import load_base
-    from finetune_app.core.training.forward import Forward
+    from finetune_app.core.training.objectives import sft
     from finetune_app.core.training.prepare import prepare_examples
-    from finetune_app.core.training.trainer import fastvlm_feature_count
 
     base = load_base(spec["model"])
     adapters.load_into(base, spec["adapter"])
     n_lora = sum(v.size for k, v in tree_flatten(base.model.parameters()) if "lora_" in k)
-    enc = Encoder(base, completion_only=True,
-                  image_features=fastvlm_feature_count(base) if base.is_fastvlm else None)
+    enc = Encoder(base, completion_only=True)  # the family gives FastVLM's features per image
     cfg = TrainConfig(model=spec["model"], data=spec["data"], output="-", seed=spec.get("seed", 0))
     data = prepare_examples(cfg, base, enc)
-    fwd = Forward(base)
-    tok = base.tokenizer
-    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    family = family_for(base)  # not started: the library's own forward, for every tool's adapter
     total, count, bs = 0.0, 0, spec["batch_size"]
     for start in range(0, len(data.valid), bs):
-        s, n = fwd.loss_sum(base.model, collate(data.valid[start:start + bs], pad, fwd.image_token_index))
+        s, n, _ = sft.loss(base.model, family, family.plan(data.valid[start:start + bs]))
         mx.eval(s, n)
         total, count = total + s.item(), count + int(n.item())
     emit_json({"ev": "eval", "val_loss": total / max(count, 1), "val_tokens": count, "lora_params": int(n_lora)})
@@ -181,7 +177,6 @@ def child_info(spec: dict) -> None:
     from finetune_app.core.data.tokenize import Encoder
     from finetune_app.core.models import load_base
     from finetune_app.core.training.prepare import prepare_examples
-    from finetune_app.core.training.trainer import fastvlm_feature_count
 
     base = load_base(spec["model"], lazy=True)
     params = dict(tree_flatten(base.model.parameters()))
@@ -192,8 +187,7 @@ def child_info(spec: dict) -> None:
     n_embed = sum(v.size for k, v in params.items() if k.endswith("embed_tokens.weight"))
     n_lm = sum(v.size for k, v in params.items() if k.split(".")[0] not in vision_roots)
     n_lm_matmul = n_lm - (0 if tied else n_embed)  # an untied embedding is a lookup, not a matmul
-    enc = Encoder(base, completion_only=True,
-                  image_features=fastvlm_feature_count(base) if base.is_fastvlm else None)
+    enc = Encoder(base, completion_only=True)
     data = prepare_examples(TrainConfig(model=spec["model"], data=spec["data"], output="-"), base, enc)
 
     def patches(ex):

@@ -6,7 +6,7 @@
 Runs the same Trainer and settings as bench_train.py (constant LR, no clipping, no eval/saving
 inside the steps) in this process, with timers around the phases of a step:
   collate   host side: build the batch (Trainer.make_batch, or _collate in older trees)
-  build     building the lazy graph: value_and_grad + optimizer.update (Trainer.train_step)
+  build     building the lazy graph: value_and_grad + optimizer.update (Step.__call__; Trainer.train_step in older trees)
   compute   mx.eval of parameters, optimizer state and loss (the actual forward/backward/update)
   other     the rest of the loop (LR schedule, .item() syncs, reports)
 Prints mean ms per step per phase over the steps after --warmup, and with --cprofile N the top N
@@ -56,7 +56,8 @@ def main(argv=None) -> int:
 
     phases = {"collate": [], "build": [], "compute": [], "step": []}
     batch_fn = "make_batch" if hasattr(T.Trainer, "make_batch") else "_collate"  # the engine's name for it
-    orig_collate, orig_step, orig_eval = getattr(T.Trainer, batch_fn), T.Trainer.train_step, mx.eval
+    step_owner, step_fn = (T.Step, "__call__") if hasattr(T, "Step") else (T.Trainer, "train_step")
+    orig_collate, orig_step, orig_eval = getattr(T.Trainer, batch_fn), getattr(step_owner, step_fn), mx.eval
     state = {"in_loop": False}
 
     def timed(name, fn):
@@ -68,7 +69,7 @@ def main(argv=None) -> int:
         return wrapper
 
     setattr(T.Trainer, batch_fn, timed("collate", orig_collate))
-    T.Trainer.train_step = timed("build", orig_step)
+    setattr(step_owner, step_fn, timed("build", orig_step))
 
     def eval_hook(*a, **k):  # only the step's own eval (the one right after train_step)
         if state["in_loop"] and len(phases["build"]) > len(phases["compute"]):

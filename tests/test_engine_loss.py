@@ -100,10 +100,10 @@ def independent_loss(model_dir, family, data_file):
 
 
 @pytest.mark.parametrize("path", ["fast", "reference"])
-@pytest.mark.parametrize("family", ["qwen2_vl", "fastvlm", "llama"])
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "fastvlm", "llama"])
 def test_trainer_loss_matches_independent_computation(family, path, tiny_model, tmp_path):
-    """Both training paths: the fast one (cached tower features, compiled step) and the reference
-    one (the library's own forward)."""
+    """Both training paths: the fast one (cached tower features, compiled step; Qwen3-VL's deepstack
+    features included) and the reference one (the library's own forward)."""
     model_dir = tiny_model(family)
     data_file = write_rows(tmp_path / "data", with_images=family != "llama")
     fast = path == "fast"
@@ -112,10 +112,12 @@ def test_trainer_loss_matches_independent_computation(family, path, tiny_model, 
                       compile=fast, cache_vision=fast)
     trainer = Trainer(cfg)
     trainer.setup()
-    assert (trainer.fast is not None) == fast
+    assert trainer.family.fast == fast
     assert len(trainer.data.train) == 3
     batch = trainer.make_batch(trainer.data.train)
-    loss, _ = trainer.train_step([batch])  # the loss before the update, as the trainer reports it
+    if fast and family == "qwen3_vl":  # its deepstack features are in the fast step
+        assert "deep" in trainer.family.inputs(batch)
+    loss, _ = trainer.step([batch])  # the loss before the update, as the trainer reports it
     total, count = independent_loss(model_dir, family, data_file)
     assert batch.n_targets == count, "the trainer supervises exactly the answer tokens"
     assert float(loss.item()) == pytest.approx(total / count, rel=2e-5)

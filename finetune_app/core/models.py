@@ -18,22 +18,8 @@ from finetune_app.core.errors import ModelError
 
 log = logging.getLogger(__name__)
 
-# Families the engine is tested on; other models mlx-vlm / mlx-lm load are tried generically.
-VLM_FAMILIES = {
-    "qwen2_vl": "Qwen2-VL",
-    "qwen2_5_vl": "Qwen2.5-VL",
-    "qwen3_vl": "Qwen3-VL",
-    "qwen3_5": "Qwen3.5",
-    "llava_qwen2": "FastVLM",
-    "fastvlm": "FastVLM",
-    "gemma3": "Gemma 3",
-    "idefics3": "Idefics3",
-    "smolvlm": "SmolVLM",
-    "pixtral": "Pixtral",
-    "mistral3": "Mistral 3",
-    "mllama": "Llama 3.2 Vision",
-}
-TEXT_FAMILIES = {"llama": "Llama", "qwen2": "Qwen2", "qwen3": "Qwen3", "mistral": "Mistral"}
+# Families (core/families) name the models the engine is tested on; other models mlx-vlm /
+# mlx-lm load are trained through the generic family.
 # mlx-vlm says these cannot be trained (mlx_vlm.trainer.core.not_supported_for_training).
 UNTRAINABLE = {"gemma3n": "its audio/vision towers are not differentiable in mlx-vlm",
                "qwen3_omni": "mlx-vlm does not support training it",
@@ -71,11 +57,17 @@ class BaseModel:
 
     @property
     def family(self) -> str:
-        return VLM_FAMILIES.get(self.model_type) or TEXT_FAMILIES.get(self.model_type) or self.model_type
+        """The name people know the model's family by."""
+        from finetune_app.core.families import display_name
+
+        return display_name(self.model_type)
 
     @property
     def is_fastvlm(self) -> bool:
-        return self.model_type in ("llava_qwen2", "fastvlm")
+        """Apple's FastVLM app runs this model (its family says so)."""
+        from finetune_app.core.families import family_class
+
+        return family_class(self.model_type).apple_app
 
     @property
     def tokenizer(self):
@@ -218,9 +210,9 @@ def model_kind(config: dict) -> str:
         raise ModelError("config.json has no model_type, so the architecture is unknown.", "Use a model converted for MLX (mlx-community) whose config.json names its model_type.")
     if model_type in UNTRAINABLE:
         raise ModelError(f"{model_type} models cannot be fine-tuned here: {UNTRAINABLE[model_type]}.", "Choose another model, e.g. Qwen2.5-VL or FastVLM.")
-    # img_processor: Phi-3-Vision's name for its vision tower's settings (it has no vision_config)
-    if model_type in VLM_FAMILIES or any(k in config for k in ("vision_config", "mm_projector_type",
-                                                               "img_processor")):
+    from finetune_app.core.families import known_vlm
+
+    if known_vlm(model_type) or any(k in config for k in ("vision_config", "mm_projector_type", "img_processor")):
         return "vlm"
     return "text"
 

@@ -75,15 +75,16 @@ def read_model_info(source: str) -> dict | None:
         config = json.loads((path / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    from finetune_app.core.models import VLM_FAMILIES, model_kind
+    from finetune_app.core.families import display_name, family_class
+    from finetune_app.core.models import model_kind
 
     try:
         kind = model_kind(config)
     except Exception:  # noqa: BLE001 - shown as "unknown"
         return None
     mt = str(config.get("model_type", "")).lower()
-    return {"kind": kind, "model_type": mt, "family": VLM_FAMILIES.get(mt, mt),
-            "is_fastvlm": mt in ("llava_qwen2", "fastvlm"), "config": config, "path": path}
+    return {"kind": kind, "model_type": mt, "family": display_name(mt),
+            "is_fastvlm": family_class(mt).apple_app, "config": config, "path": path}
 
 
 def why_not(target: str, info: dict | None) -> str:

@@ -51,7 +51,12 @@ class Encoder:
         self.tokenizer = base.tokenizer
         cfg = base.config
         self.image_token_index = cfg.get("image_token_index", cfg.get("image_token_id"))
-        # FastVLM expands each placeholder into this many feature positions inside the model.
+        # A model that expands each image placeholder itself (FastVLM) sees this many positions per
+        # image; its family knows how many.
+        if image_features is None and getattr(base, "model_type", None):
+            from finetune_app.core.families import family_for
+
+            image_features = family_for(base).image_features()
         self.image_features = image_features
         self._load_image = image_loader
 

@@ -1,8 +1,8 @@
 """Token negative log-likelihood of the reference answers, through the engine's own loss.
 
-The example is encoded exactly as the trainer encodes it (Encoder, completion-only mask) and scored
-with `Forward.loss_sum`, the function the validation loss uses, so perplexity = exp(validation
-loss per token) on the same rows."""
+The example is encoded exactly as the trainer encodes it (Encoder, completion-only mask), planned
+by the model's family on the library path and scored by the SFT objective, the loss the
+validation uses, so perplexity = exp(validation loss per token) on the same rows."""
 
 from __future__ import annotations
 
@@ -14,21 +14,20 @@ class TokenNLL:
 
     def __init__(self, base, *, image_size: int | None = None):
         from finetune_app.core.data.tokenize import Encoder
-        from finetune_app.core.training.forward import Forward
+        from finetune_app.core.families import family_for
+        from finetune_app.core.training.objectives import sft
 
         self.base = base
-        self.encoder = Encoder(base, completion_only=True, image_size=image_size)
-        self.forward = Forward(base)
-        tok = base.tokenizer
-        self.pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+        self.family = family_for(base)  # not started: the library's own forward
+        self.objective = sft
+        self.encoder = Encoder(base, completion_only=True, image_size=image_size,
+                               image_features=self.family.image_features())
 
     def __call__(self, sample, images: list | None = None) -> tuple[float, int]:
-        from finetune_app.core.data.batching import collate
-
         example = self.encoder.encode(sample, images=images)
-        batch = collate([example], self.pad, self.forward.image_token_index)
+        batch = self.family.plan([example])
         self.base.model.eval()
-        total, count = self.forward.loss_sum(self.base.model, batch)
+        total, count, _ = self.objective.loss(self.base.model, self.family, self.family.inputs(batch))
         return float(total.item()), int(count.item())
 
 

@@ -23,6 +23,7 @@ from mlx import nn
 from mlx.utils import tree_flatten, tree_unflatten
 
 from finetune_app.core import atomic
+from finetune_app.core.families import family_class
 
 WEIGHTS_INDEX = "model.safetensors.index.json"
 # Files of a model folder that travel with an export (everything else is left behind).
@@ -125,7 +126,7 @@ def fastvlm_full_vision_config(model: nn.Module, base_config: dict) -> dict:
 
     vision = dict(base_config.get("vision_config") or {})
     vision.update(patches.fastvlm_vision_config.fastvlm_vision_dict(model.config.vision_config))
-    vision.setdefault("model_type", base_config.get("model_type", "llava_qwen2"))
+    vision.setdefault("model_type", base_config.get("model_type") or family_class(base_config.get("model_type")).swift_model_type)
     return vision
 
 
@@ -134,10 +135,12 @@ def mlxvlm_config(base, model: nn.Module, quantization: dict | None) -> dict:
     cfg = export_config(base.config, quantization)
     if quantization:  # mlx-swift decodes only group_size/bits here; no HF-style duplicate
         cfg.pop("quantization_config", None)
-    if not base.is_fastvlm:
+    family = family_class(base.model_type)
+    if not family.apple_app:
         return cfg
     mc = model.config
-    cfg["model_type"] = "llava_qwen2" if cfg.get("model_type") not in ("llava_qwen2", "fastvlm") else cfg["model_type"]
+    if cfg.get("model_type") not in family.model_types:
+        cfg["model_type"] = family.swift_model_type
     cfg["vision_config"] = fastvlm_full_vision_config(model, base.config)
     eos = cfg.get("eos_token_id", getattr(mc, "eos_token_id", None))
     if isinstance(eos, list):  # MLXVLM decodes a single Int
@@ -158,11 +161,12 @@ def write_mlxvlm_bundle(base, model: nn.Module, folder: Path, *, quantization: d
     names = save_weights(model, folder, progress=progress)
     save_config(folder, mlxvlm_config(base, model, quantization))
     names += ["config.json"] + copy_support_files(base.path, folder)
-    if base.is_fastvlm:  # MLXVLM picks its processor by preprocessor_config.json's processor_class
+    processor = family_class(base.model_type).swift_processor
+    if processor:  # MLXVLM picks its processor by preprocessor_config.json's processor_class
         for name in ("preprocessor_config.json", "processor_config.json"):
             path = folder / name
             data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-            data["processor_class"] = "FastVLMProcessor"
+            data["processor_class"] = processor
             atomic.write_json(path, data)
             if name not in names:
                 names.append(name)

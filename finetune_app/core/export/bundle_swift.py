@@ -28,6 +28,7 @@ from mlx import nn
 
 from finetune_app.core import atomic
 from finetune_app.core.errors import ModelError
+from finetune_app.core.families.fastvlm import FastVLM
 from finetune_app.core.export import bundle_mlx
 
 IMAGE_TOKEN = "<image>"
@@ -185,7 +186,7 @@ def app_config(base, *, vocab_size: int, image_token_index: int, quantization: d
                         "mrope_section and otherwise stops); it was left out (plain RoPE, as Qwen2 uses).")
         rope_scaling = None
     cfg = {
-        "model_type": "llava_qwen2",
+        "model_type": FastVLM.swift_model_type,
         "mm_hidden_size": int(src.get("mm_hidden_size") or mc.mm_hidden_size),
         "hidden_size": int(pick("hidden_size", 896)),
         "num_hidden_layers": int(pick("num_hidden_layers", 24)),

@@ -331,8 +331,9 @@ def export(opts: ExportOptions, *, progress: Progress | None = None,
 
     path = models.resolve_model_path(source)
     config = models.read_config(path)
-    check_target_for_model(opts.target, models.model_kind(config),
-                           str(config.get("model_type", "")).lower() in ("llava_qwen2", "fastvlm"))
+    from finetune_app.core.families import family_class
+
+    check_target_for_model(opts.target, models.model_kind(config), family_class(config.get("model_type")).apple_app)
     if opts.mlpackage:
         check_user_mlpackage(Path(opts.mlpackage).expanduser(), config)
     base = models.load_base(path)

@@ -417,8 +417,8 @@ def reference_app_logits(ref_base, ids: list[int], image_token_index: int, pixel
 
 
 def tower_features(model, pixel_values: mx.array) -> mx.array:
-    from finetune_app.core.training.forward import Forward
+    from finetune_app.core.families.fastvlm import FastVLM
 
-    feats = Forward.tower_features(model, pixel_values)
+    feats = FastVLM.tower_features(model, pixel_values)
     mx.eval(feats)
     return feats

@@ -1,4 +1,5 @@
-"""The trainer's side of a data-parallel run (core/distributed.py has the process group).
+"""The loop's data-parallel hook (core/distributed.py has the process group; the step sums the
+gradients across ranks).
 
 * Pause and stop are agreed: each step also sums every process's requests (evaluated with the
   step), and the next step starts by reading that sum, so all of them pause or stop at the same step (a request may reach only one: the app talks to rank 0, a
@@ -22,6 +23,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 from finetune_app.core import run_folder
 from finetune_app.core.training import checkpoint as ckpt
 from finetune_app.core.training.events import HostRate, StateChanged
+from finetune_app.core.training.hooks import Hook
 
 SAVE_TIMEOUT = 30.0  # seconds for the last-step save; on a GPU it can wait for the dead collective
 
@@ -37,20 +39,29 @@ def on_cuda() -> bool:
         return False
 
 
-class DataParallel:
-    def __init__(self, trainer):
-        self.t = trainer
-        self.world = trainer.world
+class DataParallel(Hook):
+    """No-ops in a single process. `save_step(params, optimizer_state, state)` writes a checkpoint
+    of the given values (the run's own saver); `emit` reports a lost peer."""
+
+    def __init__(self, world, *, run_dir, fine_tune_type: str, emit, save_step):
+        self.world = world
+        self.run_dir, self.fine_tune_type, self.emit, self.save_step = run_dir, fine_tune_type, emit, save_step
         self.peers = None  # peers.PeerWatch while training
         self.last_good = None  # (trainable params, optimizer state, TrainState) of the last finished step
         self.host_names: list[str] = []
+        self.step = 0  # the last finished step (for the message when a peer is lost)
 
     # ---- life ------------------------------------------------------------------------------
-    def start(self) -> None:
+    def start(self, run) -> None:
         if self.world.distributed:
             from finetune_app.core.training.peers import PeerWatch
 
             self.peers = PeerWatch(self.on_peer_lost).start()
+            self.meet(run)
+
+    def after_step(self, run, done) -> None:
+        self.step = done.step
+        self.keep_last_good(run)
 
     def close(self) -> None:
         if self.peers is not None:
@@ -59,12 +70,12 @@ class DataParallel:
     def collective(self, what: str):
         return self.peers.collective(what) if self.peers is not None else contextlib.nullcontext()
 
-    def meet(self) -> None:
+    def meet(self, run) -> None:
         """Before the first step: who is who (host names), and the starting point to fall back to."""
-        if self.world.distributed:
-            with self.collective("meeting the other processes"):
-                self.host_names = self.world.host_names()
-            self.keep_last_good()
+        self.step = run.state.step
+        with self.collective("meeting the other processes"):
+            self.host_names = self.world.host_names()
+        self.keep_last_good(run)
 
     # ---- every step --------------------------------------------------------------------------
     def flag_sum(self, control):
@@ -94,16 +105,14 @@ class DataParallel:
                 mx.eval(flags)
         return self.read(flags, control)
 
-    def keep_last_good(self, params=None) -> None:
-        """References to the finished step's values, so a dropped peer costs at most the step in
-        flight. Full fine-tuning would keep a second copy of the model alive: it relies on the
-        periodic checkpoints instead."""
-        t = self.t
-        if self.peers is None or t.cfg.fine_tune_type == "full":
+    def keep_last_good(self, run) -> None:
+        """References to the finished step's values (just evaluated), so a dropped peer costs at
+        most the step in flight. Full fine-tuning would keep a second copy of the model alive: it
+        relies on the periodic checkpoints instead."""
+        if self.peers is None or self.fine_tune_type == "full":
             return
-        params = t.base.model.trainable_parameters() if params is None else params  # the step's, just evaluated
-        self.last_good = (tree_flatten(params), tree_flatten(t.optimizer.state),
-                          dataclasses.replace(t.state))
+        self.last_good = (tree_flatten(run.base.model.trainable_parameters()), tree_flatten(run.optimizer.state),
+                          dataclasses.replace(run.state))
 
     def host_rates(self, examples: int, tokens: int, elapsed: float) -> tuple[HostRate, ...]:
         if not self.world.distributed:
@@ -116,15 +125,11 @@ class DataParallel:
 
     # ---- a peer is lost ----------------------------------------------------------------------
     def _save_last_good(self):
-        t = self.t
         params, opt_state, state = self.last_good
-        existing = run_folder.checkpoint_dir(t.run_dir, state.step)
+        existing = run_folder.checkpoint_dir(self.run_dir, state.step)
         if existing.is_dir():
             return existing
-        t.base.model.update(tree_unflatten(params))
-        t.optimizer.state = tree_unflatten(opt_state)
-        t.state = state
-        return t.save_checkpoint(direct=True)  # MLX's stream may be stuck in the dead collective
+        return self.save_step(tree_unflatten(params), tree_unflatten(opt_state), state)
 
     def _save_within_timeout(self):
         """The save on a thread of its own, given up after SAVE_TIMEOUT: on CUDA, reading the arrays
@@ -156,25 +161,24 @@ class DataParallel:
 
     def on_peer_lost(self, reason: str) -> str:
         """Save the last finished step (rank 0) and say where the run can continue from."""
-        t = self.t
         saved = None
         if self.world.is_main and self.last_good is not None and self.last_good[2].step > 0 and not on_cuda():
             saved = self._save_within_timeout()
-        latest, _ = ckpt.latest_valid(t.run_dir) if self.world.is_main else (None, [])
-        step = self.last_good[2].step if self.last_good else t.state.step
+        latest, _ = ckpt.latest_valid(self.run_dir) if self.world.is_main else (None, [])
+        step = self.last_good[2].step if self.last_good else self.step
         if not self.world.is_main:
             fix = "Rank 0 keeps the run's checkpoints."
         elif latest is not None:
             where = f"Step {step} is saved in {latest}" if saved else f"The newest checkpoint is {latest}"
             fix = (f"{where}. Resume it (History > Resume in the app, or `finetune-app train --resume "
-                   f"{t.run_dir}`) on this machine alone, or on every host again with --hostfile once they "
+                   f"{self.run_dir}`) on this machine alone, or on every host again with --hostfile once they "
                    "are back: the global batch does not depend on the number of hosts, so the run continues "
                    "the same way.")
         else:
             fix = "No checkpoint was written yet: start the run again once every host is back."
         message = f"Data-parallel training stopped at step {step}: {reason}. {fix}"
         if self.world.is_main:
-            t.emit(StateChanged("failed", message, step=step))
+            self.emit(StateChanged("failed", message, step=step))
         if threading.current_thread() is not threading.main_thread():  # the process ends without the CLI
             print(f"error (rank {self.world.rank}): {message}", file=sys.stderr, flush=True)
         return message

@@ -7,34 +7,34 @@ Control (control.py). The loop owns its MLX arrays and runs on whichever thread 
 
 from __future__ import annotations
 
-import dataclasses
+import copy
 import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import mlx.core as mx
-import mlx.nn as nn
-import mlx.optimizers as optim
-from mlx.utils import tree_map
 
 from finetune_app.core import adapters, distributed, estimates, run_folder, trackers
 from finetune_app.core.config import TrainConfig
-from finetune_app.core.data.batching import Batch, collate, epoch_batches
+from finetune_app.core.data.batching import epoch_batches
 from finetune_app.core.data.tokenize import Encoder, Example
 from finetune_app.core.errors import ConfigError, FinetuneError
 from finetune_app.core.models import BaseModel, load_base
 from finetune_app.core.training import checkpoint as ckpt
-from finetune_app.core.training import fastpath
 from finetune_app.core.training.control import Control
 from finetune_app.core.training.data_parallel import DataParallel
 from finetune_app.core.training.events import (CheckpointSaved, MetricsLog, Notice, Progress,
-                                               SampleItem, SampleReport, StateChanged, TrainReport, ValReport)
-from finetune_app.core.training.forward import Forward
+                                               SampleItem, SampleReport, StateChanged, ValReport)
+from finetune_app.core.families import family_for
+from finetune_app.core.training.objectives import objective
+from finetune_app.core.training.step import Step
 from finetune_app.core.training.optim import make_optimizer
 from finetune_app.core.training.peers import PeerLost
 from finetune_app.core.training.prepare import Prepared, prepare_examples
-from finetune_app.core.training.schedule import learning_rate_at
+from finetune_app.core.training import hooks
+from finetune_app.core.training.hooks import Clock
+from finetune_app.core.training.loop import train_loop
 
 CONFIG_FILE = run_folder.CONFIG_FILE
 METRICS_FILE = run_folder.METRICS_FILE
@@ -49,20 +49,6 @@ class RunResult:
     final_val_loss: float | None
     run_dir: Path
     seconds: float
-
-
-def step_seed(seed: int, step: int) -> int:
-    """The RNG seed of one optimizer step: randomness is a function of (seed, step)."""
-    return (seed * 1_000_003 + step) % (2**63)
-
-
-def fastvlm_feature_count(base: BaseModel) -> int:
-    """Feature positions one FastVLM image expands into: (image side / 64)², 256 at 1024 px."""
-    ip = getattr(base.processor, "image_processor", None)
-    size = getattr(ip, "crop_size", None) or getattr(ip, "size", None) or {}
-    side = size.get("height") or size.get("shortest_edge") if isinstance(size, dict) else size
-    side = int(side or base.config.get("vision_config", {}).get("image_size", 1024))
-    return (side // 64) ** 2
 
 
 class Trainer:
@@ -81,7 +67,9 @@ class Trainer:
         self._lock: run_folder.RunLock | None = None
         self._created = False  # this run made the folder (removed again when it fails before writing)
         self.restart = False  # a run of ours that stopped before its first checkpoint, trained again
-        self.dp = DataParallel(self)  # agreement, watched collectives, per-host rates (no-ops alone)
+        # the data-parallel hook: watched collectives, last-good fallback, per-host rates (no-ops alone)
+        self.dp = DataParallel(self.world, run_dir=self.run_dir, fine_tune_type=config.fine_tune_type,
+                               emit=self.emit, save_step=self._save_step)
 
     # ---- events ------------------------------------------------------------------------------
     def emit(self, event) -> None:
@@ -151,19 +139,17 @@ class Trainer:
             from finetune_app.core.training.grad_checkpoint import enable
 
             enable(base.model.layers)
-        self.forward = Forward(base)
+        # The family plans batches: the fast path (cached frozen-tower features, compiled step)
+        # where the model and settings allow it, the library's own forward otherwise.
+        self.family = family_for(base)
+        self.family.start(cfg)
+        self.objective = objective("sft")
         self.encoder = Encoder(base, completion_only=cfg.completion_only, image_size=cfg.image_size,
-                               image_features=fastvlm_feature_count(base) if base.is_fastvlm else None)
+                               image_features=self.family.image_features())
         self.emit(StateChanged("preparing"))
-        # The fast path (cached frozen-tower features, compiled step) where the model allows it;
-        # the reference path (the library's own forward, uncompiled) otherwise.
-        self.fast = None
-        kind = fastpath.supported(base, cfg)
-        if kind and (cfg.compile or kind != "text"):
-            self.fast = fastpath.FastPath(base, cfg, kind, compile=cfg.compile)
         data = prepare_examples(cfg, base, self.encoder,
                                 progress=lambda phase, d, t: self.emit(Progress(phase, d, t)),
-                                on_example=self.fast.prepare_example if self.fast else None)
+                                on_example=self.family.prepare_example)
         if data.skipped:
             self.emit(Notice(f"{data.skip_notice()} Run `finetune-app data check {cfg.data}` to see them all."))
         self.data = data
@@ -172,6 +158,8 @@ class Trainer:
         self.steps_per_epoch = max(1, math.ceil(n_batches / cfg.grad_accumulation))
         self.total_steps = estimates.total_steps(cfg, n_batches)
         self.optimizer = make_optimizer(cfg.optimizer, cfg.learning_rate, cfg.weight_decay)
+        self.step = Step(base.model, self.optimizer, self.family, self.objective, grad_clip=cfg.grad_clip,
+                         world=self.world)
         self.state = ckpt.TrainState(seed=cfg.seed, total_steps=self.total_steps)
         self.metrics = MetricsLog(self.run_dir / METRICS_FILE)
         if self.resume:
@@ -226,18 +214,18 @@ class Trainer:
         self.emit(Notice(f"Resuming from {found.name} (step {self.state.step} of {self.total_steps})."))
 
     # ---- data --------------------------------------------------------------------------------
-    def _batches_of_epoch(self, epoch: int) -> list[list[int]]:
+    def batches_of_epoch(self, epoch: int) -> list[list[int]]:
         if epoch not in self._epoch_batches:
             self._epoch_batches = {epoch: epoch_batches(self.train_lengths, self.cfg.batch_size,
                                                         seed=self.cfg.seed, epoch=epoch)}
         return self._epoch_batches[epoch]
 
-    def _next_micro_batch(self) -> list[int]:
+    def next_micro_batch(self) -> list[int]:
         s = self.state
-        batches = self._batches_of_epoch(s.epoch)
+        batches = self.batches_of_epoch(s.epoch)
         if s.batch_in_epoch >= len(batches):
             s.epoch, s.batch_in_epoch = s.epoch + 1, 0
-            batches = self._batches_of_epoch(s.epoch)
+            batches = self.batches_of_epoch(s.epoch)
         positions = batches[s.batch_in_epoch]
         s.batch_in_epoch += 1
         return positions
@@ -249,38 +237,8 @@ class Trainer:
         return self.encoder.encode(sample, index=ex.index)
 
     def make_batch(self, examples: list[Example]):
-        """A fast-path Plan or a reference-path Batch (both know their n_targets)."""
-        if self.fast is not None:
-            return self.fast.plan(examples)
-        tok = self.base.tokenizer
-        pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-        return collate([self._materialise(e) for e in examples], pad, self.forward.image_token_index)
-
-    # ---- the step ----------------------------------------------------------------------------
-    def _loss(self, model, batch: Batch, norm: float):
-        total, _ = self.forward.loss_sum(model, batch)
-        return total / norm
-
-    def train_step(self, batches: list, norm: float | None = None):
-        """One optimizer step over the micro-batches (gradient accumulation): mean token loss.
-
-        `norm` is the supervised-token count of the whole step (all ranks when data-parallel)."""
-        if self.fast is not None:
-            return self.fast.train_step(batches, self.optimizer, self.cfg.grad_clip, norm)
-        model = self.base.model
-        norm = float(norm if norm is not None else sum(b.n_targets for b in batches)) or 1.0
-        loss_and_grad = nn.value_and_grad(model, lambda b: self._loss(model, b, norm))
-        grads, loss = None, mx.array(0.0)
-        for b in batches:
-            l, g = loss_and_grad(b)
-            grads = g if grads is None else tree_map(mx.add, grads, g)
-            loss = loss + l
-        loss, grads = self.world.sum(loss), self.world.sum_tree(grads)
-        grad_norm = None
-        if self.cfg.grad_clip:
-            grads, grad_norm = optim.clip_grad_norm(grads, self.cfg.grad_clip)
-        self.optimizer.update(model, grads)
-        return loss, grad_norm
+        """The family's Batch for these examples (fast path or library path)."""
+        return self.family.plan([self._materialise(e) for e in examples])
 
     # ---- evaluation --------------------------------------------------------------------------
     def evaluate(self) -> tuple[float, int]:
@@ -295,8 +253,8 @@ class Trainer:
             if i % self.world.size != self.world.rank:  # data parallel: batches round robin
                 continue
             batch = self.make_batch(examples[start:start + bs])
-            s, n = self.fast.loss_of(batch) if self.fast is not None else self.forward.loss_sum(model, batch)
-            total, count = total + s, count + n
+            s, n = self.step.loss_sum(batch)
+            total, count = total + s, count + n.astype(mx.int32)  # counted exactly
             mx.eval(total, count)
         with self.dp.collective("summing the validation loss"):
             total, count = self.world.sum(total), self.world.sum(count)
@@ -320,17 +278,18 @@ class Trainer:
         adapters.set_train_modes(self.base.model, self.cfg.fine_tune_type)
         return tuple(items)
 
-    def _shard(self, positions: list[int]) -> list[Example]:
+    def shard(self, positions: list[int]) -> list[Example]:
         """This rank's examples of a global micro-batch. A rank left without any gets a copy of
         one with nothing supervised, so it still joins the gradient sum with zeros."""
         mine = [self.data.train[i] for i in self.world.shard(positions)]
         if mine:
             return mine
 
-        ex = self.data.train[positions[0]]
-        return [dataclasses.replace(ex, target_mask=ex.target_mask & False)]
+        empty = copy.copy(self.data.train[positions[0]])  # (keeps what a family attached, e.g. mRoPE ids)
+        empty.target_mask = empty.target_mask & False
+        return [empty]
 
-    def _evaluate_and_sample(self, step: int) -> float | None:
+    def evaluate_and_sample(self, step: int) -> float | None:
         if not self.data.valid:
             return None
         t0 = time.perf_counter()
@@ -349,7 +308,7 @@ class Trainer:
             return None
         bad = ckpt.non_finite_weights(self.base.model, self.cfg.fine_tune_type, direct=direct)
         if bad:  # never write a checkpoint of NaN weights over good ones
-            self._diverged(self.state.step, f"weights hold NaN or infinite values ({', '.join(bad[:3])})")
+            self.diverged(self.state.step, f"weights hold NaN or infinite values ({', '.join(bad[:3])})")
         ckpt.check_disk_space(self.run_dir, self.checkpoint_bytes, when="checkpoint")
         try:
             path = ckpt.save(self.run_dir, self.base.model, self.adapter_config, self.optimizer, self.state,
@@ -365,7 +324,14 @@ class Trainer:
         self.emit(CheckpointSaved(step=self.state.step, path=str(path)))
         return path
 
-    def _diverged(self, step: int, what: str) -> None:
+    def _save_step(self, params, optimizer_state, state) -> Path | None:
+        """A checkpoint of given values (the data-parallel fallback: the last finished step)."""
+        self.base.model.update(params)
+        self.optimizer.state = optimizer_state
+        self.state = state
+        return self.save_checkpoint(direct=True)  # MLX's stream may be stuck in the dead collective
+
+    def diverged(self, step: int, what: str) -> None:
         """Stop as failed: the last good checkpoint stays (nothing is written from these weights)."""
         last = ckpt.list_checkpoints(self.run_dir)
         kept = f"the last good checkpoint ({last[-1].name}) is kept" if last else "no checkpoint was written yet"
@@ -382,7 +348,6 @@ class Trainer:
         failed = True
         try:
             self.setup()
-            self.dp.start()
             result = self._loop(t_start)
             failed = False
             return result
@@ -399,95 +364,22 @@ class Trainer:
             self._release_run_dir(failed)
 
     def _loop(self, t_start: float) -> RunResult:
-        cfg, s, model = self.cfg, self.state, self.base.model
-        self.emit(StateChanged("started", step=s.step))
-        window = self._new_window()
-        step_times: list[float] = []
-        last_loss = last_val = None
-        mx.reset_peak_memory()
-        self.dp.meet()
-        agreed = None  # data parallel: the requests summed during the previous step
-        while s.step < self.total_steps:
-            stop, _, pause = self.dp.read(agreed, self.control) if agreed is not None else self.dp.agree(self.control)
-            if pause:
-                self.emit(StateChanged("paused", step=s.step))
-                t_pause = time.perf_counter()
-                while pause and not stop:  # the paused process(es) wait here, the others in agree()
-                    self.control.wait_while_paused()
-                    stop, _, pause = self.dp.agree(self.control, watched=False)
-                window["t"] += time.perf_counter() - t_pause
-                if not stop:
-                    self.emit(StateChanged("resumed", step=s.step))
-            if stop:
-                return self._stop(t_start, last_loss, last_val)
-            t0 = time.perf_counter()
-            mx.random.seed(step_seed(cfg.seed, s.step))
-            self.optimizer.learning_rate = learning_rate_at(
-                s.step, peak=cfg.learning_rate, total_steps=self.total_steps, schedule=cfg.lr_schedule,
-                warmup_steps=cfg.warmup_steps, min_ratio=cfg.min_lr_ratio)
-            lr = self.optimizer.learning_rate.item()
-            micro = [self._next_micro_batch() for _ in range(cfg.grad_accumulation)]
-            n_tok = sum(self.data.train[i].n_targets for pos in micro for i in pos)  # global
-            mine = [self.world.shard(pos) for pos in micro]
-            batches = [self.make_batch(self._shard(pos)) for pos in micro]
-            loss, grad_norm = self.train_step(batches, n_tok)
-            agreed = self.dp.flag_sum(self.control)
-            with self.dp.collective(f"summing the gradients of step {s.step + 1}"):
-                params = model.trainable_parameters()
-                mx.eval(params, self.optimizer.state, loss, *([agreed] if agreed is not None else []))
-            step_loss = float(loss.item())  # the same on every rank (summed): all stop together
-            if not math.isfinite(step_loss):
-                self._diverged(s.step + 1, f"the training loss is {step_loss}")
-            s.step += 1
-            s.trained_tokens += n_tok
-            self.dp.keep_last_good(params)
-            window["loss"] = window["loss"] + loss
-            window["steps"] += 1
-            window["tokens"] += n_tok
-            window["examples"] += sum(len(pos) for pos in micro)
-            window["my_examples"] += sum(len(m) for m in mine)
-            window["my_tokens"] += sum(self.data.train[i].n_targets for m in mine for i in m)
-            step_times.append(time.perf_counter() - t0)
-            if s.step % cfg.steps_per_report == 0 or s.step == self.total_steps:
-                elapsed = max(time.perf_counter() - window["t"], 1e-9)
-                last_loss = window["loss"].item() / window["steps"]
-                recent = step_times[-20:]
-                eta = (self.total_steps - s.step) * (sum(recent) / len(recent))
-                self.emit(TrainReport(
-                    step=s.step, total_steps=self.total_steps,
-                    epoch=s.epoch + s.batch_in_epoch / max(1, len(self._batches_of_epoch(s.epoch))),
-                    loss=last_loss, learning_rate=lr, tokens_per_second=window["tokens"] / elapsed,
-                    examples_per_second=window["examples"] / elapsed,
-                    peak_memory_gb=mx.get_peak_memory() / 1e9, active_memory_gb=mx.get_active_memory() / 1e9,
-                    step_time=elapsed / window["steps"], eta_seconds=eta, trained_tokens=s.trained_tokens,
-                    grad_norm=float(grad_norm.item()) if grad_norm is not None else None,
-                    hosts=self.dp.host_rates(window["my_examples"], window["my_tokens"], elapsed)))
-                window = self._new_window()
-            if s.step % cfg.steps_per_eval == 0 or s.step == self.total_steps:
-                t_eval = time.perf_counter()
-                last_val = self._evaluate_and_sample(s.step) if self.data.valid else last_val
-                window["t"] += time.perf_counter() - t_eval
-            if s.step % cfg.save_every == 0 and s.step < self.total_steps:
-                t_save = time.perf_counter()
+        cfg = self.cfg
+        self.emit(StateChanged("started", step=self.state.step))
+        clock = Clock()
+        report = hooks.Report(clock, cfg.steps_per_report, host_rates=self.dp.host_rates)
+        evaluate = hooks.Evaluate(cfg.steps_per_eval)
+        status = train_loop(self, [self.dp, hooks.Agreement(self.dp, self.control, clock), report, evaluate,
+                                   hooks.Checkpoints(cfg.save_every)], clock)
+        if status == "stopped":
+            self.emit(StateChanged("stopping", step=self.state.step))
+            if self.control.save_on_stop and self.state.step > 0:
                 self.save_checkpoint()
-                window["t"] += time.perf_counter() - t_save
-        self.save_checkpoint()
-        self.emit(StateChanged("finished", step=s.step))
-        return RunResult("finished", s.step, self.total_steps, last_loss, last_val, self.run_dir,
-                         time.perf_counter() - t_start)
-
-    @staticmethod
-    def _new_window() -> dict:
-        return dict(loss=mx.array(0.0), steps=0, tokens=0, examples=0, my_examples=0, my_tokens=0,
-                    t=time.perf_counter())
-
-    def _stop(self, t_start, last_loss, last_val) -> RunResult:
-        self.emit(StateChanged("stopping", step=self.state.step))
-        if self.control.save_on_stop and self.state.step > 0:
-            self.save_checkpoint()
-        self.emit(StateChanged("stopped", "stopped by the user", step=self.state.step))
-        return RunResult("stopped", self.state.step, self.total_steps, last_loss, last_val, self.run_dir,
-                         time.perf_counter() - t_start)
+            self.emit(StateChanged("stopped", "stopped by the user", step=self.state.step))
+        else:
+            self.emit(StateChanged("finished", step=self.state.step))
+        return RunResult(status, self.state.step, self.total_steps, report.last_loss, evaluate.last_val,
+                         self.run_dir, time.perf_counter() - t_start)
 
 
 def train(config: TrainConfig, **kwargs) -> RunResult:

@@ -1,0 +1,50 @@
+"""Model families: `family_for(base)` is how the engine learns what a model needs.
+
+Add a family: a module here with a `Family` subclass (usually of `Generic`) naming its
+`model_types`, and one line in FAMILIES below. Models of no listed family train through
+`Generic`, the library's own forward.
+"""
+
+from __future__ import annotations
+
+from finetune_app.core.families.base import Family
+from finetune_app.core.families.fastvlm import FastVLM
+from finetune_app.core.families.generic import NAMES, Generic
+from finetune_app.core.families.qwen_vl import QwenVL
+from finetune_app.core.families.text import Text
+
+FAMILIES: tuple[type[Family], ...] = (Text, QwenVL, FastVLM)
+
+
+def family_class(model_type: str) -> type[Family]:
+    """The family of a config.json model_type (Generic for models of no listed family)."""
+    model_type = str(model_type or "").lower()
+    for cls in FAMILIES:
+        if model_type in cls.model_types:
+            return cls
+    return Generic
+
+
+def family_for(base) -> Family:
+    """A new family object for a loaded base model: one per run, since it holds that run's
+    frozen-tower feature cache (a later run may have trained the tower)."""
+    return family_class(base.model_type)(base)
+
+
+def display_name(model_type: str) -> str:
+    model_type = str(model_type or "").lower()
+    return NAMES.get(model_type) or family_class(model_type).display_name(model_type)
+
+
+def known_vlm(model_type: str) -> bool:
+    """A model type the engine knows reads images (before its config's vision keys say so)."""
+    cls = family_class(model_type)
+    return cls is not Generic and cls.vlm
+
+
+def model_types() -> set[str]:
+    """Every model type a family here names (a test keeps them out of the rest of the code)."""
+    return {t for cls in FAMILIES for t in cls.model_types} | set(NAMES)
+
+
+__all__ = ["Family", "Generic", "FAMILIES", "family_class", "family_for", "display_name", "known_vlm", "model_types"]

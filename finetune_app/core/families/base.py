@@ -1,0 +1,61 @@
+"""What the engine asks a model family; the only place (with its subclasses) that names one.
+
+A family turns tokenised examples into one `Batch` for the step (`plan`), gives the objective the
+logits of the supervised positions (`predictions`), computes frozen-tower features for the cache,
+and says what export needs to know. The generic family (generic.py) drives any model through the
+library's own forward; the others add a fast path (cached tower features, compiled step) or quirks.
+"""
+
+from __future__ import annotations
+
+
+class Family:
+    """Class attributes describe a family before any model is loaded (export, model picker)."""
+
+    model_types: tuple[str, ...] = ()  # config.json model_type values this family drives
+    names: dict[str, str] = {}  # model_type -> the name people know the family by
+    vlm: bool = True  # reads images
+    apple_app: bool = False  # Apple's FastVLM app (the mlx-swift export target) runs it
+    swift_model_type: str | None = None  # what mlx-swift(-lm) wants in config.json, when it differs
+    swift_processor: str | None = None  # processor_class MLXVLM picks its processor by
+
+    def __init__(self, base):
+        self.base = base
+        config = base.config
+        self.image_token = config.get("image_token_index", config.get("image_token_id"))
+        self.fast = False  # plan() builds the fast path's arrays (set by `start`)
+        self.compiled = False  # the step may be compiled with mx.compile
+
+    @classmethod
+    def display_name(cls, model_type: str) -> str:
+        return cls.names.get(model_type, model_type)
+
+    # ---- what the data side needs -------------------------------------------------------------
+    def image_features(self) -> int | None:
+        """Positions one image placeholder expands into inside the model, when the model (not the
+        processor) expands it; None when the token ids already hold every image position."""
+        return None
+
+    # ---- training ------------------------------------------------------------------------------
+    def start(self, cfg) -> None:
+        """Choose the path for this run: fast (`self.fast`) where the family has one and the
+        settings allow it, else the library's own forward."""
+
+    def prepare_example(self, ex) -> None:
+        """Once per example before training (the fast path swaps pixels for cached features)."""
+
+    def plan(self, examples) -> "Batch":  # noqa: F821
+        raise NotImplementedError
+
+    def inputs(self, batch):
+        """What the step passes to the objective: the host Batch, or a dict of device arrays (the
+        fast path; a compiled step needs arrays as its inputs)."""
+        return batch
+
+    def predictions(self, model, inputs):
+        """(logits [K, V], targets [K], weights [K]) for the positions that predict a token."""
+        raise NotImplementedError
+
+    def tower_features(self, model, pixel_values):
+        """Frozen vision-tower output for the cache (families with a cacheable tower)."""
+        raise NotImplementedError(f"{type(self).__name__} has no cacheable vision tower")

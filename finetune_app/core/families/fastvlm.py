@@ -1,0 +1,117 @@
+"""FastVLM (mlx-vlm's `llava_qwen2` / `fastvlm`): one `-200` placeholder per image, expanded into
+H×W feature positions inside the model, a BatchNorm FastViTHD tower, and Apple's app as a target.
+
+The library's forward returns logits longer than the ids (mlx-vlm's trainer then compares
+mismatched positions), so the library path merges the features explicitly and gathers the logits
+back onto the token positions: the logit that predicts the token after an image is the one at the
+image's last feature position. The fast path caches the tower's output per image and runs the
+projector and the language model in the (compiled) step.
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+
+from finetune_app.core.families.generic import Generic, assemble, cached_features, head
+from finetune_app.core.training.batch import Batch, gather_plan
+from finetune_app.core.vision_cache import VisionFeatureCache
+
+APP_MODEL_TYPE = "llava_qwen2"  # what Apple's app and MLXVLM decode
+
+
+class FastVLM(Generic):
+    model_types = ("llava_qwen2", "fastvlm")
+    names = {"llava_qwen2": "FastVLM", "fastvlm": "FastVLM"}
+    apple_app = True
+    swift_model_type = APP_MODEL_TYPE
+    swift_processor = "FastVLMProcessor"
+
+    def __init__(self, base):
+        super().__init__(base)
+        self.cache = VisionFeatureCache(lambda pv: self.tower_features(self.base.model, pv))
+
+    def image_features(self) -> int:
+        """(image side / 64)² positions per image: 256 at 1024 px."""
+        ip = getattr(self.base.processor, "image_processor", None)
+        size = getattr(ip, "crop_size", None) or getattr(ip, "size", None) or {}
+        side = size.get("height") or size.get("shortest_edge") if isinstance(size, dict) else size
+        side = int(side or self.base.config.get("vision_config", {}).get("image_size", 1024))
+        return (side // 64) ** 2
+
+    def start(self, cfg) -> None:
+        self.fast = bool(cfg.cache_vision and not cfg.train_vision)  # the projector runs in the step
+        self.compiled = self.fast and bool(cfg.compile)
+
+    def expanded_token(self) -> int:
+        return self.image_token
+
+    @staticmethod
+    def tower_features(model, pixel_values: mx.array) -> mx.array:
+        """Vision tower output before the projector, [N, H*W, C] (what a frozen-tower cache keeps)."""
+        tower = model.vision_tower
+        dtype = tower.vision_model.patch_embed.blocks[0].reparam_conv.weight.dtype
+        _, feats, _ = tower(pixel_values.astype(dtype).transpose(0, 2, 3, 1))
+        n, h, w, c = feats.shape
+        return feats.reshape(n, h * w, c)
+
+    # ---- the library path ------------------------------------------------------------------------
+    def logits(self, model, batch: Batch) -> mx.array:
+        if "pixel_values" not in batch.images or not any(batch.image_positions):
+            return super().logits(model, batch)
+        ids = mx.array(batch.input_ids)
+        feats = model.mm_projector(self.tower_features(model, mx.array(batch.images["pixel_values"])))
+        n_feat = feats.shape[1]
+        tok = model.language_model.model.embed_tokens(mx.maximum(ids, 0))  # placeholders as id 0, then replaced
+        rows, gathers = [], []
+        k = 0
+        L = ids.shape[1]
+        for r, positions in enumerate(batch.image_positions):
+            pieces, start, index, offset = [], 0, [], 0
+            for p in positions:
+                pieces += [tok[r, start:p], feats[k]]
+                index += list(range(start + offset, p + offset)) + [p + offset + n_feat - 1]
+                offset += n_feat - 1
+                start, k = p + 1, k + 1
+            pieces.append(tok[r, start:])
+            index += list(range(start + offset, L + offset))
+            rows.append(mx.concatenate(pieces, axis=0) if len(pieces) > 1 else pieces[0])
+            gathers.append(index)
+        longest = max(x.shape[0] for x in rows)
+        embeds = mx.stack([mx.pad(x, [(0, longest - x.shape[0]), (0, 0)]) for x in rows])
+        out = model.language_model(ids, inputs_embeds=embeds)
+        logits = out.logits if hasattr(out, "logits") else out
+        idx = mx.array(np.asarray(gathers, dtype=np.int32))[:, :, None]
+        return mx.take_along_axis(logits, idx, axis=1)
+
+    # ---- the fast path ---------------------------------------------------------------------------
+    def prepare_example(self, ex) -> None:
+        if self.fast:
+            self.cache.add_examples([ex])
+
+    def plan(self, examples) -> Batch:
+        if not self.fast:
+            return super().plan(examples)
+        features = self.cache.features
+
+        def runs(e):
+            return [(int(t), 1, k) for t, k in zip(np.flatnonzero(e.input_ids == self.image_token), e.feature_keys)]
+
+        return gather_plan(examples, runs, lambda k: features[k].shape[0])
+
+    def inputs(self, batch: Batch):
+        if batch.src is None:
+            return batch
+        feats = cached_features(self.cache.features, batch.feature_keys)
+        if batch.feature_keys:
+            feats = feats.reshape(len(batch.feature_keys), -1, feats.shape[-1])
+        return {"ids": mx.array(batch.input_ids), "feats": feats, "src": mx.array(batch.src),
+                "sel": mx.array(batch.sel), "sel_targets": mx.array(batch.sel_targets),
+                "sel_weights": mx.array(batch.sel_weights)}
+
+    def fast_predictions(self, model, a: dict):
+        lm = model.language_model
+        embeds = assemble(lm.model.embed_tokens, a["ids"], a["feats"], a["src"], project=model.mm_projector)
+        hidden = lm.model(mx.zeros(a["src"].shape, mx.int32), input_embeddings=embeds)
+        picked = hidden.reshape(-1, hidden.shape[-1])[a["sel"]]
+        return head(lm, picked), a["sel_targets"], a["sel_weights"]

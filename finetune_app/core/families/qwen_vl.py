@@ -1,0 +1,139 @@
+"""Qwen2-VL, Qwen2.5-VL and Qwen3-VL: image pads already expanded by the processor, mRoPE.
+
+Fast path (frozen tower): each image's merged tower features are computed once and cached by the
+pixels' content; the mRoPE position ids are computed once per example on the host (mlx-vlm's
+`get_rope_index` evaluates arrays, so it cannot run inside a compiled step). Qwen3-VL's deepstack
+features (tower outputs added to the first decoder layers' hidden states at the image positions)
+are cached beside the main features and added by a gather, as mlx-vlm's `_deepstack_process`
+adds them. The merger sits inside the tower, so training it (or the tower) uses the library path.
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+
+from finetune_app.core.families.generic import Generic, assemble, cached_features, head
+from finetune_app.core.training.batch import Batch, gather_plan
+from finetune_app.core.vision_cache import content_key
+
+
+class QwenVL(Generic):
+    model_types = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+    names = {"qwen2_vl": "Qwen2-VL", "qwen2_5_vl": "Qwen2.5-VL", "qwen3_vl": "Qwen3-VL"}
+
+    def __init__(self, base):
+        super().__init__(base)
+        self.deepstack = base.model_type == "qwen3_vl"
+        self.features: dict[str, mx.array] = {}  # cache key -> [n, D] merged tower features
+        self.deep: dict[str, mx.array] = {}  # cache key -> [layers, n, D] deepstack features (Qwen3-VL)
+
+    def start(self, cfg) -> None:
+        self.fast = bool(cfg.cache_vision and not cfg.train_vision and not cfg.train_projector)
+        self.compiled = self.fast and bool(cfg.compile)
+
+    # ---- once per example ------------------------------------------------------------------------
+    def tower_features(self, model, pixel_values, grid=None):
+        """Merged tower features [n, D] of one image, and Qwen3-VL's deepstack features
+        [layers, n, D] (None for the others)."""
+        tower = model.vision_tower
+        if not self.deepstack:
+            out = tower(pixel_values, grid, output_hidden_states=False)
+            return (out[0] if isinstance(out, tuple) else out), None
+        feats, deep = tower(pixel_values.astype(tower.patch_embed.proj.weight.dtype), grid)
+        return feats, (mx.stack(list(deep)) if deep is not None and len(deep) else None)
+
+    def prepare_example(self, ex) -> None:
+        if not self.fast:
+            return
+        pv, grid = ex.images.get("pixel_values"), ex.images.get("image_grid_thw")
+        keys = []
+        if pv is not None and grid is not None:
+            start = 0
+            for g in grid.reshape(-1, 3):
+                n = int(np.prod(g))
+                rows = pv[start:start + n]
+                start += n
+                key = content_key(rows) + "-" + "x".join(map(str, g.tolist()))
+                if key not in self.features:
+                    feats, deep = self.tower_features(self.base.model, mx.array(rows), mx.array(g[None]))
+                    mx.eval(feats, *([deep] if deep is not None else []))
+                    self.features[key] = feats
+                    if deep is not None:
+                        self.deep[key] = deep
+                keys.append(key)
+        lm = self.base.model.language_model
+        pos, _ = lm.get_rope_index(mx.array(ex.input_ids[None]), mx.array(grid) if grid is not None else None, None, None)
+        pos = np.asarray(pos)
+        if pos.ndim == 2:  # a row without images: plain positions, the same on all three axes
+            pos = np.broadcast_to(pos[None], (3, *pos.shape))
+        ex.rope_positions = pos[:, 0, :].astype(np.int32)  # [3, L]
+        lm._rope_deltas = lm._position_ids = None
+        ex.feature_keys = keys
+        ex.images = {}
+
+    # ---- per batch (host) ------------------------------------------------------------------------
+    def _runs(self, e):
+        """Each image's pads, in order: (first pad, pads, key); the processor wrote one pad per row."""
+        pads = np.flatnonzero(e.input_ids == self.image_token)
+        runs, at = [], 0
+        for key in e.feature_keys:
+            n = self.features[key].shape[0]
+            runs.append((int(pads[at]), n, key))
+            at += n
+        return runs
+
+    def plan(self, examples) -> Batch:
+        if not self.fast:
+            return super().plan(examples)
+        batch = gather_plan(examples, self._runs, lambda k: self.features[k].shape[0])
+        B, M = batch.src.shape
+        positions = np.zeros((3, B, M), np.int32)
+        for b, e in enumerate(examples):
+            rp = e.rope_positions
+            positions[:, b, :rp.shape[1]] = rp
+            last = rp[:, -1:] if rp.shape[1] else np.zeros((3, 1), np.int32)
+            positions[:, b, rp.shape[1]:] = last + np.arange(1, M - rp.shape[1] + 1)
+        batch.positions = positions
+        return batch
+
+    def inputs(self, batch: Batch):
+        if batch.src is None:
+            return batch
+        a = {"ids": mx.array(batch.input_ids), "feats": cached_features(self.features, batch.feature_keys),
+             "src": mx.array(batch.src), "positions": mx.array(batch.positions), "sel": mx.array(batch.sel),
+             "sel_targets": mx.array(batch.sel_targets), "sel_weights": mx.array(batch.sel_weights)}
+        if self.deepstack and batch.feature_keys and batch.feature_keys[0] in self.deep:
+            # deepstack rows: 0 is a zero row (text positions), 1 + i is feature row i
+            first = batch.input_ids.shape[0] * batch.input_ids.shape[1]
+            a["deep"] = mx.concatenate([self.deep[k] for k in batch.feature_keys], axis=1)
+            a["deep_src"] = mx.array(np.where(batch.src >= first, batch.src - first + 1, 0).astype(np.int32))
+        return a
+
+    # ---- in the step -------------------------------------------------------------------------------
+    def fast_predictions(self, model, a: dict):
+        lm = model.language_model
+        embeds = assemble(lm.model.embed_tokens, a["ids"], a["feats"], a["src"])
+        if "deep" in a:
+            hidden = self._decode_deepstack(lm.model, embeds, a["positions"], a["deep"], a["deep_src"])
+        else:
+            hidden = lm.model(mx.zeros(a["src"].shape, mx.int32), inputs_embeds=embeds, position_ids=a["positions"])
+        picked = hidden.reshape(-1, hidden.shape[-1])[a["sel"]]
+        return head(lm, picked), a["sel_targets"], a["sel_weights"]
+
+    @staticmethod
+    def _decode_deepstack(text_model, h, positions, deep, deep_src):
+        """mlx-vlm's Qwen3-VL decoder loop, with the deepstack addition as a gather of cached rows
+        (its `_deepstack_process` reads the image mask on the host, which a compiled step cannot)."""
+        from mlx_vlm.models.base import create_attention_mask
+
+        mask = create_attention_mask(h, None)
+        rope = text_model.layers[0].self_attn.rotary_emb
+        position_embeddings = None if rope.fused_apply else rope(h, positions)
+        zero = mx.zeros((deep.shape[0], 1, deep.shape[-1]), h.dtype)
+        deep = mx.concatenate([zero, deep.astype(h.dtype)], axis=1)
+        for i, layer in enumerate(text_model.layers):
+            h = layer(h, mask, None, positions, position_embeddings)
+            if i < deep.shape[0]:
+                h = h + deep[i][deep_src]
+        return text_model.norm(h)

@@ -1,0 +1,123 @@
+"""One Batch for every path: what a family plans from tokenised examples for one step.
+
+The library path (generic family) uses the padded ids, attention and target masks and the
+processor's image tensors. The fast path also lays the batch out in *model positions*: each
+position the language model sees is a row of `concat(token_embeddings [B*L], image_features)`
+(`src`), so embeddings are assembled by one gather inside a compiled step; the supervised
+positions and the tokens they predict are picked on the host (`sel`, `sel_targets`,
+`sel_weights`), so only they reach the LM head. Everything data-dependent is computed here, on
+the host, before the step: the compiled function sees arrays only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+def padded_length(n: int) -> int:
+    """Round a length up to a multiple of 1/32 of its power-of-two ceiling: under 6.25% padding,
+    and at most 16 distinct shapes per octave for a compiled step to be traced for."""
+    step = max(1, (1 << max(0, (n - 1).bit_length())) // 32)
+    return -(-n // step) * step
+
+
+@dataclass
+class Batch:
+    input_ids: np.ndarray  # int32 [B, L] (fast path: placeholders as 0, padded to M for text)
+    target_mask: np.ndarray  # bool [B, L]: token t is supervised (predicted from position t-1)
+    n_targets: int  # supervised tokens (the step's loss normaliser)
+    attention_mask: np.ndarray | None = None  # int32 [B, L] (library path)
+    images: dict[str, np.ndarray] = field(default_factory=dict)  # processor outputs (library path)
+    image_positions: list[list[int]] = field(default_factory=list)  # placeholders a model expands itself
+    indices: list[int] = field(default_factory=list)  # dataset rows
+    # ---- the fast path (model positions) ----
+    src: np.ndarray | None = None  # int32 [B, M]: row of concat(tokens, features) at each position
+    positions: np.ndarray | None = None  # int32 [3, B, M]: mRoPE position ids (Qwen-VL)
+    feature_keys: list = field(default_factory=list)  # vision-cache keys of the feature rows, in order
+    sel: np.ndarray | None = None  # int32 [K]: flat positions (b*M + m) whose prediction is supervised
+    sel_targets: np.ndarray | None = None  # int32 [K]: the tokens they predict
+    sel_weights: np.ndarray | None = None  # float32 [K]: 1, or 0 for padding entries
+
+    @property
+    def n_examples(self) -> int:
+        return len(self.indices)
+
+
+def collate(examples: list, pad_id: int, expanded_token: int | None = None) -> Batch:
+    """The library path's batch: ids right-padded to the longest row. `expanded_token`: the
+    placeholder a model expands into several positions itself (its positions are recorded)."""
+    longest = max(len(e.input_ids) for e in examples)
+    B = len(examples)
+    ids = np.full((B, longest), pad_id, dtype=np.int32)
+    attn = np.zeros((B, longest), dtype=np.int32)
+    tmask = np.zeros((B, longest), dtype=bool)
+    positions = []
+    for r, e in enumerate(examples):
+        n = len(e.input_ids)
+        ids[r, :n] = e.input_ids
+        attn[r, :n] = 1
+        tmask[r, :n] = e.target_mask
+        positions.append(np.flatnonzero(e.input_ids == expanded_token).tolist() if expanded_token is not None else [])
+    images = {}
+    for k in sorted({k for e in examples for k in e.images}):
+        parts = [e.images[k] for e in examples if k in e.images]
+        # Qwen-style patch rows and grid_thw rows concatenate; FastVLM's [1,3,H,W] too.
+        images[k] = np.concatenate(parts, axis=0) if parts[0].ndim >= 1 else np.stack(parts)
+    return Batch(input_ids=ids, target_mask=tmask, n_targets=int(tmask[:, 1:].sum()), attention_mask=attn,
+                 images=images, image_positions=positions, indices=[e.index for e in examples])
+
+
+def gather_plan(examples: list, runs_of, rows_of, *, pad_ids: bool = False) -> Batch:
+    """The fast path's batch. `runs_of(example)`: the example's images as (first token, tokens,
+    cache key) runs of image tokens; `rows_of(key)`: feature rows that image expands into. A run
+    of c tokens becomes n model positions; its j-th token sits at the run's position n - c + j
+    (one FastVLM placeholder -> its last feature row; Qwen pads one to one). `pad_ids`: text
+    models, whose model positions are token positions, get ids padded to M too."""
+    B = len(examples)
+    runs = [runs_of(e) for e in examples]
+    lengths = [len(e.input_ids) + sum(rows_of(k) - c for _, c, k in r) for e, r in zip(examples, runs)]
+    M = padded_length(max(lengths))
+    L = M if pad_ids else max(len(e.input_ids) for e in examples)
+    ids = np.zeros((B, L), np.int32)
+    tmask = np.zeros((B, L), bool)
+    src = np.zeros((B, M), np.int32)
+    targets = np.zeros((B, M), np.int32)
+    supervised = np.zeros((B, M), bool)
+    feature_keys: list = []
+    feat_row = B * L
+    for b, (e, example_runs) in enumerate(zip(examples, runs)):
+        tok = e.input_ids
+        ids[b, :len(tok)] = np.maximum(tok, 0)
+        tmask[b, :len(tok)] = e.target_mask
+        where = np.empty(len(tok), np.int64)  # model position of each token
+        m, t = 0, 0
+        for start, c, key in example_runs:
+            n = rows_of(key)
+            where[t:start] = np.arange(m, m + start - t)
+            src[b, m:m + start - t] = b * L + np.arange(t, start)
+            m += start - t
+            src[b, m:m + n] = np.arange(feat_row, feat_row + n)
+            where[start:start + c] = m + n - c + np.arange(c)
+            feature_keys.append(key)
+            feat_row += n
+            m += n
+            t = start + c
+        where[t:] = np.arange(m, m + len(tok) - t)
+        src[b, m:m + len(tok) - t] = b * L + np.arange(t, len(tok))
+        m += len(tok) - t
+        src[b, m:] = b * L + len(tok) - 1 if len(tok) else 0
+        sup = np.flatnonzero(e.target_mask[1:])  # token s + 1 is predicted at token s's position
+        targets[b, where[sup]] = tok[sup + 1]
+        supervised[b, where[sup]] = True
+    # Only supervised positions need logits: gather them before the LM head (the head is the
+    # largest matmul of a small model, and its float32 logits dominate peak memory).
+    flat = np.flatnonzero(supervised.reshape(-1)).astype(np.int32)
+    K = padded_length(max(1, len(flat)))
+    sel, sel_targets, sel_weights = np.zeros(K, np.int32), np.zeros(K, np.int32), np.zeros(K, np.float32)
+    sel[:len(flat)] = flat
+    sel_targets[:len(flat)] = targets.reshape(-1)[flat]
+    sel_weights[:len(flat)] = 1.0
+    return Batch(input_ids=ids, target_mask=tmask, n_targets=len(flat), indices=[e.index for e in examples],
+                 src=src, feature_keys=feature_keys, sel=sel, sel_targets=sel_targets, sel_weights=sel_weights)
