@@ -62,21 +62,19 @@ def assert_causal(family, model_folder, data):
     import mlx.core as mx
 
     from finetune_app.core.data import open_dataset
-    from finetune_app.core.data.batching import collate
     from finetune_app.core.data.tokenize import Encoder
+    from finetune_app.core.families import family_for
     from finetune_app.core.models import load_base
-    from finetune_app.core.training.forward import Forward
 
     base = load_base(model_folder)
     encoder, rows = Encoder(base), open_dataset(data)
-    batch = collate([encoder.encode(rows.sample(i), i) for i in range(TRAINED[family])],
-                    base.tokenizer.pad_token_id or 0, encoder.image_token_index)
+    fam = family_for(base)
+    batch = fam.plan([encoder.encode(rows.sample(i), i) for i in range(TRAINED[family])])
     ids = batch.input_ids.copy()
     k = ids.shape[1] - 3
     ids[:, k:] = ids[:, k - 1:k]  # a different tail
-    forward = Forward(base)
-    before = forward.logits(base.model, batch)
-    after = forward.logits(base.model, dataclasses.replace(batch, input_ids=ids))
+    before = fam.logits(base.model, batch)
+    after = fam.logits(base.model, dataclasses.replace(batch, input_ids=ids))
     assert float(mx.abs(before[:, :k] - after[:, :k]).max()) == 0.0
 
 
