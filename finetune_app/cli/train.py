@@ -20,7 +20,7 @@ FLAGS = {
     "--grad-clip": "grad_clip", "--max-length": "max_length", "--steps-per-eval": "steps_per_eval",
     "--steps-per-report": "steps_per_report", "--valid-fraction": "valid_fraction",
     "--keep-checkpoints": "keep_checkpoints", "--sample-count": "sample_count", "--data-format": "data_format",
-    "--image-size": "image_size", "--weight-decay": "weight_decay",
+    "--image-size": "image_size", "--weight-decay": "weight_decay", "--serve-target": "serve_target",
 }
 TYPES = {"iters": int, "epochs": float, "batch_size": int, "learning_rate": float, "lora_rank": int,
          "lora_alpha": float, "lora_dropout": float, "seed": int, "save_every": int, "quantize_bits": int,

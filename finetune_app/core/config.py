@@ -13,6 +13,7 @@ from pathlib import Path
 
 from finetune_app.core import atomic
 from finetune_app.core.errors import ConfigError
+from finetune_app.core.serving import SERVE_TARGETS
 
 FINE_TUNE_TYPES = ("lora", "dora", "full")
 SCHEDULES = ("constant", "cosine", "linear")
@@ -54,6 +55,7 @@ class TrainConfig:
     grad_checkpoint: bool = field(default=False, metadata={"help": "Recompute activations instead of storing them: less memory, about 30% slower."})
     max_length: int = field(default=2048, metadata={"help": "Longest sequence in tokens (image tokens included). Longer rows are skipped and reported."})
     completion_only: bool = field(default=True, metadata={"help": "Learn only the answers, not the prompts or image tokens."})
+    serve_target: str = field(default="auto", metadata={"help": "Where the model will run: the prompt layout and image processing are trained exactly as that runtime does them. auto: mlx-vlm for vision-language models, mlx-lm for text; mlx-swift: Apple's FastVLM app."})
     image_size: int | None = field(default=None, metadata={"help": "Resize images so their longer side is at most this many pixels before the model's own processing. Empty: the model's own size."})
 
     valid_fraction: float = field(default=0.1, metadata={"help": "Share of rows held out for validation when the dataset has no validation split."})
@@ -132,6 +134,7 @@ class TrainConfig:
         check("grad_accumulation", is_int(self.grad_accumulation) and self.grad_accumulation >= 1, "must be a whole number, 1 or more")
         check("grad_clip", self.grad_clip is None or (is_num(self.grad_clip) and self.grad_clip > 0), "must be a positive number or empty")
         check("max_length", is_int(self.max_length) and self.max_length >= 8, "must be a whole number, 8 or more")
+        check("serve_target", self.serve_target in SERVE_TARGETS, f"must be one of {', '.join(SERVE_TARGETS)}")
         check("image_size", self.image_size is None or (is_int(self.image_size) and self.image_size >= 16), "must be 16 pixels or more, or empty")
         check("valid_fraction", is_num(self.valid_fraction) and 0 <= self.valid_fraction < 1, "must be at least 0 and below 1")
         for name in ("steps_per_eval", "steps_per_report", "save_every", "keep_checkpoints"):

@@ -58,7 +58,7 @@ GROUPS: list[tuple[str, list[str]]] = [
                           "quantize_vision", "grad_checkpoint", "compile", "cache_vision"]),
     ("Checking progress", ["valid_fraction", "steps_per_eval", "val_batches", "steps_per_report",
                            "sample_count", "sample_max_tokens", "save_every", "keep_checkpoints", "report_to"]),
-    ("Data", ["completion_only", "data_format", "strict_data", "seed"]),
+    ("Data", ["serve_target", "completion_only", "data_format", "strict_data", "seed"]),
 ]
 
 LABELS = {
@@ -75,7 +75,7 @@ LABELS = {
     "steps_per_eval": "Validate every (steps)", "val_batches": "Validation batches",
     "steps_per_report": "Report every (steps)", "sample_count": "Sample captions", "sample_max_tokens": "Sample length (tokens)",
     "save_every": "Checkpoint every (steps)", "keep_checkpoints": "Checkpoints kept",
-    "completion_only": "Learn only the answers", "data_format": "Dataset format",
+    "serve_target": "Where it will run", "completion_only": "Learn only the answers", "data_format": "Dataset format",
     "strict_data": "Refuse rows with problems", "report_to": "Log to trackers", "seed": "Random seed", "output": "Run folder",
 }
 PLACEHOLDERS = {"iters": "from epochs", "epochs": "3 when steps are empty", "lora_targets": "all projections",
@@ -87,6 +87,8 @@ CHOICES = {
     "lr_schedule": [(s, s) for s in SCHEDULES],
     "quantize_bits": [("No", None), ("4-bit", 4), ("8-bit", 8)],
     "quantize_group_size": [(str(g), g) for g in (32, 64, 128)],
+    "serve_target": [("Automatic (mlx-vlm / mlx-lm)", "auto"), ("mlx-vlm (Python)", "mlx-vlm"),
+                     ("mlx-lm (Python)", "mlx-lm"), ("Apple's FastVLM app (mlx-swift)", "mlx-swift")],
 }
 
 

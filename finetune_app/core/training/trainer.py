@@ -153,7 +153,8 @@ class Trainer:
             enable(base.model.layers)
         self.forward = Forward(base)
         self.encoder = Encoder(base, completion_only=cfg.completion_only, image_size=cfg.image_size,
-                               image_features=fastvlm_feature_count(base) if base.is_fastvlm else None)
+                               image_features=fastvlm_feature_count(base) if base.is_fastvlm else None,
+                               serve_target=cfg.serve_target)
         self.emit(StateChanged("preparing"))
         # The fast path (cached frozen-tower features, compiled step) where the model allows it;
         # the reference path (the library's own forward, uncompiled) otherwise.
