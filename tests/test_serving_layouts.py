@@ -220,3 +220,38 @@ def test_fastvlm_app_layout_is_the_apps(bases):
     np.testing.assert_allclose(ex.images["pixel_values"][0], want, atol=1e-6)
     # the mlx-vlm layout of the same model differs (image first, padded square): the target matters
     assert encoder(base).prompt_text(caption()) != enc.prompt_text(caption())
+
+
+@pytest.mark.parametrize("target", ["auto", "mlx-swift"])
+def test_data_check_shows_what_the_trainer_feeds(target, tiny_model, bases, tmp_path, capsys):
+    """`data check --examples K --json` prints the trainer's exact text / input_ids / target_mask,
+    and they are the runtime's: here checked against mlx-vlm's own prompt for the same row."""
+    from finetune_app.cli import main
+    from finetune_app.core.data.demo import make_shapes_dataset
+
+    data = make_shapes_dataset(tmp_path / "shapes", n_train=4, n_valid=1, size=64, jsonl=True)
+    family = "fastvlm" if target == "mlx-swift" else "qwen2_vl"
+    over = {"image_size": 256} if family == "fastvlm" else {}
+    code = main(["data", "check", str(data), "--model", str(tiny_model(family, **over)), "--examples", "2",
+                 "--json", "--serve-target", target])
+    assert code == 0
+    examples = json.loads(capsys.readouterr().out)["examples"]
+    assert len(examples) == 2
+    ex = examples[0]
+    assert len(ex["input_ids"]) == len(ex["target_mask"])
+    base = bases(family, **over)
+    row = json.loads((data / "train.jsonl").read_text().splitlines()[0])
+    answer = row["messages"][1]["content"]
+    supervised = [i for i, m in zip(ex["input_ids"], ex["target_mask"]) if m]
+    assert base.tokenizer.decode(supervised).startswith(answer + "<|im_end|>")
+    if target == "auto":
+        from mlx_vlm.prompt_utils import apply_chat_template
+
+        prompt = apply_chat_template(base.processor, base.config, row["messages"][0]["content"], num_images=1)
+        assert ex["serve_target"] == "mlx-vlm" and ex["text"].startswith(prompt)
+        assert ex["image_sizes"] == [[56, 56]]  # 64 px -> Qwen2-VL's 28-px grid within max_pixels
+    else:
+        assert ex["serve_target"] == "mlx-swift"
+        # the app's prompt with its (h/64)*(w/64) image tokens written as the engine's one placeholder
+        assert ex["text"].startswith(app_prepare(row["messages"][0]["content"], 64, 64))
+        assert ex["image_sizes"] == [[256, 256]]
