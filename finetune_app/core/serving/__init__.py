@@ -74,6 +74,10 @@ def mismatch(trained: str | None, export_target: str, base_kind: str) -> str | N
         trained = "mlx-vlm" if base_kind == "vlm" else "mlx-lm"
     if served == trained:
         return None
+    if served == "mlx-swift-lm":
+        return (f"this model was trained with the {trained} prompt layout; mlx-swift-lm (MLXVLM / MLXLLM) builds "
+                "prompts with its own processors, which training does not reproduce yet. Compare a few answers "
+                "there with the training samples.")
     return (f"this model was trained with the {trained} prompt layout, but {export_target} lays prompts "
             f"out its own way ({DESCRIPTIONS.get(served, served)}); answers there may be worse than in "
             f"training. Retrain with --serve-target {served} to match.")
