@@ -12,30 +12,12 @@ all, see docs/engine.md)."""
 import pytest
 
 from finetune_app.core.config import DEFAULT_PRESET, TrainConfig, apply_preset
-from finetune_app.core.data.demo import SHAPES_PROMPT, make_shapes_dataset
+from finetune_app.core.data.demo import make_shapes_dataset
 from finetune_app.core.data.tokenize import Encoder
 from finetune_app.core.generate import GenerationSettings, generate_for_sample
 from finetune_app.core.scoring import shapes_accuracy
 from finetune_app.core.training.trainer import Trainer
-
-
-def mlx_vlm_accuracy(model_dir, run_dir, data_dir):
-    """Held-out accuracy the way an mlx-vlm user gets it (no code of ours in the path)."""
-    import json
-
-    from mlx_vlm import generate, load
-    from mlx_vlm.prompt_utils import apply_chat_template
-
-    model, processor = load(str(model_dir), adapter_path=str(run_dir))
-    prompt = apply_chat_template(processor, model.config, SHAPES_PROMPT, num_images=1)
-    outputs, refs = [], []
-    for line in (data_dir / "valid.jsonl").read_text().splitlines():
-        row = json.loads(line)
-        out = generate(model, processor, prompt, image=[str(data_dir / row["images"][0])],
-                       max_tokens=8, temperature=0.0, verbose=False)
-        outputs.append(getattr(out, "text", out))
-        refs.append(row["messages"][-1]["content"])
-    return shapes_accuracy(outputs, refs), outputs
+from finetune_app.testing.runtime_accuracy import mlx_vlm_shapes_accuracy
 
 
 @pytest.mark.slow
@@ -49,7 +31,7 @@ def test_qwen2_vl_learns_shapes_through_mlx_vlm(tiny_model, tmp_path_factory, tm
         steps_per_eval=10**6, save_every=10**6, sample_count=0)
     result = Trainer(cfg).run()
     assert result.status == "finished"
-    acc, outputs = mlx_vlm_accuracy(model, result.run_dir, data)
+    acc, outputs = mlx_vlm_shapes_accuracy(model, result.run_dir, data)
     print("qwen2_vl via mlx-vlm", acc, outputs[:6])
     assert acc["n"] == 60
     assert acc["colour"] >= 0.95, outputs
