@@ -154,14 +154,16 @@ def test_mlx_lm_prompt_is_the_chat_template(family, bases):
 
 
 # ---- Apple's FastVLM app -------------------------------------------------------------------------
-# A transcription of apple/ml-fastvlm app/FastVLM/FastVLM.swift (commit 5004c18e), FastVLMProcessor:
-#   prepare(prompt:imageTHW:)  - messages = [["role": "user", "content": text]]; insert
+# A transcription of apple/ml-fastvlm app/FastVLM/FastVLM.swift (commit 5004c18e), FastVLMProcessor
+# (lines 339-428):
+#   prepare(prompt:imageTHW:), lines 373-416 - messages = [["role": "user", "content": text]]; insert
 #     ["role": "system", "content": "You are a helpful assistant."] at 0 when messages[0] is not a
 #     system message; numImageTokens = (h / patchSize) * (w / patchSize) (+ 0 additional, patchSize 64,
 #     FastVLMProcessorConfiguration); lastMessage += String(repeating: "<image>", count: n);
 #     return messages.map { "<|im_start|>\(role)\n\(content)<|im_end|>" }.joined(separator: "\n")
 #            + "\n<|im_start|>assistant\n"
-#   preprocess(image:processing:) - size = fitIn(extent, shortestEdge: size.shortest_edge)
+#     (system insert: lines 383-385; image tokens: 396-404; ChatML join: 409-415)
+#   preprocess(image:processing:), lines 351-371 - size = fitIn(extent, shortestEdge: size.shortest_edge)
 #     (mlx-swift-examples MediaProcessing.fitIn: short edge = S, long edge = S * long / short);
 #     resampleBicubic(image, to: size); centerCrop(image, size: crop_size); normalize(mean, std).
 #   mergeInputIdsWithImageFeatures - every position whose id is image_token_index gets one image feature.

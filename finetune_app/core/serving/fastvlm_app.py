@@ -1,12 +1,14 @@
 """Apple's FastVLM app (the `mlx-swift` export): the prompt and pixels its own processor builds.
 
-Transcribed from apple/ml-fastvlm app/FastVLM/FastVLM.swift, `FastVLMProcessor`:
-* `prepare(prompt:imageTHW:)`: a system message "You are a helpful assistant." is inserted when
+Transcribed from apple/ml-fastvlm app/FastVLM/FastVLM.swift (commit 5004c18e), `FastVLMProcessor`
+(lines 339-428):
+* `prepare(prompt:imageTHW:)` (lines 373-416): a system message "You are a helpful assistant." is inserted when
   the first message is not a system one; the image tokens (`<image>` x (h/64)*(w/64), 256 at
   1024 px) are appended to the LAST message's text with no separator; the messages are joined as
-  ChatML `<|im_start|>{role}\\n{content}<|im_end|>` with "\\n", then "\\n<|im_start|>assistant\\n".
-  One image at most (`VLMError.singleImageAllowed`).
-* `preprocess(image:processing:)`: the shortest edge is resized bicubically to
+  ChatML `<|im_start|>{role}\\n{content}<|im_end|>` with "\\n", then "\\n<|im_start|>assistant\\n"
+  (lines 383-385, 396-404, 409-415; `FastVLMProcessorConfiguration`: imageToken "<image>", patchSize
+  64, no additional tokens, no select strategy, so no -1). One image at most (lines 426-428).
+* `preprocess(image:processing:)` (lines 351-371): the shortest edge is resized bicubically to
   preprocessor_config `size.shortest_edge` (`MediaProcessing.fitIn(_:shortestEdge:)`: the long
   edge scales in proportion), then centre-cropped to `crop_size`, then normalised with
   `image_mean` / `image_std`.
