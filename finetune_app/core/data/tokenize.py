@@ -1,4 +1,8 @@
-"""Turn a Sample into model inputs with the model's own chat template and processor.
+"""Turn a Sample into model inputs exactly as the runtime it will be served with does it.
+
+The layout (chat template, where images go, how pixels are made) is the serve target's
+(core/serving): mlx-vlm's apply_chat_template + the model's processor, mlx-lm's chat template, or
+Apple's FastVLM app's own prompt and preprocessing.
 
 The prompt/answer split is explicit: `target_mask[t]` is True where token t belongs to an
 assistant answer (its text and the end-of-turn token), so the completion-only loss covers exactly
@@ -14,6 +18,7 @@ import numpy as np
 
 from finetune_app.core.data.sample import Sample
 from finetune_app.core.errors import DataError
+from finetune_app.core.serving.placement import span, turn_images
 
 
 @dataclass
@@ -133,8 +138,6 @@ class Encoder:
             return mask
         text_full = self._text_ids(full_text)
         delta = len(ids) - len(text_full)  # tokens the processor added (image expansion)
-        from finetune_app.core.serving.placement import span, turn_images
-
         counts = turn_images(sample)
         n_before = 0
         for i, turn in enumerate(sample.turns[:span(sample, None)]):

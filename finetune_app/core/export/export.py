@@ -177,7 +177,7 @@ def layout_warning(acfg: dict | None, target: str, kind: str) -> str | None:
         return None
     trained = trained_layout(acfg)
     if trained is None:
-        if serving.layout_name_for_export(target, kind) == "mlx-swift":
+        if serving.layout_name_for_export(target) == "mlx-swift":
             return ("This adapter does not record the prompt layout it was trained with (it predates serve "
                     "targets); Apple's FastVLM app puts the image after the text. Retrain with --serve-target "
                     "mlx-swift to match the app.")

@@ -56,7 +56,7 @@ def layout(target: str | None, base):
     return module.Layout(base)
 
 
-def layout_name_for_export(export_target: str, base_kind: str) -> str | None:
+def layout_name_for_export(export_target: str) -> str | None:
     """The serving layout an export target's runtime uses (None: the adapter, runs anywhere)."""
     if export_target in TARGETS:
         return export_target
@@ -67,7 +67,7 @@ def layout_name_for_export(export_target: str, base_kind: str) -> str | None:
 
 def mismatch(trained: str | None, export_target: str, base_kind: str) -> str | None:
     """A plain warning when the export target's runtime lays prompts out differently from training."""
-    served = layout_name_for_export(export_target, base_kind)
+    served = layout_name_for_export(export_target)
     if served is None or trained is None:
         return None
     if trained == AUTO:
