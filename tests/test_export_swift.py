@@ -133,7 +133,10 @@ def test_app_bundle_matches_reference_exactly(app_bundle):
     names = {p.name for p in out.iterdir()}
     assert names == {"config.json", "model.safetensors", "model.safetensors.index.json", "tokenizer.json",
                      "tokenizer_config.json", "preprocessor_config.json", "processor_config.json",
-                     "fastvithd.mlpackage", "generation_config.json", "chat_template.jinja"}
+                     "fastvithd.mlpackage", "generation_config.json", "chat_template.jinja",
+                     "finetune_app.json"}  # the prompt layout trained with (the app ignores it)
+    assert json.loads((out / "finetune_app.json").read_text())["serve_target"] == "mlx-vlm"
+    assert any("--serve-target mlx-swift" in w for w in result.warnings)  # trained for mlx-vlm: said plainly
     v = result.verification
     assert v.ok, v.problems
     print(f"app bundle: simulated app forward vs base+adapter: {v.max_logit_diff:.3g}")

@@ -27,6 +27,15 @@ def register(subparsers) -> None:
                        "'{\"prompt\": \"Describe {label}\", \"answer\": \"{text}\"}'")
     check.add_argument("--max-length", type=int, help="drop rows longer than this many tokens "
                        "(needs --model)")
+    check.add_argument("--examples", type=int, default=0, metavar="K",
+                       help="show, for the first K usable rows, the exact text, input_ids and "
+                       "target_mask the trainer will use and the image size fed to the vision "
+                       "tower (needs --model)")
+    check.add_argument("--serve-target", default="auto",
+                       help="where the model will run, which decides the layout of --examples: "
+                       "auto, mlx-vlm, mlx-lm, mlx-swift (default auto)")
+    check.add_argument("--image-size", type=int, default=None, metavar="PX",
+                       help="the training image size limit, for --examples")
     check.add_argument("--no-images", action="store_true", help="do not open the images")
     check.add_argument("--strict", action="store_true", help="fail on any row problem")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -83,6 +92,7 @@ def run_check(args: argparse.Namespace) -> int:
                           check_images=not args.no_images, progress=_progress(args),
                           policy="strict" if args.strict else "skip",
                           max_chars=text_limit(args.max_length or TrainConfig.max_length))
+        examples = _examples(args, report) if args.examples else None
     except FinetuneError as err:
         if not args.json:
             raise
@@ -90,13 +100,55 @@ def run_check(args: argparse.Namespace) -> int:
                                      "field": err.field}, "rows_usable": 0}, indent=2))
         return err.exit_code
     if args.json:
-        _print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+        out = report.to_dict()
+        if examples is not None:
+            out["examples"] = examples
+        _print(json.dumps(out, indent=2, ensure_ascii=False))
     else:
         _print(dataset.describe())
         _print(report.summary(max_problems=args.show))
+        for ex in examples or []:
+            _print(f"\nrow {ex['row']} ({ex['serve_target']} layout, {len(ex['input_ids'])} ids, "
+                   f"{sum(ex['target_mask'])} supervised, images {ex['image_sizes']}):\n{ex['text']}")
     from finetune_app.core.errors import DataError
 
     return 0 if report.rows_usable else DataError.exit_code
+
+
+def _examples(args, report) -> list[dict]:
+    """What the trainer will feed the model for the first K usable rows, in the serve target's
+    layout: compare these with the runtime's own (apply_chat_template + processor)."""
+    from finetune_app.core.data.tokenize import Encoder
+    from finetune_app.core.errors import ConfigError
+    from finetune_app.core.models import load_base
+
+    if not args.model:
+        raise ConfigError("--examples needs --model (the examples are that model's tokens).",
+                          "Add --model FOLDER.", field="examples")
+    base = load_base(args.model)
+    enc = Encoder(base, image_size=args.image_size, serve_target=args.serve_target)
+    out = []
+    for i in report.usable_indices[:max(0, args.examples)]:
+        sample = report.dataset.sample(i)
+        images = enc.load_images(sample) if sample.images else []
+        ex = enc.encode(sample, i, images=images)
+        out.append({"row": i, "file": sample.source, "line": sample.line, "serve_target": enc.serve_target,
+                    "text": enc.render(sample), "input_ids": ex.input_ids.tolist(),
+                    "target_mask": [int(m) for m in ex.target_mask], "model_length": ex.model_length,
+                    "image_sizes": _tower_sizes(base, ex, images)})
+    return out
+
+
+def _tower_sizes(base, ex, images) -> list[list[int]]:
+    """[width, height] in pixels of each image as the vision tower gets it."""
+    grid = ex.images.get("image_grid_thw")
+    if grid is not None:  # Qwen-VL: patches of patch_size pixels
+        patch = getattr(getattr(base.processor, "image_processor", None), "patch_size", 14)
+        return [[int(w) * patch, int(h) * patch] for _, h, w in grid.reshape(-1, 3)]
+    pv = ex.images.get("pixel_values")
+    if pv is not None and pv.ndim == 4:
+        return [[int(pv.shape[-1]), int(pv.shape[-2])]] * len(images)
+    return [list(im.size) for im in images]
 
 
 def _print(text: str) -> None:

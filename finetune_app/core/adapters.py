@@ -120,8 +120,12 @@ def attach(base: BaseModel, cfg: TrainConfig) -> dict:
             if getattr(model, name, None) is not None:
                 getattr(model, name).unfreeze()
     _freeze_norm_stats(model)
+    from finetune_app.core import serving
+
+    # the prompt layout trained with (core/serving): export warns when its target's layout differs
     config["finetune_app"] = {"base_model": base.source or str(base.path), "model_type": base.model_type,
-                              "train_vision": cfg.train_vision, "train_projector": cfg.train_projector}
+                              "train_vision": cfg.train_vision, "train_projector": cfg.train_projector,
+                              "serve_target": serving.resolve(cfg.serve_target, base)}
     set_train_modes(model, cfg.fine_tune_type)
     if not tree_flatten(model.trainable_parameters()):
         raise ConfigError("Nothing would be trained with these settings.", "Check the LoRA target layer names.", field="lora_targets")

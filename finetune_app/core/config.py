@@ -19,6 +19,7 @@ from pathlib import Path
 
 from finetune_app.core import atomic
 from finetune_app.core.errors import ConfigError
+from finetune_app.core.serving import SERVE_TARGETS
 
 FINE_TUNE_TYPES = ("lora", "dora", "full")
 SCHEDULES = ("constant", "cosine", "linear")
@@ -42,6 +43,10 @@ def setting(default, *, group: str, label: str, help: str, choices=None, placeho
     that defaults to on: --no-the-name)."""
     return field(default=default, metadata={"group": group, "label": label, "help": help, "choices": choices,
                                             "placeholder": placeholder, "flag": flag})
+
+
+SERVE_TARGET_CHOICES = (("Automatic (mlx-vlm / mlx-lm)", "auto"), ("mlx-vlm (Python)", "mlx-vlm"),
+                        ("mlx-lm (Python)", "mlx-lm"), ("Apple's FastVLM app (mlx-swift)", "mlx-swift"))
 
 
 def data_format_choices() -> tuple:
@@ -185,6 +190,10 @@ class TrainConfig:
                                           placeholder="off (tensorboard, wandb, mlflow)",
                                           help="Also log the run's metrics and settings to these trackers: any of tensorboard, wandb, mlflow (each needs its extra, e.g. pip install \"finetune-app[tensorboard]\"). Empty: off.")
 
+    serve_target: str = setting("auto", group=DATA, label="Where it will run", choices=SERVE_TARGET_CHOICES,
+                                help="Where the model will run: the prompt layout and image processing are trained "
+                                     "exactly as that runtime does them. auto: mlx-vlm for vision-language models, "
+                                     "mlx-lm for text; mlx-swift: Apple's FastVLM app.")
     completion_only: bool = setting(True, group=DATA, label="Learn only the answers",
                                     help="Learn only the answers, not the prompts or image tokens.")
     data_format: str | None = setting(None, group=DATA, label="Dataset format", choices=data_format_choices,
@@ -254,6 +263,7 @@ class TrainConfig:
         check("grad_accumulation", is_int(self.grad_accumulation) and self.grad_accumulation >= 1, "must be a whole number, 1 or more")
         check("grad_clip", self.grad_clip is None or (is_num(self.grad_clip) and self.grad_clip > 0), "must be a positive number or empty")
         check("max_length", is_int(self.max_length) and self.max_length >= 8, "must be a whole number, 8 or more")
+        check("serve_target", self.serve_target in SERVE_TARGETS, f"must be one of {', '.join(SERVE_TARGETS)}")
         check("image_size", self.image_size is None or (is_int(self.image_size) and self.image_size >= 16), "must be 16 pixels or more, or empty")
         check("valid_fraction", is_num(self.valid_fraction) and 0 <= self.valid_fraction < 1, "must be at least 0 and below 1")
         for name in ("steps_per_eval", "steps_per_report", "save_every", "keep_checkpoints"):

@@ -227,7 +227,14 @@ class SourcePage(QWizardPage):
             v.addWidget(note)
             self.notes[t] = note
             rb.toggled.connect(self.completeChanged)
+            rb.toggled.connect(self.update_layout_note)
         form.addRow("Target:", box)
+        # trained for one runtime, exported for another: say so (a warning, not a refusal)
+        self.layout_label = QLabel()
+        self.layout_label.setObjectName("layout_warning")
+        self.layout_label.setWordWrap(True)
+        self.layout_label.setVisible(False)
+        form.addRow("", self.layout_label)
         self.adapter_edit.editingFinished.connect(self.refresh)
         self.model_edit.editingFinished.connect(self.refresh)
         self.adapter_edit.textChanged.connect(self.completeChanged)
@@ -272,10 +279,30 @@ class SourcePage(QWizardPage):
         else:
             kind = "vision-language" if info["kind"] == "vlm" else "text"
             self.info_label.setText(f"{info['family']} ({kind} model).")
+        self.update_layout_note()
         self.completeChanged.emit()
 
     def target(self) -> str | None:
         return next((t for t, rb in self.buttons.items() if rb.isChecked()), None)
+
+    def layout_note(self) -> str | None:
+        """The export's own warning when the target's prompt layout differs from the training one."""
+        from finetune_app.core.export.export import layout_warning
+
+        adapter, target = self.adapter_edit.text().strip(), self.target()
+        if not adapter or target is None:
+            return None
+        try:
+            acfg = json.loads((Path(adapter).expanduser() / "adapter_config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        info = self.w.model_info
+        return layout_warning(acfg if isinstance(acfg, dict) else None, target, info["kind"] if info else "vlm")
+
+    def update_layout_note(self) -> None:
+        note = self.layout_note()
+        self.layout_label.setText(f"<b>Prompt layout differs:</b> {note}" if note else "")
+        self.layout_label.setVisible(bool(note))
 
     def isComplete(self) -> bool:
         t = self.target()
@@ -455,6 +482,9 @@ class SummaryPage(QWizardPage):
             rows.append(("Precision", q))
         if o.target == "mlx-swift":
             rows.append(("CoreML encoder", str(o.mlpackage) if o.mlpackage else "built from the model's vision tower"))
+        note = self.w.source.layout_note()
+        if note:
+            rows.append(("Prompt layout", f"warning: {note}"))
         rows.append(("Destination", str(o.output) + (" (replaces the existing folder)" if o.overwrite else "")))
         try:
             if info is not None:

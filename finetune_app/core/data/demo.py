@@ -45,12 +45,18 @@ def _draw(colour: str, shape: str, size: int, rng: random.Random) -> Image.Image
     return im
 
 
+SHAPES_PROMPT = "Describe the image."
+
+
 def make_shapes_dataset(dest: str | Path, n_train: int = 300, n_valid: int = 60, size: int = 64,
-                        seed: int = 0, *, overwrite: bool = False) -> Path:
+                        seed: int = 0, *, overwrite: bool = False, jsonl: bool = False) -> Path:
     """Write `dest/images/*.png` + `dest/captions.csv` (filename, caption, split).
 
     The `split` column marks the validation rows, which open_dataset() reads as the dataset's own
-    validation split. Classes are balanced within each split. Deterministic for a given seed."""
+    validation split. Classes are balanced within each split. Deterministic for a given seed.
+    With `jsonl`, write mlx-vlm's `--data DIR` layout instead: `train.jsonl` / `valid.jsonl` rows
+    `{"images": ["images/N.png"], "messages": [user SHAPES_PROMPT, assistant caption]}` (the same
+    images and captions)."""
     rng = random.Random(seed)
     dest = Path(dest)
     with staged_dir(dest, overwrite=overwrite) as stage:
@@ -59,6 +65,7 @@ def make_shapes_dataset(dest: str | Path, n_train: int = 300, n_valid: int = 60,
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(["filename", "caption", "split"])
         k = 0
+        rows: dict[str, list[str]] = {"train": [], "valid": []}
         for split_name, n in (("train", n_train), ("valid", n_valid)):
             classes = [CLASSES[i % len(CLASSES)] for i in range(n)]
             rng.shuffle(classes)
@@ -66,8 +73,15 @@ def make_shapes_dataset(dest: str | Path, n_train: int = 300, n_valid: int = 60,
                 name = f"{k:05d}.png"
                 _draw(colour, shape, size, rng).save(stage / "images" / name, optimize=False)
                 writer.writerow([name, f"a {colour} {shape}", split_name])
+                rows[split_name].append(json.dumps({"images": [f"images/{name}"], "messages": [
+                    {"role": "user", "content": SHAPES_PROMPT},
+                    {"role": "assistant", "content": f"a {colour} {shape}"}]}) + "\n")
                 k += 1
-        (stage / "captions.csv").write_text(buf.getvalue(), encoding="utf-8")
+        if jsonl:
+            for split_name, lines in rows.items():
+                (stage / f"{split_name}.jsonl").write_text("".join(lines), encoding="utf-8")
+        else:
+            (stage / "captions.csv").write_text(buf.getvalue(), encoding="utf-8")
     return dest
 
 

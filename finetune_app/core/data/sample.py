@@ -22,11 +22,14 @@ class ImageRef:
 
 @dataclass(frozen=True)
 class Turn:
-    """One message. Images attached to a turn are placed before its text when rendered."""
+    """One message. Where its images go when rendered is the serve target's rule
+    (core/serving), unless the dataset placed them explicitly: then `parts` holds the turn's
+    content in the dataset's order, text as str and each image as None."""
 
     role: str  # one of ROLES
     text: str
     n_images: int = 0
+    parts: tuple = ()  # explicit placement (content list with image parts); empty otherwise
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,11 @@ class Sample:
     line: int | None = None  # 1-based line (JSONL/CSV) or row index (others)
     split: str | None = None  # "train" / "valid" when the dataset says so
     meta: dict = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def explicit_images(self) -> bool:
+        """The dataset placed the images itself (content lists with image parts)."""
+        return any(t.parts for t in self.turns)
 
     @property
     def has_images(self) -> bool:

@@ -1,4 +1,8 @@
-"""Turn a Sample into model inputs with the model's own chat template and processor.
+"""Turn a Sample into model inputs exactly as the runtime it will be served with does it.
+
+The layout (chat template, where images go, how pixels are made) is the serve target's
+(core/serving): mlx-vlm's apply_chat_template + the model's processor, mlx-lm's chat template, or
+Apple's FastVLM app's own prompt and preprocessing.
 
 The prompt/answer split is explicit: `target_mask[t]` is True where token t belongs to an
 assistant answer (its text and the end-of-turn token), so the completion-only loss covers exactly
@@ -14,6 +18,7 @@ import numpy as np
 
 from finetune_app.core.data.sample import Sample
 from finetune_app.core.errors import DataError
+from finetune_app.core.serving.placement import span, turn_images
 
 
 @dataclass
@@ -39,11 +44,14 @@ class Example:
 
 
 class Encoder:
-    """Renders and tokenises samples for one loaded base model."""
+    """Renders and tokenises samples for one loaded base model, in the layout of the runtime the
+    model will be served with (core/serving: "auto" is mlx-vlm for VLMs, mlx-lm for text)."""
 
     def __init__(self, base, *, completion_only: bool = True, image_size: int | None = None,
                  image_features: int | None = None,
-                 image_loader: Callable | None = None):
+                 image_loader: Callable | None = None, serve_target: str | None = None):
+        from finetune_app.core import serving
+
         self.base = base
         self.completion_only = completion_only
         self.image_size = image_size
@@ -59,28 +67,16 @@ class Encoder:
             image_features = family_for(base).image_features()
         self.image_features = image_features
         self._load_image = image_loader
+        self.layout = serving.layout(serve_target, base)
+        self.serve_target = self.layout.name
 
     # ---- rendering -------------------------------------------------------------------------
     def messages(self, sample: Sample, upto: int | None = None) -> list[dict]:
-        turns = sample.turns[:upto] if upto is not None else sample.turns
-        out = []
-        for t in turns:
-            if self.is_vlm and t.n_images:
-                content = [{"type": "image"} for _ in range(t.n_images)] + [{"type": "text", "text": t.text}]
-                out.append({"role": t.role, "content": content})
-            else:
-                out.append({"role": t.role, "content": t.text})
-        return out
+        """The messages handed to the runtime's template (images placed by the serve target)."""
+        return self.layout.messages(sample, upto)[0]
 
     def render(self, sample: Sample, upto: int | None = None, *, generation_prompt: bool = False) -> str:
-        msgs = self.messages(sample, upto)
-        n_images = sum(t.n_images for t in (sample.turns[:upto] if upto is not None else sample.turns))
-        if self.is_vlm:
-            from mlx_vlm.prompt_utils import apply_chat_template
-
-            return apply_chat_template(self.base.processor, self.base.config, msgs,
-                                       add_generation_prompt=generation_prompt, num_images=n_images)
-        return self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=generation_prompt)
+        return self.layout.render(sample, upto, generation_prompt=generation_prompt)
 
     def prompt_text(self, sample: Sample) -> str:
         """The prompt for generating the final answer (for samples and captioning)."""
@@ -89,21 +85,10 @@ class Encoder:
 
     # ---- tokenising ------------------------------------------------------------------------
     def _text_ids(self, text: str) -> list[int]:
-        return list(self.tokenizer.encode(text, add_special_tokens=False))
+        return self.layout.text_ids(text)
 
     def _processed(self, text: str, images: list) -> dict[str, np.ndarray]:
-        from mlx_vlm.utils import prepare_inputs
-
-        out = prepare_inputs(self.base.processor, images=images or None, prompts=[text],
-                             image_token_index=self.image_token_index, add_special_tokens=False,
-                             padding=False)
-        result = {}
-        for k, v in out.items():
-            if v is None or isinstance(v, (str, list, dict)) and k != "input_ids":
-                continue
-            arr = np.asarray(v)
-            result[k] = arr
-        return result
+        return self.layout.process(text, images)
 
     def load_images(self, sample: Sample) -> list:
         if self._load_image is None:
@@ -158,10 +143,11 @@ class Encoder:
             return mask
         text_full = self._text_ids(full_text)
         delta = len(ids) - len(text_full)  # tokens the processor added (image expansion)
+        counts = turn_images(sample)
         n_before = 0
-        for i, turn in enumerate(sample.turns):
+        for i, turn in enumerate(sample.turns[:span(sample, None)]):
             if turn.role != "assistant":
-                n_before += turn.n_images
+                n_before += counts[i]
                 continue
             start_txt = len(self._text_ids(self.render(sample, i, generation_prompt=True)))
             end_txt = len(self._text_ids(self.render(sample, i + 1)))

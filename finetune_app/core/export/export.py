@@ -29,10 +29,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from finetune_app.core import run_folder
+from finetune_app.core import atomic, run_folder
 from finetune_app.core.errors import ConfigError, FinetuneError
 from finetune_app.core.export.publish import STAGE_MARKER, remove_stale_stages
 
+LAYOUT_FILE = "finetune_app.json"  # in fused bundles: the prompt layout (serve target) trained with
 TARGETS = ("adapter", "mlx-vlm", "mlx-lm", "mlx-swift", "mlx-swift-lm")
 TARGET_HELP = {
     "adapter": "the adapter alone (adapters.safetensors + adapter_config.json), for mlx_vlm.load / mlx_lm.load with adapter_path",
@@ -161,6 +162,27 @@ def check_target_for_model(target: str, kind: str, is_fastvlm: bool) -> None:
     if target == "mlx-swift" and not is_fastvlm:
         raise ConfigError("The mlx-swift target is Apple's FastVLM app, which runs FastVLM models only.",
                           "Use mlx-swift-lm (MLXVLM / MLXLLM) or mlx-vlm / mlx-lm for this model.", field="target")
+
+
+def trained_layout(acfg: dict | None) -> str | None:
+    """The serve target (prompt layout) the adapter was trained with, if it records one."""
+    return ((acfg or {}).get("finetune_app") or {}).get("serve_target")
+
+
+def layout_warning(acfg: dict | None, target: str, kind: str) -> str | None:
+    """Plain words when the export target's runtime lays prompts out unlike training (not a refusal)."""
+    from finetune_app.core import serving
+
+    if not acfg or target == "adapter":
+        return None
+    trained = trained_layout(acfg)
+    if trained is None:
+        if serving.layout_name_for_export(target) == "mlx-swift":
+            return ("This adapter does not record the prompt layout it was trained with (it predates serve "
+                    "targets); Apple's FastVLM app puts the image after the text. Retrain with --serve-target "
+                    "mlx-swift to match the app.")
+        return None
+    return serving.mismatch(trained, target, kind)
 
 
 def check_user_mlpackage(path: Path, config: dict) -> dict:
@@ -345,6 +367,10 @@ def export(opts: ExportOptions, *, progress: Progress | None = None,
                               group_size=opts.group_size, quantize_vision=opts.quantize_vision)
     check_disk_space(dest, need)
 
+    note = layout_warning(acfg, opts.target, base.kind)
+    if note:
+        warnings.append(note)
+        step(0.02, note)
     job = _Job(opts, base, acfg, dest, step, warnings)
     result = job.run(need)
     result.seconds = time.monotonic() - t0
@@ -434,6 +460,9 @@ class _Job:
                 self._write_app(stage)
             else:
                 self._write_mlx(stage)
+            if opts.target != "adapter" and trained_layout(self.acfg):  # the adapter's own config records it
+                atomic.write_json(stage / LAYOUT_FILE, {"serve_target": trained_layout(self.acfg),
+                                                        "export_target": opts.target})
             self._scrub(stage)
             verification = self._verify(stage) if opts.verify else None
             if verification is not None and not verification.ok:

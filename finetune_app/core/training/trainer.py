@@ -145,7 +145,8 @@ class Trainer:
         self.family.start(cfg)
         self.objective = objective("sft")
         self.encoder = Encoder(base, completion_only=cfg.completion_only, image_size=cfg.image_size,
-                               image_features=self.family.image_features())
+                               image_features=self.family.image_features(),
+                               serve_target=cfg.serve_target)
         self.emit(StateChanged("preparing"))
         data = prepare_examples(cfg, base, self.encoder,
                                 progress=lambda phase, d, t: self.emit(Progress(phase, d, t)),

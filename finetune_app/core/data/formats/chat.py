@@ -115,8 +115,8 @@ def configure_messages(keys: set[str], *, file: str):
             if type(content) is str and IMAGE_MARKER not in content:
                 turns.append(Turn(role, content, 0))
             else:
-                text, k = _content(content, n, ctx, slots)
-                turns.append(Turn(role, text, k))
+                text, k, parts = _content(content, n, ctx, slots)
+                turns.append(Turn(role, text, k, parts))
         row_images = image_refs(row.get(image_key), ctx, image_key) if image_key else []
         field = image_key or "messages"
         if not slots:
@@ -137,32 +137,38 @@ def configure_messages(keys: set[str], *, file: str):
     return parse
 
 
-def _content(content, n: int, ctx: SourceCtx, slots: list) -> tuple[str, int]:
-    """Message content (text, one part, or a list of parts) -> (text, images in this turn)."""
+def _content(content, n: int, ctx: SourceCtx, slots: list) -> tuple[str, int, tuple]:
+    """Message content (text, one part, or a list of parts) -> (text, images in this turn, parts).
+
+    `parts` is the content in order (text str, image None) when a list places images explicitly;
+    `<image>` markers in a string are not a placement (LLaVA data writes them first by habit)."""
     if content is None:
-        return "", 0
+        return "", 0, ()
     if isinstance(content, str):
         text, k = take_markers(content)
         slots.extend([None] * k)
-        return text, k
+        return text, k, ()
     if isinstance(content, dict):
         content = [content]
     if not isinstance(content, list):
         raise RowError("messages", f"turn {n}: content must be text or a list of parts, "
                        f"got {json_kind(content)}.")
-    texts, k = [], 0
+    texts, k, parts = [], 0, []
     for part in content:
         if type(part) is dict:
             kind = part.get("type")
             if kind == "text" and type(part.get("text")) is str:
                 texts.append(part["text"])
+                parts.append(part["text"])
                 continue
             if kind == "image" and part.get("image") is None and len(part) <= 2:
                 k += 1
                 slots.append(None)
+                parts.append(None)
                 continue
         if isinstance(part, str):
             texts.append(part)
+            parts.append(part)
             continue
         if not isinstance(part, dict):
             raise RowError("messages", f"turn {n}: a content part is {type(part).__name__}, "
@@ -170,14 +176,17 @@ def _content(content, n: int, ctx: SourceCtx, slots: list) -> tuple[str, int]:
         kind = part.get("type") or ("text" if "text" in part else None)
         if kind == "text":
             texts.append(text_of(part.get("text"), "messages"))
+            parts.append(texts[-1])
         elif kind in IMAGE_PART_TYPES:
             k += 1
+            parts.append(None)
             value = next((part[key] for key in ("image", "image_url", "url", "path")
                           if part.get(key) is not None), None)
             slots.append(image_ref(value, ctx, "messages") if value is not None else None)
         else:
             raise RowError("messages", f"turn {n}: content part type {kind!r} is not supported "
                            "(only 'text' and 'image').")
+    parts = tuple(parts) if k else ()
     if len(texts) == 1:
-        return texts[0], k
-    return "\n".join(t for t in texts if t), k
+        return texts[0], k, parts
+    return "\n".join(t for t in texts if t), k, parts

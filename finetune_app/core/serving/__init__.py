@@ -1,0 +1,83 @@
+"""Where the trained model will run decides how a sample becomes tokens and pixels.
+
+A *serve target* is named like the export target that produces it (core/export TARGETS). Each
+target module holds one `Layout`: how a conversation is rendered to text, how that text becomes
+ids, and how images become pixels, exactly as that runtime does it at inference. Training on that
+layout is what makes the adapter behave the same in the user's runtime as in our samples.
+
+    mlx-vlm    mlx_vlm.prompt_utils.apply_chat_template + the model's own processor (prepare_inputs)
+    mlx-lm     the tokenizer's chat template (what mlx_lm.generate feeds the model)
+    mlx-swift  Apple's FastVLM app (apple/ml-fastvlm app/FastVLM/FastVLM.swift FastVLMProcessor)
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from finetune_app.core.errors import ConfigError
+
+AUTO = "auto"
+# serve target -> module holding its Layout (imported on demand: MLX stays out of config imports)
+TARGETS = {"mlx-vlm": "mlx_vlm", "mlx-lm": "mlx_lm", "mlx-swift": "fastvlm_app"}
+SERVE_TARGETS = (AUTO, *TARGETS)
+DESCRIPTIONS = {
+    AUTO: "mlx-vlm for vision-language models, mlx-lm for text models",
+    "mlx-vlm": "mlx-vlm (Python): its chat-template layout and the model's own image processor",
+    "mlx-lm": "mlx-lm (Python): the tokenizer's chat template",
+    "mlx-swift": "Apple's FastVLM app: its own prompt (image tokens after the text) and image resizing",
+}
+
+
+def resolve(target: str | None, base) -> str:
+    """The concrete target for this model ("auto" -> mlx-vlm / mlx-lm), refused when it cannot
+    run the model."""
+    target = target or AUTO
+    if target == AUTO:
+        return "mlx-vlm" if base.kind == "vlm" else "mlx-lm"
+    if target not in TARGETS:
+        raise ConfigError(f"Unknown serve target '{target}'.", f"Choose one of: {', '.join(SERVE_TARGETS)}.",
+                          field="serve_target")
+    if target == "mlx-vlm" and base.kind != "vlm":
+        raise ConfigError("serve target mlx-vlm is for vision-language models; this is a text model.",
+                          "Use --serve-target mlx-lm (or auto).", field="serve_target")
+    if target == "mlx-lm" and base.kind != "text":
+        raise ConfigError("serve target mlx-lm is for text models; this is a vision-language model.",
+                          "Use --serve-target mlx-vlm (or auto).", field="serve_target")
+    if target == "mlx-swift" and not getattr(base, "is_fastvlm", False):
+        raise ConfigError("serve target mlx-swift is Apple's FastVLM app, which runs FastVLM models only.",
+                          "Use --serve-target auto for this model.", field="serve_target")
+    return target
+
+
+def layout(target: str | None, base):
+    """The Layout object of `target` for this loaded base model."""
+    name = resolve(target, base)
+    module = importlib.import_module(f"{__name__}.{TARGETS[name]}")
+    return module.Layout(base)
+
+
+def layout_name_for_export(export_target: str) -> str | None:
+    """The serving layout an export target's runtime uses (None: the adapter, runs anywhere)."""
+    if export_target in TARGETS:
+        return export_target
+    if export_target == "mlx-swift-lm":  # MLXVLM / MLXLLM: their own processors (not modelled yet)
+        return "mlx-swift-lm"
+    return None
+
+
+def mismatch(trained: str | None, export_target: str, base_kind: str) -> str | None:
+    """A plain warning when the export target's runtime lays prompts out differently from training."""
+    served = layout_name_for_export(export_target)
+    if served is None or trained is None:
+        return None
+    if trained == AUTO:
+        trained = "mlx-vlm" if base_kind == "vlm" else "mlx-lm"
+    if served == trained:
+        return None
+    if served == "mlx-swift-lm":
+        return (f"this model was trained with the {trained} prompt layout; mlx-swift-lm (MLXVLM / MLXLLM) builds "
+                "prompts with its own processors, which training does not reproduce yet. Compare a few answers "
+                "there with the training samples.")
+    return (f"this model was trained with the {trained} prompt layout, but {export_target} lays prompts "
+            f"out its own way ({DESCRIPTIONS.get(served, served)}); answers there may be worse than in "
+            f"training. Retrain with --serve-target {served} to match.")
