@@ -14,8 +14,8 @@ from finetune_app.core.training.trainer import Trainer
 
 # family -> batch size (Mllama 1: mlx-vlm keeps the first row's image only, see docs/engine.md)
 TRAINED = {"gemma3": 2, "idefics3": 2, "smolvlm": 2, "pixtral": 2, "mistral3": 2,
-           "mllama": 1, "qwen3_5": 2}
-REFUSED = ["llava", "llava_next", "deepseek_vl_v2", "paligemma"]
+           "mllama": 1, "qwen3_5": 2, "deepseek_vl_v2": 2}
+REFUSED = ["llava", "llava_next", "paligemma"]
 
 
 @pytest.fixture(scope="module")

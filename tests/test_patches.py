@@ -94,3 +94,33 @@ def test_hf_tokenizer_is_unwrapped():
                                  eos_token="<eos>")
     assert unwrap(TokenizerWrapper(hf)) is hf
     assert unwrap(hf) is hf
+
+
+def test_deepseek_moe_gate_is_differentiable_and_routes_as_the_library():
+    import mlx.core as mx
+
+    from finetune_app.core.patches import deepseek_moe_gate as patch
+
+    patches.apply(only=("deepseek_moe_gate",))
+    patches.apply(only=("deepseek_moe_gate",))
+    gate, x = patch._tiny_gate(), mx.random.normal((2, 3, 8), key=mx.random.key(0))
+    gate.weight = mx.random.normal((4, 8), key=mx.random.key(1))
+    (inds, scores), (lib_inds, lib_scores) = gate(x), patch._original(gate, x)
+    assert mx.array_equal(inds, lib_inds).item() and mx.allclose(scores, lib_scores).item()
+    grad = mx.grad(lambda v: gate(v)[1].sum())(x)
+    assert grad.shape == x.shape and bool(mx.isfinite(grad).all())
+
+
+def test_deepseek_tile_count_pads_the_crops_to_the_tile_axis():
+    import mlx.core as mx
+
+    from finetune_app.core.patches.deepseek_tile_count import pad_crops
+
+    patches.apply(only=("deepseek_tile_count",))
+    patches.apply(only=("deepseek_tile_count",))
+    from mlx_vlm.models.deepseek_vl_v2.deepseek_vl_v2 import Model
+
+    assert getattr(Model.get_input_embeddings, "_finetune_patched", False)
+    crop = pad_crops(mx.zeros((2, 5, 3, 4, 4)), mx.array([[[2, 2]], [[1, 1]]]))
+    assert crop.tolist() == [[[2, 2]] + [[0, 0]] * 4, [[1, 1]] + [[0, 0]] * 4]
+    assert pad_crops(None, None) is None

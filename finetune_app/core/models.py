@@ -44,10 +44,6 @@ UNTRAINABLE = {"gemma3n": "its audio/vision towers are not differentiable in mlx
                "llava_next": "mlx-vlm 0.7.10's LLaVA-NeXT model splices all image tiles and "
                              "newline rows in place of each of the processor's expanded image "
                              "tokens, so its outputs do not line up with the tokens to learn",
-               "deepseek_vl_v2": "mlx-vlm 0.7.10's DeepSeek-VL2 language model cannot be "
-                                 "differentiated (its MoE gate writes scores at indices without "
-                                 "stop_gradient: '[scatter] Cannot calculate VJP with respect to "
-                                 "indices')",
                "paligemma": "mlx-vlm 0.7.10 trains PaliGemma with no causal mask (its language "
                             "model attends both ways when use_bidirectional_attention, the "
                             "default it sets), so every answer token sees the tokens after it; "
