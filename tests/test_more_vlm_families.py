@@ -12,9 +12,9 @@ from finetune_app.core.errors import ModelError
 from finetune_app.core.training.events import TrainReport
 from finetune_app.core.training.trainer import Trainer
 
-# family -> batch size (Mllama 1: mlx-vlm keeps the first row's image only, see docs/engine.md)
+# family -> batch size
 TRAINED = {"gemma3": 2, "idefics3": 2, "smolvlm": 2, "pixtral": 2, "mistral3": 2,
-           "mllama": 1, "qwen3_5": 2, "deepseek_vl_v2": 2}
+           "mllama": 2, "qwen3_5": 2, "deepseek_vl_v2": 2}
 REFUSED = ["llava", "llava_next", "paligemma"]
 
 

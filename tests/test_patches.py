@@ -124,3 +124,22 @@ def test_deepseek_tile_count_pads_the_crops_to_the_tile_axis():
     crop = pad_crops(mx.zeros((2, 5, 3, 4, 4)), mx.array([[[2, 2]], [[1, 1]]]))
     assert crop.tolist() == [[[2, 2]] + [[0, 0]] * 4, [[1, 1]] + [[0, 0]] * 4]
     assert pad_crops(None, None) is None
+
+
+def test_mllama_rows_cross_attend_to_their_own_image(tiny_model):
+    import mlx.core as mx
+    from mlx_vlm.utils import load
+
+    patches.apply(only=("mllama_vision_batch",))
+    patches.apply(only=("mllama_vision_batch",))
+    model, _ = load(str(tiny_model("mllama")))
+    size = model.config.vision_config.image_size
+    pixels = mx.random.normal((2, 1, 4, 3, size, size), key=mx.random.key(0))
+    ratio_ids, ratio_mask = mx.array([[6], [6]]), mx.ones((2, 1, 4), dtype=mx.int32)
+    ids = mx.zeros((2, 3), dtype=mx.int32)
+    both = model.get_input_embeddings(ids, pixels, aspect_ratio_ids=ratio_ids, aspect_ratio_mask=ratio_mask)
+    second = model.get_input_embeddings(ids[1:], pixels[1:], aspect_ratio_ids=ratio_ids[1:],
+                                        aspect_ratio_mask=ratio_mask[1:])
+    states, alone = both.cross_attention_states, second.cross_attention_states
+    assert states.shape[0] == 2 and mx.allclose(states[1], alone[0], atol=1e-5).item()
+    assert not mx.allclose(states[0], states[1]).item()
