@@ -143,3 +143,21 @@ def test_mllama_rows_cross_attend_to_their_own_image(tiny_model):
     states, alone = both.cross_attention_states, second.cross_attention_states
     assert states.shape[0] == 2 and mx.allclose(states[1], alone[0], atol=1e-5).item()
     assert not mx.allclose(states[0], states[1]).item()
+
+
+def test_llava_processor_keeps_text_options_from_the_image_processor(tiny_model):
+    import numpy as np
+    from mlx_vlm.utils import load_processor
+    from PIL import Image
+
+    from finetune_app.core.patches.llava_processor_kwargs import image_options
+
+    patches.apply(only=("llava_processor_kwargs",))
+    patches.apply(only=("llava_processor_kwargs",))
+    processor = load_processor(tiny_model("llava"))
+    assert "do_resize" in image_options(processor.image_processor)
+    image = Image.fromarray(np.zeros((40, 50, 3), dtype=np.uint8))
+    out = processor(images=[image], text=["USER: <image>\nhi ASSISTANT:"], padding=True, add_special_tokens=True)
+    expected = (28 // 14) ** 2  # CLS + patches, less CLS ("default" strategy)
+    assert (np.asarray(out["input_ids"]) == processor.image_token_id).sum() == expected
+    assert out["pixel_values"].shape == (1, 3, 28, 28)
