@@ -14,7 +14,7 @@ from finetune_app.core.training.trainer import Trainer
 
 # family -> batch size
 TRAINED = {"gemma3": 2, "idefics3": 2, "smolvlm": 2, "pixtral": 2, "mistral3": 2,
-           "mllama": 2, "qwen3_5": 2, "deepseek_vl_v2": 2, "llava": 2}
+           "mllama": 2, "qwen3_5": 2, "deepseek_vl_v2": 2, "llava": 2, "phi3_v": 2}
 REFUSED = ["llava_next", "paligemma"]
 
 
@@ -94,8 +94,7 @@ def test_every_listed_family_loads_as_a_vision_language_model():
 
     for family in TRAINED:
         assert model_kind(tiny_config(family)) == "vlm", family
-    # Phi-3-Vision's config names its tower `img_processor` and has no vision_config (no tiny
-    # model: mlx-vlm 0.7.10 hard-codes its 303M-parameter CLIP ViT-L/14-336 tower).
+    # A real Phi-3-Vision config names its tower `img_processor` and has no vision_config.
     assert model_kind({"model_type": "phi3_v", "img_processor": {"name": "clip_vision_model"},
                        "embd_layer": {"embedding_cls": "image"}}) == "vlm"
 

@@ -161,3 +161,21 @@ def test_llava_processor_keeps_text_options_from_the_image_processor(tiny_model)
     expected = (28 // 14) ** 2  # CLS + patches, less CLS ("default" strategy)
     assert (np.asarray(out["input_ids"]) == processor.image_token_id).sum() == expected
     assert out["pixel_values"].shape == (1, 3, 28, 28)
+
+
+def test_phi3v_tower_takes_its_sizes_from_vision_config():
+    from types import SimpleNamespace
+
+    from mlx_vlm.models.phi3_v.config import VisionConfig
+    from mlx_vlm.models.phi3_v.vision import VisionModel
+
+    from finetune_app.core.patches.phi3v_vision_config import tower_config
+
+    patches.apply(only=("phi3v_vision_config",))
+    patches.apply(only=("phi3v_vision_config",))
+    real = tower_config(SimpleNamespace(vision_config=VisionConfig.from_dict({})))
+    assert vars(real) == vars(VisionModel.CLIP_VIT_LARGE_PATCH14_336_CONFIG)  # a real checkpoint: unchanged
+    sizes = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
+    tower = VisionModel(SimpleNamespace(model_type="phi3_v", hidden_size=64, vision_config=sizes))
+    assert tower.image_dim_out == 32 and len(tower.img_processor.vision_model.encoder.layers) == 2
+    assert tower.img_projection[0].weight.shape == (64, 4 * 32) and tower.sub_GN.shape == (1, 1, 1, 128)

@@ -15,7 +15,7 @@ alone can learn to caption them (see `_init_fastvit`, `_calibrate_fastvit`, `_ca
 `image_size=256` builds a FastVLM that sees 256 px images (16 image features instead of 256).
 
 Qwen3.5 and the families in `tiny_vlm_families` (Gemma 3, Idefics3, SmolVLM, Pixtral, Mistral 3,
-Mllama, LLaVA, LLaVA-NeXT, DeepSeek-VL2, PaliGemma) are `MORE_VLM_FAMILIES`; `ALL_FAMILIES` is
+Mllama, LLaVA, LLaVA-NeXT, DeepSeek-VL2, PaliGemma, Phi-3-Vision) are `MORE_VLM_FAMILIES`; `ALL_FAMILIES` is
 every name a build accepts.
 
 API: `FAMILIES`, `build_tiny_model(family, dest, seed=0, image_size=None, **overrides)`,
@@ -44,7 +44,8 @@ from finetune_app.testing.tiny_vlm_families import SPECS
 # 2: narrower, calibrated FastVLM tower.
 # 3: FastVLM tower initialised like a trained one (colour kept, oriented edges), projector scaled.
 # 4: FastVLM oblique line filters calibrated to std 3 (were 1).
-BUILDER_VERSION = 4
+# 5: Phi-3-Vision added.
+BUILDER_VERSION = 5
 
 FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "fastvlm", "llama", "qwen2", "qwen3")
 # The other families the engine is tested on (tests/test_more_vlm_families.py); every name here

@@ -14,16 +14,17 @@ import threading
 
 from finetune_app.core.patches import (chat_template, deepseek_moe_gate, deepseek_tile_count,
                                        fastvlm_vision_config, hf_tokenizer, llava_processor_kwargs,
-                                       mllama_vision_batch,
-                                       no_remote_code, sacrebleu_stats)
+                                       mllama_vision_batch, no_remote_code, phi3v_vision_config,
+                                       sacrebleu_stats)
 
 BEHAVIOUR = {"fastvlm_vision_config": fastvlm_vision_config.apply, "no_remote_code": no_remote_code.apply,
              "deepseek_moe_gate": deepseek_moe_gate.apply,
              "deepseek_tile_count": deepseek_tile_count.apply,
              "mllama_vision_batch": mllama_vision_batch.apply,
-             "llava_processor_kwargs": llava_processor_kwargs.apply}
+             "llava_processor_kwargs": llava_processor_kwargs.apply,
+             "phi3v_vision_config": phi3v_vision_config.apply}
 MODULES = (fastvlm_vision_config, no_remote_code, deepseek_moe_gate, deepseek_tile_count, mllama_vision_batch,
-           llava_processor_kwargs, chat_template, sacrebleu_stats, hf_tokenizer)
+           llava_processor_kwargs, phi3v_vision_config, chat_template, sacrebleu_stats, hf_tokenizer)
 
 _lock = threading.Lock()
 _applied: set[str] = set()
