@@ -44,8 +44,7 @@ from finetune_app.testing.tiny_vlm_families import SPECS
 # 2: narrower, calibrated FastVLM tower.
 # 3: FastVLM tower initialised like a trained one (colour kept, oriented edges), projector scaled.
 # 4: FastVLM oblique line filters calibrated to std 3 (were 1).
-# 5: Phi-3-Vision added.
-BUILDER_VERSION = 5
+BUILDER_VERSION = 4
 
 FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "fastvlm", "llama", "qwen2", "qwen3")
 # The other families the engine is tested on (tests/test_more_vlm_families.py); every name here
