@@ -14,8 +14,8 @@ from finetune_app.core.training.trainer import Trainer
 
 # family -> batch size
 TRAINED = {"gemma3": 2, "idefics3": 2, "smolvlm": 2, "pixtral": 2, "mistral3": 2,
-           "mllama": 2, "qwen3_5": 2, "deepseek_vl_v2": 2, "llava": 2, "phi3_v": 2}
-REFUSED = ["llava_next", "paligemma"]
+           "mllama": 2, "qwen3_5": 2, "deepseek_vl_v2": 2, "llava": 2, "phi3_v": 2, "llava_next": 2}
+REFUSED = ["paligemma"]
 
 
 @pytest.fixture(scope="module")

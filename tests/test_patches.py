@@ -179,3 +179,31 @@ def test_phi3v_tower_takes_its_sizes_from_vision_config():
     tower = VisionModel(SimpleNamespace(model_type="phi3_v", hidden_size=64, vision_config=sizes))
     assert tower.image_dim_out == 32 and len(tower.img_processor.vision_model.encoder.layers) == 2
     assert tower.img_projection[0].weight.shape == (64, 4 * 32) and tower.sub_GN.shape == (1, 1, 1, 128)
+
+
+@pytest.mark.parametrize("height,width", [(64, 64), (40, 90), (90, 30)])
+def test_llava_next_packs_one_feature_per_image_token(tiny_model, height, width):
+    import mlx.core as mx
+    import numpy as np
+    from mlx_vlm.utils import load
+    from PIL import Image
+
+    from finetune_app.core.patches.llava_next_anyres import image_features
+
+    patches.apply(only=("llava_next_anyres",))
+    patches.apply(only=("llava_next_anyres",))
+    model, processor = load(str(tiny_model("llava_next")))
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (height, width, 3), dtype=np.uint8))
+    inputs = processor(images=[image], text=["[INST] <image>\nhi [/INST]"], padding=True)
+    n_tokens = int((np.asarray(inputs["input_ids"]) == model.config.image_token_index).sum())
+    (feats,) = image_features(model, mx.array(inputs["pixel_values"]), mx.array(inputs["image_sizes"]))
+    assert feats.shape[0] == n_tokens  # the processor's expansion, counted independently
+    side = model.config.vision_config.image_size // model.config.vision_config.patch_size
+    rows = feats[side * side:]  # after the base tile: rows of the unpadded grid, each ending in a newline
+    newline = mx.broadcast_to(model.image_newline, rows.shape)
+    is_newline = np.asarray(mx.all(mx.isclose(rows, newline), axis=-1))
+    width_with_newline = int(np.argmax(is_newline)) + 1
+    assert rows.shape[0] % width_with_newline == 0 and is_newline.sum() == rows.shape[0] // width_with_newline
+    embeds = model.get_input_embeddings(mx.array(inputs["input_ids"]), mx.array(inputs["pixel_values"]),
+                                        image_sizes=mx.array(inputs["image_sizes"])).inputs_embeds
+    assert embeds.shape[1] == np.asarray(inputs["input_ids"]).shape[1]

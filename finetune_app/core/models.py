@@ -38,9 +38,6 @@ TEXT_FAMILIES = {"llama": "Llama", "qwen2": "Qwen2", "qwen3": "Qwen3", "mistral"
 UNTRAINABLE = {"gemma3n": "its audio/vision towers are not differentiable in mlx-vlm",
                "qwen3_omni": "mlx-vlm does not support training it",
                # Found with tiny models (tests/test_more_vlm_families.py); docs/engine.md says more.
-               "llava_next": "mlx-vlm 0.7.10's LLaVA-NeXT model splices all image tiles and "
-                             "newline rows in place of each of the processor's expanded image "
-                             "tokens, so its outputs do not line up with the tokens to learn",
                "paligemma": "mlx-vlm 0.7.10 trains PaliGemma with no causal mask (its language "
                             "model attends both ways when use_bidirectional_attention, the "
                             "default it sets), so every answer token sees the tokens after it; "

@@ -13,7 +13,8 @@ from __future__ import annotations
 import threading
 
 from finetune_app.core.patches import (chat_template, deepseek_moe_gate, deepseek_tile_count,
-                                       fastvlm_vision_config, hf_tokenizer, llava_processor_kwargs,
+                                       fastvlm_vision_config, hf_tokenizer, llava_next_anyres,
+                                       llava_processor_kwargs,
                                        mllama_vision_batch, no_remote_code, phi3v_vision_config,
                                        sacrebleu_stats)
 
@@ -22,9 +23,11 @@ BEHAVIOUR = {"fastvlm_vision_config": fastvlm_vision_config.apply, "no_remote_co
              "deepseek_tile_count": deepseek_tile_count.apply,
              "mllama_vision_batch": mllama_vision_batch.apply,
              "llava_processor_kwargs": llava_processor_kwargs.apply,
-             "phi3v_vision_config": phi3v_vision_config.apply}
+             "phi3v_vision_config": phi3v_vision_config.apply,
+             "llava_next_anyres": llava_next_anyres.apply}
 MODULES = (fastvlm_vision_config, no_remote_code, deepseek_moe_gate, deepseek_tile_count, mllama_vision_batch,
-           llava_processor_kwargs, phi3v_vision_config, chat_template, sacrebleu_stats, hf_tokenizer)
+           llava_processor_kwargs, phi3v_vision_config, llava_next_anyres,
+           chat_template, sacrebleu_stats, hf_tokenizer)
 
 _lock = threading.Lock()
 _applied: set[str] = set()
