@@ -38,10 +38,9 @@ TEXT_FAMILIES = {"llama": "Llama", "qwen2": "Qwen2", "qwen3": "Qwen3", "mistral"
 UNTRAINABLE = {"gemma3n": "its audio/vision towers are not differentiable in mlx-vlm",
                "qwen3_omni": "mlx-vlm does not support training it",
                # Found with tiny models (tests/test_more_vlm_families.py); docs/engine.md says more.
-               "paligemma": "mlx-vlm 0.7.10 trains PaliGemma with no causal mask (its language "
-                            "model attends both ways when use_bidirectional_attention, the "
-                            "default it sets), so every answer token sees the tokens after it; "
-                            "its chat formatting also keeps only the last message"}
+               "paligemma": "it is a prefix-LM and mlx-vlm 0.7.10 gives it no training mask (its "
+                            "answer tokens attend to later ones); it needs rows encoded as its "
+                            "processor's prefix + suffix with a prefix-LM mask, not done here yet"}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 ProgressFn = Callable[[int, int, str], None]  # (done_bytes, total_bytes, what)
