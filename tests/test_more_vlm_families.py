@@ -1,7 +1,8 @@
 """The families beyond Qwen-VL and FastVLM (tiny_vlm_families): each trains LoRA through the
 engine's reference path on a few one-image rows (loss finite and falling), and its adapter loads
 with `mlx_vlm.load(model, adapter_path=run)` and generates through `apply_chat_template`, exactly
-as an mlx-vlm user runs it. Families mlx-vlm 0.7.10 cannot serve are refused at load."""
+as an mlx-vlm user runs it (in-process, so with core/patches applied: DeepSeek-VL2, Mllama at batch 2,
+LLaVA, LLaVA-NeXT and the tiny Phi-3-Vision need them). PaliGemma is refused at load (docs/engine.md)."""
 
 import math
 
