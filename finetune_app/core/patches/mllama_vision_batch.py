@@ -23,9 +23,7 @@ def still_needed() -> bool:
     from mlx_vlm.models.mllama import mllama, vision
 
     call = getattr(vision.VisionModel.__call__, "__wrapped__", vision.VisionModel.__call__)
-    returns_array = inspect.signature(call).return_annotation in (
-        "mx.array", getattr(__import__("mlx.core", fromlist=["array"]), "array"))
-    return returns_array and "vision_outputs[0]" in inspect.getsource(mllama.Model)
+    return ") -> mx.array:" in inspect.getsource(call) and "vision_outputs[0]" in inspect.getsource(mllama.Model)
 
 
 def apply() -> None:
