@@ -1,7 +1,8 @@
 """The families beyond Qwen-VL and FastVLM (tiny_vlm_families): each trains LoRA through the
 engine's reference path on a few one-image rows (loss finite and falling), and its adapter loads
 with `mlx_vlm.load(model, adapter_path=run)` and generates through `apply_chat_template`, exactly
-as an mlx-vlm user runs it. Families mlx-vlm 0.7.10 cannot serve are refused at load."""
+as an mlx-vlm user runs it (in-process, so with core/patches applied: DeepSeek-VL2, Mllama at batch 2,
+LLaVA, LLaVA-NeXT and the tiny Phi-3-Vision need them). PaliGemma is refused at load (docs/engine.md)."""
 
 import math
 
@@ -12,10 +13,10 @@ from finetune_app.core.errors import ModelError
 from finetune_app.core.training.events import TrainReport
 from finetune_app.core.training.trainer import Trainer
 
-# family -> batch size (Mllama 1: mlx-vlm keeps the first row's image only, see docs/engine.md)
+# family -> batch size
 TRAINED = {"gemma3": 2, "idefics3": 2, "smolvlm": 2, "pixtral": 2, "mistral3": 2,
-           "mllama": 1, "qwen3_5": 2}
-REFUSED = ["llava", "llava_next", "deepseek_vl_v2", "paligemma"]
+           "mllama": 2, "qwen3_5": 2, "deepseek_vl_v2": 2, "llava": 2, "phi3_v": 2, "llava_next": 2}
+REFUSED = ["paligemma"]
 
 
 @pytest.fixture(scope="module")
@@ -92,8 +93,7 @@ def test_every_listed_family_loads_as_a_vision_language_model():
 
     for family in TRAINED:
         assert model_kind(tiny_config(family)) == "vlm", family
-    # Phi-3-Vision's config names its tower `img_processor` and has no vision_config (no tiny
-    # model: mlx-vlm 0.7.10 hard-codes its 303M-parameter CLIP ViT-L/14-336 tower).
+    # A real Phi-3-Vision config names its tower `img_processor` and has no vision_config.
     assert model_kind({"model_type": "phi3_v", "img_processor": {"name": "clip_vision_model"},
                        "embd_layer": {"embedding_cls": "image"}}) == "vlm"
 

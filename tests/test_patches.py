@@ -94,3 +94,116 @@ def test_hf_tokenizer_is_unwrapped():
                                  eos_token="<eos>")
     assert unwrap(TokenizerWrapper(hf)) is hf
     assert unwrap(hf) is hf
+
+
+def test_deepseek_moe_gate_is_differentiable_and_routes_as_the_library():
+    import mlx.core as mx
+
+    from finetune_app.core.patches import deepseek_moe_gate as patch
+
+    patches.apply(only=("deepseek_moe_gate",))
+    patches.apply(only=("deepseek_moe_gate",))
+    gate, x = patch._tiny_gate(), mx.random.normal((2, 3, 8), key=mx.random.key(0))
+    gate.weight = mx.random.normal((4, 8), key=mx.random.key(1))
+    (inds, scores), (lib_inds, lib_scores) = gate(x), patch._original(gate, x)
+    assert mx.array_equal(inds, lib_inds).item() and mx.allclose(scores, lib_scores).item()
+    grad = mx.grad(lambda v: gate(v)[1].sum())(x)
+    assert grad.shape == x.shape and bool(mx.isfinite(grad).all())
+
+
+def test_deepseek_tile_count_pads_the_crops_to_the_tile_axis():
+    import mlx.core as mx
+
+    from finetune_app.core.patches.deepseek_tile_count import pad_crops
+
+    patches.apply(only=("deepseek_tile_count",))
+    patches.apply(only=("deepseek_tile_count",))
+    from mlx_vlm.models.deepseek_vl_v2.deepseek_vl_v2 import Model
+
+    assert getattr(Model.get_input_embeddings, "_finetune_patched", False)
+    crop = pad_crops(mx.zeros((2, 5, 3, 4, 4)), mx.array([[[2, 2]], [[1, 1]]]))
+    assert crop.tolist() == [[[2, 2]] + [[0, 0]] * 4, [[1, 1]] + [[0, 0]] * 4]
+    assert pad_crops(None, None) is None
+
+
+def test_mllama_rows_cross_attend_to_their_own_image(tiny_model):
+    import mlx.core as mx
+    from mlx_vlm.utils import load
+
+    patches.apply(only=("mllama_vision_batch",))
+    patches.apply(only=("mllama_vision_batch",))
+    model, _ = load(str(tiny_model("mllama")))
+    size = model.config.vision_config.image_size
+    pixels = mx.random.normal((2, 1, 4, 3, size, size), key=mx.random.key(0))
+    ratio_ids, ratio_mask = mx.array([[6], [6]]), mx.ones((2, 1, 4), dtype=mx.int32)
+    ids = mx.zeros((2, 3), dtype=mx.int32)
+    both = model.get_input_embeddings(ids, pixels, aspect_ratio_ids=ratio_ids, aspect_ratio_mask=ratio_mask)
+    second = model.get_input_embeddings(ids[1:], pixels[1:], aspect_ratio_ids=ratio_ids[1:],
+                                        aspect_ratio_mask=ratio_mask[1:])
+    states, alone = both.cross_attention_states, second.cross_attention_states
+    assert states.shape[0] == 2 and mx.allclose(states[1], alone[0], atol=1e-5).item()
+    assert not mx.allclose(states[0], states[1]).item()
+
+
+def test_llava_processor_keeps_text_options_from_the_image_processor(tiny_model):
+    import numpy as np
+    from mlx_vlm.utils import load_processor
+    from PIL import Image
+
+    from finetune_app.core.patches.llava_processor_kwargs import image_options
+
+    patches.apply(only=("llava_processor_kwargs",))
+    patches.apply(only=("llava_processor_kwargs",))
+    processor = load_processor(tiny_model("llava"))
+    assert "do_resize" in image_options(processor.image_processor)
+    image = Image.fromarray(np.zeros((40, 50, 3), dtype=np.uint8))
+    out = processor(images=[image], text=["USER: <image>\nhi ASSISTANT:"], padding=True, add_special_tokens=True)
+    expected = (28 // 14) ** 2  # CLS + patches, less CLS ("default" strategy)
+    assert (np.asarray(out["input_ids"]) == processor.image_token_id).sum() == expected
+    assert out["pixel_values"].shape == (1, 3, 28, 28)
+
+
+def test_phi3v_tower_takes_its_sizes_from_vision_config():
+    from types import SimpleNamespace
+
+    from mlx_vlm.models.phi3_v.config import VisionConfig
+    from mlx_vlm.models.phi3_v.vision import VisionModel
+
+    from finetune_app.core.patches.phi3v_vision_config import tower_config
+
+    patches.apply(only=("phi3v_vision_config",))
+    patches.apply(only=("phi3v_vision_config",))
+    real = tower_config(SimpleNamespace(vision_config=VisionConfig.from_dict({})))
+    assert vars(real) == vars(VisionModel.CLIP_VIT_LARGE_PATCH14_336_CONFIG)  # a real checkpoint: unchanged
+    sizes = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
+    tower = VisionModel(SimpleNamespace(model_type="phi3_v", hidden_size=64, vision_config=sizes))
+    assert tower.image_dim_out == 32 and len(tower.img_processor.vision_model.encoder.layers) == 2
+    assert tower.img_projection[0].weight.shape == (64, 4 * 32) and tower.sub_GN.shape == (1, 1, 1, 128)
+
+
+@pytest.mark.parametrize("height,width", [(64, 64), (40, 90), (90, 30)])
+def test_llava_next_packs_one_feature_per_image_token(tiny_model, height, width):
+    import mlx.core as mx
+    import numpy as np
+    from mlx_vlm.utils import load
+    from PIL import Image
+
+    from finetune_app.core.patches.llava_next_anyres import image_features
+
+    patches.apply(only=("llava_next_anyres",))
+    patches.apply(only=("llava_next_anyres",))
+    model, processor = load(str(tiny_model("llava_next")))
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (height, width, 3), dtype=np.uint8))
+    inputs = processor(images=[image], text=["[INST] <image>\nhi [/INST]"], padding=True)
+    n_tokens = int((np.asarray(inputs["input_ids"]) == model.config.image_token_index).sum())
+    (feats,) = image_features(model, mx.array(inputs["pixel_values"]), mx.array(inputs["image_sizes"]))
+    assert feats.shape[0] == n_tokens  # the processor's expansion, counted independently
+    side = model.config.vision_config.image_size // model.config.vision_config.patch_size
+    rows = feats[side * side:]  # after the base tile: rows of the unpadded grid, each ending in a newline
+    newline = mx.broadcast_to(model.image_newline, rows.shape)
+    is_newline = np.asarray(mx.all(mx.isclose(rows, newline), axis=-1))
+    width_with_newline = int(np.argmax(is_newline)) + 1
+    assert rows.shape[0] % width_with_newline == 0 and is_newline.sum() == rows.shape[0] // width_with_newline
+    embeds = model.get_input_embeddings(mx.array(inputs["input_ids"]), mx.array(inputs["pixel_values"]),
+                                        image_sizes=mx.array(inputs["image_sizes"])).inputs_embeds
+    assert embeds.shape[1] == np.asarray(inputs["input_ids"]).shape[1]

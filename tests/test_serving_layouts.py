@@ -198,16 +198,16 @@ def app_positions(tokenizer, prompt: str, image_id: int) -> list:
 
 
 def test_fastvlm_app_layout_is_the_apps(bases):
-    from finetune_app.core.training.trainer import fastvlm_feature_count
+    from finetune_app.core.families import family_for
 
     base = bases("fastvlm", image_size=256)
     enc = Encoder(base, image_loader=lambda ref: IMAGE, serve_target="mlx-swift",
-                  image_features=fastvlm_feature_count(base))  # as the trainer builds it
+                  image_features=family_for(base).image_features())  # as the trainer builds it
     ip = base.processor.image_processor
     se, crop = ip.size["shortest_edge"], (ip.crop_size["height"], ip.crop_size["width"])
     ex = enc.encode(caption())
     # positions: the engine's one placeholder expands to the app's (h/64)*(w/64) image tokens
-    n_feat = fastvlm_feature_count(base)
+    n_feat = family_for(base).image_features()
     assert n_feat == (crop[0] // 64) * (crop[1] // 64)
     placeholder = base.config["image_token_index"]
     expanded = []

@@ -24,20 +24,9 @@ log = logging.getLogger(__name__)
 UNTRAINABLE = {"gemma3n": "its audio/vision towers are not differentiable in mlx-vlm",
                "qwen3_omni": "mlx-vlm does not support training it",
                # Found with tiny models (tests/test_more_vlm_families.py); docs/engine.md says more.
-               "llava": "mlx-vlm 0.7.10 cannot prepare its inputs (its LlavaProcessor passes text "
-                        "options such as padding to the image processor, which transformers 5 "
-                        "rejects), so an adapter could be neither trained nor run",
-               "llava_next": "mlx-vlm 0.7.10's LLaVA-NeXT model splices all image tiles and "
-                             "newline rows in place of each of the processor's expanded image "
-                             "tokens, so its outputs do not line up with the tokens to learn",
-               "deepseek_vl_v2": "mlx-vlm 0.7.10's DeepSeek-VL2 language model cannot be "
-                                 "differentiated (its MoE gate writes scores at indices without "
-                                 "stop_gradient: '[scatter] Cannot calculate VJP with respect to "
-                                 "indices')",
-               "paligemma": "mlx-vlm 0.7.10 trains PaliGemma with no causal mask (its language "
-                            "model attends both ways when use_bidirectional_attention, the "
-                            "default it sets), so every answer token sees the tokens after it; "
-                            "its chat formatting also keeps only the last message"}
+               "paligemma": "it is a prefix-LM and mlx-vlm 0.7.10 gives it no training mask (its "
+                            "answer tokens attend to later ones); it needs rows encoded as its "
+                            "processor's prefix + suffix with a prefix-LM mask, not done here yet"}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 ProgressFn = Callable[[int, int, str], None]  # (done_bytes, total_bytes, what)

@@ -15,7 +15,7 @@ alone can learn to caption them (see `_init_fastvit`, `_calibrate_fastvit`, `_ca
 `image_size=256` builds a FastVLM that sees 256 px images (16 image features instead of 256).
 
 Qwen3.5 and the families in `tiny_vlm_families` (Gemma 3, Idefics3, SmolVLM, Pixtral, Mistral 3,
-Mllama, LLaVA, LLaVA-NeXT, DeepSeek-VL2, PaliGemma) are `MORE_VLM_FAMILIES`; `ALL_FAMILIES` is
+Mllama, LLaVA, LLaVA-NeXT, DeepSeek-VL2, PaliGemma, Phi-3-Vision) are `MORE_VLM_FAMILIES`; `ALL_FAMILIES` is
 every name a build accepts.
 
 API: `FAMILIES`, `build_tiny_model(family, dest, seed=0, image_size=None, **overrides)`,

@@ -433,6 +433,54 @@ def _paligemma(ids: dict, vocab: int):
     return cfg, files, {"bos_token_id": ids["<bos>"]}
 
 
+# ---- Phi-3-Vision (microsoft/Phi-3-vision-128k-instruct: Phi-3 text model, CLIP ViT-L/14-336 tower
+# in 336 px HD tiles, <|image_N|> tags expanded into negative ids). mlx-vlm hard-codes the tower's
+# size; the phi3v_vision_config patch reads it from vision_config, so the tiny tower keeps the 336 px
+# tiles and 14 px patches (the forward hard-codes them) at width 32. num_crops 1: a global view and
+# one tile, 313 image positions. -------------------------------------------------------------------
+
+_PHI3_SPECIALS = ["<unk>", "<s>", "</s>", "<|endoftext|>", "<|assistant|>", "<|system|>", "<|end|>",
+                  "<|user|>"]
+
+PHI3_V_TEMPLATE = (
+    "{% for message in messages %}{{ '<|' + message['role'] + '|>' + '\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% set n = namespace(image=0) %}{% for c in message['content'] %}"
+    "{% if c['type'] == 'image' %}{% set n.image = n.image + 1 %}"
+    "{{ '<|image_' + n.image|string + '|>\n' }}"
+    "{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "{{ '<|end|>\n' }}{% endfor %}"
+    "{% if add_generation_prompt and messages[-1]['role'] != 'assistant' %}"
+    "{{- '<|assistant|>\n' -}}{% endif %}"
+)
+
+
+def _phi3_v(ids: dict, vocab: int):
+    cfg = {
+        "architectures": ["Phi3VForCausalLM"], "model_type": "phi3_v", "hidden_size": HIDDEN,
+        "num_hidden_layers": LAYERS, "intermediate_size": INTERMEDIATE,
+        "num_attention_heads": HEADS, "num_key_value_heads": HEADS, "rms_norm_eps": 1e-5,
+        "vocab_size": vocab, "rope_theta": 10000.0,
+        "max_position_embeddings": 4096, "original_max_position_embeddings": 4096,
+        "bos_token_id": ids["<s>"], "eos_token_id": ids["<|end|>"],
+        "pad_token_id": ids["<|endoftext|>"], "torch_dtype": "float32",
+        "img_processor": {"image_dim_out": 32, "model_name": "openai/clip-vit-large-patch14-336",
+                          "name": "clip_vision_model", "num_img_tokens": 144},
+        "embd_layer": {"embedding_cls": "image", "hd_transform_order": "sub_glb",
+                       "projection_cls": "mlp", "use_hd_transform": True,
+                       "with_learnable_separator": True},
+        # read by the phi3v_vision_config patch (mlx-vlm 0.7.10 alone builds the 303M tower)
+        "vision_config": {"model_type": "phi3_v", "hidden_size": 32, "intermediate_size": 64,
+                          "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": 336,
+                          "patch_size": 14},
+    }
+    pre = {"image_processor_type": "Phi3VImageProcessor", "processor_class": "Phi3VProcessor",
+           "num_crops": 1, "num_img_tokens": 144, "image_mean": CLIP_MEAN, "image_std": CLIP_STD}
+    files = {"preprocessor_config.json": pre,
+             "processor_config.json": {"processor_class": "Phi3VProcessor"}}
+    return cfg, files, {"bos_token_id": ids["<s>"]}
+
+
 SPECS: dict[str, Spec] = {
     "llava": Spec(_LLAMA2_SPECIALS + ["<image>", "<pad>"], "<s>", "</s>", "<pad>",
                   LLAVA_TEMPLATE, _llava),
@@ -460,4 +508,5 @@ SPECS: dict[str, Spec] = {
                            "<｜▁pad▁｜>", DEEPSEEK_VL2_TEMPLATE, _deepseek_vl_v2),
     "paligemma": Spec(_GEMMA_SPECIALS[:5] + ["<image>"], "<bos>", "<eos>", "<pad>",
                       PALIGEMMA_TEMPLATE, _paligemma, named={"image_token": "<image>"}),
+    "phi3_v": Spec(_PHI3_SPECIALS, "<s>", "<|end|>", "<|endoftext|>", PHI3_V_TEMPLATE, _phi3_v),
 }

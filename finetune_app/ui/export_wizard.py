@@ -287,13 +287,14 @@ class SourcePage(QWizardPage):
 
     def layout_note(self) -> str | None:
         """The export's own warning when the target's prompt layout differs from the training one."""
+        from finetune_app.core import run_folder
         from finetune_app.core.export.export import layout_warning
 
         adapter, target = self.adapter_edit.text().strip(), self.target()
         if not adapter or target is None:
             return None
         try:
-            acfg = json.loads((Path(adapter).expanduser() / "adapter_config.json").read_text(encoding="utf-8"))
+            acfg = json.loads((Path(adapter).expanduser() / run_folder.ADAPTER_CONFIG_FILE).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
         info = self.w.model_info

@@ -12,10 +12,22 @@ from __future__ import annotations
 
 import threading
 
-from finetune_app.core.patches import chat_template, fastvlm_vision_config, hf_tokenizer, no_remote_code, sacrebleu_stats
+from finetune_app.core.patches import (chat_template, deepseek_moe_gate, deepseek_tile_count,
+                                       fastvlm_vision_config, hf_tokenizer, llava_next_anyres,
+                                       llava_processor_kwargs,
+                                       mllama_vision_batch, no_remote_code, phi3v_vision_config,
+                                       sacrebleu_stats)
 
-BEHAVIOUR = {"fastvlm_vision_config": fastvlm_vision_config.apply, "no_remote_code": no_remote_code.apply}
-MODULES = (fastvlm_vision_config, no_remote_code, chat_template, sacrebleu_stats, hf_tokenizer)
+BEHAVIOUR = {"fastvlm_vision_config": fastvlm_vision_config.apply, "no_remote_code": no_remote_code.apply,
+             "deepseek_moe_gate": deepseek_moe_gate.apply,
+             "deepseek_tile_count": deepseek_tile_count.apply,
+             "mllama_vision_batch": mllama_vision_batch.apply,
+             "llava_processor_kwargs": llava_processor_kwargs.apply,
+             "phi3v_vision_config": phi3v_vision_config.apply,
+             "llava_next_anyres": llava_next_anyres.apply}
+MODULES = (fastvlm_vision_config, no_remote_code, deepseek_moe_gate, deepseek_tile_count, mllama_vision_batch,
+           llava_processor_kwargs, phi3v_vision_config, llava_next_anyres,
+           chat_template, sacrebleu_stats, hf_tokenizer)
 
 _lock = threading.Lock()
 _applied: set[str] = set()
