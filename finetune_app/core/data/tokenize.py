@@ -78,6 +78,34 @@ class Encoder:
     def render(self, sample: Sample, upto: int | None = None, *, generation_prompt: bool = False) -> str:
         return self.layout.render(sample, upto, generation_prompt=generation_prompt)
 
+    def training_text(self, sample: Sample) -> str:
+        """The conversation as trained: the final answer follows exactly the generation prompt the
+        runtime builds for it. Most templates render history that way already; some do not
+        (mlx-vlm's DeepSeek-VL2 template writes `<|Assistant|> answer` in history but prompts with
+        `<|Assistant|>:`), and there the answer is re-attached after the generation prompt. Earlier
+        answers stay as the template renders history, which is what the runtime's prompt holds."""
+        full = self.render(sample)
+        last = span(sample, None) - 1
+        prompt = self.render(sample, last, generation_prompt=True)
+        if full.startswith(prompt):
+            return full
+        before, answer = self.render(sample, last), sample.turns[last].text
+        j = full.find(answer, len(before)) if full.startswith(before) and answer else -1
+        if j < 0:  # nothing to re-attach: keep the template's text (the mask check refuses it)
+            return full
+        lead = full[len(before):j]
+        space = lead[len(lead.rstrip()):]
+        return prompt + ("" if prompt.endswith(space) else space) + full[j:]
+
+    def _answer_start(self, sample: Sample, i: int, full_text: str) -> int:
+        """Where answer i starts in `full_text`, in text tokens: after its generation prompt, or,
+        for a history answer of a template that renders history differently, at its text."""
+        prompt = self.render(sample, i, generation_prompt=True)
+        if full_text.startswith(prompt):
+            return len(self._text_ids(prompt))
+        j = full_text.find(sample.turns[i].text, len(self.render(sample, i)))
+        return len(self._text_ids(full_text[:j])) if j >= 0 else -1
+
     def prompt_text(self, sample: Sample) -> str:
         """The prompt for generating the final answer (for samples and captioning)."""
         last = max(i for i, t in enumerate(sample.turns) if t.role == "assistant")
@@ -114,7 +142,7 @@ class Encoder:
             raise DataError("The row has images, but the base model reads text only.",
                             "Choose a vision-language model (e.g. Qwen2-VL or FastVLM), or a text-only dataset.",
                             file=sample.source, line=sample.line, field="images")
-        full_text = self.render(sample)
+        full_text = self.training_text(sample)
         image_inputs: dict[str, np.ndarray] = {}
         if self.is_vlm:
             if images is None:
@@ -149,9 +177,12 @@ class Encoder:
             if turn.role != "assistant":
                 n_before += counts[i]
                 continue
-            start_txt = len(self._text_ids(self.render(sample, i, generation_prompt=True)))
-            end_txt = len(self._text_ids(self.render(sample, i + 1)))
-            if n_before == len(sample.images):
+            start_txt = self._answer_start(sample, i, full_text)
+            last = i == span(sample, None) - 1
+            end_txt = len(text_full) if last else len(self._text_ids(self.render(sample, i + 1)))
+            if start_txt < 0:
+                start, end = -1, -1
+            elif n_before == len(sample.images):
                 start, end = start_txt + delta, end_txt + delta
             else:  # images after this answer: measure the prefix with its own images
                 prefix = self._processed(self.render(sample, i, generation_prompt=True), images[:n_before])
