@@ -141,7 +141,7 @@ def test_explicit_image_position_is_kept(tmp_path, bases):
     assert encoder(base).prompt_text(plain) == mlx_vlm_prompt_inputs(base, PROMPT, 1)[0]
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3"])
 def test_mlx_lm_prompt_is_the_chat_template(family, bases):
     base = bases(family)
     enc = encoder(base)
