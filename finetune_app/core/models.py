@@ -43,6 +43,9 @@ class BaseModel:
     path: Path
     config: dict = field(repr=False)
     source: str = ""  # what the user gave (hub id or folder)
+    # the prompt layout its adapter (adapters.load_into) or fused bundle was trained with: our own
+    # generation renders prompts that way (None: auto, the runtime's default)
+    serve_target: str | None = None
 
     @property
     def family(self) -> str:
@@ -244,8 +247,10 @@ def load_base(source: str | Path, *, progress: ProgressFn | None = None, lazy: b
         raise ModelError(f"Could not load the model in '{path}': {type(exc).__name__}: {msg}.",
                          "The folder may be incomplete or from an incompatible converter; re-download it or convert it again with mlx-vlm / mlx-lm.", file=path) from None
     model.eval()
+    from finetune_app.core.serving import bundle_layout
+
     return BaseModel(model=model, processor=processor, kind=kind, model_type=model_type, path=path,
-                     config=config, source=str(source))
+                     config=config, source=str(source), serve_target=bundle_layout(path))
 
 
 # ---- describing --------------------------------------------------------------------------------
