@@ -22,11 +22,7 @@ log = logging.getLogger(__name__)
 # mlx-lm load are trained through the generic family.
 # mlx-vlm says these cannot be trained (mlx_vlm.trainer.core.not_supported_for_training).
 UNTRAINABLE = {"gemma3n": "its audio/vision towers are not differentiable in mlx-vlm",
-               "qwen3_omni": "mlx-vlm does not support training it",
-               # Found with tiny models (tests/test_more_vlm_families.py); docs/engine.md says more.
-               "paligemma": "it is a prefix-LM and mlx-vlm 0.7.10 gives it no training mask (its "
-                            "answer tokens attend to later ones); it needs rows encoded as its "
-                            "processor's prefix + suffix with a prefix-LM mask, not done here yet"}
+               "qwen3_omni": "mlx-vlm does not support training it"}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 ProgressFn = Callable[[int, int, str], None]  # (done_bytes, total_bytes, what)

@@ -114,6 +114,12 @@ class Encoder:
             raise DataError("The row has images, but the base model reads text only.",
                             "Choose a vision-language model (e.g. Qwen2-VL or FastVLM), or a text-only dataset.",
                             file=sample.source, line=sample.line, field="images")
+        encode_row = getattr(self.layout, "encode_row", None)
+        if encode_row is not None:  # a prefix-LM: the processor lays out prompt + answer itself
+            ids, mask, image_inputs = encode_row(sample, self.load_images(sample) if images is None else images)
+            # the prompt attends both ways, so only the answer can be learnt (completion only)
+            return Example(index=index, input_ids=ids, target_mask=mask, images=image_inputs,
+                           n_images=len(sample.images), model_length=len(ids))
         full_text = self.render(sample)
         image_inputs: dict[str, np.ndarray] = {}
         if self.is_vlm:

@@ -56,7 +56,11 @@ def layout(target: str | None, base):
     if target is None:
         target = getattr(base, "serve_target", None)
     name = resolve(target, base)
-    module = importlib.import_module(f"{__name__}.{TARGETS[name]}")
+    from finetune_app.core.families import family_class
+
+    # a family may serve a target its own way (PaliGemma: prompt + answer as the processor's suffix)
+    own = family_class(getattr(base, "model_type", "")).layouts.get(name)
+    module = importlib.import_module(f"{__name__}.{own or TARGETS[name]}")
     return module.Layout(base)
 
 
