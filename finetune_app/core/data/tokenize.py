@@ -84,7 +84,8 @@ class Encoder:
         return self.render(sample, last, generation_prompt=True)
 
     # ---- tokenising ------------------------------------------------------------------------
-    def _text_ids(self, text: str) -> list[int]:
+    def text_ids(self, text: str) -> list[int]:
+        """Ids of plain text (no images) as the serve target's runtime tokenises it."""
         return self.layout.text_ids(text)
 
     def _processed(self, text: str, images: list) -> dict[str, np.ndarray]:
@@ -130,7 +131,7 @@ class Encoder:
             processed.pop("attention_mask", None)
             image_inputs = {k: v for k, v in processed.items() if isinstance(v, np.ndarray) and v.dtype != object}
         else:
-            ids = np.asarray(self._text_ids(full_text), dtype=np.int32)
+            ids = np.asarray(self.text_ids(full_text), dtype=np.int32)
         mask = self._target_mask(sample, ids, full_text, images or [])
         n_img = len(sample.images)
         model_length = len(ids)
@@ -147,7 +148,7 @@ class Encoder:
                 mask &= ids != self.image_token_index
             mask[0] = False
             return mask
-        text_full = self._text_ids(full_text)
+        text_full = self.text_ids(full_text)
         delta = len(ids) - len(text_full)  # tokens the processor added (image expansion)
         counts = turn_images(sample)
         n_before = 0
@@ -155,8 +156,8 @@ class Encoder:
             if turn.role != "assistant":
                 n_before += counts[i]
                 continue
-            start_txt = len(self._text_ids(self.render(sample, i, generation_prompt=True)))
-            end_txt = len(self._text_ids(self.render(sample, i + 1)))
+            start_txt = len(self.text_ids(self.render(sample, i, generation_prompt=True)))
+            end_txt = len(self.text_ids(self.render(sample, i + 1)))
             if n_before == len(sample.images):
                 start, end = start_txt + delta, end_txt + delta
             else:  # images after this answer: measure the prefix with its own images

@@ -103,7 +103,7 @@ def model_inputs(base, prompt: str, image=None) -> dict:
     n = 1 if (base.kind == "vlm" and image is not None) else 0
     text = enc.prompt_text(conversation(prompt, n))
     if base.kind == "text":
-        return {"input_ids": mx.array([enc._text_ids(text)])}
+        return {"input_ids": mx.array([enc.text_ids(text)])}
     from mlx_vlm.utils import prepare_inputs
 
     idx = base.config.get("image_token_index", base.config.get("image_token_id"))
