@@ -109,3 +109,22 @@ def test_tokenizer_keeps_the_family_tokens_whole(family):
     assert tok.eos_token == eos and tok.pad_token == pad and len(tok) % 64 == 0
     named = getattr(tiny_models.SPECS.get(family), "named", {})
     assert all(getattr(tok, name) == token for name, token in named.items())
+
+
+def test_paligemma_mask_is_transformers_prefix_lm_rule():
+    """Rows with different prompt lengths and padding: query q sees key k when k is not padding and
+    k is in the prompt (token_type_ids 0) or k <= q (transformers' PaliGemma causal mask)."""
+    import mlx.core as mx
+    import numpy as np
+
+    from finetune_app.core.families.paligemma import prefix_lm_mask
+
+    token_type = np.array([[0, 0, 0, 1, 1, 1], [0, 0, 1, 1, 0, 0]])  # row 2: 4 tokens, then padding
+    padding = np.array([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]])
+    prefix = (token_type == 0).argmin(axis=1)  # [3, 2]
+    got = np.array(prefix_lm_mask(prefix, mx.array(padding)))[:, 0]
+    q, k = np.arange(6)[:, None], np.arange(6)[None, :]
+    for r in range(2):
+        prompt_key = (token_type[r] == 0) & (np.arange(6) < prefix[r])
+        want = (padding[r][None, :] == 1) & (prompt_key[None, :] | (k <= q))
+        np.testing.assert_array_equal(got[r], want)
