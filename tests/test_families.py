@@ -10,9 +10,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "finetune_app"
 ALLOWED = (
     "core/families/",  # the one place
     "core/serving/",  # serving layouts per runtime (written alongside; ported into families later)
-    "testing/",  # tiny-model builders name the architectures they build
-    # tiny-model names (finetune_app.testing's catalogue) used as the demo's default:
-    "cli/demo.py", "ui/workers.py",
+    "testing/",  # tiny-model builders name the architectures they build (and DEMO_FAMILY)
 )
 
 

@@ -2,21 +2,22 @@
 engine's reference path on a few one-image rows (loss finite and falling), and its adapter loads
 with `mlx_vlm.load(model, adapter_path=run)` and generates through `apply_chat_template`, exactly
 as an mlx-vlm user runs it (in-process, so with core/patches applied: DeepSeek-VL2, Mllama at batch 2,
-LLaVA, LLaVA-NeXT and the tiny Phi-3-Vision need them). PaliGemma is refused at load (docs/engine.md)."""
+LLaVA, LLaVA-NeXT and the tiny Phi-3-Vision need them). PaliGemma is a prefix-LM: its prompt attends
+both ways, its answer causally (docs/engine.md)."""
 
 import math
 
 import pytest
 
 from finetune_app.core.config import TrainConfig
-from finetune_app.core.errors import ModelError
 from finetune_app.core.training.events import TrainReport
 from finetune_app.core.training.trainer import Trainer
 
 # family -> batch size
 TRAINED = {"gemma3": 2, "idefics3": 2, "smolvlm": 2, "pixtral": 2, "mistral3": 2,
-           "mllama": 2, "qwen3_5": 2, "deepseek_vl_v2": 2, "llava": 2, "phi3_v": 2, "llava_next": 2}
-REFUSED = ["paligemma"]
+           "mllama": 2, "qwen3_5": 2, "deepseek_vl_v2": 2, "llava": 2, "phi3_v": 2, "llava_next": 2,
+           "paligemma": 2}
+PREFIX_LM = {"paligemma"}  # the prompt attends both ways, the answer causally
 
 
 @pytest.fixture(scope="module")
@@ -73,18 +74,18 @@ def assert_causal(family, model_folder, data):
     batch = fam.plan([encoder.encode(rows.sample(i), i) for i in range(TRAINED[family])])
     ids = batch.input_ids.copy()
     k = ids.shape[1] - 3
+    if family in PREFIX_LM:  # the tail must lie in every row's answer
+        assert all(batch.target_mask[r, k:n].all() for r, n in enumerate(batch.attention_mask.sum(1)))
     ids[:, k:] = ids[:, k - 1:k]  # a different tail
     before = fam.logits(base.model, batch)
     after = fam.logits(base.model, dataclasses.replace(batch, input_ids=ids))
     assert float(mx.abs(before[:, :k] - after[:, :k]).max()) == 0.0
-
-
-@pytest.mark.parametrize("family", REFUSED)
-def test_family_mlx_vlm_cannot_serve_is_refused_at_load(family, tiny_model):
-    from finetune_app.core.models import load_base
-
-    with pytest.raises(ModelError, match="cannot be fine-tuned"):
-        load_base(tiny_model(family))
+    if family in PREFIX_LM:  # and the prompt does attend both ways: its last token moves the first
+        first = int(batch.target_mask[0].argmax())  # the first answer token; the prompt ends before
+        ids = batch.input_ids.copy()
+        ids[:, first - 2] = ids[:, first - 3]
+        after = fam.logits(base.model, dataclasses.replace(batch, input_ids=ids))
+        assert float(mx.abs(before[0, :first - 2] - after[0, :first - 2]).max()) > 0.0
 
 
 def test_every_listed_family_loads_as_a_vision_language_model():
@@ -98,7 +99,7 @@ def test_every_listed_family_loads_as_a_vision_language_model():
                        "embd_layer": {"embedding_cls": "image"}}) == "vlm"
 
 
-@pytest.mark.parametrize("family", sorted(TRAINED) + REFUSED)
+@pytest.mark.parametrize("family", sorted(TRAINED))
 def test_tokenizer_keeps_the_family_tokens_whole(family):
     from finetune_app.testing import tiny_models
 
@@ -108,3 +109,22 @@ def test_tokenizer_keeps_the_family_tokens_whole(family):
     assert tok.eos_token == eos and tok.pad_token == pad and len(tok) % 64 == 0
     named = getattr(tiny_models.SPECS.get(family), "named", {})
     assert all(getattr(tok, name) == token for name, token in named.items())
+
+
+def test_paligemma_mask_is_transformers_prefix_lm_rule():
+    """Rows with different prompt lengths and padding: query q sees key k when k is not padding and
+    k is in the prompt (token_type_ids 0) or k <= q (transformers' PaliGemma causal mask)."""
+    import mlx.core as mx
+    import numpy as np
+
+    from finetune_app.core.families.paligemma import prefix_lm_mask
+
+    token_type = np.array([[0, 0, 0, 1, 1, 1], [0, 0, 1, 1, 0, 0]])  # row 2: 4 tokens, then padding
+    padding = np.array([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]])
+    prefix = (token_type == 0).argmin(axis=1)  # [3, 2]
+    got = np.array(prefix_lm_mask(prefix, mx.array(padding)))[:, 0]
+    q, k = np.arange(6)[:, None], np.arange(6)[None, :]
+    for r in range(2):
+        prompt_key = (token_type[r] == 0) & (np.arange(6) < prefix[r])
+        want = (padding[r][None, :] == 1) & (prompt_key[None, :] | (k <= q))
+        np.testing.assert_array_equal(got[r], want)

@@ -3,6 +3,7 @@ and working. A library upgrade that fixes a gap or moves a private function fail
 
 from __future__ import annotations
 
+import re
 from importlib.metadata import version
 
 import pytest
@@ -207,3 +208,81 @@ def test_llava_next_packs_one_feature_per_image_token(tiny_model, height, width)
     embeds = model.get_input_embeddings(mx.array(inputs["input_ids"]), mx.array(inputs["pixel_values"]),
                                         image_sizes=mx.array(inputs["image_sizes"])).inputs_embeds
     assert embeds.shape[1] == np.asarray(inputs["input_ids"]).shape[1]
+
+
+def test_qwen_rope_state_is_cleared_after_host_rope_ids(tiny_model):
+    import mlx.core as mx
+    from mlx_vlm import load
+
+    from finetune_app.core.patches import qwen_rope_state
+
+    model, _ = load(str(tiny_model("qwen2_vl")))
+    lm = model.language_model
+    for name in qwen_rope_state.STATE:  # the state the library keeps between calls
+        assert hasattr(lm, name), name
+    ids = mx.array([[1, 2, 3, 4]])
+    lm(ids)  # a forward (as generation's prefill) leaves this prompt's state on the model
+    assert lm._rope_deltas is not None or lm._position_ids is not None
+    qwen_rope_state.clear(lm)
+    assert all(getattr(lm, name) is None for name in qwen_rope_state.STATE)
+
+
+def test_mlx_launch_select_waits_for_output_and_never_for_writes():
+    import os
+    import subprocess
+    import sys
+
+    from finetune_app.core.patches import mlx_launch
+
+    r, w = os.pipe()
+    try:
+        assert mlx_launch.calm_select([r], [w], [], 1.0) == ([], [w], [])  # nothing to read, pipe writable
+        os.write(w, b"x")
+        assert mlx_launch.calm_select([r], [], [], None) == ([r], [], [])
+    finally:
+        os.close(r)
+        os.close(w)
+    # the launcher script is mlx.launch itself: its usage text, with the select repaired
+    out = subprocess.run([sys.executable, "-c", mlx_launch.LAUNCHER, "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "mlx.launch" in out.stdout and "--backend" in out.stdout
+
+
+def test_mlx_lm_classes_build_a_text_model():
+    from finetune_app.core.patches.mlx_lm_classes import model_classes
+
+    cfg = {"model_type": "llama", "hidden_size": 16, "num_hidden_layers": 1, "intermediate_size": 32,
+           "num_attention_heads": 2, "num_key_value_heads": 2, "rms_norm_eps": 1e-5, "vocab_size": 64}
+    model_class, args_class = model_classes(cfg)
+    model = model_class(args_class.from_dict(cfg))
+    assert model.model_type == "llama" and len(model.layers) == 1
+
+
+# finetune_app/ may reach a library's private names only through core/patches/ (one module each,
+# pinned and tested above): `from mlx_vlm.x import _y`, `from mlx_lm.x import _y`, `mlx._x`, `mlx_vlm.x._y`
+PRIVATE_USE = re.compile(r"from\s+(?:mlx_vlm|mlx_lm|mlx)(?:\.\w+)*\s+import\s+(?:\(\s*)?(?:[\w ,]*,\s*)?_\w"
+                         r"|\b(?:mlx|mlx_vlm|mlx_lm)(?:\.\w+)*\._\w")
+
+
+def test_private_library_names_are_used_only_in_core_patches():
+    from pathlib import Path
+
+    import finetune_app
+
+    root = Path(finetune_app.__file__).parent
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        if root / "core" / "patches" in path.parents:
+            continue
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if PRIVATE_USE.search(line.split("#", 1)[0]):
+                found.append(f"{path.relative_to(root)}:{n}: {line.strip()}")
+    assert not found, "wrap these in a core/patches/ module:\n" + "\n".join(found)
+
+
+def test_private_use_pattern_catches_each_spelling():
+    for line in ("from mlx_lm.utils import _get_classes", "from mlx_vlm.models.base import x, _y",
+                 "import mlx._distributed_utils.launch as launch", "mlx_vlm.utils._private(1)",
+                 "from mlx._distributed_utils import launch"):
+        assert PRIVATE_USE.search(line), line
+    for line in ("from mlx_lm.utils import load", "import mlx.core as mx", "from mlx_vlm import generate"):
+        assert not PRIVATE_USE.search(line), line

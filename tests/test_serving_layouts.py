@@ -68,7 +68,7 @@ def check_prompt_then_answer(enc, ex, prompt_ids, *, single_turn=True):
 
 # every VLM family the engine trains (tests/test_more_vlm_families.py trains the generic ones)
 MLX_VLM_FAMILIES = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "fastvlm", "qwen3_5", "gemma3", "idefics3", "smolvlm",
-                    "pixtral", "mistral3", "mllama", "deepseek_vl_v2", "llava", "llava_next", "phi3_v"]
+                    "pixtral", "mistral3", "mllama", "deepseek_vl_v2", "llava", "llava_next", "phi3_v", "paligemma"]
 
 
 @pytest.mark.parametrize("family", MLX_VLM_FAMILIES)
@@ -262,3 +262,18 @@ def test_data_check_shows_what_the_trainer_feeds(target, tiny_model, bases, tmp_
         # the app's prompt with its (h/64)*(w/64) image tokens written as the engine's one placeholder
         assert ex["text"].startswith(app_prepare(row["messages"][0]["content"], 64, 64))
         assert ex["image_sizes"] == [[256, 256]]
+
+
+def test_paligemma_row_is_the_processors_prefix_and_suffix(bases):
+    """mlx-vlm sends PaliGemma the last user message alone; the answer is the processor's suffix,
+    and the row records where the prompt (attending both ways) ends."""
+    base = bases("paligemma")
+    history = (Turn("user", "Earlier question?"), Turn("assistant", "earlier answer"))
+    sample = caption(system="Be brief.", history=history)
+    ex = encoder(base).encode(sample)
+    _, runtime = mlx_vlm_prompt_inputs(base, PROMPT, 1)  # the prompt alone
+    prompt_ids = runtime["input_ids"].reshape(-1)
+    check_prompt_then_answer(encoder(base), ex, prompt_ids)
+    assert ex.target_mask[len(prompt_ids):].all()  # the answer and <eos>
+    assert ex.input_ids[-1] == base.tokenizer.eos_token_id
+    assert ex.images["prefix_length"].tolist() == [len(prompt_ids)]

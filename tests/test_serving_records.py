@@ -85,3 +85,95 @@ def test_export_wizard_says_when_the_layout_differs(qtbot, tmp_path):
     assert w.source.layout_label.isVisible()
     assert "Prompt layout differs" in w.source.layout_label.text()
     assert "--serve-target mlx-swift" in w.source.layout_label.text()
+
+
+# ---- our own generation uses the recorded layout (generate, compare, caption, evaluation) ---------
+
+PROMPT = "What is this?"  # a prompt whose greedy answer differs between the two layouts of this adapter
+
+
+@pytest.fixture(scope="module")
+def swift_run(tmp_path_factory):
+    return make_adapter("fastvlm", tmp_path_factory.mktemp("swift") / "run", serve_target="mlx-swift")
+
+
+def _app_reference(base, image, prompt, max_tokens):
+    """The answer mlx-vlm's generation gives on the Apple app's own ids and pixels, built by the
+    test's transcription of the app's processor (tests/test_serving_layouts.py), not by core/serving."""
+    import mlx.core as mx
+    from mlx_vlm import stream_generate
+    from test_serving_layouts import app_positions, app_prepare, app_preprocess
+
+    from finetune_app.core.generate import vocab_guard
+
+    ip = base.processor.image_processor
+    crop = (ip.crop_size["height"], ip.crop_size["width"])
+    ids = app_positions(base.tokenizer, app_prepare(prompt, 1, 1, patch=1), base.config["image_token_index"])
+    pixels = app_preprocess(image, ip.size["shortest_edge"], crop, ip.image_mean, ip.image_std)
+    pieces = [c.text for c in stream_generate(base.model, base.processor, "", input_ids=mx.array([ids]),
+                                               pixel_values=mx.array(pixels[None]), max_tokens=max_tokens,
+                                               temperature=0.0, logits_processors=[vocab_guard(base.tokenizer)])]
+    return "".join(pieces).strip()
+
+
+def test_generation_with_an_adapter_uses_the_layout_it_was_trained_with(swift_run):
+    from test_export_support import sample_image
+
+    from finetune_app.core import adapters
+    from finetune_app.core.data.tokenize import Encoder
+    from finetune_app.core.generate import GenerationSettings, generate
+    from finetune_app.core.models import load_base
+
+    base = load_base(cached_tiny_model("fastvlm"))
+    assert Encoder(base).serve_target == "mlx-vlm"  # a plain base: auto
+    adapters.load_into(base, swift_run)
+    assert Encoder(base).serve_target == "mlx-swift"
+    image, settings = sample_image(), GenerationSettings(max_tokens=12)
+    ours = generate(base, PROMPT, [image], settings=settings)
+    assert ours == _app_reference(base, image, PROMPT, 12)
+    # the other layout answers differently here, so the comparison above can fail
+    assert ours != generate(base, PROMPT, [image], settings=settings, encoder=Encoder(base, serve_target="mlx-vlm"))
+
+
+def test_compare_renders_the_base_as_served_and_the_adapter_as_trained(swift_run, tmp_path):
+    from test_export_support import sample_image
+
+    from finetune_app.core.compare import CompareItem, ModelCache, TunedSource, compare_items
+    from finetune_app.core.data.sample import ImageRef
+    from finetune_app.core.data.tokenize import Encoder
+    from finetune_app.core.generate import GenerationSettings, generate
+
+    path = tmp_path / "im.png"
+    sample_image().save(path)
+    cache = ModelCache()
+    settings = GenerationSettings(max_tokens=12)
+    result = compare_items(cache, str(cached_tiny_model("fastvlm")), TunedSource.detect(swift_run),
+                           [CompareItem(prompt=PROMPT, images=(ImageRef(path=path, label="im"),))], settings=settings)
+    row = result.rows[0]
+    tuned, _ = cache.tuned(str(cached_tiny_model("fastvlm")), TunedSource.detect(swift_run))
+    from PIL import Image
+
+    image = Image.open(path).convert("RGB")
+    assert row.tuned == _app_reference(tuned, image, PROMPT, 12)
+    with cache.base(str(cached_tiny_model("fastvlm"))) as base:
+        assert Encoder(base).serve_target == "mlx-vlm"
+        assert row.base == generate(base, PROMPT, [image], settings=settings,
+                                    encoder=Encoder(base, serve_target="mlx-vlm"))
+    assert Encoder(tuned).serve_target == "mlx-swift"  # restored after the base's turn
+
+
+def test_a_fused_bundle_is_rendered_with_its_recorded_layout(tmp_path):
+    import shutil
+
+    from finetune_app.core.data.tokenize import Encoder
+    from finetune_app.core.errors import ModelError
+    from finetune_app.core.models import load_base
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(cached_tiny_model("fastvlm"), bundle)
+    (bundle / "finetune_app.json").write_text(json.dumps({"serve_target": "mlx-swift", "export_target": "mlx-vlm"}))
+    assert Encoder(load_base(bundle)).serve_target == "mlx-swift"
+    (bundle / "finetune_app.json").write_text(json.dumps({"serve_target": "swift-ui"}))
+    with pytest.raises(ModelError, match="unknown prompt layout 'swift-ui'") as err:
+        load_base(bundle)
+    assert str(err.value.file) == str(bundle / "finetune_app.json")

@@ -11,7 +11,9 @@ from pathlib import Path
 
 def register(sub) -> None:
     p = sub.add_parser("demo", help="train a tiny model on the demo shapes data and show what it learned (no display needed)")
-    p.add_argument("--family", default="qwen2_vl", help="tiny model family (qwen2_vl, fastvlm, ...)")
+    from finetune_app.testing import DEMO_FAMILY
+
+    p.add_argument("--family", default=DEMO_FAMILY, help=f"tiny model family ({DEMO_FAMILY}, fastvlm, ...)")
     p.add_argument("--iters", type=int, default=None, help="training steps (default: the demo's own)")
     p.add_argument("--dir", default=None, help="working folder (default: a temporary folder)")
     p.set_defaults(func=run)

@@ -318,6 +318,9 @@ def load_into(base: BaseModel, folder: str | Path) -> dict:
         raise AdapterError(f"The adapter in '{folder}' does not fit this base model ({text}).",
                            "Use the base model the adapter was trained on (see adapter_config.json).", file=folder) from None
     base.model.eval()
+    from finetune_app.core.serving import trained_layout
+
+    base.serve_target = trained_layout(config)  # our generation renders prompts as it was trained
     return config
 
 

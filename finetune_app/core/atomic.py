@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Iterator
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename or new entry in `path` durable (POSIX: the directory itself is fsynced)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -49,7 +50,7 @@ def write_bytes(path: str | Path, data: bytes) -> Path:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return path
 
 
@@ -79,7 +80,7 @@ def temp_path(path: str | Path) -> Iterator[Path]:
             with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
             os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     finally:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -108,7 +109,7 @@ def staged_dir(dest: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
             shutil.rmtree(trash, ignore_errors=True)
         else:
             os.replace(stage, dest)
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
     finally:
         if stage.exists():
             shutil.rmtree(stage, ignore_errors=True)

@@ -212,6 +212,7 @@ class ModelCache:
         self._base = None  # BaseModel (plain, or with the shared adapter attached)
         self._base_source: str | None = None
         self._base_qmap: dict = {}
+        self._base_layout: str | None = None  # the prompt layout the base itself records (a bundle)
         self._shared: Resolved | None = None  # adapter attached to self._base
         self._own = None  # a fine-tuned model with weights of its own
         self._own_key: tuple | None = None
@@ -243,6 +244,7 @@ class ModelCache:
             self._say("loading base model…")
             self._base = load_base(source)
             self._base_source = source
+            self._base_layout = self._base.serve_target  # a bundle's; an attached adapter's replaces it
             self._base_qmap = _quantization_map(self._base.model)
         return self._base
 
@@ -250,8 +252,12 @@ class ModelCache:
     def base(self, source: str) -> Iterator:
         """The base model (adapter layers bypassed while the block runs)."""
         b = self._ensure_base(source)
-        with adapters_bypassed(b.model):
-            yield b
+        tuned_layout, b.serve_target = b.serve_target, self._base_layout  # the base's own layout too
+        try:
+            with adapters_bypassed(b.model):
+                yield b
+        finally:
+            b.serve_target = tuned_layout
 
     def _shareable(self, config: dict) -> bool:
         if config.get("fine_tune_type", "lora") not in ("lora", "dora"):
@@ -287,10 +293,12 @@ class ModelCache:
             self._say(f"loading {resolved.label}…")
             strip_adapters(base.model)
             self._shared = None
+            base.serve_target = self._base_layout
             try:
                 adapters.load_into(base, resolved.path)
             except Exception:
                 strip_adapters(base.model)
+                base.serve_target = self._base_layout
                 raise
             if not _adapter_layers(base.model) and has_adapter_weights(base.model):  # layer kinds we cannot bypass
                 self.clear()

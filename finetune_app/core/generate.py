@@ -1,8 +1,9 @@
 """Caption an image or answer a prompt with a base model, with or without an adapter.
 
 Generation is the libraries' own (`mlx_vlm.stream_generate` / `mlx_lm.stream_generate`), greedy by
-default, on prompts rendered with the same chat template the trainer uses, so what the engine
-shows during training is what `mlx_vlm.load(base, adapter_path=...)` users get.
+default, on prompts rendered in the layout the model was trained with (core/serving: the one its
+adapter or bundle records, else the runtime's default), so the app answers as the model's runtime
+will. A layout the library does not build itself (Apple's FastVLM app) hands it its own ids and pixels.
 """
 
 from __future__ import annotations
@@ -86,6 +87,8 @@ def stream(base, prompt: str, images: list | None = None, *, settings: Generatio
                       logits_processors=[vocab_guard(base.tokenizer)])
         if settings.top_p < 1.0:
             kwargs["top_p"] = settings.top_p
+        if not getattr(encoder.layout, "library_inputs", True):  # the layout's own ids and pixels
+            kwargs.update(generation_inputs(encoder, text, images))
         for chunk in stream_generate(model, base.processor, text, image=images or None, **kwargs):
             if chunk.text:
                 yield chunk.text
@@ -98,6 +101,16 @@ def stream(base, prompt: str, images: list | None = None, *, settings: Generatio
                                      logits_processors=[vocab_guard(base.tokenizer)]):
             if chunk.text:
                 yield chunk.text
+
+
+def generation_inputs(encoder, text: str, images: list) -> dict:
+    """The ids and image tensors of `text` and `images` in the encoder's layout, as arrays that
+    mlx_vlm.stream_generate takes in place of preparing its own (input_ids, pixel_values, ...)."""
+    import mlx.core as mx
+
+    processed = encoder.layout.process(text, images)
+    processed.pop("attention_mask", None)  # one row: nothing to mask
+    return {k: mx.array(v) for k, v in processed.items()}
 
 
 def generate(base, prompt: str, images: list | None = None, *, settings: GenerationSettings | None = None,

@@ -22,11 +22,7 @@ log = logging.getLogger(__name__)
 # mlx-lm load are trained through the generic family.
 # mlx-vlm says these cannot be trained (mlx_vlm.trainer.core.not_supported_for_training).
 UNTRAINABLE = {"gemma3n": "its audio/vision towers are not differentiable in mlx-vlm",
-               "qwen3_omni": "mlx-vlm does not support training it",
-               # Found with tiny models (tests/test_more_vlm_families.py); docs/engine.md says more.
-               "paligemma": "it is a prefix-LM and mlx-vlm 0.7.10 gives it no training mask (its "
-                            "answer tokens attend to later ones); it needs rows encoded as its "
-                            "processor's prefix + suffix with a prefix-LM mask, not done here yet"}
+               "qwen3_omni": "mlx-vlm does not support training it"}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 ProgressFn = Callable[[int, int, str], None]  # (done_bytes, total_bytes, what)
@@ -43,6 +39,9 @@ class BaseModel:
     path: Path
     config: dict = field(repr=False)
     source: str = ""  # what the user gave (hub id or folder)
+    # the prompt layout its adapter (adapters.load_into) or fused bundle was trained with: our own
+    # generation renders prompts that way (None: auto, the runtime's default)
+    serve_target: str | None = None
 
     @property
     def family(self) -> str:
@@ -244,8 +243,10 @@ def load_base(source: str | Path, *, progress: ProgressFn | None = None, lazy: b
         raise ModelError(f"Could not load the model in '{path}': {type(exc).__name__}: {msg}.",
                          "The folder may be incomplete or from an incompatible converter; re-download it or convert it again with mlx-vlm / mlx-lm.", file=path) from None
     model.eval()
+    from finetune_app.core.serving import bundle_layout
+
     return BaseModel(model=model, processor=processor, kind=kind, model_type=model_type, path=path,
-                     config=config, source=str(source))
+                     config=config, source=str(source), serve_target=bundle_layout(path))
 
 
 # ---- describing --------------------------------------------------------------------------------

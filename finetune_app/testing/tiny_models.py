@@ -1006,9 +1006,9 @@ def _build_vlm(family: str, cfg: dict):
 
 
 def _build_text(cfg: dict):
-    from mlx_lm.utils import _get_classes
+    from finetune_app.core.patches.mlx_lm_classes import model_classes
 
-    model_class, args_class = _get_classes(config=copy.deepcopy(cfg))
+    model_class, args_class = model_classes(cfg)
     return model_class(args_class.from_dict(copy.deepcopy(cfg)))
 
 

@@ -225,10 +225,11 @@ def check_dataset(path_or_dataset, model: ModelChoice | None, task: Task) -> Dat
 def build_demo(dest: Path, task: Task, *, n_train: int = 300, n_valid: int = 48) -> tuple[Path, Path]:
     """The welcome's demo: the tiny Qwen2-VL model and the shapes dataset, in the app-data folder."""
     from finetune_app.core.data.demo import make_shapes_dataset
+    from finetune_app.testing import DEMO_FAMILY
     from finetune_app.testing.tiny_models import cached_tiny_model
 
     task.report("Building the tiny demo model…")
-    model = cached_tiny_model("qwen2_vl", root=dest / "models")
+    model = cached_tiny_model(DEMO_FAMILY, root=dest / "models")
     data = dest / "shapes"
     if not (data / "captions.csv").is_file():
         task.report("Drawing the demo pictures…")

@@ -25,27 +25,11 @@ from pathlib import Path
 from finetune_app.core.cluster import rank
 from finetune_app.core.cluster.hosts import HostList
 from finetune_app.core.config import TrainConfig
+from finetune_app.core.patches.mlx_launch import LAUNCHER  # mlx.launch with its I/O loop repaired
 from finetune_app.core.training import events as ev
 
 NOISE = ("[ring]", " ", "Thread 0x", "Current thread 0x", "Timeout (", "Fatal Python error")
 RANK_EXIT = re.compile(r"Node with rank (\d+) (?:exited with code (-?\d+)|was killed)")
-# `mlx.launch` itself (it is not always on PATH), with one repair: each rank's I/O thread selects
-# on the rank's stdin for writing, which is always writable, so with a 1 s timeout it never waits
-# and spins a core per rank (measured: tiny Llama, 2 ranks on this 2-core machine, 200 steps in
-# 45-47 s under plain mlx.launch, 12-13 s with the repair). The repaired select waits for output first (50 ms
-# at most), then asks about writes without waiting: commands reach the ranks within 50 ms.
-LAUNCHER = """
-import select as _select, sys, time
-import mlx._distributed_utils.launch as launch
-def calm_select(r, w, x, timeout=None):
-    wait = 0.05 if timeout is None else min(timeout, 0.05)
-    rl, _, xl = _select.select(r, [], x, wait) if (r or x) else (time.sleep(wait) or [], [], [])
-    wl = _select.select([], w, [], 0)[1] if w else []
-    return rl, wl, xl
-launch.select = calm_select
-sys.argv[0] = "mlx.launch"
-sys.exit(launch.main())
-"""
 EXIT_WORDS = {2: "a usage or settings problem", 3: "a problem with the model", 4: "a problem with the data",
               5: "a problem with the settings", 75: "it lost its peers", 130: "it was interrupted",
               255: "the ssh connection ended: the host went away or its process was killed"}

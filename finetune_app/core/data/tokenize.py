@@ -102,9 +102,9 @@ class Encoder:
         for a history answer of a template that renders history differently, at its text."""
         prompt = self.render(sample, i, generation_prompt=True)
         if full_text.startswith(prompt):
-            return len(self._text_ids(prompt))
+            return len(self.text_ids(prompt))
         j = full_text.find(sample.turns[i].text, len(self.render(sample, i)))
-        return len(self._text_ids(full_text[:j])) if j >= 0 else -1
+        return len(self.text_ids(full_text[:j])) if j >= 0 else -1
 
     def prompt_text(self, sample: Sample) -> str:
         """The prompt for generating the final answer (for samples and captioning)."""
@@ -112,7 +112,8 @@ class Encoder:
         return self.render(sample, last, generation_prompt=True)
 
     # ---- tokenising ------------------------------------------------------------------------
-    def _text_ids(self, text: str) -> list[int]:
+    def text_ids(self, text: str) -> list[int]:
+        """Ids of plain text (no images) as the serve target's runtime tokenises it."""
         return self.layout.text_ids(text)
 
     def _processed(self, text: str, images: list) -> dict[str, np.ndarray]:
@@ -142,6 +143,12 @@ class Encoder:
             raise DataError("The row has images, but the base model reads text only.",
                             "Choose a vision-language model (e.g. Qwen2-VL or FastVLM), or a text-only dataset.",
                             file=sample.source, line=sample.line, field="images")
+        encode_row = getattr(self.layout, "encode_row", None)
+        if encode_row is not None:  # a prefix-LM: the processor lays out prompt + answer itself
+            ids, mask, image_inputs = encode_row(sample, self.load_images(sample) if images is None else images)
+            # the prompt attends both ways, so only the answer can be learnt (completion only)
+            return Example(index=index, input_ids=ids, target_mask=mask, images=image_inputs,
+                           n_images=len(sample.images), model_length=len(ids))
         full_text = self.training_text(sample)
         image_inputs: dict[str, np.ndarray] = {}
         if self.is_vlm:
@@ -152,7 +159,7 @@ class Encoder:
             processed.pop("attention_mask", None)
             image_inputs = {k: v for k, v in processed.items() if isinstance(v, np.ndarray) and v.dtype != object}
         else:
-            ids = np.asarray(self._text_ids(full_text), dtype=np.int32)
+            ids = np.asarray(self.text_ids(full_text), dtype=np.int32)
         mask = self._target_mask(sample, ids, full_text, images or [])
         n_img = len(sample.images)
         model_length = len(ids)
@@ -169,7 +176,7 @@ class Encoder:
                 mask &= ids != self.image_token_index
             mask[0] = False
             return mask
-        text_full = self._text_ids(full_text)
+        text_full = self.text_ids(full_text)
         delta = len(ids) - len(text_full)  # tokens the processor added (image expansion)
         counts = turn_images(sample)
         n_before = 0
@@ -179,7 +186,7 @@ class Encoder:
                 continue
             start_txt = self._answer_start(sample, i, full_text)
             last = i == span(sample, None) - 1
-            end_txt = len(text_full) if last else len(self._text_ids(self.render(sample, i + 1)))
+            end_txt = len(text_full) if last else len(self.text_ids(self.render(sample, i + 1)))
             if start_txt < 0:
                 start, end = -1, -1
             elif n_before == len(sample.images):

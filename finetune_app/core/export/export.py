@@ -32,8 +32,8 @@ from pathlib import Path
 from finetune_app.core import atomic, run_folder
 from finetune_app.core.errors import ConfigError, FinetuneError
 from finetune_app.core.export.publish import STAGE_MARKER, remove_stale_stages
+from finetune_app.core.serving import LAYOUT_FILE, trained_layout
 
-LAYOUT_FILE = "finetune_app.json"  # in fused bundles: the prompt layout (serve target) trained with
 TARGETS = ("adapter", "mlx-vlm", "mlx-lm", "mlx-swift", "mlx-swift-lm")
 TARGET_HELP = {
     "adapter": "the adapter alone (adapters.safetensors + adapter_config.json), for mlx_vlm.load / mlx_lm.load with adapter_path",
@@ -162,11 +162,6 @@ def check_target_for_model(target: str, kind: str, is_fastvlm: bool) -> None:
     if target == "mlx-swift" and not is_fastvlm:
         raise ConfigError("The mlx-swift target is Apple's FastVLM app, which runs FastVLM models only.",
                           "Use mlx-swift-lm (MLXVLM / MLXLLM) or mlx-vlm / mlx-lm for this model.", field="target")
-
-
-def trained_layout(acfg: dict | None) -> str | None:
-    """The serve target (prompt layout) the adapter was trained with, if it records one."""
-    return ((acfg or {}).get("finetune_app") or {}).get("serve_target")
 
 
 def layout_warning(acfg: dict | None, target: str, kind: str) -> str | None:

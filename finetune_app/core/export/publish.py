@@ -87,7 +87,7 @@ def publish(stage: Path, dest: Path) -> None:
         marker.unlink()
     if not dest.exists():
         os.replace(stage, dest)
-        atomic._fsync_dir(dest.parent)
+        atomic.fsync_dir(dest.parent)
         return
     pid = os.getpid()
     n = 0
@@ -112,9 +112,9 @@ def publish(stage: Path, dest: Path) -> None:
         os.replace(backup, dest)  # the old bundle goes back before the error is reported
         journal.unlink(missing_ok=True)
         raise
-    atomic._fsync_dir(dest.parent)
+    atomic.fsync_dir(dest.parent)
     journal.unlink(missing_ok=True)
-    atomic._fsync_dir(dest.parent)
+    atomic.fsync_dir(dest.parent)
     shutil.rmtree(backup, ignore_errors=True)
     if pointer is not None:
         pointer.unlink(missing_ok=True)
@@ -205,7 +205,7 @@ def _settle(dest: Path, backup: Path) -> list[str]:
         return []
     if not dest.exists():
         os.replace(backup, dest)
-        atomic._fsync_dir(dest.parent)
+        atomic.fsync_dir(dest.parent)
         return [f"An earlier export was killed while replacing '{dest}': its previous bundle was put back."]
     shutil.rmtree(backup, ignore_errors=True)
     return [f"Removed the previous bundle's backup '{backup.name}' left by a killed export (the new one is in place)."]

@@ -99,11 +99,13 @@ def model_inputs(base, prompt: str, image=None) -> dict:
     from finetune_app.core.data.tokenize import Encoder
     from finetune_app.core.generate import conversation
 
-    enc = Encoder(base)
+    from finetune_app.core.serving import AUTO
+
+    enc = Encoder(base, serve_target=AUTO)  # the library's own layout, whatever the adapter records
     n = 1 if (base.kind == "vlm" and image is not None) else 0
     text = enc.prompt_text(conversation(prompt, n))
     if base.kind == "text":
-        return {"input_ids": mx.array([enc._text_ids(text)])}
+        return {"input_ids": mx.array([enc.text_ids(text)])}
     from mlx_vlm.utils import prepare_inputs
 
     idx = base.config.get("image_token_index", base.config.get("image_token_id"))

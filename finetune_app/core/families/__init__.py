@@ -10,10 +10,11 @@ from __future__ import annotations
 from finetune_app.core.families.base import Family
 from finetune_app.core.families.fastvlm import FastVLM
 from finetune_app.core.families.generic import NAMES, Generic
+from finetune_app.core.families.paligemma import PaliGemma
 from finetune_app.core.families.qwen_vl import QwenVL
 from finetune_app.core.families.text import Text
 
-FAMILIES: tuple[type[Family], ...] = (Text, QwenVL, FastVLM)
+FAMILIES: tuple[type[Family], ...] = (Text, QwenVL, FastVLM, PaliGemma)
 
 
 def family_class(model_type: str) -> type[Family]:

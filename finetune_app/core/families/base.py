@@ -18,6 +18,7 @@ class Family:
     apple_app: bool = False  # Apple's FastVLM app (the mlx-swift export target) runs it
     swift_model_type: str | None = None  # what mlx-swift(-lm) wants in config.json, when it differs
     swift_processor: str | None = None  # processor_class MLXVLM picks its processor by
+    layouts: dict[str, str] = {}  # serve target -> core/serving module replacing its layout here
 
     def __init__(self, base):
         self.base = base

@@ -14,6 +14,7 @@ import mlx.core as mx
 import numpy as np
 
 from finetune_app.core.families.generic import Generic, assemble, cached_features, head
+from finetune_app.core.patches import qwen_rope_state as rope_state
 from finetune_app.core.training.batch import Batch, gather_plan
 from finetune_app.core.vision_cache import content_key
 
@@ -68,7 +69,7 @@ class QwenVL(Generic):
         if pos.ndim == 2:  # a row without images: plain positions, the same on all three axes
             pos = np.broadcast_to(pos[None], (3, *pos.shape))
         ex.rope_positions = pos[:, 0, :].astype(np.int32)  # [3, L]
-        lm._rope_deltas = lm._position_ids = None
+        rope_state.clear(lm)  # get_rope_index leaves the prompt's mRoPE state on the model
         ex.feature_keys = keys
         ex.images = {}
 

@@ -17,6 +17,7 @@ import importlib
 from finetune_app.core.errors import ConfigError
 
 AUTO = "auto"
+LAYOUT_FILE = "finetune_app.json"  # in fused bundles: the prompt layout (serve target) trained with
 # serve target -> module holding its Layout (imported on demand: MLX stays out of config imports)
 TARGETS = {"mlx-vlm": "mlx_vlm", "mlx-lm": "mlx_lm", "mlx-swift": "fastvlm_app"}
 SERVE_TARGETS = (AUTO, *TARGETS)
@@ -50,10 +51,46 @@ def resolve(target: str | None, base) -> str:
 
 
 def layout(target: str | None, base):
-    """The Layout object of `target` for this loaded base model."""
+    """The Layout object of `target` for this loaded base model. None: the layout the base's
+    adapter or bundle was trained with (`BaseModel.serve_target`), else auto."""
+    if target is None:
+        target = getattr(base, "serve_target", None)
     name = resolve(target, base)
-    module = importlib.import_module(f"{__name__}.{TARGETS[name]}")
+    from finetune_app.core.families import family_class
+
+    # a family may serve a target its own way (PaliGemma: prompt + answer as the processor's suffix)
+    own = family_class(getattr(base, "model_type", "")).layouts.get(name)
+    module = importlib.import_module(f"{__name__}.{own or TARGETS[name]}")
     return module.Layout(base)
+
+
+def trained_layout(acfg: dict | None) -> str | None:
+    """The serve target (prompt layout) an adapter config records, if any."""
+    return ((acfg or {}).get("finetune_app") or {}).get("serve_target")
+
+
+def bundle_layout(folder) -> str | None:
+    """The serve target a fused bundle (LAYOUT_FILE) records, if any: our own generation uses it,
+    so the bundle answers in the app as it was trained."""
+    import json
+    from pathlib import Path
+
+    from finetune_app.core.errors import ModelError
+
+    path = Path(folder) / LAYOUT_FILE
+    if not path.is_file():
+        return None
+    try:
+        target = json.loads(path.read_text(encoding="utf-8")).get("serve_target")
+    except (OSError, ValueError, AttributeError):
+        raise ModelError(f"{LAYOUT_FILE} is damaged (not a JSON object).",
+                         f"Export the model again, or delete {LAYOUT_FILE} to use the default layout.",
+                         file=path) from None
+    if target is not None and target not in TARGETS:
+        raise ModelError(f"{LAYOUT_FILE} names an unknown prompt layout '{target}'.",
+                         f"Use one of {', '.join(TARGETS)}, or delete {LAYOUT_FILE} to use the default layout.",
+                         file=path, field="serve_target")
+    return target
 
 
 def layout_name_for_export(export_target: str) -> str | None:

@@ -32,6 +32,7 @@ IMAGE_TOKEN = "<image>"
 
 class Layout:
     name = "mlx-swift"
+    library_inputs = False  # generation is given this layout's ids and pixels (the app's, not mlx-vlm's)
 
     def __init__(self, base):
         self.base = base

@@ -11,6 +11,7 @@ from finetune_app.core.serving.placement import span, turn_images
 
 class Layout:
     name = "mlx-vlm"
+    library_inputs = True  # mlx_vlm.generate builds ids and pixels from the text and images itself
 
     def __init__(self, base):
         self.base = base
