@@ -103,6 +103,22 @@ def test_best_checkpoint_by_the_score_is_kept_and_marked(scored_run):
     assert run_folder.BEST_FILE in run_folder.read_manifest(run_dir)["files"]
 
 
+def test_export_picks_the_best_checkpoint(scored_run, tmp_path, capsys):
+    from finetune_app.cli import main
+
+    run_dir, _, _, _ = scored_run
+    out = tmp_path / "best-adapter"
+    assert main(["export", "--adapter", str(run_dir), "--checkpoint", "best", "--target", "adapter",
+                 "--output", str(out), "--no-verify"]) == 0
+    best = run_folder.best_checkpoint_dir(run_dir)
+    assert (out / "adapters.safetensors").read_bytes() == (best / "adapters.safetensors").read_bytes()
+    assert main(["export", "--adapter", str(run_dir), "--checkpoint", "99", "--target", "adapter",
+                 "--output", str(tmp_path / "x")]) == 5
+    kept = ", ".join(str(run_folder.checkpoint_step(p)) for p in ckpt.list_checkpoints(run_dir))
+    printed = capsys.readouterr()
+    assert f"has no checkpoint '99' (it has {kept})" in printed.out + printed.err
+
+
 def test_scores_reach_the_run_history_and_trackers(scored_run):
     from finetune_app.core import trackers
     from finetune_app.core.run_records.store import RunStore

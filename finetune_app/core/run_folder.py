@@ -150,6 +150,28 @@ def best_checkpoint_dir(folder: str | Path) -> Path | None:
     return path if path is not None and path.is_dir() else None
 
 
+def pick_checkpoint(folder: str | Path, which: str) -> Path:
+    """A run's checkpoint folder by name: "best" (best_checkpoint.json), "latest", or a step
+    number; ConfigError naming the run and what it has otherwise."""
+    folder = Path(folder).expanduser()
+    steps = sorted(s for p in (checkpoints_dir(folder).iterdir() if checkpoints_dir(folder).is_dir() else ())
+                   if p.is_dir() and (s := checkpoint_step(p)) is not None)
+    have = f"it has {', '.join(map(str, steps))}" if steps else "it has none"
+    if which == "best":
+        found = best_checkpoint_dir(folder)
+        if found is None:
+            raise ConfigError(f"The run in '{folder}' marks no best checkpoint ({BEST_FILE} is missing or names "
+                              f"a checkpoint that is gone; {have}).",
+                              "Choose --checkpoint latest or a step number.", file=best_path(folder))
+        return found
+    if which == "latest" and steps:
+        return checkpoint_dir(folder, steps[-1])
+    if which.isdigit() and int(which) in steps:
+        return checkpoint_dir(folder, int(which))
+    raise ConfigError(f"The run in '{folder}' has no checkpoint '{which}' ({have}).",
+                      "Choose best, latest or one of its steps.", file=checkpoints_dir(folder))
+
+
 def read_state(checkpoint: str | Path) -> dict:
     """A checkpoint's state.json (step, epoch, data position...); raises OSError / ValueError."""
     return json.loads((Path(checkpoint) / STATE_FILE).read_text(encoding="utf-8"))
