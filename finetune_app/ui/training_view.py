@@ -241,8 +241,8 @@ class TrainingView(QWidget):
         # Scores of generations during training (eval_metrics): shown from the first EvalReport.
         self.score_plot = ThemedPlot("Scores on validation rows", left="score (0-1)", bottom="step")
         self.score_plot.setObjectName("scorePlot")
-        self.score_plot.addLegend(offset=(-10, 10))
-        self.score_plot.setMaximumHeight(220)
+        self.score_plot.addLegend(offset=(-10, 5), colCount=3)
+        self.score_plot.setMinimumHeight(170)
         self.score_plot.getAxis("left").setWidth(60)
         self.score_plot.setXLink(self.loss_plot)
         self.score_plot.hide()
@@ -252,7 +252,7 @@ class TrainingView(QWidget):
         pl = QVBoxLayout(plots)
         pl.setContentsMargins(0, 0, 0, 0)
         pl.addWidget(self.loss_plot, 3)
-        pl.addWidget(self.score_plot, 1)
+        pl.addWidget(self.score_plot, 2)
         pl.addWidget(self.lr_plot, 1)
 
         # -- samples and log ---------------------------------------------------------------------
@@ -618,7 +618,7 @@ class TrainingView(QWidget):
         self.loss_plot.set_view(0, x_max, 0, nice_ceiling(max(finite) * 1.05) if finite else 1.0)
         lrs = [v for v in self.lrs if v == v]
         self.lr_plot.set_view(0, x_max, 0, nice_ceiling(max(lrs) * 1.1) if lrs and max(lrs) > 0 else 1.0)
-        self.score_plot.set_view(0, x_max, 0, 1.0)
+        self.score_plot.set_view(0, x_max, 0, 1.3)  # headroom for the legend
 
     def _draw_scores(self) -> None:
         """One curve per score (BLEU and chrF divided by 100, so every score is on 0-1)."""
