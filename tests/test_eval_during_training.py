@@ -119,6 +119,23 @@ def test_export_picks_the_best_checkpoint(scored_run, tmp_path, capsys):
     assert f"has no checkpoint '99' (it has {kept})" in printed.out + printed.err
 
 
+def test_export_wizard_offers_the_best_checkpoint(scored_run, qapp):
+    from finetune_app.ui.export_wizard import ExportWizard
+
+    run_dir, _, _, _ = scored_run
+    wizard = ExportWizard(adapter=str(run_dir))
+    box = wizard.source.checkpoint_box
+    texts = [box.itemText(i) for i in range(box.count())]
+    best = run_folder.read_best(run_dir)
+    assert texts[0] == "The run's final adapter" and wizard.options().adapter == str(run_dir)
+    assert texts[1].startswith(f"Best checkpoint: step {best['step']} (by chrf = ")
+    assert texts[2] == "Latest checkpoint: step 4"
+    box.setCurrentIndex(1)
+    assert wizard.options().adapter == str(run_folder.checkpoint_dir(run_dir, best["step"]))
+    wizard.source.refresh()  # the choice stays
+    assert box.currentIndex() == 1
+
+
 def test_scores_reach_the_run_history_and_trackers(scored_run):
     from finetune_app.core import trackers
     from finetune_app.core.run_records.store import RunStore
