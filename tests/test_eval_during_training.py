@@ -12,7 +12,7 @@ import pytest
 from finetune_app.core import run_folder, scoring
 from finetune_app.core.config import TrainConfig
 from finetune_app.core.training import checkpoint as ckpt
-from finetune_app.core.training.events import EvalReport, MetricsLog, SampleItem
+from finetune_app.core.training.events import EvalReport, MetricsLog, SampleItem, SampleReport
 
 COLOURS = ("red", "green", "blue", "yellow")
 SHAPES = ("circle", "square", "triangle")
@@ -39,7 +39,7 @@ def scored_run(tiny_model, label_data, tmp_path_factory):
     db = tmp_path_factory.mktemp("db") / "runs.sqlite"
     cfg = TrainConfig(model=str(tiny_model("llama")), data=str(label_data), output=str(run_dir), iters=4,
                       batch_size=2, lora_rank=4, learning_rate=1e-2, steps_per_report=1, steps_per_eval=2,
-                      save_every=2, keep_checkpoints=1, sample_count=0, sample_max_tokens=6, seed=0,
+                      save_every=2, keep_checkpoints=1, sample_count=2, sample_max_tokens=6, seed=0,
                       eval_metrics=METRICS, eval_samples=4, best_by="chrf")
     events = []
     recorder = RunRecorder(cfg, path=db)
@@ -57,6 +57,9 @@ def test_hook_scores_equal_the_libraries_on_the_same_outputs(scored_run):
     assert [r["step"] for r in rows] == [2, 4]
     sent = [e for e in events if isinstance(e, EvalReport)]
     assert [e.metrics for e in sent] == [r["metrics"] for r in rows]
+    # the sample captions are the first scored rows (generated once per evaluation, reused)
+    samples = [e for e in events if isinstance(e, SampleReport)]
+    assert [s.items for s in samples] == [e.items[:2] for e in sent]
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
     for row in rows:
         outs = [i["output"] for i in row["items"]]

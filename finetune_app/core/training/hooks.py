@@ -157,7 +157,13 @@ class ScoreGenerations(Hook):
     def start(self, run) -> None:
         from finetune_app.core import scoring
 
-        if "accuracy" not in self.names or not run.world.is_main:
+        if not run.world.is_main:
+            return
+        if not run.data.valid:
+            run.emit(Notice("No validation rows: the scores of evaluation during training (eval_metrics) are "
+                            "left out" + (", and no checkpoint is marked as best." if run.cfg.best_by != "val_loss" else ".")))
+            return
+        if "accuracy" not in self.names:
             return
         try:  # as `finetune-app eval`: the labels of the whole dataset, not only the rows scored
             ds = run.data.dataset
@@ -166,8 +172,9 @@ class ScoreGenerations(Hook):
             refs = [s.answer for s in run.data.samples]
         self.slots = scoring.label_slots(refs)
         if not self.slots:
-            run.emit(Notice("No label set was found in the dataset's answers (free text): "
-                            "the accuracy score is left out of the evaluation during training."))
+            run.emit(Notice("No label set was found in the dataset's answers (free text): the accuracy score is "
+                            "left out of the evaluation during training"
+                            + (", and no checkpoint is marked as best." if run.cfg.best_by == "accuracy" else ".")))
 
     def after_step(self, run, done) -> None:
         from finetune_app.core import scoring

@@ -64,6 +64,7 @@ class Trainer:
         self.state = ckpt.TrainState(seed=config.seed)
         self._epoch_batches: dict[int, list[list[int]]] = {}
         self._val_cache: list[float] = []
+        self._generated: tuple[int, tuple] = (-1, ())  # (step, rows generated at it): see generate_rows
         self._lock: run_folder.RunLock | None = None
         self._created = False  # this run made the folder (removed again when it fails before writing)
         self.restart = False  # a run of ours that stopped before its first checkpoint, trained again
@@ -268,12 +269,14 @@ class Trainer:
         return self.generate_rows(self.cfg.sample_count)
 
     def generate_rows(self, n: int) -> tuple[SampleItem, ...]:
-        """Greedy generations for the first `n` validation rows, in the run's prompt layout."""
+        """Greedy generations for the first `n` validation rows, in the run's prompt layout (rows
+        already generated at this step, for the samples or the scores, are reused: same weights)."""
         from finetune_app.core.generate import GenerationSettings, generate_for_sample
 
-        items = []
+        step, done = self._generated
+        items = list(done[:n]) if step == self.state.step else []
         settings = GenerationSettings(max_tokens=self.cfg.sample_max_tokens)
-        for k, sample in enumerate(self.data.samples[:n]):
+        for k, sample in enumerate(self.data.samples[len(items):n], start=len(items)):
             images = self.encoder.load_images(sample) if sample.images else []
             text = generate_for_sample(self.base, sample, images, settings=settings, encoder=self.encoder)
             ref = sample.images[0] if sample.images else None
@@ -281,6 +284,8 @@ class Trainer:
             items.append(SampleItem(index=self.data.valid[k].index, prompt=sample.prompt, reference=sample.answer,
                                     output=text, image=first))
         adapters.set_train_modes(self.base.model, self.cfg.fine_tune_type)
+        if step != self.state.step or len(items) > len(done):
+            self._generated = (self.state.step, tuple(items))
         return tuple(items)
 
     def shard(self, positions: list[int]) -> list[Example]:
