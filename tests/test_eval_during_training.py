@@ -185,6 +185,13 @@ def test_resume_keeps_the_scores_and_the_mark(scored_run, tmp_path):
     best_step = next(r["step"] for r in rows if r["metrics"]["chrf"] == best_value)
     assert run_folder.read_best(copy)["step"] == best_step
     assert (run_folder.checkpoint_dir(copy, best_step)).is_dir()
+    # best_by may change on resume: the mark follows it (the lowest loss among the checkpoints kept)
+    more = more.replace(iters=7, best_by="val_loss")
+    assert Trainer(more, resume=True).run().status == "finished"
+    losses = {run_folder.checkpoint_step(c): ckpt.checkpoint_val_loss(c) for c in ckpt.list_checkpoints(copy)}
+    mark = run_folder.read_best(copy)
+    assert mark["by"] == "val_loss" and mark["value"] == min(v for v in losses.values() if v is not None)
+    assert losses[mark["step"]] == mark["value"]
 
 
 def test_settings_are_checked_and_generated():

@@ -14,6 +14,7 @@ import time
 
 import mlx.core as mx
 
+from finetune_app.core.errors import FinetuneError
 from finetune_app.core.training.events import EvalReport, Notice, StateChanged, TrainReport
 
 
@@ -168,7 +169,7 @@ class ScoreGenerations(Hook):
         try:  # as `finetune-app eval`: the labels of the whole dataset, not only the rows scored
             ds = run.data.dataset
             refs = [s.answer for s in ds.samples(range(min(len(ds), self.LABEL_ROWS)))]
-        except Exception:  # a row the trainer skipped as unreadable: the validation split's answers
+        except (FinetuneError, OSError, ValueError):  # a row the trainer skipped as unreadable: the split's answers
             refs = [s.answer for s in run.data.samples]
         self.slots = scoring.label_slots(refs)
         if not self.slots:

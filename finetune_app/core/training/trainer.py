@@ -337,12 +337,15 @@ class Trainer:
         return path
 
     def _mark_best(self) -> None:
-        """best_checkpoint.json names the best checkpoint by `best_by` (kept through rotation)."""
+        """best_checkpoint.json names the best checkpoint by `best_by` (kept through rotation); none
+        measured (yet) by it: no mark, not a stale one of another setting."""
         best = ckpt.best_checkpoint(self.run_dir, self.cfg.best_by)
-        if best is not None:
-            step = run_folder.checkpoint_step(best)
-            run_folder.write_best(self.run_dir, step, self.cfg.best_by, ckpt.checkpoint_score(best, self.cfg.best_by))
-            run_folder.record_files(self.run_dir, run_folder.BEST_FILE)
+        if best is None:
+            run_folder.best_path(self.run_dir).unlink(missing_ok=True)
+            return
+        step = run_folder.checkpoint_step(best)
+        run_folder.write_best(self.run_dir, step, self.cfg.best_by, ckpt.checkpoint_score(best, self.cfg.best_by))
+        run_folder.record_files(self.run_dir, run_folder.BEST_FILE)
 
     def _save_step(self, params, optimizer_state, state) -> Path | None:
         """A checkpoint of given values (the data-parallel fallback: the last finished step)."""
