@@ -23,7 +23,8 @@ def tracked(tiny_model, instruction_data, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("tracked") / "run"
     cfg = TrainConfig(model=str(tiny_model("llama")), data=str(instruction_data), output=str(run_dir), iters=4,
                       batch_size=2, lora_rank=4, steps_per_report=1, steps_per_eval=2, save_every=100,
-                      sample_count=1, sample_max_tokens=4, seed=0, report_to=["tensorboard", "wandb", "mlflow"])
+                      sample_count=1, sample_max_tokens=4, seed=0, report_to=["tensorboard", "wandb", "mlflow"],
+                      eval_metrics=["chrf"], eval_samples=2)
     saved = {k: os.environ.pop(k, None) for k in ("WANDB_MODE", "WANDB_API_KEY", "MLFLOW_TRACKING_URI", "WANDB_SILENT")}
     os.environ["WANDB_SILENT"] = "true"
     try:
@@ -37,19 +38,22 @@ def tracked(tiny_model, instruction_data, tmp_path_factory):
     train = [(r["step"], r["loss"]) for r in rows if r["kind"] == "train"]
     val = [(r["step"], r["val_loss"]) for r in rows if r["kind"] == "val"]
     assert [s for s, _ in train] == [1, 2, 3, 4] and [s for s, _ in val] == [2, 4]
-    return run_dir, train, val, cfg
+    scores = [(r["step"], r["metrics"]["chrf"]) for r in rows if r["kind"] == "eval"]  # evaluation during training
+    assert [s for s, _ in scores] == [2, 4]
+    return run_dir, train, val, cfg, scores
 
 
 def test_tensorboard_reader_parses_the_same_losses(tracked):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    run_dir, train, val, cfg = tracked
+    run_dir, train, val, cfg, scores = tracked
     acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0, "tensors": 0})
     acc.Reload()
     got = [(e.step, e.value) for e in acc.Scalars("train/loss")]
     assert [s for s, _ in got] == [s for s, _ in train]
     assert [v for _, v in got] == pytest.approx([v for _, v in train], rel=1e-6)  # float32 in the event file
     assert [(e.step, pytest.approx(e.value, rel=1e-6)) for e in acc.Scalars("val/val_loss")] == val
+    assert [(e.step, pytest.approx(e.value, rel=1e-6)) for e in acc.Scalars("eval/chrf")] == scores
     assert "train/learning_rate" in acc.Tags()["scalars"] and "train/tokens_per_second" in acc.Tags()["scalars"]
     settings = acc.Tensors("settings")[0].tensor_proto.string_val[0].decode()
     assert f"| learning_rate | {cfg.learning_rate} |" in settings
@@ -80,7 +84,7 @@ def _wandb_records(path):
 
 
 def test_wandb_logs_offline_with_the_same_losses_and_settings(tracked):
-    run_dir, train, val, cfg = tracked
+    run_dir, train, val, cfg, scores = tracked
     files = glob.glob(str(run_dir / "wandb" / "offline-run-*" / "run-*.wandb"))
     assert len(files) == 1  # offline: no API key here
     records = _wandb_records(files[0])
@@ -88,6 +92,7 @@ def test_wandb_logs_offline_with_the_same_losses_and_settings(tracked):
     got = [(h["_step"], h["train/loss"]) for h in history if "train/loss" in h]
     assert got == train
     assert [(h["_step"], h["val/val_loss"]) for h in history if "val/val_loss" in h] == val
+    assert [(h["_step"], h["eval/chrf"]) for h in history if "eval/chrf" in h] == scores
     config = {i.key: json.loads(i.value_json) for r in records if r.WhichOneof("record_type") == "run"
               for i in r.run.config.update}
     assert config["learning_rate"] == cfg.learning_rate and config["lora_rank"] == 4
@@ -96,13 +101,14 @@ def test_wandb_logs_offline_with_the_same_losses_and_settings(tracked):
 def test_mlflow_logs_to_a_local_store_with_the_same_losses_and_settings(tracked):
     from mlflow.tracking import MlflowClient
 
-    run_dir, train, val, cfg = tracked
+    run_dir, train, val, cfg, scores = tracked
     client = MlflowClient((run_dir / "mlruns").as_uri())
     run_id = (run_dir / ".mlflow-run-id").read_text().strip()
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.info.run_name == "run"
     assert [(m.step, m.value) for m in client.get_metric_history(run_id, "train/loss")] == train
     assert [(m.step, m.value) for m in client.get_metric_history(run_id, "val/val_loss")] == val
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "eval/chrf")] == scores
     assert run.data.params["learning_rate"] == str(cfg.learning_rate) and run.data.params["report_to"] == "tensorboard,wandb,mlflow"
 
 

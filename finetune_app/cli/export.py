@@ -24,6 +24,9 @@ def register(sub) -> None:
     p.add_argument("--model", default=None, help="base model (local folder or Hugging Face id); default: the one "
                    "recorded in the adapter's adapter_config.json")
     p.add_argument("--adapter", default=None, metavar="DIR", help="adapter or run folder (adapters.safetensors + adapter_config.json)")
+    p.add_argument("--checkpoint", default=None, metavar="best|latest|STEP",
+                   help="with a run folder as --adapter: export this checkpoint of it instead of the run's final "
+                        "adapter (best: the one the run marks as best by its best_by setting)")
     p.add_argument("--target", required=True, choices=TARGETS, help="what to write (see above)")
     p.add_argument("--quantize", dest="quantize_bits", type=int, choices=(4, 8), default=None,
                    help="quantize the fused model to 4 or 8 bits (default: full precision)")
@@ -43,7 +46,16 @@ def register(sub) -> None:
 def run(args) -> int:
     from finetune_app.core.export.export import ExportOptions, export, human_bytes
 
-    opts = ExportOptions(output=args.output, target=args.target, adapter=args.adapter, model=args.model,
+    adapter = args.adapter
+    if args.checkpoint:
+        from finetune_app.core import run_folder
+        from finetune_app.core.errors import ConfigError
+
+        if not adapter:
+            raise ConfigError("--checkpoint needs the run folder as --adapter.", "Pass --adapter RUN_FOLDER.",
+                              field="adapter")
+        adapter = str(run_folder.pick_checkpoint(adapter, args.checkpoint))
+    opts = ExportOptions(output=args.output, target=args.target, adapter=adapter, model=args.model,
                          quantize_bits=args.quantize_bits, group_size=args.group_size,
                          quantize_vision=args.quantize_vision, mlpackage=args.mlpackage, overwrite=args.force,
                          verify=args.verify, prompt=args.prompt, image=args.image)

@@ -12,7 +12,7 @@ import sys
 from tqdm import tqdm
 
 from finetune_app.core.training.events import (CheckpointSaved, Notice, Progress, ProgressThrottle, SampleReport, StateChanged,
-                                               TrainReport, ValReport)
+                                               EvalReport, TrainReport, ValReport)
 
 BAR_FORMAT = "{desc} {percentage:3.0f}%|{bar:24}| {n_fmt}/{total_fmt}{postfix}"
 
@@ -90,6 +90,9 @@ class ConsolePrinter:
             self._train(event)
         elif isinstance(event, ValReport):
             self._line(f"step {event.step}: validation loss {event.val_loss:.4f} ({event.val_tokens} tokens, {event.seconds:.1f} s)")
+        elif isinstance(event, EvalReport):
+            scores = ", ".join(f"{k} {v:.3f}" for k, v in event.metrics.items())
+            self._line(f"step {event.step}: scores on {event.n} validation rows: {scores or 'none'} ({event.seconds:.1f} s)")
         elif isinstance(event, SampleReport) and not self.quiet:
             for item in event.items:
                 who = item.image.rsplit("/", 1)[-1] if item.image else item.prompt[:40]

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from finetune_app.core import atomic
 from finetune_app.core.errors import ConfigError
+from finetune_app.core.scoring import EVAL_METRICS
 from finetune_app.core.serving import SERVE_TARGETS
 
 FINE_TUNE_TYPES = ("lora", "dora", "full")
@@ -189,6 +190,14 @@ class TrainConfig:
     report_to: list[str] | None = setting(None, group=PROGRESS, label="Log to trackers",
                                           placeholder="off (tensorboard, wandb, mlflow)",
                                           help="Also log the run's metrics and settings to these trackers: any of tensorboard, wandb, mlflow (each needs its extra, e.g. pip install \"finetune-app[tensorboard]\"). Empty: off.")
+    # evaluation during training (issue 19): scores of generations at each evaluation, best checkpoint by one
+    eval_metrics: list[str] | None = setting(None, group=PROGRESS, label="Scores at each validation",
+                                             placeholder=f"off ({', '.join(EVAL_METRICS[:4])}, ...)",
+                                             help=f"At each validation, also generate answers for some validation rows and score them: any of {', '.join(EVAL_METRICS)} (accuracy: over the labels found in the answers). Empty: off.")
+    eval_samples: int = setting(16, group=PROGRESS, label="Rows scored",
+                                help="Validation rows generated and scored at each validation (the first of the split), when scores are on.")
+    best_by: str = setting("val_loss", group=PROGRESS, label="Best checkpoint by", choices=("val_loss",) + EVAL_METRICS,
+                           help="How the best checkpoint (kept and marked in the run folder) is chosen: the lowest validation loss, or the highest of a score in 'Scores at each validation'.")
 
     serve_target: str = setting("auto", group=DATA, label="Where it will run", choices=SERVE_TARGET_CHOICES,
                                 help="Where the model will run: the prompt layout and image processing are trained "
@@ -274,6 +283,11 @@ class TrainConfig:
         check("seed", is_int(self.seed) and self.seed >= 0, "must be a whole number, 0 or more")
         check("report_to", self.report_to is None or (isinstance(self.report_to, list) and all(t in TRACKERS for t in self.report_to)),
               f"must be a list of trackers, any of {', '.join(TRACKERS)}")
+        check("eval_metrics", self.eval_metrics is None or (isinstance(self.eval_metrics, list) and all(m in EVAL_METRICS for m in self.eval_metrics)),
+              f"must be a list of scores, any of {', '.join(EVAL_METRICS)}")
+        check("eval_samples", is_int(self.eval_samples) and self.eval_samples >= 1, "must be a whole number, 1 or more")
+        check("best_by", self.best_by == "val_loss" or self.best_by in (self.eval_metrics or ()),
+              f"must be val_loss or one of the scores in eval_metrics ({', '.join(self.eval_metrics or ()) or 'none chosen'})")
         if ("warmup_steps" not in p and "iters" not in p and self.warmup_steps and self.iters
                 and self.warmup_steps >= self.iters):
             p["warmup_steps"] = f"must be fewer than the training steps ({self.iters})"

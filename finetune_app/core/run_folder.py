@@ -37,11 +37,12 @@ ADAPTER_CONFIG_FILE = "adapter_config.json"
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "state.json"  # inside a checkpoint
 OPTIMIZER_FILE = "optimizer.safetensors"  # inside a checkpoint
+BEST_FILE = "best_checkpoint.json"  # which checkpoint is the best, by what (the trainer rewrites it at each checkpoint)
 STEP_DIR = re.compile(r"^step-(\d{7,})$")
 MANIFEST_FORMAT = "finetune-run"
 
 # What a run writes at the top of its folder, and in each checkpoint folder.
-RUN_FILES = (MANIFEST_FILE, LOCK_FILE, CONFIG_FILE, METRICS_FILE, ADAPTER_FILE, ADAPTER_CONFIG_FILE)
+RUN_FILES = (MANIFEST_FILE, LOCK_FILE, CONFIG_FILE, METRICS_FILE, ADAPTER_FILE, ADAPTER_CONFIG_FILE, BEST_FILE)
 CHECKPOINT_FILES = (ADAPTER_FILE, ADAPTER_CONFIG_FILE, CONFIG_FILE, OPTIMIZER_FILE, STATE_FILE)
 # Half-written leftovers of our atomic writes: `.NAME.XXXX.tmp`, `.STEM.partialPID.SUFFIX`,
 # `.step-N.staging-XXXX`, `.step-N.old-PID`.
@@ -120,6 +121,55 @@ def run_of(path: str | Path) -> Path:
     """The run folder a path belongs to: a checkpoint's run, else the path itself."""
     p = Path(path)
     return p.parent.parent if p.parent.name == CHECKPOINTS else p
+
+
+def best_path(folder: str | Path) -> Path:
+    return Path(folder) / BEST_FILE
+
+
+def write_best(folder: str | Path, step: int, by: str, value: float) -> Path:
+    """Mark the best checkpoint: {"checkpoint": "checkpoints/step-N", "step", "by", "value"}."""
+    return atomic.write_text(best_path(folder), json.dumps(
+        {"checkpoint": checkpoint_entry(step), "step": step, "by": by, "value": value}, indent=2) + "\n")
+
+
+def read_best(folder: str | Path) -> dict | None:
+    """What best_checkpoint.json says (None when missing, unreadable or naming no checkpoint folder)."""
+    try:
+        data = json.loads(best_path(folder).read_text(encoding="utf-8"))
+        step = data["step"]
+    except (OSError, ValueError, UnicodeDecodeError, TypeError, KeyError):
+        return None
+    return data if isinstance(step, int) and not isinstance(step, bool) and step >= 0 else None
+
+
+def best_checkpoint_dir(folder: str | Path) -> Path | None:
+    """The checkpoint best_checkpoint.json marks, when it is still there."""
+    best = read_best(folder)
+    path = checkpoint_dir(folder, best["step"]) if best else None
+    return path if path is not None and path.is_dir() else None
+
+
+def pick_checkpoint(folder: str | Path, which: str) -> Path:
+    """A run's checkpoint folder by name: "best" (best_checkpoint.json), "latest", or a step
+    number; ConfigError naming the run and what it has otherwise."""
+    folder = Path(folder).expanduser()
+    steps = sorted(s for p in (checkpoints_dir(folder).iterdir() if checkpoints_dir(folder).is_dir() else ())
+                   if p.is_dir() and (s := checkpoint_step(p)) is not None)
+    have = f"it has {', '.join(map(str, steps))}" if steps else "it has none"
+    if which == "best":
+        found = best_checkpoint_dir(folder)
+        if found is None:
+            raise ConfigError(f"The run in '{folder}' marks no best checkpoint ({BEST_FILE} is missing or names "
+                              f"a checkpoint that is gone; {have}).",
+                              "Choose --checkpoint latest or a step number.", file=best_path(folder))
+        return found
+    if which == "latest" and steps:
+        return checkpoint_dir(folder, steps[-1])
+    if which.isdigit() and int(which) in steps:
+        return checkpoint_dir(folder, int(which))
+    raise ConfigError(f"The run in '{folder}' has no checkpoint '{which}' ({have}).",
+                      "Choose best, latest or one of its steps.", file=checkpoints_dir(folder))
 
 
 def read_state(checkpoint: str | Path) -> dict:
@@ -474,6 +524,7 @@ def check_not_locked(folder: str | Path) -> None:
 RESUME_MAY_CHANGE = frozenset({
     "output", "iters", "epochs", "steps_per_eval", "steps_per_report", "save_every", "keep_checkpoints",
     "learning_rate", "sample_count", "sample_max_tokens", "val_batches", "grad_checkpoint", "compile", "cache_vision",
+    "eval_metrics", "eval_samples", "best_by",  # what is scored, and how the best checkpoint is picked
 })
 
 

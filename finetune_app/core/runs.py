@@ -334,6 +334,8 @@ class RunRecorder:
             self.store.add_train(self.run_id, ev.to_dict(event))
         elif isinstance(event, ev.ValReport):
             self.store.add_val(self.run_id, ev.to_dict(event))
+        elif isinstance(event, ev.EvalReport):
+            self.store.add_eval(self.run_id, ev.to_dict(event))
         elif isinstance(event, ev.SampleReport):
             self.store.add_samples(self.run_id, event.step, [ev.to_dict(i) for i in event.items])
         elif isinstance(event, ev.CheckpointSaved):

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
+# What evaluation during training can score (TrainConfig.eval_metrics): higher is better for each.
+EVAL_METRICS = ("accuracy", "chrf", "rouge_l", "exact_match", "normalised_match", "bleu")
 
 
 # ---- words and matches --------------------------------------------------------------------------
@@ -151,6 +153,35 @@ def corpus_scores(outputs: list[str], references: list[str]) -> dict[str, float]
     out["bleu"] = corpus_bleu(list(outputs), [list(references)]).score
     out["chrf"] = corpus_chrf(list(outputs), [list(references)]).score
     out["n"] = len(outputs)
+    return out
+
+
+def metric_values(names, outputs: list[str], references: list[str], slots: list["LabelSlot"] | None = None) -> dict[str, float]:
+    """The chosen EVAL_METRICS of a set of rows (evaluation during training). "accuracy" is the
+    label accuracy over every detected slot (`accuracy/<slot>` each; nothing without slots)."""
+    from sacrebleu import corpus_bleu, corpus_chrf
+
+    out: dict[str, float] = {}
+    n = len(outputs)
+    for name in names:
+        if name == "accuracy":
+            slots = label_slots(references) if slots is None else slots
+            if slots:
+                acc = label_accuracy(outputs, references, slots)
+                out["accuracy"] = acc["all"] if len(slots) > 1 else acc[slots[0].name]
+                out.update({f"accuracy/{s.name}": acc[s.name] for s in slots} if len(slots) > 1 else {})
+        elif name == "chrf":
+            out["chrf"] = corpus_chrf(list(outputs), [list(references)]).score
+        elif name == "bleu":
+            out["bleu"] = corpus_bleu(list(outputs), [list(references)]).score
+        elif name == "rouge_l":
+            out["rouge_l"] = sum(rouge_l(o, r) for o, r in zip(outputs, references)) / n if n else 0.0
+        elif name == "exact_match":
+            out["exact_match"] = sum(map(exact_match, outputs, references)) / n if n else 0.0
+        elif name == "normalised_match":
+            out["normalised_match"] = sum(map(normalised_match, outputs, references)) / n if n else 0.0
+        else:
+            raise ValueError(f"unknown metric {name!r} (one of {', '.join(EVAL_METRICS)})")
     return out
 
 

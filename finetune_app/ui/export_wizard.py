@@ -50,6 +50,7 @@ from PySide6.QtWidgets import (
 )
 
 from finetune_app.ui.widgets import secondary
+from finetune_app.core.errors import ConfigError
 from finetune_app.core.run_folder import ADAPTER_CONFIG_FILE
 from finetune_app.core.export.export import (
     TARGET_HELP,
@@ -172,7 +173,9 @@ class ExportWorker(QObject):
                 from finetune_app.core.runs import record_export
 
                 v = getattr(result, "verification", None)
-                record_export(self.options.adapter, self.options.target, result.output,
+                from finetune_app.core.run_folder import run_of
+
+                record_export(run_of(self.options.adapter), self.options.target, result.output,
                               {"quantize_bits": self.options.quantize_bits,
                                "verification": v.to_dict() if v is not None else None})
         except Exception as exc:  # noqa: BLE001 - the export itself succeeded
@@ -203,6 +206,12 @@ class SourcePage(QWizardPage):
         self.adapter_edit = QLineEdit()
         self.adapter_edit.setPlaceholderText("run folder with adapters.safetensors")
         form.addRow("Adapter:", _browse_row(self.adapter_edit, "Choose…", self._pick_adapter))
+        # a run folder: its final adapter, or one of its checkpoints (the best one by the run's best_by)
+        self.checkpoint_box = QComboBox()
+        self.checkpoint_box.setObjectName("checkpointChoice")
+        self.checkpoint_box.setToolTip("Which weights of the run to export: the final adapter, the checkpoint the run "
+                                       "marks as best (by its 'Best checkpoint by' setting), or the latest checkpoint.")
+        form.addRow("Weights:", self.checkpoint_box)
         form.addRow("Base model:", _browse_row(self.model_edit, "Choose…", self._pick_model))
         self.info_label = QLabel()
         self.info_label.setWordWrap(True)
@@ -252,7 +261,38 @@ class SourcePage(QWizardPage):
             self.model_edit.setText(d)
             self.refresh()
 
+    def refresh_checkpoints(self) -> None:
+        """The run's choices of weights (only the final adapter for a folder that is no run); each
+        item's data is the folder to export ("" for the run's final adapter)."""
+        from finetune_app.core import run_folder
+
+        adapter = self.adapter_edit.text().strip()
+        kind = (self.checkpoint_box.currentText() or "").split(":")[0]
+        self.checkpoint_box.clear()
+        self.checkpoint_box.addItem("The run's final adapter", "")
+        folder = Path(adapter).expanduser() if adapter else None
+        if folder is not None and run_folder.checkpoints_dir(folder).is_dir():
+            best = run_folder.read_best(folder)
+            if best and run_folder.best_checkpoint_dir(folder):
+                value = best.get("value")
+                shown = f" = {value:.4g}" if isinstance(value, (int, float)) else ""
+                self.checkpoint_box.addItem(f"Best checkpoint: step {best['step']:,} (by {best.get('by', '?')}{shown})",
+                                            str(run_folder.best_checkpoint_dir(folder)))
+            try:
+                latest = run_folder.pick_checkpoint(folder, "latest")
+                self.checkpoint_box.addItem(f"Latest checkpoint: step {run_folder.checkpoint_step(latest):,}", str(latest))
+            except ConfigError:
+                pass
+        again = next((i for i in range(self.checkpoint_box.count()) if self.checkpoint_box.itemText(i).split(":")[0] == kind), 0)
+        self.checkpoint_box.setCurrentIndex(again)
+        self.checkpoint_box.setEnabled(self.checkpoint_box.count() > 1)
+
+    def chosen_adapter(self) -> str | None:
+        """The adapter folder to export: the run (its final adapter) or the checkpoint chosen."""
+        return self.checkpoint_box.currentData() or self.adapter_edit.text().strip() or None
+
     def refresh(self) -> None:
+        self.refresh_checkpoints()
         adapter = self.adapter_edit.text().strip()
         if adapter and not self.model_edit.text().strip():
             try:
@@ -647,7 +687,7 @@ class ExportWizard(QWizard):
             package = self.quant.mlpackage_edit.text().strip()
         return ExportOptions(
             output=self.dest.output_edit.text().strip(), target=target,
-            adapter=self.source.adapter_edit.text().strip() or None,
+            adapter=self.source.chosen_adapter(),
             model=self.source.model_edit.text().strip() or None,
             quantize_bits=bits, group_size=int(self.quant.group_size.currentData()),
             quantize_vision=bool(bits) and self.quant.vision.isChecked() and target != "mlx-swift",

@@ -38,6 +38,8 @@ from finetune_app.ui.plots import BLUE, GREEN, ORANGE, PURPLE, ThemedPlot, nice_
 from finetune_app.ui.widgets import Banner, breakable, clean_output, format_duration, heading, secondary
 
 EMA_STEPS = 20.0  # the smoothed loss averages over about this many steps, however often reports come
+SCORES_OF_100 = ("chrf", "bleu")  # sacreBLEU's scale; the score plot shows them / 100
+SCORE_COLOURS = (GREEN, ORANGE, PURPLE, BLUE, "#e5534b", "#8b949e")
 REDRAW_MS = 100  # plots redraw at most 10 times a second
 MAX_SAMPLE_GROUPS = 30
 SAMPLE_THUMB = 72
@@ -236,10 +238,21 @@ class TrainingView(QWidget):
         self.loss_plot.getAxis("left").setWidth(60)
         self.lr_plot.setXLink(self.loss_plot)
 
+        # Scores of generations during training (eval_metrics): shown from the first EvalReport.
+        self.score_plot = ThemedPlot("Scores on validation rows", left="score (0-1)", bottom="step")
+        self.score_plot.setObjectName("scorePlot")
+        self.score_plot.addLegend(offset=(-10, 5), colCount=3)
+        self.score_plot.setMinimumHeight(170)
+        self.score_plot.getAxis("left").setWidth(60)
+        self.score_plot.setXLink(self.loss_plot)
+        self.score_plot.hide()
+        self.score_curves: dict[str, pg.PlotDataItem] = {}
+
         plots = QWidget()
         pl = QVBoxLayout(plots)
         pl.setContentsMargins(0, 0, 0, 0)
         pl.addWidget(self.loss_plot, 3)
+        pl.addWidget(self.score_plot, 2)
         pl.addWidget(self.lr_plot, 1)
 
         # -- samples and log ---------------------------------------------------------------------
@@ -303,6 +316,7 @@ class TrainingView(QWidget):
         self.val_steps: list[int] = []
         self.val_losses: list[float] = []
         self.lrs: list[float] = []
+        self.scores: dict[str, tuple[list[int], list[float]]] = {}  # metric -> (steps, values on 0-1)
         self.sample_reports = []
         self._dirty = True
 
@@ -340,7 +354,7 @@ class TrainingView(QWidget):
             self.progress.setRange(0, 0)  # busy until the first phase reports
             self.progress.setFormat("Starting…")
         run.connect(stateChanged=self.on_state, progressed=self.on_progress, trainReport=self.on_train,
-                    valReport=self.on_val, sampleReport=self.on_samples,
+                    valReport=self.on_val, sampleReport=self.on_samples, evalReport=self.on_eval,
                     checkpointSaved=self.on_checkpoint, notice=self.on_notice, done=self.on_done)
         self._set_state("loading")
         self._log("Starting a run in " + run.config.output)
@@ -451,6 +465,8 @@ class TrainingView(QWidget):
             elif row.get("kind") == "val" and "step" in row and "val_loss" in row:
                 self.val_steps.append(int(row["step"]))
                 self.val_losses.append(float(row["val_loss"]))
+            elif row.get("kind") == "eval" and "step" in row and isinstance(row.get("metrics"), dict):
+                self._add_scores(int(row["step"]), row["metrics"])
         self.step = self.loss_steps[-1] if self.loss_steps else 0
         if self.loss_steps:
             self.progress.setValue(min(self.step, self.progress.maximum()))
@@ -470,6 +486,10 @@ class TrainingView(QWidget):
         while self.val_steps and self.val_steps[-1] > step:
             self.val_steps.pop()
             self.val_losses.pop()
+        for steps, values in self.scores.values():
+            while steps and steps[-1] > step:
+                steps.pop()
+                values.pop()
         self.loss_steps.append(step)
         self.losses.append(loss)
         gap = step - (self.loss_steps[-2] if len(self.loss_steps) > 1 else 0)
@@ -504,6 +524,19 @@ class TrainingView(QWidget):
         self._dirty = True
         self.stats["val"].set(f"{r.val_loss:.3f}")
         self._log(f"Validation loss {r.val_loss:.3f} at step {r.step:,} ({r.val_tokens:,} tokens, {r.seconds:.1f} s)")
+
+    def _add_scores(self, step: int, metrics: dict) -> None:
+        for name, value in metrics.items():
+            steps, values = self.scores.setdefault(name, ([], []))
+            steps.append(step)
+            values.append(float(value) / (100.0 if name in SCORES_OF_100 else 1.0))
+        self._dirty = True
+
+    def on_eval(self, r) -> None:
+        """Scores of generations for some validation rows (TrainConfig.eval_metrics)."""
+        self._add_scores(r.step, r.metrics)
+        shown = ", ".join(f"{k} {v:.3f}" for k, v in r.metrics.items())
+        self._log(f"Scores at step {r.step:,} on {r.n} validation rows: {shown or 'none'} ({r.seconds:.1f} s)")
 
     def on_samples(self, report) -> None:
         self.sample_reports.append(report)
@@ -577,6 +610,7 @@ class TrainingView(QWidget):
         self.ema_curve.setData(self.loss_steps, self.ema)
         self.val_curve.setData(self.val_steps, self.val_losses)
         self.lr_curve.setData(self.loss_steps, self.lrs)
+        self._draw_scores()
         # Ranges change only when the data outgrows them (cheap redraws, a steady picture).
         last = max(self.loss_steps[-1] if self.loss_steps else 0, self.val_steps[-1] if self.val_steps else 0)
         x_max = max(self.total_steps, last, 1)
@@ -584,6 +618,24 @@ class TrainingView(QWidget):
         self.loss_plot.set_view(0, x_max, 0, nice_ceiling(max(finite) * 1.05) if finite else 1.0)
         lrs = [v for v in self.lrs if v == v]
         self.lr_plot.set_view(0, x_max, 0, nice_ceiling(max(lrs) * 1.1) if lrs and max(lrs) > 0 else 1.0)
+        self.score_plot.set_view(0, x_max, 0, 1.3)  # headroom for the legend
+
+    def _draw_scores(self) -> None:
+        """One curve per score (BLEU and chrF divided by 100, so every score is on 0-1)."""
+        for name in list(self.score_curves):
+            if name not in self.scores:
+                self.score_plot.removeItem(self.score_curves.pop(name))
+        for i, (name, (steps, values)) in enumerate(self.scores.items()):
+            curve = self.score_curves.get(name)
+            if curve is None:
+                colour = SCORE_COLOURS[i % len(SCORE_COLOURS)]
+                label = f"{name} / 100" if name in SCORES_OF_100 else name
+                curve = self.score_plot.plot([], [], name=label, pen=pg.mkPen(colour, width=2), symbol="o",
+                                             symbolSize=6, symbolBrush=colour, symbolPen=None)
+                self.score_curves[name] = curve
+                self.score_plot.apply_palette()
+            curve.setData(steps, values)
+        self.score_plot.setVisible(bool(self.scores))
 
     def _active_seconds(self) -> float:
         """Time spent training so far, pauses excluded."""

@@ -248,6 +248,7 @@ class TrainingWorker(QObject):
     trainReport = Signal(object)  # events.TrainReport
     valReport = Signal(object)  # events.ValReport
     sampleReport = Signal(object)  # events.SampleReport
+    evalReport = Signal(object)  # events.EvalReport (scores during training)
     checkpointSaved = Signal(int, str)
     notice = Signal(str)
     done = Signal(object)  # RunResult, or None when the run failed
@@ -273,6 +274,8 @@ class TrainingWorker(QObject):
             self.valReport.emit(event)
         elif isinstance(event, ev.SampleReport):
             self.sampleReport.emit(event)
+        elif isinstance(event, ev.EvalReport):
+            self.evalReport.emit(event)
         elif isinstance(event, ev.StateChanged):
             if event.state == "started":
                 # The model, data and libraries are loaded: move them out of the collector's sight.

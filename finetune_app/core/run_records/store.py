@@ -387,6 +387,13 @@ class RunStore:
             db.execute("UPDATE runs SET last_val_loss=?, heartbeat_at=? WHERE id=?", (loss, now, run_id))
             self._update_best(db, run_id)
 
+    def add_eval(self, run_id: int, report: dict) -> None:
+        """Scores of generations during training (an EvalReport, its rows' outputs left out)."""
+        data = {k: v for k, v in report.items() if k != "items"}
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO metrics (run_id, kind, step, loss, learning_rate, data, t)"
+                       " VALUES (?,?,?,?,?,?,?)", (run_id, "eval", report["step"], None, None, json.dumps(data), time.time()))
+
     @staticmethod
     def _update_best(db: sqlite3.Connection, run_id: int) -> None:
         db.execute("""UPDATE runs SET

@@ -34,13 +34,15 @@ class TrainState:
     best_val_loss: float | None = None
     val_loss: float | None = None  # the latest validation loss ...
     val_step: int | None = None  # ... and the step it was measured at (== step: this checkpoint's own)
+    val_metrics: dict | None = None  # the latest scores of generations (eval_metrics) ...
+    metrics_step: int | None = None  # ... and their step
     total_steps: int = 0
     seed: int = 0
     rng: str = "reseeded per step from (seed, step)"
 
 
 def save(run_dir: Path, model, adapter_config: dict, optimizer, state: TrainState, *, keep: int, train_config=None,
-         direct: bool = False) -> Path:
+         direct: bool = False, best_by: str = "val_loss") -> Path:
     """`direct`: everything is evaluated already; write without MLX's scheduler (tensor_files)."""
     from finetune_app.core import tensor_files
 
@@ -50,17 +52,17 @@ def save(run_dir: Path, model, adapter_config: dict, optimizer, state: TrainStat
         adapters.save(model, adapter_config, stage, train_config=train_config, direct=direct)
         tensor_files.save(stage / OPTIMIZER_FILE, dict(tree_flatten(optimizer.state)), direct=direct)
         (stage / STATE_FILE).write_text(json.dumps(asdict(state), indent=2))
-    rotate(root, keep)
+    rotate(root, keep, best_by)
     return dest
 
 
-def rotate(root: Path, keep: int) -> None:
-    """Keep the newest `keep` checkpoints and the one with the best validation loss."""
+def rotate(root: Path, keep: int, best_by: str = "val_loss") -> None:
+    """Keep the newest `keep` checkpoints and the best one (by `best_by`)."""
     steps = list_checkpoints(root.parent)
     if keep <= 0 or len(steps) <= keep:
         return
     kept = set(steps[-keep:])
-    best = best_checkpoint(root.parent)
+    best = best_checkpoint(root.parent, best_by)
     if best is not None:
         kept.add(best)
     for old in steps:
@@ -79,10 +81,25 @@ def checkpoint_val_loss(ckpt: Path) -> float | None:
     return float(data["val_loss"])
 
 
-def best_checkpoint(run_dir: Path) -> Path | None:
-    """The checkpoint with the lowest validation loss measured at its step (earliest on ties)."""
-    scored = [(v, i, c) for i, c in enumerate(list_checkpoints(run_dir))
-              if (v := checkpoint_val_loss(c)) is not None and v == v]
+def checkpoint_score(ckpt: Path, by: str = "val_loss") -> float | None:
+    """`by` at this checkpoint's own step: its validation loss, or a score of eval_metrics (None:
+    not measured there)."""
+    if by == "val_loss":
+        return checkpoint_val_loss(ckpt)
+    try:
+        data = json.loads((Path(ckpt) / STATE_FILE).read_text())
+        value = data["val_metrics"][by] if data.get("metrics_step") == data.get("step") else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def best_checkpoint(run_dir: Path, by: str = "val_loss") -> Path | None:
+    """The checkpoint with the lowest validation loss, or the highest score `by`, measured at its
+    step (earliest on ties)."""
+    sign = 1.0 if by == "val_loss" else -1.0
+    scored = [(sign * v, i, c) for i, c in enumerate(list_checkpoints(run_dir))
+              if (v := checkpoint_score(c, by)) is not None and v == v]
     return min(scored)[2] if scored else None
 
 
@@ -204,8 +221,11 @@ def read_state(ckpt: Path) -> TrainState:
     for key in ("best_val_loss", "val_loss"):
         if data.get(key) is not None and (isinstance(data[key], bool) or not isinstance(data[key], (int, float))):
             data[key] = None
-    if data.get("val_step") is not None and not isinstance(data.get("val_step"), int):
-        data["val_step"] = None
+    for key in ("val_step", "metrics_step"):
+        if data.get(key) is not None and not isinstance(data.get(key), int):
+            data[key] = None
+    if data.get("val_metrics") is not None and not isinstance(data["val_metrics"], dict):
+        data["val_metrics"] = None
     return TrainState(**{k: v for k, v in data.items() if k in TrainState.__dataclass_fields__})
 
 

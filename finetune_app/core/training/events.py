@@ -84,6 +84,19 @@ class SampleReport:
 
 
 @dataclass(frozen=True)
+class EvalReport:
+    """Scores (TrainConfig.eval_metrics, from core/scoring.py) of greedy generations for the first
+    `n` validation rows; `items` are those rows' outputs, so the numbers can be recomputed."""
+
+    step: int
+    metrics: dict  # name -> value (BLEU and chrF 0-100, the rest 0-1)
+    n: int
+    seconds: float
+    items: tuple[SampleItem, ...] = ()
+    kind: str = field(default="eval", init=False)
+
+
+@dataclass(frozen=True)
 class CheckpointSaved:
     step: int
     path: str
@@ -97,7 +110,7 @@ class Notice:
     message: str
 
 
-Event = StateChanged | Progress | TrainReport | ValReport | SampleReport | CheckpointSaved | Notice
+Event = StateChanged | Progress | TrainReport | ValReport | SampleReport | EvalReport | CheckpointSaved | Notice
 Listener = Callable[[Event], None]
 
 
@@ -107,7 +120,7 @@ def to_dict(event) -> dict:
     return d
 
 
-_KINDS = {"train": TrainReport, "val": ValReport, "samples": SampleReport, "checkpoint": CheckpointSaved,
+_KINDS = {"train": TrainReport, "val": ValReport, "samples": SampleReport, "eval": EvalReport, "checkpoint": CheckpointSaved,
           "StateChanged": StateChanged, "Progress": Progress, "Notice": Notice}
 
 
@@ -117,8 +130,8 @@ def from_dict(d: dict):
     cls = _KINDS[d.pop("kind")]
     if cls is TrainReport:
         d["hosts"] = tuple(HostRate(**h) for h in d.get("hosts", ()))
-    elif cls is SampleReport:
-        d["items"] = tuple(SampleItem(**i) for i in d["items"])
+    elif cls in (SampleReport, EvalReport):
+        d["items"] = tuple(SampleItem(**i) for i in d.get("items", ()))
     return cls(**d)
 
 
@@ -172,7 +185,7 @@ def parse_line(line: str):
 
 
 class MetricsLog:
-    """Appends train/val/sample reports to metrics.jsonl, one JSON object per line.
+    """Appends train/val/sample/eval reports to metrics.jsonl, one JSON object per line.
 
     Each line is written whole and flushed; a line cut short by a kill is dropped on read, and
     resume truncates the file to the checkpoint's step so no step appears twice."""
@@ -181,7 +194,7 @@ class MetricsLog:
         self.path = Path(path)
 
     def __call__(self, event) -> None:
-        if isinstance(event, (TrainReport, ValReport, SampleReport, CheckpointSaved)):
+        if isinstance(event, (TrainReport, ValReport, SampleReport, EvalReport, CheckpointSaved)):
             with open(self.path, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(to_dict(event)) + "\n")
                 fh.flush()

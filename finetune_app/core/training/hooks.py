@@ -14,7 +14,8 @@ import time
 
 import mlx.core as mx
 
-from finetune_app.core.training.events import StateChanged, TrainReport
+from finetune_app.core.errors import FinetuneError
+from finetune_app.core.training.events import EvalReport, Notice, StateChanged, TrainReport
 
 
 class Clock:
@@ -138,6 +139,56 @@ class Evaluate(Hook):
     def after_step(self, run, done) -> None:
         if run.data.valid and (done.step % self.every == 0 or done.step == run.total_steps):
             self.last_val = run.evaluate_and_sample(done.step)
+
+
+class ScoreGenerations(Hook):
+    """Evaluation during training (TrainConfig.eval_metrics): at each evaluation, greedy
+    generations for the first `rows` validation rows in the run's own prompt layout, scored with
+    core/scoring.py, as an EvalReport. Runs after Evaluate and before Checkpoints, so a checkpoint
+    at that step records the scores (the best checkpoint may be chosen by one). Rank 0 only."""
+
+    off_clock = True
+    LABEL_ROWS = 5000  # label sets are detected from (at most) this many of the dataset's answers
+
+    def __init__(self, every: int, names, rows: int):
+        self.every, self.names, self.rows = every, list(names), rows
+        self.slots = []
+        self.last: dict | None = None
+
+    def start(self, run) -> None:
+        from finetune_app.core import scoring
+
+        if not run.world.is_main:
+            return
+        if not run.data.valid:
+            run.emit(Notice("No validation rows: the scores of evaluation during training (eval_metrics) are "
+                            "left out" + (", and no checkpoint is marked as best." if run.cfg.best_by != "val_loss" else ".")))
+            return
+        if "accuracy" not in self.names:
+            return
+        try:  # as `finetune-app eval`: the labels of the whole dataset, not only the rows scored
+            ds = run.data.dataset
+            refs = [s.answer for s in ds.samples(range(min(len(ds), self.LABEL_ROWS)))]
+        except (FinetuneError, OSError, ValueError):  # a row the trainer skipped as unreadable: the split's answers
+            refs = [s.answer for s in run.data.samples]
+        self.slots = scoring.label_slots(refs)
+        if not self.slots:
+            run.emit(Notice("No label set was found in the dataset's answers (free text): the accuracy score is "
+                            "left out of the evaluation during training"
+                            + (", and no checkpoint is marked as best." if run.cfg.best_by == "accuracy" else ".")))
+
+    def after_step(self, run, done) -> None:
+        from finetune_app.core import scoring
+
+        if not (run.data.valid and run.world.is_main and (done.step % self.every == 0 or done.step == run.total_steps)):
+            return
+        t0 = time.perf_counter()
+        items = run.generate_rows(self.rows)
+        metrics = scoring.metric_values(self.names, [i.output for i in items], [i.reference for i in items], self.slots)
+        run.state.val_metrics, run.state.metrics_step = metrics, done.step
+        self.last = metrics
+        run.emit(EvalReport(step=done.step, metrics=metrics, n=len(items), seconds=time.perf_counter() - t0,
+                            items=items))
 
 
 class Checkpoints(Hook):

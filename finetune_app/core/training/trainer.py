@@ -64,6 +64,7 @@ class Trainer:
         self.state = ckpt.TrainState(seed=config.seed)
         self._epoch_batches: dict[int, list[list[int]]] = {}
         self._val_cache: list[float] = []
+        self._generated: tuple[int, tuple] = (-1, ())  # (step, rows generated at it): see generate_rows
         self._lock: run_folder.RunLock | None = None
         self._created = False  # this run made the folder (removed again when it fails before writing)
         self.restart = False  # a run of ours that stopped before its first checkpoint, trained again
@@ -265,11 +266,17 @@ class Trainer:
         return (float(total.item()) / n if n else float("nan")), n
 
     def sample_generations(self) -> tuple[SampleItem, ...]:
+        return self.generate_rows(self.cfg.sample_count)
+
+    def generate_rows(self, n: int) -> tuple[SampleItem, ...]:
+        """Greedy generations for the first `n` validation rows, in the run's prompt layout (rows
+        already generated at this step, for the samples or the scores, are reused: same weights)."""
         from finetune_app.core.generate import GenerationSettings, generate_for_sample
 
-        items = []
+        step, done = self._generated
+        items = list(done[:n]) if step == self.state.step else []
         settings = GenerationSettings(max_tokens=self.cfg.sample_max_tokens)
-        for k, sample in enumerate(self.data.samples[: self.cfg.sample_count]):
+        for k, sample in enumerate(self.data.samples[len(items):n], start=len(items)):
             images = self.encoder.load_images(sample) if sample.images else []
             text = generate_for_sample(self.base, sample, images, settings=settings, encoder=self.encoder)
             ref = sample.images[0] if sample.images else None
@@ -277,6 +284,8 @@ class Trainer:
             items.append(SampleItem(index=self.data.valid[k].index, prompt=sample.prompt, reference=sample.answer,
                                     output=text, image=first))
         adapters.set_train_modes(self.base.model, self.cfg.fine_tune_type)
+        if step != self.state.step or len(items) > len(done):
+            self._generated = (self.state.step, tuple(items))
         return tuple(items)
 
     def shard(self, positions: list[int]) -> list[Example]:
@@ -313,7 +322,9 @@ class Trainer:
         ckpt.check_disk_space(self.run_dir, self.checkpoint_bytes, when="checkpoint")
         try:
             path = ckpt.save(self.run_dir, self.base.model, self.adapter_config, self.optimizer, self.state,
-                             keep=self.cfg.keep_checkpoints, train_config=self.cfg, direct=direct)
+                             keep=self.cfg.keep_checkpoints, train_config=self.cfg, direct=direct,
+                             best_by=self.cfg.best_by)
+            self._mark_best()
             adapters.save(self.base.model, self.adapter_config, self.run_dir, direct=direct)
             on_disk = {run_folder.checkpoint_entry(int(ckpt.STEP_DIR.match(p.name).group(1)))
                        for p in ckpt.list_checkpoints(self.run_dir)}
@@ -324,6 +335,17 @@ class Trainer:
             raise run_folder.unwritable(self.run_dir, exc) from None
         self.emit(CheckpointSaved(step=self.state.step, path=str(path)))
         return path
+
+    def _mark_best(self) -> None:
+        """best_checkpoint.json names the best checkpoint by `best_by` (kept through rotation); none
+        measured (yet) by it: no mark, not a stale one of another setting."""
+        best = ckpt.best_checkpoint(self.run_dir, self.cfg.best_by)
+        if best is None:
+            run_folder.best_path(self.run_dir).unlink(missing_ok=True)
+            return
+        step = run_folder.checkpoint_step(best)
+        run_folder.write_best(self.run_dir, step, self.cfg.best_by, ckpt.checkpoint_score(best, self.cfg.best_by))
+        run_folder.record_files(self.run_dir, run_folder.BEST_FILE)
 
     def _save_step(self, params, optimizer_state, state) -> Path | None:
         """A checkpoint of given values (the data-parallel fallback: the last finished step)."""
@@ -370,7 +392,8 @@ class Trainer:
         clock = Clock()
         report = hooks.Report(clock, cfg.steps_per_report, host_rates=self.dp.host_rates)
         evaluate = hooks.Evaluate(cfg.steps_per_eval)
-        status = train_loop(self, [self.dp, hooks.Agreement(self.dp, self.control, clock), report, evaluate,
+        scores = [hooks.ScoreGenerations(cfg.steps_per_eval, cfg.eval_metrics, cfg.eval_samples)] if cfg.eval_metrics else []
+        status = train_loop(self, [self.dp, hooks.Agreement(self.dp, self.control, clock), report, evaluate, *scores,
                                    hooks.Checkpoints(cfg.save_every)], clock)
         if status == "stopped":
             self.emit(StateChanged("stopping", step=self.state.step))
