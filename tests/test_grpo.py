@@ -1,0 +1,213 @@
+"""GRPO: the engine's loss equals the paper's formula computed independently (plain library forward
+passes of the adapted model and of a separately loaded base, float64), for a tiny text model and a
+tiny Qwen2-VL; the reference model (adapter off) is exactly the base."""
+
+import json
+import statistics
+
+import numpy as np
+import pytest
+
+from finetune_app.core.config import TrainConfig
+from finetune_app.core.data.tokenize import Example
+from finetune_app.core.training.objectives import grpo
+from finetune_app.core.training.trainer import Trainer
+
+PROMPTS = ["Name a colour.", "Name a shape."]
+G = 3
+REWARDS = [1.0, 0.0, 0.5, 0.0, 0.0, 2.0]  # G per prompt
+BETA, EPS = 0.1, 0.2
+
+
+def write_rows(folder, with_images):
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, prompt in enumerate(PROMPTS):
+        row = {"prompt": prompt, "answer": "red"}
+        if with_images:
+            Image.new("RGB", (64, 64), ("red", "blue")[i]).save(folder / f"{i}.png")
+            row["images"] = [f"{i}.png"]
+        rows.append(row)
+    (folder / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder / "data.jsonl"
+
+
+def log_softmax64(x):
+    x = np.asarray(x, np.float64)
+    m = x.max(-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
+
+
+def trainer_for(model_dir, data, out, **kw):
+    cfg = TrainConfig(model=str(model_dir), data=str(data), output=str(out), iters=1, batch_size=2,
+                      valid_fraction=0.0, sample_count=0, grad_clip=None, lora_rank=4, objective="grpo",
+                      grpo_group_size=G, grpo_beta=BETA, grpo_clip=EPS, **kw)
+    trainer = Trainer(cfg)
+    trainer.setup()
+    return trainer
+
+
+def randomise_adapter(model, seed=1):
+    """LoRA's B starts at zero (adapter = base); give it values so policy and reference differ."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten, tree_unflatten
+
+    rng = np.random.default_rng(seed)
+    new = [(k, mx.array(rng.normal(0, 0.5, v.shape).astype(np.float32)).astype(v.dtype))
+           for k, v in tree_flatten(model.trainable_parameters()) if k.endswith("lora_b")]
+    assert new, "no LoRA layers"
+    model.update(tree_unflatten(new))
+    mx.eval(model.parameters())
+
+
+def completions(trainer):
+    """Fixed 'sampled' answers: G per prompt, lengths 2-4, ending with end-of-turn for some."""
+    tok = trainer.base.tokenizer
+    eos = sorted(trainer.rollout.eos)[0]
+    words = [tok.encode(w, add_special_tokens=False) for w in (" red", " a blue square", " star", "circle")]
+    out = []
+    for p in range(len(PROMPTS)):
+        for g in range(G):
+            toks = (words[(p + g) % 4] + [5 + g])[:4]
+            out.append(toks + ([eos] if g % 2 == 0 else []))
+    return out
+
+
+def engine_batch(trainer):
+    rows = []
+    sampled = completions(trainer)
+    for k, ex in enumerate(sorted(trainer.data.train, key=lambda e: e.index)):
+        P = grpo.prompt_length(ex)
+        for g in range(G):
+            toks = np.asarray(sampled[k * G + g], np.int32)
+            ids = np.concatenate([ex.input_ids[:P], toks])
+            mask = np.zeros(len(ids), bool)
+            mask[P:] = True
+            rows.append(Example(index=ex.index, input_ids=ids, target_mask=mask, images=ex.images, n_images=ex.n_images))
+    return rows, trainer.rollout.layout(rows, np.array(REWARDS, np.float32), len(rows))
+
+
+def library_logits(model, family, ids, data_file, index):
+    """The library's own forward of one row, as its generate runs it: mlx-lm `model(ids)`;
+    mlx-vlm `model(ids, pixel_values, mask, **processor fields)` on mlx-vlm's own prompt."""
+    import mlx.core as mx
+
+    if family == "llama":
+        return np.array(model(mx.array([ids]))[0])
+    pixel_values, extra = VLM_CACHE[(str(data_file), index)]
+    return np.array(model(mx.array([ids]), pixel_values, mx.ones((1, len(ids)), mx.int32), **extra).logits[0])
+
+
+VLM_CACHE: dict = {}
+
+
+def vlm_prompt(model_dir, data_file, index):
+    """mlx-vlm's own prompt ids for a row (apply_chat_template + prepare_inputs), cached with its
+    pixel inputs for library_logits."""
+    import mlx.core as mx
+    from PIL import Image
+    from mlx_vlm.prompt_utils import apply_chat_template
+    from mlx_vlm.utils import load_processor, prepare_inputs
+
+    processor = load_processor(model_dir)
+    config = json.loads((model_dir / "config.json").read_text())
+    row = json.loads(data_file.read_text().splitlines()[index])
+    text = apply_chat_template(processor, config, row["prompt"], add_generation_prompt=True, num_images=1)
+    image = Image.open(data_file.parent / row["images"][0]).convert("RGB")
+    inputs = prepare_inputs(processor, images=[image], prompts=[text],
+                            image_token_index=config.get("image_token_id"), add_special_tokens=False)
+    VLM_CACHE[(str(data_file), index)] = (inputs["pixel_values"], {
+        k: v for k, v in inputs.items() if k not in ("input_ids", "pixel_values", "attention_mask") and isinstance(v, mx.array)})
+    return np.array(inputs["input_ids"]).reshape(-1).tolist()
+
+
+def load_base_copy(model_dir, family):
+    """A second, adapter-free copy of the base: the reference model, loaded independently."""
+    if family == "llama":
+        import mlx_lm
+
+        return mlx_lm.load(str(model_dir))[0]
+    from mlx_vlm.utils import load
+
+    from finetune_app.core import patches
+
+    patches.apply()
+    model = load(str(model_dir))[0]
+    model.eval()
+    return model
+
+
+def independent_loss(trainer, family, model_dir, data_file, rows, old):
+    """The paper's eq. 3 (TRL's per-token form) in float64 from plain forward passes."""
+    base_copy = load_base_copy(model_dir, family)
+    policy = trainer.base.model
+    seqs = []
+    for r in rows:
+        P = int(np.flatnonzero(r.target_mask)[0])
+        if family != "llama":
+            assert vlm_prompt(model_dir, data_file, r.index) == r.input_ids[:P].tolist(), \
+                "GRPO's prompt is mlx-vlm's own prompt for the row"
+        lp = log_softmax64(library_logits(policy, family, r.input_ids.tolist(), data_file, r.index))
+        ref = log_softmax64(library_logits(base_copy, family, r.input_ids.tolist(), data_file, r.index))
+        ts = range(P, len(r.input_ids))
+        seqs.append(([lp[t - 1, r.input_ids[t]] for t in ts], [ref[t - 1, r.input_ids[t]] for t in ts]))
+    total, k = 0.0, 0
+    for p in range(len(rows) // G):
+        group = REWARDS[p * G:(p + 1) * G]
+        mean, std = statistics.fmean(group), statistics.stdev(group)
+        for g in range(G):
+            A = (group[g] - mean) / (std + 1e-4)
+            lps, refs = seqs[p * G + g]
+            terms = []
+            for lp, ref in zip(lps, refs):
+                ratio = np.exp(lp - old[k])
+                k += 1
+                surrogate = min(ratio * A, np.clip(ratio, 1 - EPS, 1 + EPS) * A)
+                kl = np.exp(ref - lp) - (ref - lp) - 1
+                terms.append(-(surrogate - BETA * kl))
+            total += sum(terms) / len(terms)
+    return total / len(rows)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2_vl"])
+def test_grpo_loss_matches_paper_formula(family, tiny_model, tmp_path):
+    import mlx.core as mx
+
+    model_dir = tiny_model(family)
+    data_file = write_rows(tmp_path / "data", with_images=family != "llama")
+    trainer = trainer_for(model_dir, data_file, tmp_path / "run")
+    assert not trainer.family.fast, "GRPO runs on the library path"
+    randomise_adapter(trainer.base.model)
+    rows, batch = engine_batch(trainer)
+    # the old policy differs from the current one by up to +-0.4 nats per token, so both sides of
+    # the clip are exercised
+    mask = np.asarray(batch.scale) > 0
+    shift = np.where(mask, np.random.default_rng(0).uniform(-0.4, 0.4, mask.shape), 0.0)
+    batch.old_logps = batch.old_logps + mx.array(shift.astype(np.float32))
+    old = np.asarray(batch.old_logps)[mask].astype(np.float64)
+    ratios = np.exp(-shift[mask])
+    assert (ratios > 1 + EPS).any() and (ratios < 1 - EPS).any()
+    expected = independent_loss(trainer, family, model_dir, data_file, rows, old)
+    loss, _ = trainer.step([batch], norm=len(rows))  # the loss before the update, as the trainer reports it
+    assert float(loss.item()) == pytest.approx(expected, rel=1e-4, abs=1e-6)
+
+
+def test_reference_is_the_base_and_the_adapter_comes_back(tiny_model, tmp_path):
+    import mlx.core as mx
+
+    from finetune_app.core.training.reference import adapter_off
+
+    model_dir = tiny_model("llama")
+    trainer = trainer_for(model_dir, write_rows(tmp_path / "data", False), tmp_path / "run")
+    model = trainer.base.model
+    randomise_adapter(model)
+    ids = mx.array([[1, 50, 60, 70, 80]])
+    adapted = np.array(model(ids))
+    with adapter_off(model):
+        off = np.array(model(ids))
+    base = np.array(load_base_copy(model_dir, "llama")(ids))
+    np.testing.assert_allclose(off, base, rtol=1e-5, atol=1e-5)
+    assert np.abs(adapted - base).max() > 1e-2
+    np.testing.assert_array_equal(np.array(model(ids)), adapted)
