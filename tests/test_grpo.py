@@ -273,3 +273,60 @@ def test_grpo_raises_the_held_out_reward(tiny_model, tmp_path):
     assert valid[0]["reward_mean"] >= before + 0.3, "the sampled held-out reward of the run's own evaluation"
     recorded = [json.loads(line) for line in (tmp_path / "run" / "rewards.jsonl").read_text().splitlines()]
     assert len(recorded) == 12 * 4 * 6 + 20 * 6, "every sampled answer's reward is recorded"
+
+
+# ---- resume: sampling is a function of (seed, step) -----------------------------------------------
+
+def test_sigkill_and_resume_reproduces_grpo(tiny_model, tmp_path):
+    """A GRPO run killed with SIGKILL between checkpoints and resumed samples the same answers and
+    reproduces the uninterrupted run's per-step losses, rewards and KL (dropout on, KL to the base)."""
+    import os
+    import signal
+    import time
+
+    from finetune_app.core.training.events import MetricsLog
+    from helpers import popen_cli, run_cli
+
+    steps = 10
+    data = task_data(tmp_path / "data")
+
+    def args(out):
+        return ["train", "--model", tiny_model("llama"), "--data", data, "--output", out, "--iters", steps,
+                "--batch-size", 2, "--learning-rate", "2e-2", "--lora-rank", 4, "--lora-dropout", "0.1",
+                "--steps-per-report", 1, "--steps-per-eval", 100, "--save-every", 4, "--sample-count", 0,
+                "--seed", 3, "--objective", "grpo", "--grpo-group-size", 3, "--grpo-max-tokens", 3,
+                "--grpo-beta", "0.1", "--grpo-rewards", "regex:/^ [a-z]/,length:1-6:0.5", "--quiet"]
+
+    def record(run):
+        rows = MetricsLog.read(run / "metrics.jsonl")
+        train = {r["step"]: r["loss"] for r in rows if r.get("kind") == "train"}
+        objective = {(r["step"], r["split"]): r["metrics"] for r in rows if r.get("kind") == "objective"}
+        sampled = [json.loads(line) for line in (run / "rewards.jsonl").read_text().splitlines()]
+        return train, objective, sampled
+
+    ref_dir, killed = tmp_path / "reference", tmp_path / "killed"
+    done = run_cli(*args(ref_dir))
+    assert done.returncode == 0, done.stderr
+    reference = record(ref_dir)
+    assert sorted(reference[0]) == list(range(1, steps + 1))
+    assert all(m["kl"] >= 0 for m in reference[1].values()) and any(m["kl"] > 0 for m in reference[1].values())
+
+    proc = popen_cli(*args(killed))
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline:
+            seen = MetricsLog.read(killed / "metrics.jsonl") if (killed / "metrics.jsonl").exists() else []
+            last = max((r["step"] for r in seen if r.get("kind") == "train"), default=0)
+            if (killed / "checkpoints" / "step-0000004").exists() and last >= 5:
+                break
+            assert proc.poll() is None, "the run ended before it could be killed"
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(30)
+    assert 5 <= max(record(killed)[0]) < steps
+
+    resumed = run_cli("train", "--resume", killed, "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "Resuming from step-" in resumed.stderr
+    assert record(killed) == reference, "losses, reward metrics and every sampled answer equal the uninterrupted run's"
