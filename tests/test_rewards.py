@@ -76,3 +76,11 @@ def test_a_bad_spec_is_a_settings_problem():
     cfg = TrainConfig(objective="grpo", grpo_rewards="match:1,nope")
     assert "unknown reward 'nope'" in cfg.problems()["grpo_rewards"]
     assert "grpo_rewards" not in TrainConfig(objective="sft", grpo_rewards="nope").problems()
+
+
+def test_schema_paths_are_relative_to_the_dataset(tmp_path):
+    (tmp_path / "s.json").write_text('{"type": "array"}')
+    (tmp_path / "train.jsonl").write_text("")
+    for data in (tmp_path, tmp_path / "train.jsonl"):
+        r = rewards.parse("json:s.json", base_dir=rewards.data_dir(data))
+        assert r.score("[1]", "")[0] == 1.0 and r.score("{}", "")[0] == 0.0

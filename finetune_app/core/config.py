@@ -309,7 +309,7 @@ class TrainConfig:
             from finetune_app.core import rewards
 
             try:
-                rewards.parse(self.grpo_rewards, base_dir=Path(self.data).parent if self.data else None)
+                rewards.parse(self.grpo_rewards, base_dir=rewards.data_dir(self.data))
             except ConfigError as exc:
                 p["grpo_rewards"] = exc.problem.rstrip(".")
         check("grpo_rewards", isinstance(self.grpo_rewards, str), "must be a reward spec such as match:1.0")

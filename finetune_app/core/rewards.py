@@ -182,6 +182,15 @@ def _make(spec: str, name: str, args: list, base_dir) -> Callable[[str, str], fl
     return json_reward(_schema(spec, at, arg, base_dir))
 
 
+def data_dir(data: str | Path | None) -> Path | None:
+    """Where a spec's relative schema paths are looked up: the dataset's folder (the dataset
+    itself when it is a folder)."""
+    if not data:
+        return None
+    path = Path(data).expanduser()
+    return path if path.is_dir() else path.parent
+
+
 def _schema(spec: str, at: int, arg: str, base_dir) -> dict:
     path = Path(arg).expanduser()
     if not path.is_absolute() and base_dir is not None:

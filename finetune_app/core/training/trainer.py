@@ -194,7 +194,7 @@ class Trainer:
 
         cfg = self.cfg
         self.family.fast = self.family.compiled = False
-        reward = rewards.parse(cfg.grpo_rewards, base_dir=Path(cfg.data).expanduser().parent)
+        reward = rewards.parse(cfg.grpo_rewards, base_dir=rewards.data_dir(cfg.data))
         answers: dict[int, str] = {}
 
         def answer_of(i: int) -> str:
