@@ -194,15 +194,21 @@ def test_grpo_loss_matches_paper_formula(family, tiny_model, tmp_path):
     assert float(loss.item()) == pytest.approx(expected, rel=1e-4, abs=1e-6)
 
 
-def test_reference_is_the_base_and_the_adapter_comes_back(tiny_model, tmp_path):
+@pytest.mark.parametrize("method", ["lora", "dora"])
+def test_reference_is_the_base_and_the_adapter_comes_back(method, tiny_model, tmp_path):
+    """DoRA too: its learned magnitude would still rescale the weight at LoRA scale 0."""
     import mlx.core as mx
+    from mlx.utils import tree_flatten, tree_unflatten
 
     from finetune_app.core.training.reference import adapter_off
 
     model_dir = tiny_model("llama")
-    trainer = trainer_for(model_dir, write_rows(tmp_path / "data", False), tmp_path / "run")
+    trainer = trainer_for(model_dir, write_rows(tmp_path / "data", False), tmp_path / "run", fine_tune_type=method)
     model = trainer.base.model
     randomise_adapter(model)
+    if method == "dora":  # move the magnitudes off their initial norms
+        model.update(tree_unflatten([(k, v * 1.5) for k, v in tree_flatten(model.trainable_parameters())
+                                     if k.endswith(".m")]))
     ids = mx.array([[1, 50, 60, 70, 80]])
     adapted = np.array(model(ids))
     with adapter_off(model):
