@@ -35,6 +35,10 @@ DEFAULT_EPOCHS = 3.0  # when neither steps nor epochs are given (CLI, form, engi
 RUN, ADAPTER, LENGTH, RATE, MEMORY, PROGRESS, DATA = (
     "Run", "Adapter", "Length of training", "Learning rate", "Memory and speed", "Checking progress", "Data")
 GROUPS = (ADAPTER, LENGTH, RATE, MEMORY, PROGRESS, DATA)
+# ---- GRPO (branch grpo): its group, after Data --------------------------------------------------
+GRPO = "Reward training (GRPO)"
+GROUPS += (GRPO,)
+# ---- end GRPO -----------------------------------------------------------------------------------
 
 
 def setting(default, *, group: str, label: str, help: str, choices=None, placeholder: str = "",
@@ -211,6 +215,26 @@ class TrainConfig:
                                 help="Refuse to start when any row has a problem (default: skip bad rows).")
     seed: int = setting(0, group=DATA, label="Random seed", help="Random seed: the same seed gives the same run.")
 
+    # ---- GRPO (branch grpo). `objective` is a minimal stand-in for the prefs branch's setting ----
+    objective: str = setting("sft", group=GRPO, label="Objective", choices=("sft", "grpo"),
+                             help="sft: learn the dataset's answers; grpo: sample answers, score them with the "
+                                  "rewards below and learn from the better ones.")
+    grpo_group_size: int = setting(4, group=GRPO, label="Answers per prompt (G)",
+                                   help="GRPO: answers sampled per prompt; each is scored against the group's mean.")
+    grpo_beta: float = setting(0.04, group=GRPO, label="Stay close to the base (beta)",
+                               help="GRPO: weight of the KL penalty to the base model (adapter off); 0: none.")
+    grpo_clip: float = setting(0.2, group=GRPO, label="Ratio clip (epsilon)",
+                               help="GRPO: the probability ratio to the sampling policy is clipped to 1 +/- this.")
+    grpo_max_tokens: int = setting(64, group=GRPO, label="Answer length (tokens)",
+                                   help="GRPO: longest sampled answer, in tokens.")
+    grpo_temperature: float = setting(1.0, group=GRPO, label="Sampling temperature",
+                                      help="GRPO: temperature of the sampled answers (above 0: varied answers to compare).")
+    grpo_rewards: str = setting("match", group=GRPO, label="Rewards", placeholder="match:1.0,json:0.5,length:20-80:0.2",
+                                help="GRPO: weighted sum of rewards, e.g. match:1.0,json:0.5,length:20-80:0.2. Terms: "
+                                     "match, normalized (match ignoring case and punctuation), regex:PATTERN, "
+                                     "json[:schema.json], length:MIN-MAX (characters).")
+    # ---- end GRPO ------------------------------------------------------------------------------
+
     # ---- derived -------------------------------------------------------------------------
     @property
     def lora_scale(self) -> float:
@@ -288,6 +312,22 @@ class TrainConfig:
         check("eval_samples", is_int(self.eval_samples) and self.eval_samples >= 1, "must be a whole number, 1 or more")
         check("best_by", self.best_by == "val_loss" or self.best_by in (self.eval_metrics or ()),
               f"must be val_loss or one of the scores in eval_metrics ({', '.join(self.eval_metrics or ()) or 'none chosen'})")
+        # ---- GRPO (branch grpo) ----
+        check("objective", self.objective in ("sft", "grpo"), "must be sft or grpo")
+        check("grpo_group_size", is_int(self.grpo_group_size) and 2 <= self.grpo_group_size <= 256, "must be a whole number from 2 to 256 (answers are compared within a group)")
+        check("grpo_beta", is_num(self.grpo_beta) and self.grpo_beta >= 0, "must be 0 or more")
+        check("grpo_clip", is_num(self.grpo_clip) and 0 < self.grpo_clip < 1, "must be above 0 and below 1")
+        check("grpo_max_tokens", is_int(self.grpo_max_tokens) and self.grpo_max_tokens >= 1, "must be a whole number, 1 or more")
+        check("grpo_temperature", is_num(self.grpo_temperature) and 0 < self.grpo_temperature <= 10, "must be above 0 and at most 10")
+        if self.objective == "grpo" and isinstance(self.grpo_rewards, str):
+            from finetune_app.core import rewards
+
+            try:
+                rewards.parse(self.grpo_rewards, base_dir=rewards.data_dir(self.data))
+            except ConfigError as exc:
+                p["grpo_rewards"] = exc.problem.rstrip(".")
+        check("grpo_rewards", isinstance(self.grpo_rewards, str), "must be a reward spec such as match:1.0")
+        # ---- end GRPO ----
         if ("warmup_steps" not in p and "iters" not in p and self.warmup_steps and self.iters
                 and self.warmup_steps >= self.iters):
             p["warmup_steps"] = f"must be fewer than the training steps ({self.iters})"

@@ -32,6 +32,7 @@ MANIFEST_FILE = "run.json"
 LOCK_FILE = ".run.lock"
 CONFIG_FILE = "train_config.toml"
 METRICS_FILE = "metrics.jsonl"
+REWARDS_FILE = "rewards.jsonl"  # GRPO: every sampled answer with its reward
 ADAPTER_FILE = "adapters.safetensors"  # the libraries' adapter layout (core/adapters.py writes it)
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 CHECKPOINTS = "checkpoints"
@@ -42,7 +43,8 @@ STEP_DIR = re.compile(r"^step-(\d{7,})$")
 MANIFEST_FORMAT = "finetune-run"
 
 # What a run writes at the top of its folder, and in each checkpoint folder.
-RUN_FILES = (MANIFEST_FILE, LOCK_FILE, CONFIG_FILE, METRICS_FILE, ADAPTER_FILE, ADAPTER_CONFIG_FILE, BEST_FILE)
+RUN_FILES = (MANIFEST_FILE, LOCK_FILE, CONFIG_FILE, METRICS_FILE, ADAPTER_FILE, ADAPTER_CONFIG_FILE, BEST_FILE,
+             REWARDS_FILE)
 CHECKPOINT_FILES = (ADAPTER_FILE, ADAPTER_CONFIG_FILE, CONFIG_FILE, OPTIMIZER_FILE, STATE_FILE)
 # Half-written leftovers of our atomic writes: `.NAME.XXXX.tmp`, `.STEM.partialPID.SUFFIX`,
 # `.step-N.staging-XXXX`, `.step-N.old-PID`.
@@ -88,6 +90,40 @@ def read_metrics(folder: str | Path) -> list[dict]:
     from finetune_app.core.training.events import MetricsLog
 
     return MetricsLog.read(metrics_path(folder))
+
+
+def rewards_path(folder: str | Path) -> Path:
+    return Path(folder) / REWARDS_FILE
+
+
+def append_rewards(folder: str | Path, rows: list[dict]) -> None:
+    """Append GRPO's scored answers (one JSON object per line, each with its `step`), flushed
+    whole; a line cut short by a kill is dropped on read, and resume truncates to the checkpoint."""
+    import json
+
+    path = rewards_path(folder)
+    new = not path.exists()
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        fh.flush()
+    if new:
+        record_files(folder, REWARDS_FILE)
+
+
+def read_rewards(folder: str | Path) -> list[dict]:
+    from finetune_app.core.training.events import MetricsLog
+
+    return MetricsLog.read(rewards_path(folder))  # the same JSON-lines reading
+
+
+def truncate_rewards(folder: str | Path, step: int) -> None:
+    """Keep the rows of steps up to `step` (resume: the steps after the checkpoint run again)."""
+    import json
+
+    path = rewards_path(folder)
+    if path.exists():
+        rows = [r for r in read_rewards(folder) if r.get("step", 0) <= step]
+        atomic.write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 def adapter_path(folder: str | Path) -> Path:

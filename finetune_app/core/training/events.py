@@ -110,7 +110,18 @@ class Notice:
     message: str
 
 
-Event = StateChanged | Progress | TrainReport | ValReport | SampleReport | EvalReport | CheckpointSaved | Notice
+@dataclass(frozen=True)
+class ObjectiveReport:
+    """What an objective measures beyond its loss, per step (GRPO: reward mean and spread, KL)."""
+
+    step: int
+    metrics: dict
+    split: str = "train"  # "train", or "valid" for held-out evaluations
+    kind: str = field(default="objective", init=False)
+
+
+Event = (StateChanged | Progress | TrainReport | ValReport | SampleReport | EvalReport | CheckpointSaved | Notice
+         | ObjectiveReport)
 Listener = Callable[[Event], None]
 
 
@@ -121,6 +132,7 @@ def to_dict(event) -> dict:
 
 
 _KINDS = {"train": TrainReport, "val": ValReport, "samples": SampleReport, "eval": EvalReport, "checkpoint": CheckpointSaved,
+          "objective": ObjectiveReport,
           "StateChanged": StateChanged, "Progress": Progress, "Notice": Notice}
 
 
@@ -194,7 +206,7 @@ class MetricsLog:
         self.path = Path(path)
 
     def __call__(self, event) -> None:
-        if isinstance(event, (TrainReport, ValReport, SampleReport, EvalReport, CheckpointSaved)):
+        if isinstance(event, (TrainReport, ValReport, SampleReport, EvalReport, CheckpointSaved, ObjectiveReport)):
             with open(self.path, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(to_dict(event)) + "\n")
                 fh.flush()

@@ -51,8 +51,9 @@ def train_loop(run, hooks, clock) -> str:
         lr = run.optimizer.learning_rate.item()
         micro = [run.next_micro_batch() for _ in range(cfg.grad_accumulation)]  # global positions
         n_tok = sum(run.data.train[i].n_targets for pos in micro for i in pos)
+        norm = sum(run.units(run.data.train[i]) for pos in micro for i in pos)  # the objective's count
         mine = [run.world.shard(pos) for pos in micro]  # data parallel: this rank's examples
-        loss, grad_norm = run.step([run.make_batch(run.shard(pos)) for pos in micro], n_tok)
+        loss, grad_norm = run.step([run.make_batch(run.shard(pos)) for pos in micro], norm)
         lazy = [a for h in hooks for a in h.with_step(run)]
         with run.dp.collective(f"summing the gradients of step {s.step + 1}"):
             mx.eval(run.base.model.trainable_parameters(), run.optimizer.state, loss, *lazy)

@@ -24,7 +24,7 @@ from finetune_app.core.models import BaseModel, load_base
 from finetune_app.core.training import checkpoint as ckpt
 from finetune_app.core.training.control import Control
 from finetune_app.core.training.data_parallel import DataParallel
-from finetune_app.core.training.events import (CheckpointSaved, MetricsLog, Notice, Progress,
+from finetune_app.core.training.events import (CheckpointSaved, MetricsLog, Notice, ObjectiveReport, Progress,
                                                SampleItem, SampleReport, StateChanged, ValReport)
 from finetune_app.core.families import family_for
 from finetune_app.core.training.objectives import objective
@@ -144,7 +144,10 @@ class Trainer:
         # where the model and settings allow it, the library's own forward otherwise.
         self.family = family_for(base)
         self.family.start(cfg)
-        self.objective = objective("sft")
+        self.objective = objective(cfg.objective)
+        self.rollout = None  # GRPO: answers sampled and scored per batch (objectives/grpo.py)
+        if cfg.objective == "grpo":
+            self._start_grpo()
         self.encoder = Encoder(base, completion_only=cfg.completion_only, image_size=cfg.image_size,
                                image_features=self.family.image_features(),
                                serve_target=cfg.serve_target)
@@ -177,11 +180,36 @@ class Trainer:
                 self.emit(Notice(f"'{self.run_dir}' holds a run of ours that stopped before its first checkpoint: "
                                  "training it again from step 0."))
                 self.metrics.truncate_after(0)
+                run_folder.truncate_rewards(self.run_dir, 0)
             cfg.save(self.run_dir / CONFIG_FILE)
         if self.world.is_main:
             self.listeners.insert(0, self.metrics)
             self.listeners += trackers.listeners_for(cfg, self.run_dir)  # report_to: TensorBoard, W&B, MLflow
         return data
+
+    def _start_grpo(self) -> None:
+        """GRPO runs on the library path (sampled rows change length every step) and samples
+        through a Rollout; answers to score against come from the dataset's rows."""
+        from finetune_app.core import rewards
+        from finetune_app.core.training.objectives import grpo
+
+        cfg = self.cfg
+        self.family.fast = self.family.compiled = False
+        reward = rewards.parse(cfg.grpo_rewards, base_dir=rewards.data_dir(cfg.data))
+        answers: dict[int, str] = {}
+
+        def answer_of(i: int) -> str:
+            if i not in answers:
+                answers[i] = self.data.dataset.sample(i).answer
+            return answers[i]
+
+        self.rollout = grpo.Rollout(cfg, self.base, self.family, reward, answer_of)
+        self._sampled: list = []  # this evaluation's scored answers (held-out reward)
+
+    def units(self, example: Example) -> int:
+        """What one example counts for in the step's loss normaliser: its supervised tokens, or
+        (GRPO) its G sampled answers."""
+        return self.cfg.grpo_group_size if self.rollout is not None else example.n_targets
 
     def _restore(self) -> None:
         if self.world.is_main:
@@ -205,6 +233,7 @@ class Trainer:
             self.state.total_steps = self.total_steps
             if self.world.is_main:
                 self.metrics.truncate_after(0)
+                run_folder.truncate_rewards(self.run_dir, 0)
             return
         if found is None:
             raise ConfigError(f"No usable checkpoint in '{self.run_dir}'" + (f" ({'; '.join(reasons)})." if reasons else "."),
@@ -213,6 +242,7 @@ class Trainer:
         self.state.total_steps = self.total_steps
         if self.world.is_main:
             self.metrics.truncate_after(self.state.step)
+            run_folder.truncate_rewards(self.run_dir, self.state.step)
         self.emit(Notice(f"Resuming from {found.name} (step {self.state.step} of {self.total_steps})."))
 
     # ---- data --------------------------------------------------------------------------------
@@ -238,9 +268,32 @@ class Trainer:
         sample = self.data.dataset.sample(ex.index)
         return self.encoder.encode(sample, index=ex.index)
 
-    def make_batch(self, examples: list[Example]):
-        """The family's Batch for these examples (fast path or library path)."""
-        return self.family.plan([self._materialise(e) for e in examples])
+    def make_batch(self, examples: list[Example], split: str = "train"):
+        """The family's Batch for these examples (fast path or library path); GRPO's sampled
+        and scored answers to them."""
+        examples = [self._materialise(e) for e in examples]
+        if self.rollout is None:
+            return self.family.plan(examples)
+        return self._grpo_batch(examples, split)
+
+    def _grpo_batch(self, examples: list[Example], split: str):
+        from finetune_app.core.training.objectives import grpo
+
+        batch, sampled = self.rollout(examples)
+        adapters.set_train_modes(self.base.model, self.cfg.fine_tune_type)
+        step = self.state.step + (1 if split == "train" else 0)  # the step this batch trains / follows
+        if self.world.is_main:
+            try:
+                run_folder.append_rewards(self.run_dir, [
+                    {"step": step, "split": split, "index": s.index, "completion": s.text, "reward": s.reward, **s.parts}
+                    for s in sampled])
+            except OSError as exc:
+                raise run_folder.unwritable(self.run_dir, exc) from None
+        if split == "train":
+            self.emit(ObjectiveReport(step=step, metrics=grpo.summary([batch], sampled, self.cfg.grpo_group_size)))
+        else:
+            self._sampled.append((batch, sampled))
+        return batch
 
     # ---- evaluation --------------------------------------------------------------------------
     def evaluate(self) -> tuple[float, int]:
@@ -254,7 +307,7 @@ class Trainer:
                 break
             if i % self.world.size != self.world.rank:  # data parallel: batches round robin
                 continue
-            batch = self.make_batch(examples[start:start + bs])
+            batch = self.make_batch(examples[start:start + bs], split="valid")
             s, n = self.step.loss_sum(batch)
             total, count = total + s, count + n.astype(mx.int32)  # counted exactly
             mx.eval(total, count)
@@ -262,6 +315,13 @@ class Trainer:
             total, count = self.world.sum(total), self.world.sum(count)
             mx.eval(total, count)
         adapters.set_train_modes(model, self.cfg.fine_tune_type)
+        if self.rollout is not None and self._sampled:  # GRPO: the held-out reward (this rank's share)
+            from finetune_app.core.training.objectives import grpo
+
+            batches, sampled = [b for b, _ in self._sampled], [x for _, s in self._sampled for x in s]
+            self._sampled = []
+            self.emit(ObjectiveReport(step=self.state.step, split="valid",
+                                      metrics=grpo.summary(batches, sampled, self.cfg.grpo_group_size)))
         n = int(count.item())
         return (float(total.item()) / n if n else float("nan")), n
 

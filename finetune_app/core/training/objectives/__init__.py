@@ -5,9 +5,9 @@ step divides the summed loss by the step's total count, so gradient accumulation
 parallel ranks weigh every counted unit (a supervised token, for SFT) alike.
 """
 
-from finetune_app.core.training.objectives import sft
+from finetune_app.core.training.objectives import grpo, sft
 
-OBJECTIVES = {"sft": sft}
+OBJECTIVES = {"sft": sft, "grpo": grpo}
 
 
 def objective(name: str = "sft"):
