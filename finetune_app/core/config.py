@@ -33,7 +33,16 @@ DEFAULT_EPOCHS = 3.0  # when neither steps nor epochs are given (CLI, form, engi
 # the top of the form, the model and the dataset with the model picker and the dataset browser).
 RUN, ADAPTER, LENGTH, RATE, MEMORY, PROGRESS, DATA = (
     "Run", "Adapter", "Length of training", "Learning rate", "Memory and speed", "Checking progress", "Data")
-GROUPS = (ADAPTER, LENGTH, RATE, MEMORY, PROGRESS, DATA)
+OBJECTIVE = "What it learns"
+GROUPS = (ADAPTER, OBJECTIVE, LENGTH, RATE, MEMORY, PROGRESS, DATA)
+# sft: imitate the answers; dpo / ipo / orpo: prefer "chosen" over "rejected" answers (pairs);
+# grpo: sample answers and reinforce the ones a verifiable reward scores well
+OBJECTIVES = ("sft", "dpo", "ipo", "orpo", "grpo")
+OBJECTIVE_CHOICES = (("Imitate the answers (SFT)", "sft"), ("Prefer chosen answers (DPO)", "dpo"),
+                     ("Prefer chosen answers, bounded (IPO)", "ipo"),
+                     ("Answers + preference, no reference (ORPO)", "orpo"),
+                     ("Reinforce rewarded answers (GRPO)", "grpo"))
+REFERENCE_OBJECTIVES = ("dpo", "ipo")  # the reference model is the base with the adapter switched off
 
 
 def setting(default, *, group: str, label: str, help: str, choices=None, placeholder: str = "",
@@ -127,6 +136,17 @@ class TrainConfig:
     train_projector: bool = setting(False, group=ADAPTER, label="Also train the projector",
                                     help="Also train the vision-to-language projector.")
 
+    # ---- objective (issue 17) ----
+    objective: str = setting("sft", group=OBJECTIVE, label="Objective", choices=OBJECTIVE_CHOICES,
+                             help="What the run learns. sft: the answers; dpo / ipo: to prefer each row's 'chosen' "
+                                  "answer over its 'rejected' one, relative to the base model; orpo: the chosen "
+                                  "answers plus the preference, no reference model; grpo: answers sampled by the "
+                                  "model itself, reinforced by a reward.")
+    beta: float = setting(0.1, group=OBJECTIVE, label="Preference strength (beta)",
+                          help="DPO: how far the adapter may move from the base (smaller: further; typical 0.1); "
+                               "IPO: the regularisation (the target margin is 1/(2 beta)); ORPO: the weight of the "
+                               "preference term beside the answers' loss (lambda). Not used by SFT.")
+    # ---- end objective ----
     iters: int | None = setting(None, group=LENGTH, label="Steps", placeholder="from epochs",
                                 help="Optimizer steps to train. Leave empty to use epochs.")
     epochs: float | None = setting(None, group=LENGTH, label="Epochs",
@@ -272,6 +292,13 @@ class TrainConfig:
         check("sample_count", is_int(self.sample_count) and self.sample_count >= 0, "must be a whole number, 0 or more")
         check("sample_max_tokens", is_int(self.sample_max_tokens) and self.sample_max_tokens >= 1, "must be a whole number, 1 or more")
         check("seed", is_int(self.seed) and self.seed >= 0, "must be a whole number, 0 or more")
+        check("objective", self.objective in OBJECTIVES, f"must be one of {', '.join(OBJECTIVES)}")
+        check("beta", is_num(self.beta) and self.beta > 0, "must be a positive number (typical: 0.1)")
+        check("objective", not (self.objective in REFERENCE_OBJECTIVES and self.fine_tune_type == "full"),
+              "needs an adapter (LoRA or DoRA): its reference model is the base with the adapter switched off")
+        check("objective", not (self.objective in REFERENCE_OBJECTIVES and self.train_projector),
+              "cannot train the projector: its reference model is the base with the adapter switched off, "
+              "and a trained projector would move the reference too")
         check("report_to", self.report_to is None or (isinstance(self.report_to, list) and all(t in TRACKERS for t in self.report_to)),
               f"must be a list of trackers, any of {', '.join(TRACKERS)}")
         if ("warmup_steps" not in p and "iters" not in p and self.warmup_steps and self.iters

@@ -7,8 +7,8 @@ Control (control.py). The loop owns its MLX arrays and runs on whichever thread 
 
 from __future__ import annotations
 
-import copy
 import math
+from functools import partial
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +35,8 @@ from finetune_app.core.training.prepare import Prepared, prepare_examples
 from finetune_app.core.training import hooks
 from finetune_app.core.training.hooks import Clock
 from finetune_app.core.training.loop import train_loop
+from finetune_app.core.training import pairs
+from finetune_app.core.training.reference import Reference
 
 CONFIG_FILE = run_folder.CONFIG_FILE
 METRICS_FILE = run_folder.METRICS_FILE
@@ -143,10 +145,13 @@ class Trainer:
         # where the model and settings allow it, the library's own forward otherwise.
         self.family = family_for(base)
         self.family.start(cfg)
-        self.objective = objective("sft")
+        self.objective = objective(cfg.objective, cfg)
+        self.pairs = "pairs" in self.objective.NEEDS  # preference objectives: batches of chosen/rejected pairs
+        self.reference = (Reference(base.model, self.family, partial(pairs.plan, self.family))
+                          if "reference_logps" in self.objective.NEEDS else None)
         self.encoder = Encoder(base, completion_only=cfg.completion_only, image_size=cfg.image_size,
                                image_features=self.family.image_features(),
-                               serve_target=cfg.serve_target)
+                               serve_target=cfg.serve_target, pairs=self.pairs)
         self.emit(StateChanged("preparing"))
         data = prepare_examples(cfg, base, self.encoder,
                                 progress=lambda phase, d, t: self.emit(Progress(phase, d, t)),
@@ -238,8 +243,12 @@ class Trainer:
         return self.encoder.encode(sample, index=ex.index)
 
     def make_batch(self, examples: list[Example]):
-        """The family's Batch for these examples (fast path or library path)."""
-        return self.family.plan([self._materialise(e) for e in examples])
+        """The family's Batch for these examples (fast path or library path); preference pairs
+        as their chosen then rejected rows, with what the objective needs (pairs.py)."""
+        examples = [self._materialise(e) for e in examples]
+        if self.pairs:
+            return pairs.plan(self.family, examples, self.reference)
+        return self.family.plan(examples)
 
     # ---- evaluation --------------------------------------------------------------------------
     def evaluate(self) -> tuple[float, int]:
@@ -286,9 +295,7 @@ class Trainer:
         if mine:
             return mine
 
-        empty = copy.copy(self.data.train[positions[0]])  # (keeps what a family attached, e.g. mRoPE ids)
-        empty.target_mask = empty.target_mask & False
-        return [empty]
+        return [self.data.train[positions[0]].without_targets()]  # (keeps what a family attached, e.g. mRoPE ids)
 
     def evaluate_and_sample(self, step: int) -> float | None:
         if not self.data.valid:
