@@ -85,3 +85,46 @@ def preference_accuracy(trainer, examples=None, batch_size: int = 8) -> float:
         lp = np.asarray(mx.stop_gradient(lp))
         right += int((lp[:len(chunk)] > lp[len(chunk):]).sum())
     return right / max(1, len(examples))
+
+
+def runtime_preference_accuracy(model_dir, adapter, data_dir, split: str = "valid") -> float:
+    """Held-out preference accuracy measured only through mlx-vlm's own path (`mlx_vlm.load(base,
+    adapter_path)`, `apply_chat_template(..., num_images=1)`, `prepare_inputs`, one forward per
+    answer): whichever trainer wrote the adapter, scored the same way. Shapes task rows."""
+    import mlx.core as mx
+    import numpy as np
+    from PIL import Image
+    from mlx_vlm.prompt_utils import apply_chat_template
+    from mlx_vlm.utils import load, prepare_inputs
+
+    data_dir = Path(data_dir)
+    model, processor = load(str(model_dir), adapter_path=str(adapter) if adapter else None)
+    model.eval()
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    image_token = config.get("image_token_index", config.get("image_token_id"))
+    n_answer = {}
+    rows = [json.loads(line) for line in (data_dir / f"{split}.jsonl").read_text().splitlines()]
+    right = 0
+    for row in rows:
+        image = Image.open(data_dir / row["images"][0]).convert("RGB")
+        scores = []
+        for side in ("chosen", "rejected"):
+            prompt = apply_chat_template(processor, config, [{"role": "user", "content": row["prompt"]}],
+                                         add_generation_prompt=True, num_images=1)
+            full = apply_chat_template(processor, config, [{"role": "user", "content": row["prompt"]},
+                                                           {"role": "assistant", "content": row[side]}],
+                                       add_generation_prompt=False, num_images=1)
+            inputs = prepare_inputs(processor, images=[image], prompts=[full], image_token_index=image_token,
+                                    add_special_tokens=False, padding=False)
+            start = n_answer.setdefault(prompt, prepare_inputs(processor, images=[image], prompts=[prompt],
+                                                               image_token_index=image_token, add_special_tokens=False,
+                                                               padding=False)["input_ids"].size)
+            ids = np.array(inputs["input_ids"]).reshape(-1)
+            kwargs = {k: v for k, v in inputs.items() if k not in ("input_ids", "pixel_values", "attention_mask")
+                      and isinstance(v, mx.array)}
+            logits = model(mx.array(ids[None]), inputs["pixel_values"], inputs["attention_mask"], **kwargs).logits[0]
+            lp = logits.astype(mx.float32) - mx.logsumexp(logits.astype(mx.float32), axis=-1, keepdims=True)
+            lp = np.asarray(lp)
+            scores.append(sum(lp[t - 1, ids[t]] for t in range(start, len(ids))))
+        right += scores[0] > scores[1]
+    return right / max(1, len(rows))
