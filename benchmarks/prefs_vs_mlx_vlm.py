@@ -11,7 +11,7 @@ load + forward (`runtime_preference_accuracy`). Not a test: it prints a table.
 from __future__ import annotations
 
 import argparse
-import resource
+import os
 import subprocess
 import sys
 import tempfile
@@ -23,14 +23,17 @@ from finetune_app.testing.tiny_models import build_tiny_model
 
 
 def timed(cmd: list[str]) -> tuple[float, float]:
-    """Wall seconds and the child's peak RSS (MB) of one command (one child at a time)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    t0 = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    seconds = time.perf_counter() - t0
-    if done.returncode:
-        sys.exit(f"{cmd[:4]} failed:\n{done.stderr[-3000:]}")
-    return seconds, max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
+    """Wall seconds and this child's own peak RSS (MB, from wait4's rusage)."""
+    with tempfile.TemporaryFile("w+") as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode:
+            err.seek(0)
+            sys.exit(f"{cmd[:4]} failed:\n{err.read()[-3000:]}")
+    return seconds, usage.ru_maxrss / 1024
 
 
 def main() -> None:
