@@ -175,3 +175,23 @@ def test_preference_losses_match_papers_formulas(family, fast, tiny_model, tmp_p
     rewards = [(0.3 * (policy[i][0] - reference[i][0]), 0.3 * (policy[P + i][0] - reference[P + i][0])) for i in range(P)]
     assert float(trainer.step.metrics["reward_accuracy"].item()) == pytest.approx(sum(c > r for c, r in rewards) / P)
     assert float(trainer.step.metrics["reward_margin"].item()) == pytest.approx(sum(c - r for c, r in rewards) / P, rel=1e-3, abs=1e-4)
+
+
+def test_a_rank_without_pairs_joins_the_step_with_nothing_counted(tiny_model, tmp_path):
+    """Data parallel: a rank left without pairs plans a placeholder pair that weighs nothing (no
+    reference computed, count 0, zero loss and metrics) and still runs the same step."""
+    from finetune_app.core.training.objectives import objective
+
+    data_file, _ = write_pairs(tmp_path / "data", with_images=False)
+    cfg = TrainConfig(model=str(tiny_model("llama")), data=str(data_file), output=str(tmp_path / "run"), iters=1,
+                      batch_size=3, valid_fraction=0.0, sample_count=0, objective="dpo")
+    trainer = Trainer(cfg)
+    trainer.setup()
+    placeholder = [trainer.data.train[0].without_targets()]
+    batch = trainer.make_batch(placeholder)
+    assert batch.units == 0 and batch.n_targets == 0 and not trainer.reference.cache
+    for name in ("dpo", "orpo"):
+        total, count, metrics = objective(name, cfg.replace(objective=name)).loss(
+            trainer.base.model, trainer.family, trainer.step.inputs(batch))
+        assert float(total.item()) == 0.0 and float(count.item()) == 0.0
+        assert all(float(v.item()) == 0.0 for v in metrics.values())
