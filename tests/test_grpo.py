@@ -200,7 +200,7 @@ def test_reference_is_the_base_and_the_adapter_comes_back(method, tiny_model, tm
     import mlx.core as mx
     from mlx.utils import tree_flatten, tree_unflatten
 
-    from finetune_app.core.training.reference import adapter_off
+    from finetune_app.core.training.reference import adapters_off
 
     model_dir = tiny_model("llama")
     trainer = trainer_for(model_dir, write_rows(tmp_path / "data", False), tmp_path / "run", fine_tune_type=method)
@@ -211,7 +211,7 @@ def test_reference_is_the_base_and_the_adapter_comes_back(method, tiny_model, tm
                                      if k.endswith(".m")]))
     ids = mx.array([[1, 50, 60, 70, 80]])
     adapted = np.array(model(ids))
-    with adapter_off(model):
+    with adapters_off(model):
         off = np.array(model(ids))
     base = np.array(load_base_copy(model_dir, "llama")(ids))
     np.testing.assert_allclose(off, base, rtol=1e-5, atol=1e-5)

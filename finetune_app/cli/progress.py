@@ -50,6 +50,9 @@ class ConsolePrinter:
 
     def _train(self, event: TrainReport) -> None:
         extra = f" | grad {event.grad_norm:.2f}" if event.grad_norm is not None else ""
+        if "reward_accuracy" in event.metrics:  # preference objectives (DPO, IPO, ORPO)
+            extra += (f" | reward acc {event.metrics['reward_accuracy']:.2f}"
+                      f" margin {event.metrics.get('reward_margin', 0.0):.3f}")
         stats = (f"loss {event.loss:.4f} | lr {event.learning_rate:.2e} | {event.tokens_per_second:,.0f} tok/s"
                  f" | {event.examples_per_second:.2f} ex/s | peak {event.peak_memory_gb:.2f} GB{extra}"
                  f" | ETA {fmt_seconds(event.eta_seconds)}")

@@ -34,11 +34,18 @@ DEFAULT_EPOCHS = 3.0  # when neither steps nor epochs are given (CLI, form, engi
 # the top of the form, the model and the dataset with the model picker and the dataset browser).
 RUN, ADAPTER, LENGTH, RATE, MEMORY, PROGRESS, DATA = (
     "Run", "Adapter", "Length of training", "Learning rate", "Memory and speed", "Checking progress", "Data")
-GROUPS = (ADAPTER, LENGTH, RATE, MEMORY, PROGRESS, DATA)
-# ---- GRPO (branch grpo): its group, after Data --------------------------------------------------
+OBJECTIVE = "What it learns"
+GROUPS = (ADAPTER, OBJECTIVE, LENGTH, RATE, MEMORY, PROGRESS, DATA)
+# sft: imitate the answers; dpo / ipo / orpo: prefer "chosen" over "rejected" answers (pairs);
+# grpo: sample answers and reinforce the ones a verifiable reward scores well
+OBJECTIVES = ("sft", "dpo", "ipo", "orpo", "grpo")
+OBJECTIVE_CHOICES = (("Imitate the answers (SFT)", "sft"), ("Prefer chosen answers (DPO)", "dpo"),
+                     ("Prefer chosen answers, bounded (IPO)", "ipo"),
+                     ("Answers + preference, no reference (ORPO)", "orpo"),
+                     ("Reinforce rewarded answers (GRPO)", "grpo"))
+REFERENCE_OBJECTIVES = ("dpo", "ipo")  # the reference model is the base with the adapter switched off
 GRPO = "Reward training (GRPO)"
 GROUPS += (GRPO,)
-# ---- end GRPO -----------------------------------------------------------------------------------
 
 
 def setting(default, *, group: str, label: str, help: str, choices=None, placeholder: str = "",
@@ -132,6 +139,17 @@ class TrainConfig:
     train_projector: bool = setting(False, group=ADAPTER, label="Also train the projector",
                                     help="Also train the vision-to-language projector.")
 
+    # ---- objective (issue 17) ----
+    objective: str = setting("sft", group=OBJECTIVE, label="Objective", choices=OBJECTIVE_CHOICES,
+                             help="What the run learns. sft: the answers; dpo / ipo: to prefer each row's 'chosen' "
+                                  "answer over its 'rejected' one, relative to the base model; orpo: the chosen "
+                                  "answers plus the preference, no reference model; grpo: answers sampled by the "
+                                  "model itself, reinforced by a reward.")
+    beta: float = setting(0.1, group=OBJECTIVE, label="Preference strength (beta)",
+                          help="DPO: how far the adapter may move from the base (smaller: further; typical 0.1); "
+                               "IPO: the regularisation (the target margin is 1/(2 beta)); ORPO: the weight of the "
+                               "preference term beside the answers' loss (lambda). Not used by SFT.")
+    # ---- end objective ----
     iters: int | None = setting(None, group=LENGTH, label="Steps", placeholder="from epochs",
                                 help="Optimizer steps to train. Leave empty to use epochs.")
     epochs: float | None = setting(None, group=LENGTH, label="Epochs",
@@ -215,10 +233,7 @@ class TrainConfig:
                                 help="Refuse to start when any row has a problem (default: skip bad rows).")
     seed: int = setting(0, group=DATA, label="Random seed", help="Random seed: the same seed gives the same run.")
 
-    # ---- GRPO (branch grpo). `objective` is a minimal stand-in for the prefs branch's setting ----
-    objective: str = setting("sft", group=GRPO, label="Objective", choices=("sft", "grpo"),
-                             help="sft: learn the dataset's answers; grpo: sample answers, score them with the "
-                                  "rewards below and learn from the better ones.")
+    # ---- GRPO (objective "grpo") ----
     grpo_group_size: int = setting(4, group=GRPO, label="Answers per prompt (G)",
                                    help="GRPO: answers sampled per prompt; each is scored against the group's mean.")
     grpo_beta: float = setting(0.04, group=GRPO, label="Stay close to the base (beta)",
@@ -305,6 +320,13 @@ class TrainConfig:
         check("sample_count", is_int(self.sample_count) and self.sample_count >= 0, "must be a whole number, 0 or more")
         check("sample_max_tokens", is_int(self.sample_max_tokens) and self.sample_max_tokens >= 1, "must be a whole number, 1 or more")
         check("seed", is_int(self.seed) and self.seed >= 0, "must be a whole number, 0 or more")
+        check("objective", self.objective in OBJECTIVES, f"must be one of {', '.join(OBJECTIVES)}")
+        check("beta", is_num(self.beta) and self.beta > 0, "must be a positive number (typical: 0.1)")
+        check("objective", not (self.objective in REFERENCE_OBJECTIVES and self.fine_tune_type == "full"),
+              "needs an adapter (LoRA or DoRA): its reference model is the base with the adapter switched off")
+        check("objective", not (self.objective in REFERENCE_OBJECTIVES and self.train_projector),
+              "cannot train the projector: its reference model is the base with the adapter switched off, "
+              "and a trained projector would move the reference too")
         check("report_to", self.report_to is None or (isinstance(self.report_to, list) and all(t in TRACKERS for t in self.report_to)),
               f"must be a list of trackers, any of {', '.join(TRACKERS)}")
         check("eval_metrics", self.eval_metrics is None or (isinstance(self.eval_metrics, list) and all(m in EVAL_METRICS for m in self.eval_metrics)),
@@ -312,8 +334,7 @@ class TrainConfig:
         check("eval_samples", is_int(self.eval_samples) and self.eval_samples >= 1, "must be a whole number, 1 or more")
         check("best_by", self.best_by == "val_loss" or self.best_by in (self.eval_metrics or ()),
               f"must be val_loss or one of the scores in eval_metrics ({', '.join(self.eval_metrics or ()) or 'none chosen'})")
-        # ---- GRPO (branch grpo) ----
-        check("objective", self.objective in ("sft", "grpo"), "must be sft or grpo")
+        # ---- GRPO ----
         check("grpo_group_size", is_int(self.grpo_group_size) and 2 <= self.grpo_group_size <= 256, "must be a whole number from 2 to 256 (answers are compared within a group)")
         check("grpo_beta", is_num(self.grpo_beta) and self.grpo_beta >= 0, "must be 0 or more")
         check("grpo_clip", is_num(self.grpo_clip) and 0 < self.grpo_clip < 1, "must be above 0 and below 1")

@@ -54,6 +54,9 @@ def scalars(event) -> dict[str, float]:
         value = getattr(event, f.name)
         if f.name in ("step", "total_steps", "kind") or isinstance(value, (bool, tuple, str)) or value is None:
             continue
+        if isinstance(value, dict):  # the objective's metrics (DPO: reward_accuracy, ...): train/<name>
+            out.update({f"{prefix}/{k}": float(v) for k, v in value.items()})
+            continue
         out[f"{prefix}/{f.name}"] = float(value)
     return out
 

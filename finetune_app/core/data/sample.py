@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +47,14 @@ class Sample:
     line: int | None = None  # 1-based line (JSONL/CSV) or row index (others)
     split: str | None = None  # "train" / "valid" when the dataset says so
     meta: dict = field(default_factory=dict, compare=False, hash=False)
+    # preference rows: the rejected alternative of the final answer (`turns` ends with the chosen
+    # one, so SFT on a preference dataset learns the chosen answers)
+    rejected: Turn | None = None
+
+    def with_rejected_answer(self) -> "Sample":
+        """The same conversation ending with the rejected answer instead of the chosen one."""
+        last = max(i for i, t in enumerate(self.turns) if t.role == "assistant")
+        return dataclasses.replace(self, turns=self.turns[:last] + (self.rejected,), rejected=None)
 
     @property
     def explicit_images(self) -> bool:

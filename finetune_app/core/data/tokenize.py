@@ -11,6 +11,8 @@ the answers, never the system prompt, the user's words or the image tokens.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -39,8 +41,58 @@ class Example:
         return int(self.target_mask[1:].sum())
 
     @property
+    def units(self) -> int:
+        """What the objective counts (its loss is a mean over them): supervised tokens."""
+        return self.n_targets
+
+    @property
+    def parts(self) -> tuple["Example", ...]:
+        """The token sequences the family prepares and plans (a pair has two)."""
+        return (self,)
+
+    def without_targets(self) -> "Example":
+        """A copy with nothing supervised (a data-parallel rank left without examples)."""
+        empty = copy.copy(self)  # (keeps what a family attached, e.g. mRoPE ids)
+        empty.target_mask = self.target_mask & False
+        return empty
+
+    @property
     def nbytes(self) -> int:
         return self.input_ids.nbytes + self.target_mask.nbytes + sum(v.nbytes for v in self.images.values())
+
+
+@dataclass
+class PairExample:
+    """A preference pair: one prompt with the chosen and the rejected answer, each tokenised in
+    full; only the final answer's tokens are supervised. The objective counts pairs."""
+
+    index: int
+    chosen: Example
+    rejected: Example
+    lazy_images: bool = False
+
+    @property
+    def n_targets(self) -> int:
+        return self.chosen.n_targets + self.rejected.n_targets
+
+    @property
+    def units(self) -> int:
+        return 1
+
+    @property
+    def model_length(self) -> int:
+        return max(self.chosen.model_length, self.rejected.model_length)
+
+    @property
+    def parts(self) -> tuple[Example, Example]:
+        return (self.chosen, self.rejected)
+
+    @property
+    def has_targets(self) -> bool:
+        return bool(self.chosen.n_targets and self.rejected.n_targets)
+
+    def without_targets(self) -> "PairExample":
+        return dataclasses.replace(self, chosen=self.chosen.without_targets(), rejected=self.rejected.without_targets())
 
 
 class Encoder:
@@ -49,10 +101,13 @@ class Encoder:
 
     def __init__(self, base, *, completion_only: bool = True, image_size: int | None = None,
                  image_features: int | None = None,
-                 image_loader: Callable | None = None, serve_target: str | None = None):
+                 image_loader: Callable | None = None, serve_target: str | None = None, pairs: bool = False):
+        """`pairs`: preference objectives; `encode` returns a PairExample whose answers alone are
+        supervised (whatever `completion_only` says: a pair compares answers to one prompt)."""
         from finetune_app.core import serving
 
         self.base = base
+        self.pairs = pairs
         self.completion_only = completion_only
         self.image_size = image_size
         self.is_vlm = base.kind == "vlm"
@@ -135,7 +190,24 @@ class Encoder:
             images.append(img)
         return images
 
-    def encode(self, sample: Sample, index: int = 0, *, images: list | None = None) -> Example:
+    def encode(self, sample: Sample, index: int = 0, *, images: list | None = None):
+        if self.pairs:
+            return self.encode_pair(sample, index, images=images)
+        return self._encode(sample, index, images=images)
+
+    def encode_pair(self, sample: Sample, index: int = 0, *, images: list | None = None) -> PairExample:
+        if sample.rejected is None:
+            raise DataError("The row has no rejected answer; preference training (DPO, IPO, ORPO) needs pairs.",
+                            "Give each row 'prompt', 'chosen' and 'rejected' (see `finetune-app data check`), "
+                            "or train this dataset with the SFT objective.",
+                            file=sample.source, line=sample.line, field="rejected")
+        if self.is_vlm and images is None and sample.images:
+            images = self.load_images(sample)
+        chosen = self._encode(sample, index, images=images, final_only=True)
+        rejected = self._encode(sample.with_rejected_answer(), index, images=images, final_only=True)
+        return PairExample(index=index, chosen=chosen, rejected=rejected)
+
+    def _encode(self, sample: Sample, index: int = 0, *, images: list | None = None, final_only: bool = False) -> Example:
         if not any(t.role == "assistant" for t in sample.turns):
             raise DataError("The row has no assistant answer to learn.", "Add an answer (caption, output or assistant message).",
                             file=sample.source, line=sample.line, field="answer")
@@ -160,7 +232,7 @@ class Encoder:
             image_inputs = {k: v for k, v in processed.items() if isinstance(v, np.ndarray) and v.dtype != object}
         else:
             ids = np.asarray(self.text_ids(full_text), dtype=np.int32)
-        mask = self._target_mask(sample, ids, full_text, images or [])
+        mask = self._target_mask(sample, ids, full_text, images or [], final_only=final_only)
         n_img = len(sample.images)
         model_length = len(ids)
         if self.image_features and self.image_token_index is not None and self.image_token_index < 0:
@@ -168,9 +240,11 @@ class Encoder:
         return Example(index=index, input_ids=ids, target_mask=mask, images=image_inputs, n_images=n_img,
                        model_length=model_length)
 
-    def _target_mask(self, sample: Sample, ids: np.ndarray, full_text: str, images: list) -> np.ndarray:
+    def _target_mask(self, sample: Sample, ids: np.ndarray, full_text: str, images: list,
+                     final_only: bool = False) -> np.ndarray:
         mask = np.zeros(len(ids), dtype=bool)
-        if not self.completion_only:
+        final = max(i for i, t in enumerate(sample.turns) if t.role == "assistant")
+        if not self.completion_only and not final_only:
             mask[:] = True
             if self.image_token_index is not None:
                 mask &= ids != self.image_token_index
@@ -183,6 +257,8 @@ class Encoder:
         for i, turn in enumerate(sample.turns[:span(sample, None)]):
             if turn.role != "assistant":
                 n_before += counts[i]
+                continue
+            if final_only and i != final:
                 continue
             start_txt = self._answer_start(sample, i, full_text)
             last = i == span(sample, None) - 1

@@ -55,6 +55,8 @@ def sample_key(sample: Sample) -> str:
     parts = [image_key(r) for r in sample.images]
     for t in sample.turns:
         parts += ("\x1e", t.role, str(t.n_images), t.text)
+    if sample.rejected is not None:  # preference rows: another rejected answer is another pair
+        parts += ("\x1d", sample.rejected.text)
     return hashlib.blake2b("\x1f".join(parts).encode("utf-8", "surrogatepass"),
                            digest_size=12).hexdigest()
 

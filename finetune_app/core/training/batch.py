@@ -39,6 +39,16 @@ class Batch:
     sel: np.ndarray | None = None  # int32 [K]: flat positions (b*M + m) whose prediction is supervised
     sel_targets: np.ndarray | None = None  # int32 [K]: the tokens they predict
     sel_weights: np.ndarray | None = None  # float32 [K]: 1, or 0 for padding entries
+    # ---- what an objective needs beyond the tokens (its NEEDS: pairs, reference log-probs, ...) ----
+    units: int | None = None  # what the objective's loss is a mean over, when not tokens (pairs)
+    extra: dict[str, np.ndarray] = field(default_factory=dict)  # reaches the objective as device arrays
+
+    def prediction_rows(self) -> np.ndarray:
+        """The row of each prediction `family.predictions` returns, in its order (int32 [K])."""
+        if self.sel is not None:
+            return (self.sel // self.src.shape[1]).astype(np.int32)
+        B, L = self.input_ids.shape
+        return np.repeat(np.arange(B, dtype=np.int32), max(L - 1, 0))
 
     @property
     def n_examples(self) -> int:

@@ -55,6 +55,8 @@ class TrainReport:
     trained_tokens: int
     grad_norm: float | None = None
     hosts: tuple[HostRate, ...] = ()  # data-parallel runs: each process's share, rank order
+    # the objective's own (DPO/ORPO: reward_accuracy, reward_margin, chosen_logps, ...), window means
+    metrics: dict = field(default_factory=dict)
     kind: str = field(default="train", init=False)
 
 

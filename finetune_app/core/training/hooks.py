@@ -93,6 +93,7 @@ class Report(Hook):
 
     def _new_window(self):
         self.loss, self.steps, self.tokens, self.examples = mx.array(0.0), 0, 0, 0
+        self.metrics: dict[str, float] = {}
         self.my_examples = self.my_tokens = 0
         self.t = self.clock.now()
 
@@ -102,6 +103,8 @@ class Report(Hook):
 
     def after_step(self, run, done) -> None:
         self.loss = self.loss + done.loss
+        for k, v in done.metrics.items():
+            self.metrics[k] = self.metrics.get(k, 0.0) + v
         self.steps += 1
         self.tokens += done.tokens
         self.examples += done.examples
@@ -123,7 +126,8 @@ class Report(Hook):
             step_time=elapsed / self.steps, eta_seconds=(run.total_steps - done.step) * (sum(recent) / len(recent)),
             trained_tokens=s.trained_tokens,
             grad_norm=float(done.grad_norm.item()) if done.grad_norm is not None else None,
-            hosts=self.host_rates(self.my_examples, self.my_tokens, elapsed)))
+            hosts=self.host_rates(self.my_examples, self.my_tokens, elapsed),
+            metrics={k: v / self.steps for k, v in self.metrics.items()}))
         self._new_window()
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import mlx.core as mx
 
@@ -28,6 +28,7 @@ class StepDone:
     my_tokens: int  # this rank's share
     my_examples: int
     seconds: float
+    metrics: dict = field(default_factory=dict)  # the objective's, per counted unit (floats)
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -56,7 +57,7 @@ def train_loop(run, hooks, clock) -> str:
         loss, grad_norm = run.step([run.make_batch(run.shard(pos)) for pos in micro], norm)
         lazy = [a for h in hooks for a in h.with_step(run)]
         with run.dp.collective(f"summing the gradients of step {s.step + 1}"):
-            mx.eval(run.base.model.trainable_parameters(), run.optimizer.state, loss, *lazy)
+            mx.eval(run.base.model.trainable_parameters(), run.optimizer.state, loss, run.step.metrics, *lazy)
         if not math.isfinite(loss.item()):
             run.diverged(s.step + 1, f"the training loss is {loss.item()}")
         s.step += 1
@@ -64,7 +65,8 @@ def train_loop(run, hooks, clock) -> str:
         done = StepDone(step=s.step, loss=loss, grad_norm=grad_norm, learning_rate=lr, tokens=n_tok,
                         examples=sum(len(pos) for pos in micro), my_examples=sum(len(m) for m in mine),
                         my_tokens=sum(run.data.train[i].n_targets for m in mine for i in m),
-                        seconds=time.perf_counter() - t0)
+                        seconds=time.perf_counter() - t0,
+                        metrics={k: v.item() for k, v in run.step.metrics.items()})
         for h in hooks:
             with clock.off(h.off_clock):
                 h.after_step(run, done)

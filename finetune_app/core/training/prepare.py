@@ -110,18 +110,21 @@ def prepare_examples(cfg: TrainConfig, base, encoder: Encoder, *,
                 problems.append(Problem(file=sample.source or str(cfg.data), line=sample.line, field="length",
                                         message=f"sequence of {ex.model_length} tokens is longer than max_length {cfg.max_length}"))
                 continue
-            if ex.n_targets == 0:
+            if ex.n_targets == 0 or not getattr(ex, "has_targets", True):  # (a pair: both answers)
                 problems.append(Problem(file=sample.source or str(cfg.data), line=sample.line, field="answer",
                                         message="the answer produced no tokens to learn"))
                 continue
             if on_example:
-                on_example(ex)
+                for seq in ex.parts:  # (a preference pair: both answers)
+                    on_example(seq)
         except Exception as exc:  # noqa: BLE001 - one row's failure, whatever it is, skips that row
             problems.append(_row_problem(sample, i, dataset, exc))
             continue
-        image_bytes += sum(v.nbytes for v in ex.images.values())
+        image_bytes += sum(v.nbytes for seq in ex.parts for v in seq.images.values())
         if image_bytes > IMAGE_BUDGET_BYTES:  # keep ids only; images are re-read per batch
-            ex.images, ex.lazy_images = {}, True
+            for seq in ex.parts:
+                seq.images = {}
+            ex.lazy_images = True
         if part == "train":
             train.append(ex)
         else:

@@ -7,8 +7,8 @@ Control (control.py). The loop owns its MLX arrays and runs on whichever thread 
 
 from __future__ import annotations
 
-import copy
 import math
+from functools import partial
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +35,8 @@ from finetune_app.core.training.prepare import Prepared, prepare_examples
 from finetune_app.core.training import hooks
 from finetune_app.core.training.hooks import Clock
 from finetune_app.core.training.loop import train_loop
+from finetune_app.core.training import pairs
+from finetune_app.core.training.reference import Reference
 
 CONFIG_FILE = run_folder.CONFIG_FILE
 METRICS_FILE = run_folder.METRICS_FILE
@@ -144,13 +146,16 @@ class Trainer:
         # where the model and settings allow it, the library's own forward otherwise.
         self.family = family_for(base)
         self.family.start(cfg)
-        self.objective = objective(cfg.objective)
+        self.objective = objective(cfg.objective, cfg)
+        self.pairs = "pairs" in self.objective.NEEDS  # preference objectives: batches of chosen/rejected pairs
+        self.reference = (Reference(base.model, self.family, partial(pairs.plan, self.family))
+                          if "reference_logps" in self.objective.NEEDS else None)
         self.rollout = None  # GRPO: answers sampled and scored per batch (objectives/grpo.py)
         if cfg.objective == "grpo":
             self._start_grpo()
         self.encoder = Encoder(base, completion_only=cfg.completion_only, image_size=cfg.image_size,
                                image_features=self.family.image_features(),
-                               serve_target=cfg.serve_target)
+                               serve_target=cfg.serve_target, pairs=self.pairs)
         self.emit(StateChanged("preparing"))
         data = prepare_examples(cfg, base, self.encoder,
                                 progress=lambda phase, d, t: self.emit(Progress(phase, d, t)),
@@ -209,7 +214,7 @@ class Trainer:
     def units(self, example: Example) -> int:
         """What one example counts for in the step's loss normaliser: its supervised tokens, or
         (GRPO) its G sampled answers."""
-        return self.cfg.grpo_group_size if self.rollout is not None else example.n_targets
+        return self.cfg.grpo_group_size if self.rollout is not None else example.units
 
     def _restore(self) -> None:
         if self.world.is_main:
@@ -272,9 +277,11 @@ class Trainer:
         """The family's Batch for these examples (fast path or library path); GRPO's sampled
         and scored answers to them."""
         examples = [self._materialise(e) for e in examples]
-        if self.rollout is None:
-            return self.family.plan(examples)
-        return self._grpo_batch(examples, split)
+        if self.rollout is not None:
+            return self._grpo_batch(examples, split)
+        if self.pairs:  # preference pairs: chosen then rejected rows, with what the objective needs (pairs.py)
+            return pairs.plan(self.family, examples, self.reference)
+        return self.family.plan(examples)
 
     def _grpo_batch(self, examples: list[Example], split: str):
         from finetune_app.core.training.objectives import grpo
@@ -355,9 +362,7 @@ class Trainer:
         if mine:
             return mine
 
-        empty = copy.copy(self.data.train[positions[0]])  # (keeps what a family attached, e.g. mRoPE ids)
-        empty.target_mask = empty.target_mask & False
-        return [empty]
+        return [self.data.train[positions[0]].without_targets()]  # (keeps what a family attached, e.g. mRoPE ids)
 
     def evaluate_and_sample(self, step: int) -> float | None:
         if not self.data.valid:

@@ -6,7 +6,7 @@ datasets) is the container, detected from the path (see `finetune_app.core.data.
 
 from __future__ import annotations
 
-from finetune_app.core.data.formats import caption, chat, instruct, template
+from finetune_app.core.data.formats import caption, chat, instruct, preference, template
 from finetune_app.core.data.formats.common import RowError, SourceCtx, first_key
 from finetune_app.core.errors import DataError
 
@@ -18,12 +18,13 @@ FORMATS = {
     "llava": "LLaVA JSON: [{\"id\", \"image\", \"conversations\"}] (read like ShareGPT)",
     "alpaca": "Alpaca instruction / input / output",
     "qa": "question / answer (or prompt / completion) columns, optional image",
+    "preference": "prompt + chosen / rejected answers (TRL, mlx-vlm; ShareGPT with a final pair), for DPO / ORPO",
     "template": "your own column mapping (template={\"prompt\": ..., \"answer\": ...})",
 }
 ALIASES = {
     "captions-csv": "caption", "csv": "caption", "imagefolder": "caption", "captions": "caption",
     "openai": "messages", "chat": "messages", "mlx-vlm": "messages", "mlx": "messages",
-    "conversations": "sharegpt", "vqa": "qa", "prompt-completion": "qa", "completion": "qa",
+    "conversations": "sharegpt", "dpo": "preference", "orpo": "preference", "pairs": "preference", "vqa": "qa", "prompt-completion": "qa", "completion": "qa",
 }
 
 
@@ -38,6 +39,8 @@ def canonical(name: str) -> str:
 
 def detect(keys: set[str]) -> str | None:
     """Best guess from the keys of the first rows; None when nothing fits."""
+    if "chosen" in keys and "rejected" in keys:  # before chat: ShareGPT rows with a final pair
+        return "preference"
     if "messages" in keys:
         return "messages"
     if "conversations" in keys or "conversation" in keys:
@@ -64,6 +67,8 @@ def configure(name: str, keys: set[str], *, file: str, template_spec: dict | Non
         return instruct.configure_alpaca(keys, file=file)
     if name == "qa":
         return instruct.configure_qa(keys, file=file)
+    if name == "preference":
+        return preference.configure(keys, file=file)
     if name == "template":
         return template.configure(keys, file=file, template=template_spec)
     raise DataError(f"unknown dataset format '{name}'.", f"Use one of: {', '.join(FORMATS)}.")

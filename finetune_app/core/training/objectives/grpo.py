@@ -159,7 +159,7 @@ class Rollout:
     def layout(self, rows: list[Example], rewards: np.ndarray, n_answers: int) -> GroupBatch:
         """The GroupBatch of sampled rows (G per prompt, in order) with their rewards: advantages,
         per-answer token weights, and the old and reference log-probabilities."""
-        from finetune_app.core.training.reference import adapter_off
+        from finetune_app.core.training.reference import adapters_off
 
         cfg, model = self.cfg, self.base.model
         plain = self.family.plan(rows)
@@ -172,7 +172,7 @@ class Rollout:
         logits, targets, _ = self.family.predictions(model, plain)
         batch.old_logps = token_logps(logits, targets)
         if cfg.grpo_beta:
-            with adapter_off(model):
+            with adapters_off(model):
                 logits, targets, _ = self.family.predictions(model, plain)
                 batch.ref_logps = token_logps(logits, targets)
         mx.eval(batch.old_logps, *([batch.ref_logps] if batch.ref_logps is not None else []))
