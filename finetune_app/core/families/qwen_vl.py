@@ -90,7 +90,7 @@ class QwenVL(Generic):
     def plan(self, examples) -> Batch:
         if not self.fast:
             return super().plan(examples)
-        batch = gather_plan(examples, self._runs, lambda k: self.features[k].shape[0], pack=self.pack)
+        batch = gather_plan(examples, self._runs, lambda k: self.features[k].shape[0], pack=self.pack, buckets=self.buckets)
         R, M = batch.src.shape
         positions = np.zeros((3, R, M), np.int32)
         ends = {}  # row -> (end of its last example, that example's last ids)

@@ -30,7 +30,7 @@ class Text(Generic):
     def plan(self, examples) -> Batch:
         if not self.fast:
             return super().plan(examples)
-        return gather_plan(examples, lambda e: (), lambda k: 0, pad_ids=True, pack=self.pack)
+        return gather_plan(examples, lambda e: (), lambda k: 0, pad_ids=True, pack=self.pack, buckets=self.buckets)
 
     def inputs(self, batch: Batch):
         if batch.src is None:

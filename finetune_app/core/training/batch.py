@@ -23,6 +23,29 @@ def padded_length(n: int) -> int:
     return -(-n // step) * step
 
 
+SHAPE_CAP = 8  # distinct sizes per padded dimension of the compiled step (positions, supervised)
+
+
+class Buckets:
+    """The sizes a padded dimension takes in a run: at most `cap`, chosen once from the run's own
+    batches (quantiles of their padded sizes, the largest always included), so a compiled step is
+    traced for a handful of shapes instead of one per distinct batch. A function of the data and
+    (seed, epoch 0)'s order, so a resumed run pads exactly as the uninterrupted one did."""
+
+    def __init__(self, values, cap: int = SHAPE_CAP):
+        padded = sorted(padded_length(max(1, v)) for v in values)
+        if len(set(padded)) <= cap:
+            self.sizes = sorted(set(padded))
+        else:
+            self.sizes = sorted({padded[-(-len(padded) * i // cap) - 1] for i in range(1, cap + 1)})
+
+    def __call__(self, n: int) -> int:
+        import bisect
+
+        i = bisect.bisect_left(self.sizes, n)
+        return self.sizes[i] if i < len(self.sizes) else padded_length(n)  # past the largest: its own
+
+
 @dataclass
 class Batch:
     input_ids: np.ndarray  # int32 [B, L] (fast path: placeholders as 0, padded to M for text)
@@ -99,7 +122,8 @@ def segment_mask(segments):
     return ((segments[:, :, None] == segments[:, None, :]) & causal)[:, None]
 
 
-def gather_plan(examples: list, runs_of, rows_of, *, pad_ids: bool = False, pack: bool = False) -> Batch:
+def gather_plan(examples: list, runs_of, rows_of, *, pad_ids: bool = False, pack: bool = False,
+                buckets: tuple | None = None) -> Batch:
     """The fast path's batch. `runs_of(example)`: the example's images as (first token, tokens,
     cache key) runs of image tokens; `rows_of(key)`: feature rows that image expands into. A run
     of c tokens becomes n model positions; its j-th token sits at the run's position n - c + j
@@ -107,14 +131,16 @@ def gather_plan(examples: list, runs_of, rows_of, *, pad_ids: bool = False, pack
     models, whose model positions are token positions, get ids padded to M too.
     `pack`: several examples share a row of model positions (`pack_rows`, capacity the longest
     example's padded length), told apart by `segments`; `src` still gathers each example's own
-    token rows, so ids stay one row per example."""
+    token rows, so ids stay one row per example. `buckets`: (positions, supervised) `Buckets`
+    of the run (default: `padded_length`)."""
+    size_m, size_k = buckets or (padded_length, padded_length)
     B = len(examples)
     runs = [runs_of(e) for e in examples]
     lengths = [len(e.input_ids) + sum(rows_of(k) - c for _, c, k in r) for e, r in zip(examples, runs)]
-    M = padded_length(max(lengths))
+    M = size_m(max(lengths))
     rows = pack_rows(lengths, M) if pack else [[b] for b in range(B)]
     R = len(rows)
-    L = M if pad_ids else max(len(e.input_ids) for e in examples)
+    L = M if pad_ids else size_m(max(len(e.input_ids) for e in examples))  # bucketed: ids are a step input too
     ids = np.zeros((B, L), np.int32)
     tmask = np.zeros((B, L), bool)
     src = np.zeros((R, M), np.int32)
@@ -159,7 +185,7 @@ def gather_plan(examples: list, runs_of, rows_of, *, pad_ids: bool = False, pack
     # Only supervised positions need logits: gather them before the LM head (the head is the
     # largest matmul of a small model, and its float32 logits dominate peak memory).
     flat = np.flatnonzero(supervised.reshape(-1)).astype(np.int32)
-    K = padded_length(max(1, len(flat)))
+    K = size_k(max(1, len(flat)))
     sel, sel_targets, sel_weights = np.zeros(K, np.int32), np.zeros(K, np.int32), np.zeros(K, np.float32)
     sel[:len(flat)] = flat
     sel_targets[:len(flat)] = targets.reshape(-1)[flat]

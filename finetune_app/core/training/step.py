@@ -26,6 +26,7 @@ class Step:
         self.grad_clip = grad_clip
         self.world = world or current_world()
         self._fns: dict[str, object] = {}
+        self.shapes: set = set()  # distinct input shapes the step has seen (compiled: one trace each)
 
     def loss_sum(self, batch) -> tuple[mx.array, mx.array]:
         """Summed loss and its count for one batch, no gradients (validation, perplexity)."""
@@ -55,18 +56,24 @@ class Step:
         # value_and_grad swaps traced arrays into the model: the model state is an output too
         return partial(mx.compile, inputs=state, outputs=state)(fn)
 
+    def _inputs(self, batch):
+        x = self.family.inputs(batch)
+        if isinstance(x, dict):
+            self.shapes.add(tuple(sorted((k, v.shape) for k, v in x.items())))
+        return x
+
     def __call__(self, batches: list, norm: float | None = None):
         """Mean loss over the step's supervised units, and the gradient norm (None without clipping).
         `norm`: the count of the whole step (all ranks when data-parallel); the batches' own by default."""
         norm = mx.array(float(norm if norm is not None else sum(b.n_targets for b in batches)) or 1.0)
         if len(batches) == 1:
             fn = self._fns.get("full") or self._fns.setdefault("full", self._build(False))
-            loss, grad_norm = fn(norm, self.family.inputs(batches[0]))
+            loss, grad_norm = fn(norm, self._inputs(batches[0]))
             return loss, (grad_norm if self.grad_clip else None)
         fn = self._fns.get("acc") or self._fns.setdefault("acc", self._build(True))
         grads, loss = None, mx.array(0.0)
         for b in batches:
-            l, g = fn(norm, self.family.inputs(b))
+            l, g = fn(norm, self._inputs(b))
             grads = g if grads is None else tree_map(mx.add, grads, g)
             loss = loss + l
         loss, grads = self.world.sum(loss), self.world.sum_tree(grads)
