@@ -8,7 +8,7 @@ import numpy as np
 
 from finetune_app.core.config import TrainConfig
 from finetune_app.core.training.batch import SHAPE_CAP, Buckets, padded_length
-from finetune_app.core.training.events import TrainReport
+from finetune_app.core.training.events import FirstStep, TrainReport, from_dict, process_age, to_dict
 from finetune_app.core.training.memory import cache_limit
 from finetune_app.core.training.trainer import Trainer
 
@@ -38,9 +38,11 @@ def test_run_bounds_cache_and_compiled_shapes(tiny_model, tmp_path):
     cfg = TrainConfig(model=str(tiny_model("llama")), data=str(data), output=str(tmp_path / "run"), epochs=1,
                       batch_size=2, valid_fraction=0.0, sample_count=0, save_every=1000, steps_per_eval=1000,
                       steps_per_report=1)
-    limits, cached = [], []
+    limits, cached, first = [], [], []
 
     def watch(e):
+        if isinstance(e, FirstStep):
+            first.append(e)
         if isinstance(e, TrainReport):
             lim = mx.set_cache_limit(0)  # reading the limit means setting one: put it straight back
             mx.set_cache_limit(lim)
@@ -59,3 +61,7 @@ def test_run_bounds_cache_and_compiled_shapes(tiny_model, tmp_path):
     sizes = {dict(s)["ids"][1] for s in trainer.step.shapes}
     assert 2 < len(sizes) <= SHAPE_CAP and len(trainer.step.shapes) <= SHAPE_CAP ** 2
     assert trainer.state.step == 20
+    # time to first step: one event, after the first step, within this process's age
+    assert len(first) == 1 and first[0].step == 1
+    assert 0 < first[0].seconds_since_run_start <= first[0].seconds_since_process_start + 1 <= process_age() + 1
+    assert from_dict(to_dict(first[0])) == first[0]

@@ -351,7 +351,7 @@ class Trainer:
 
     # ---- the loop ----------------------------------------------------------------------------
     def run(self) -> RunResult:
-        t_start = time.perf_counter()
+        t_start = self.t_start = time.perf_counter()
         failed = True
         try:
             with bounded_cache():  # (#16) held memory: MLX's buffer cache bounded for the run
