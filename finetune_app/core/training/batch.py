@@ -139,6 +139,9 @@ def gather_plan(examples: list, runs_of, rows_of, *, pad_ids: bool = False, pack
     lengths = [len(e.input_ids) + sum(rows_of(k) - c for _, c, k in r) for e, r in zip(examples, runs)]
     M = size_m(max(lengths))
     rows = pack_rows(lengths, M) if pack else [[b] for b in range(B)]
+    pack = len(rows) < B  # nothing shares a row: the plain layout (its causal mask is the fast one)
+    if not pack:
+        rows = [[b] for b in range(B)]
     R = len(rows)
     L = M if pad_ids else size_m(max(len(e.input_ids) for e in examples))  # bucketed: ids are a step input too
     ids = np.zeros((B, L), np.int32)
