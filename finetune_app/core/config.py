@@ -190,6 +190,11 @@ class TrainConfig:
                                     help="Recompute activations instead of storing them: less memory, about 30% slower.")
     compile: bool = setting(True, group=MEMORY, label="Compile the step",
                             help="Compile the training step where the model allows it (faster).")
+    # ---- packing (#16) ----
+    pack: bool = setting(False, group=MEMORY, label="Pack short rows together",
+                         help="Put several short examples in one row of the step (each sees only itself): "
+                              "less padding when a batch mixes long and short rows. Same results.")
+    # ---- end packing ----
     cache_vision: bool = setting(True, group=MEMORY, label="Reuse picture features",
                                  help="Compute a frozen vision tower's features once per image and reuse them every epoch (same results, faster).")
 

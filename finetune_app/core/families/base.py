@@ -26,6 +26,8 @@ class Family:
         self.image_token = config.get("image_token_index", config.get("image_token_id"))
         self.fast = False  # plan() builds the fast path's arrays (set by `start`)
         self.compiled = False  # the step may be compiled with mx.compile
+        self.pack = False  # fast path: several examples per row (sequence packing)
+        self.buckets = None  # fast path: the run's (positions, supervised) Buckets (trainer sets them)
 
     @classmethod
     def display_name(cls, model_type: str) -> str:

@@ -97,7 +97,7 @@ class FastVLM(Generic):
         def runs(e):
             return [(int(t), 1, k) for t, k in zip(np.flatnonzero(e.input_ids == self.image_token), e.feature_keys)]
 
-        return gather_plan(examples, runs, lambda k: features[k].shape[0])
+        return gather_plan(examples, runs, lambda k: features[k].shape[0], buckets=self.buckets)
 
     def inputs(self, batch: Batch):
         if batch.src is None:

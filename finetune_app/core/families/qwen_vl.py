@@ -6,6 +6,9 @@ pixels' content; the mRoPE position ids are computed once per example on the hos
 features (tower outputs added to the first decoder layers' hidden states at the image positions)
 are cached beside the main features and added by a gather, as mlx-vlm's `_deepstack_process`
 adds them. The merger sits inside the tower, so training it (or the tower) uses the library path.
+
+Packed rows (`pack`): several examples share a row behind a block-diagonal causal mask, and each
+keeps its own mRoPE ids (its per-example `get_rope_index`), so its positions restart at its start.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import numpy as np
 
 from finetune_app.core.families.generic import Generic, assemble, cached_features, head
 from finetune_app.core.patches import qwen_rope_state as rope_state
-from finetune_app.core.training.batch import Batch, gather_plan
+from finetune_app.core.training.batch import Batch, gather_plan, segment_mask
 from finetune_app.core.vision_cache import content_key
 
 
@@ -32,6 +35,7 @@ class QwenVL(Generic):
     def start(self, cfg) -> None:
         self.fast = bool(cfg.cache_vision and not cfg.train_vision and not cfg.train_projector)
         self.compiled = self.fast and bool(cfg.compile)
+        self.pack = self.fast and bool(getattr(cfg, "pack", False))
 
     # ---- once per example ------------------------------------------------------------------------
     def tower_features(self, model, pixel_values, grid=None):
@@ -87,14 +91,18 @@ class QwenVL(Generic):
     def plan(self, examples) -> Batch:
         if not self.fast:
             return super().plan(examples)
-        batch = gather_plan(examples, self._runs, lambda k: self.features[k].shape[0])
-        B, M = batch.src.shape
-        positions = np.zeros((3, B, M), np.int32)
-        for b, e in enumerate(examples):
+        batch = gather_plan(examples, self._runs, lambda k: self.features[k].shape[0], pack=self.pack, buckets=self.buckets)
+        R, M = batch.src.shape
+        positions = np.zeros((3, R, M), np.int32)
+        ends = {}  # row -> (end of its last example, that example's last ids)
+        for e, (r, o) in zip(examples, batch.placement):
             rp = e.rope_positions
-            positions[:, b, :rp.shape[1]] = rp
+            positions[:, r, o:o + rp.shape[1]] = rp
             last = rp[:, -1:] if rp.shape[1] else np.zeros((3, 1), np.int32)
-            positions[:, b, rp.shape[1]:] = last + np.arange(1, M - rp.shape[1] + 1)
+            if o + rp.shape[1] >= ends.get(r, (0,))[0]:
+                ends[r] = (o + rp.shape[1], last)
+        for r, (end, last) in ends.items():  # padding continues the row's last example
+            positions[:, r, end:] = last + np.arange(1, M - end + 1)
         batch.positions = positions
         return batch
 
@@ -104,6 +112,8 @@ class QwenVL(Generic):
         a = {"ids": mx.array(batch.input_ids), "feats": cached_features(self.features, batch.feature_keys),
              "src": mx.array(batch.src), "positions": mx.array(batch.positions), "sel": mx.array(batch.sel),
              "sel_targets": mx.array(batch.sel_targets), "sel_weights": mx.array(batch.sel_weights)}
+        if batch.segments is not None:
+            a["segments"] = mx.array(batch.segments)
         if self.deepstack and batch.feature_keys and batch.feature_keys[0] in self.deep:
             # deepstack rows: 0 is a zero row (text positions), 1 + i is feature row i
             first = batch.input_ids.shape[0] * batch.input_ids.shape[1]
@@ -115,20 +125,23 @@ class QwenVL(Generic):
     def fast_predictions(self, model, a: dict):
         lm = model.language_model
         embeds = assemble(lm.model.embed_tokens, a["ids"], a["feats"], a["src"])
+        mask = segment_mask(a["segments"]) if "segments" in a else None  # packed rows
         if "deep" in a:
-            hidden = self._decode_deepstack(lm.model, embeds, a["positions"], a["deep"], a["deep_src"])
+            hidden = self._decode_deepstack(lm.model, embeds, a["positions"], a["deep"], a["deep_src"], mask)
         else:
-            hidden = lm.model(mx.zeros(a["src"].shape, mx.int32), inputs_embeds=embeds, position_ids=a["positions"])
+            hidden = lm.model(mx.zeros(a["src"].shape, mx.int32), inputs_embeds=embeds, mask=mask,
+                              position_ids=a["positions"])
         picked = hidden.reshape(-1, hidden.shape[-1])[a["sel"]]
         return head(lm, picked), a["sel_targets"], a["sel_weights"]
 
     @staticmethod
-    def _decode_deepstack(text_model, h, positions, deep, deep_src):
+    def _decode_deepstack(text_model, h, positions, deep, deep_src, mask=None):
         """mlx-vlm's Qwen3-VL decoder loop, with the deepstack addition as a gather of cached rows
         (its `_deepstack_process` reads the image mask on the host, which a compiled step cannot)."""
         from mlx_vlm.models.base import create_attention_mask
 
-        mask = create_attention_mask(h, None)
+        if mask is None:
+            mask = create_attention_mask(h, None)
         rope = text_model.layers[0].self_attn.rotary_emb
         position_embeddings = None if rope.fused_apply else rope(h, positions)
         zero = mx.zeros((deep.shape[0], 1, deep.shape[-1]), h.dtype)

@@ -23,6 +23,29 @@ def padded_length(n: int) -> int:
     return -(-n // step) * step
 
 
+SHAPE_CAP = 8  # distinct sizes per padded dimension of the compiled step (positions, supervised)
+
+
+class Buckets:
+    """The sizes a padded dimension takes in a run: at most `cap`, chosen once from the run's own
+    batches (quantiles of their padded sizes, the largest always included), so a compiled step is
+    traced for a handful of shapes instead of one per distinct batch. A function of the data and
+    (seed, epoch 0)'s order, so a resumed run pads exactly as the uninterrupted one did."""
+
+    def __init__(self, values, cap: int = SHAPE_CAP):
+        padded = sorted(padded_length(max(1, v)) for v in values)
+        if len(set(padded)) <= cap:
+            self.sizes = sorted(set(padded))
+        else:
+            self.sizes = sorted({padded[-(-len(padded) * i // cap) - 1] for i in range(1, cap + 1)})
+
+    def __call__(self, n: int) -> int:
+        import bisect
+
+        i = bisect.bisect_left(self.sizes, n)
+        return self.sizes[i] if i < len(self.sizes) else padded_length(n)  # past the largest: its own
+
+
 @dataclass
 class Batch:
     input_ids: np.ndarray  # int32 [B, L] (fast path: placeholders as 0, padded to M for text)
@@ -39,6 +62,8 @@ class Batch:
     sel: np.ndarray | None = None  # int32 [K]: flat positions (b*M + m) whose prediction is supervised
     sel_targets: np.ndarray | None = None  # int32 [K]: the tokens they predict
     sel_weights: np.ndarray | None = None  # float32 [K]: 1, or 0 for padding entries
+    segments: np.ndarray | None = None  # int32 [R, M] when packed: 1 + example's slot in its row, 0 padding
+    placement: list[tuple[int, int]] = field(default_factory=list)  # (row, first position) of each example
     # ---- what an objective needs beyond the tokens (its NEEDS: pairs, reference log-probs, ...) ----
     units: int | None = None  # what the objective's loss is a mean over, when not tokens (pairs)
     extra: dict[str, np.ndarray] = field(default_factory=dict)  # reaches the objective as device arrays
@@ -79,55 +104,106 @@ def collate(examples: list, pad_id: int, expanded_token: int | None = None) -> B
                  images=images, image_positions=positions, indices=[e.index for e in examples])
 
 
-def gather_plan(examples: list, runs_of, rows_of, *, pad_ids: bool = False) -> Batch:
+def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Sequence packing: examples (by index into `lengths`) into rows of at most `capacity`
+    positions, first fit by decreasing length; deterministic (ties by index), so the step's layout
+    is a function of its examples alone."""
+    rows: list[list[int]] = []
+    free: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        r = next((r for r, f in enumerate(free) if f >= lengths[i]), None)
+        if r is None:
+            rows.append([i])
+            free.append(capacity - lengths[i])
+        else:
+            rows[r].append(i)
+            free[r] -= lengths[i]
+    return rows
+
+
+def segment_mask(segments):
+    """Block-diagonal causal attention mask [R, 1, M, M] (bool, True = may attend) from packed
+    segment ids [R, M]: a position sees the earlier positions of its own example only. Built in
+    the step from the device array, so a compiled step traces it once per shape."""
+    import mlx.core as mx
+
+    M = segments.shape[1]
+    causal = mx.arange(M)[:, None] >= mx.arange(M)[None, :]
+    return ((segments[:, :, None] == segments[:, None, :]) & causal)[:, None]
+
+
+def gather_plan(examples: list, runs_of, rows_of, *, pad_ids: bool = False, pack: bool = False,
+                buckets: tuple | None = None) -> Batch:
     """The fast path's batch. `runs_of(example)`: the example's images as (first token, tokens,
     cache key) runs of image tokens; `rows_of(key)`: feature rows that image expands into. A run
     of c tokens becomes n model positions; its j-th token sits at the run's position n - c + j
     (one FastVLM placeholder -> its last feature row; Qwen pads one to one). `pad_ids`: text
-    models, whose model positions are token positions, get ids padded to M too."""
+    models, whose model positions are token positions, get ids padded to M too.
+    `pack`: several examples share a row of model positions (`pack_rows`, capacity the longest
+    example's padded length), told apart by `segments`; `src` still gathers each example's own
+    token rows, so ids stay one row per example. `buckets`: (positions, supervised) `Buckets`
+    of the run (default: `padded_length`)."""
+    size_m, size_k = buckets or (padded_length, padded_length)
     B = len(examples)
     runs = [runs_of(e) for e in examples]
     lengths = [len(e.input_ids) + sum(rows_of(k) - c for _, c, k in r) for e, r in zip(examples, runs)]
-    M = padded_length(max(lengths))
-    L = M if pad_ids else max(len(e.input_ids) for e in examples)
+    M = size_m(max(lengths))
+    rows = pack_rows(lengths, M) if pack else [[b] for b in range(B)]
+    pack = len(rows) < B  # nothing shares a row: the plain layout (its causal mask is the fast one)
+    if not pack:
+        rows = [[b] for b in range(B)]
+    R = len(rows)
+    L = M if pad_ids else size_m(max(len(e.input_ids) for e in examples))  # bucketed: ids are a step input too
     ids = np.zeros((B, L), np.int32)
     tmask = np.zeros((B, L), bool)
-    src = np.zeros((B, M), np.int32)
-    targets = np.zeros((B, M), np.int32)
-    supervised = np.zeros((B, M), bool)
+    src = np.zeros((R, M), np.int32)
+    segments = np.zeros((R, M), np.int32)
+    targets = np.zeros((R, M), np.int32)
+    supervised = np.zeros((R, M), bool)
+    row_of, offset_of = [0] * B, [0] * B
+    for r, members in enumerate(rows):
+        o = 0
+        for slot, b in enumerate(members):
+            row_of[b], offset_of[b] = r, o
+            segments[r, o:o + lengths[b]] = slot + 1
+            o += lengths[b]
     feature_keys: list = []
     feat_row = B * L
     for b, (e, example_runs) in enumerate(zip(examples, runs)):
+        r, o = row_of[b], offset_of[b]
         tok = e.input_ids
         ids[b, :len(tok)] = np.maximum(tok, 0)
         tmask[b, :len(tok)] = e.target_mask
         where = np.empty(len(tok), np.int64)  # model position of each token
-        m, t = 0, 0
+        m, t = o, 0
         for start, c, key in example_runs:
             n = rows_of(key)
             where[t:start] = np.arange(m, m + start - t)
-            src[b, m:m + start - t] = b * L + np.arange(t, start)
+            src[r, m:m + start - t] = b * L + np.arange(t, start)
             m += start - t
-            src[b, m:m + n] = np.arange(feat_row, feat_row + n)
+            src[r, m:m + n] = np.arange(feat_row, feat_row + n)
             where[start:start + c] = m + n - c + np.arange(c)
             feature_keys.append(key)
             feat_row += n
             m += n
             t = start + c
         where[t:] = np.arange(m, m + len(tok) - t)
-        src[b, m:m + len(tok) - t] = b * L + np.arange(t, len(tok))
+        src[r, m:m + len(tok) - t] = b * L + np.arange(t, len(tok))
         m += len(tok) - t
-        src[b, m:] = b * L + len(tok) - 1 if len(tok) else 0
+        if b == rows[r][-1]:  # the row's padding repeats its last token
+            src[r, m:] = b * L + len(tok) - 1 if len(tok) else 0
         sup = np.flatnonzero(e.target_mask[1:])  # token s + 1 is predicted at token s's position
-        targets[b, where[sup]] = tok[sup + 1]
-        supervised[b, where[sup]] = True
+        targets[r, where[sup]] = tok[sup + 1]
+        supervised[r, where[sup]] = True
     # Only supervised positions need logits: gather them before the LM head (the head is the
     # largest matmul of a small model, and its float32 logits dominate peak memory).
     flat = np.flatnonzero(supervised.reshape(-1)).astype(np.int32)
-    K = padded_length(max(1, len(flat)))
+    K = size_k(max(1, len(flat)))
     sel, sel_targets, sel_weights = np.zeros(K, np.int32), np.zeros(K, np.int32), np.zeros(K, np.float32)
     sel[:len(flat)] = flat
     sel_targets[:len(flat)] = targets.reshape(-1)[flat]
     sel_weights[:len(flat)] = 1.0
-    return Batch(input_ids=ids, target_mask=tmask, n_targets=len(flat), indices=[e.index for e in examples],
-                 src=src, feature_keys=feature_keys, sel=sel, sel_targets=sel_targets, sel_weights=sel_weights)
+    batch = Batch(input_ids=ids, target_mask=tmask, n_targets=len(flat), indices=[e.index for e in examples],
+                  src=src, feature_keys=feature_keys, sel=sel, sel_targets=sel_targets, sel_weights=sel_weights,
+                  segments=segments if pack else None, placement=list(zip(row_of, offset_of)))
+    return batch

@@ -7,7 +7,10 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from time import monotonic as _monotonic
 from typing import Callable
+
+_IMPORTED = _monotonic()
 
 STATES = ("loading", "preparing", "started", "paused", "resumed", "stopping", "stopped", "finished", "failed")
 
@@ -113,6 +116,17 @@ class Notice:
 
 
 @dataclass(frozen=True)
+class FirstStep:
+    """This process's first optimizer step has completed: what a user waits for before training
+    shows progress (loading, data preparation, tower-feature caching, compilation; #16)."""
+
+    step: int
+    seconds_since_process_start: float  # from the OS's record of the process start
+    seconds_since_run_start: float  # from Trainer.run (setup included)
+    kind: str = field(default="first_step", init=False)
+
+
+@dataclass(frozen=True)
 class ObjectiveReport:
     """What an objective measures beyond its loss, per step (GRPO: reward mean and spread, KL)."""
 
@@ -122,7 +136,7 @@ class ObjectiveReport:
     kind: str = field(default="objective", init=False)
 
 
-Event = (StateChanged | Progress | TrainReport | ValReport | SampleReport | EvalReport | CheckpointSaved | Notice
+Event = (StateChanged | Progress | FirstStep | TrainReport | ValReport | SampleReport | EvalReport | CheckpointSaved | Notice
          | ObjectiveReport)
 Listener = Callable[[Event], None]
 
@@ -133,7 +147,7 @@ def to_dict(event) -> dict:
     return d
 
 
-_KINDS = {"train": TrainReport, "val": ValReport, "samples": SampleReport, "eval": EvalReport, "checkpoint": CheckpointSaved,
+_KINDS = {"train": TrainReport, "first_step": FirstStep, "val": ValReport, "samples": SampleReport, "eval": EvalReport, "checkpoint": CheckpointSaved,
           "objective": ObjectiveReport,
           "StateChanged": StateChanged, "Progress": Progress, "Notice": Notice}
 
@@ -147,6 +161,34 @@ def from_dict(d: dict):
     elif cls in (SampleReport, EvalReport):
         d["items"] = tuple(SampleItem(**i) for i in d.get("items", ()))
     return cls(**d)
+
+
+def process_age() -> float:
+    """Seconds since this process started: Linux's /proc, else `ps` (macOS), else since this
+    module was imported (close to the start for the CLI)."""
+    import os
+    import time
+
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import subprocess
+
+        out = subprocess.run(["ps", "-o", "etime=", "-p", str(os.getpid())], capture_output=True, text=True,
+                             timeout=5).stdout.strip()  # [[dd-]hh:]mm:ss
+        days, _, rest = out.rpartition("-")
+        parts = [int(x) for x in rest.split(":")]
+        while len(parts) < 3:
+            parts.insert(0, 0)
+        return (int(days or 0) * 24 + parts[0]) * 3600 + parts[1] * 60 + parts[2]
+    except Exception:
+        return time.monotonic() - _IMPORTED
 
 
 class ProgressThrottle:
@@ -199,7 +241,7 @@ def parse_line(line: str):
 
 
 class MetricsLog:
-    """Appends train/val/sample/eval reports to metrics.jsonl, one JSON object per line.
+    """Appends train/val/sample/eval reports (and the time to first step) to metrics.jsonl, one JSON object per line.
 
     Each line is written whole and flushed; a line cut short by a kill is dropped on read, and
     resume truncates the file to the checkpoint's step so no step appears twice."""
@@ -208,7 +250,7 @@ class MetricsLog:
         self.path = Path(path)
 
     def __call__(self, event) -> None:
-        if isinstance(event, (TrainReport, ValReport, SampleReport, EvalReport, CheckpointSaved, ObjectiveReport)):
+        if isinstance(event, (TrainReport, ValReport, SampleReport, EvalReport, CheckpointSaved, ObjectiveReport, FirstStep)):
             with open(self.path, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(to_dict(event)) + "\n")
                 fh.flush()

@@ -15,7 +15,7 @@ import time
 import mlx.core as mx
 
 from finetune_app.core.errors import FinetuneError
-from finetune_app.core.training.events import EvalReport, Notice, StateChanged, TrainReport
+from finetune_app.core.training.events import EvalReport, FirstStep, Notice, StateChanged, TrainReport, process_age
 
 
 class Clock:
@@ -89,6 +89,7 @@ class Report(Hook):
         self.clock, self.every, self.host_rates = clock, every, host_rates  # per-host rates: data parallel
         self.step_times: list[float] = []
         self.last_loss = None
+        self.first_done = False
         self._new_window()
 
     def _new_window(self):
@@ -102,6 +103,9 @@ class Report(Hook):
         self._new_window()
 
     def after_step(self, run, done) -> None:
+        if not self.first_done:  # (#16) time to first step, in the event stream
+            self.first_done = True
+            run.emit(FirstStep(done.step, process_age(), time.perf_counter() - getattr(run, "t_start", time.perf_counter())))
         self.loss = self.loss + done.loss
         for k, v in done.metrics.items():
             self.metrics[k] = self.metrics.get(k, 0.0) + v

@@ -29,10 +29,14 @@ class Step:
         self.world = world or current_world()
         self._fns: dict[str, object] = {}
         self.metrics: dict[str, mx.array] = {}  # the last step's objective metrics (lazy), per counted unit
+        self.shapes: set = set()  # distinct input shapes the step has seen (compiled: one trace each)
 
     def inputs(self, batch):
         """What the objective gets: the family's inputs plus the batch's `extra` arrays (its NEEDS)."""
-        return with_extra(self.family.inputs(batch), batch)
+        x = with_extra(self.family.inputs(batch), batch)
+        if isinstance(x, dict):
+            self.shapes.add(tuple(sorted((k, getattr(v, "shape", None)) for k, v in x.items() if hasattr(v, "shape"))))
+        return x
 
     def loss_sum(self, batch) -> tuple[mx.array, mx.array]:
         """Summed loss and its count for one batch, no gradients (validation, perplexity)."""

@@ -18,6 +18,8 @@ import mlx.core as mx
 from finetune_app.core import adapters, distributed, estimates, run_folder, trackers
 from finetune_app.core.config import TrainConfig
 from finetune_app.core.data.batching import epoch_batches
+from finetune_app.core.training.batch import Buckets
+from finetune_app.core.training.memory import bounded_cache
 from finetune_app.core.data.tokenize import Encoder, Example
 from finetune_app.core.errors import ConfigError, FinetuneError
 from finetune_app.core.models import BaseModel, load_base
@@ -164,7 +166,11 @@ class Trainer:
             self.emit(Notice(f"{data.skip_notice()} Run `finetune-app data check {cfg.data}` to see them all."))
         self.data = data
         self.train_lengths = [e.model_length for e in data.train]
-        n_batches = len(epoch_batches(self.train_lengths, cfg.batch_size, seed=cfg.seed, epoch=0))
+        first = epoch_batches(self.train_lengths, cfg.batch_size, seed=cfg.seed, epoch=0)
+        n_batches = len(first)
+        if self.family.fast and first:  # (#16) a few compiled shapes, chosen from the run's own batches
+            self.family.buckets = (Buckets([max(self.train_lengths[i] for i in b) for b in first]),
+                                   Buckets([sum(data.train[i].n_targets for i in b) for b in first]))
         self.steps_per_epoch = max(1, math.ceil(n_batches / cfg.grad_accumulation))
         self.total_steps = estimates.total_steps(cfg, n_batches)
         self.optimizer = make_optimizer(cfg.optimizer, cfg.learning_rate, cfg.weight_decay)
@@ -432,11 +438,12 @@ class Trainer:
 
     # ---- the loop ----------------------------------------------------------------------------
     def run(self) -> RunResult:
-        t_start = time.perf_counter()
+        t_start = self.t_start = time.perf_counter()
         failed = True
         try:
-            self.setup()
-            result = self._loop(t_start)
+            with bounded_cache():  # (#16) held memory: MLX's buffer cache bounded for the run
+                self.setup()
+                result = self._loop(t_start)
             failed = False
             return result
         except FinetuneError as err:

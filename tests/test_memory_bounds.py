@@ -1,0 +1,67 @@
+"""Bounded memory (#16): MLX's buffer cache is limited during a run and restored after it; the
+compiled step sees at most a few padded shapes per run."""
+
+import json
+
+import mlx.core as mx
+import numpy as np
+
+from finetune_app.core.config import TrainConfig
+from finetune_app.core.training.batch import SHAPE_CAP, Buckets, padded_length
+from finetune_app.core.training.events import FirstStep, TrainReport, from_dict, process_age, to_dict
+from finetune_app.core.training.memory import cache_limit
+from finetune_app.core.training.trainer import Trainer
+
+
+def test_buckets_cover_every_size_with_at_most_cap_sizes():
+    values = np.random.default_rng(0).integers(5, 900, 200).tolist()
+    b = Buckets(values)
+    assert len(b.sizes) <= SHAPE_CAP and max(b.sizes) == padded_length(max(values))
+    assert all(b(v) >= v for v in values) and len({b(v) for v in values}) <= SHAPE_CAP
+    assert b(5000) == padded_length(5000)  # past the largest: its own padded size
+    assert Buckets([3, 3, 40]).sizes == [3, 40]  # few sizes: each kept
+
+
+def write_rows(path, n):
+    rng = np.random.default_rng(1)
+    words = "red blue green small large round square bright dark soft".split()
+    with open(path, "w") as f:
+        for i in range(n):
+            a = " ".join(rng.choice(words, int(rng.integers(1, 40))))
+            f.write(json.dumps({"messages": [{"role": "user", "content": f"Item {i}?"},
+                                             {"role": "assistant", "content": a}]}) + "\n")
+    return path
+
+
+def test_run_bounds_cache_and_compiled_shapes(tiny_model, tmp_path):
+    data = write_rows(tmp_path / "data.jsonl", 40)
+    cfg = TrainConfig(model=str(tiny_model("llama")), data=str(data), output=str(tmp_path / "run"), epochs=1,
+                      batch_size=2, valid_fraction=0.0, sample_count=0, save_every=1000, steps_per_eval=1000,
+                      steps_per_report=1)
+    limits, cached, first = [], [], []
+
+    def watch(e):
+        if isinstance(e, FirstStep):
+            first.append(e)
+        if isinstance(e, TrainReport):
+            lim = mx.set_cache_limit(0)  # reading the limit means setting one: put it straight back
+            mx.set_cache_limit(lim)
+            limits.append(lim)
+            cached.append(mx.get_cache_memory())
+
+    before = mx.set_cache_limit(0)
+    mx.set_cache_limit(before)
+    trainer = Trainer(cfg, listeners=[watch])
+    trainer.run()
+    after = mx.set_cache_limit(0)
+    mx.set_cache_limit(after)
+    assert limits and all(0 < lim <= cache_limit() for lim in limits)
+    assert max(cached) <= max(limits)
+    assert after == before, "the previous cache limit comes back"
+    sizes = {dict(s)["ids"][1] for s in trainer.step.shapes}
+    assert 2 < len(sizes) <= SHAPE_CAP and len(trainer.step.shapes) <= SHAPE_CAP ** 2
+    assert trainer.state.step == 20
+    # time to first step: one event, after the first step, within this process's age
+    assert len(first) == 1 and first[0].step == 1
+    assert 0 < first[0].seconds_since_run_start <= first[0].seconds_since_process_start + 1 <= process_age() + 1
+    assert from_dict(to_dict(first[0])) == first[0]
