@@ -277,3 +277,135 @@ def test_paligemma_row_is_the_processors_prefix_and_suffix(bases):
     assert ex.target_mask[len(prompt_ids):].all()  # the answer and <eos>
     assert ex.input_ids[-1] == base.tokenizer.eos_token_id
     assert ex.images["prefix_length"].tolist() == [len(prompt_ids)]
+
+
+# ---- mlx-swift-lm (MLXVLM / MLXLLM) ---------------------------------------------------------------
+# A transcription of ml-explore/mlx-swift-examples, Libraries/MLXVLM/Models/: Qwen2VL.swift @fd11b387,
+# Qwen25VL.swift @881ad5a1, Qwen3VL.swift @9b6c0315, QwenVL.swift @7de86841 (newest stored versions):
+#   Qwen2VLMessageGenerator.generate(message:) (Qwen2VL.swift's last struct; Qwen2VLProcessor and
+#     Qwen25VLProcessor use it): ["role": role, "content": [["type": "text", "text": content]]
+#     + images.map { ["type": "image"] } + videos.map {...}] -> the image AFTER the text (mlx-vlm puts a
+#     Qwen2.5-VL image first); Qwen3VLMessageGenerator (Qwen3VL.swift's last struct): imageContent +
+#     videoContent + textContent -> the image FIRST
+#   Qwen2VLProcessor.prepare(input:): messages = Qwen2VLMessageGenerator().generate(from: input);
+#     promptTokens = tokenizer.applyChatTemplate(messages:) (swift-transformers: render the
+#     tokenizer's Jinja chat template with add_generation_prompt true, then
+#     encode(text: rendered, addSpecialTokens: false)); then QwenVL.replacePaddingTokens(in:frames:
+#     paddingToken: "<|image_pad|>", mergeSize:) - every encode("<|vision_start|><|image_pad|><|vision_end|>")
+#     range becomes encode("<|vision_start|>" + "<|image_pad|>" x frame.product / mergeSize² + "<|vision_end|>")
+#   Qwen2VLProcessor.preprocess(images:processing:): QwenVL.targetSize(height:width:factor: patchSize *
+#     mergeSize, minPixels:maxPixels:) - hBar = max(factor, Int(round(Float(h) / Float(factor))) * factor)
+#     (Swift's round: half away from zero), likewise wBar; > maxPixels: beta = sqrt(h*w / maxPixels),
+#     floor(h / beta / factor) * factor; < minPixels: beta = sqrt(minPixels / (h*w)), ceil(h * beta /
+#     factor) * factor - then toSRGB, resampled bicubic, normalized(mean, std), QwenVL.patchify
+#     (reshape (t, tp, c, h/m, m, p, w/m, m, p), transpose (0, 3, 6, 4, 7, 2, 1, 5, 8), reshape (t*h*w, c*tp*p*p);
+#     a single image tiled to temporalPatchSize).
+
+def swift_messages(text, n_images, image_first=False):
+    text, images = [{"type": "text", "text": text}], [{"type": "image"}] * n_images
+    return [{"role": "user", "content": images + text if image_first else text + images}]
+
+
+def swift_prompt_tokens(base, messages):
+    tok = base.tokenizer
+    rendered = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tok.encode(rendered, add_special_tokens=False)
+
+
+def swift_replace_padding_tokens(tok, tokens, frames, merge):
+    placeholder = tok.encode("<|vision_start|><|image_pad|><|vision_end|>", add_special_tokens=False)
+    out, i, k = [], 0, 0
+    while i < len(tokens):
+        if tokens[i:i + len(placeholder)] == placeholder:
+            t, h, w = frames[k]
+            out += tok.encode("<|vision_start|>" + "<|image_pad|>" * (t * h * w // merge ** 2) + "<|vision_end|>",
+                              add_special_tokens=False)
+            i, k = i + len(placeholder), k + 1
+        else:
+            out.append(tokens[i])
+            i += 1
+    assert k == len(frames)  # "Number of placeholder tokens does not match number of frames"
+    return out
+
+
+def swift_target_size(h, w, factor, min_pixels, max_pixels):
+    import math
+
+    def rnd(x):
+        return math.floor(x + 0.5)  # Swift's round for x >= 0
+
+    hb, wb = max(factor, rnd(h / factor) * factor), max(factor, rnd(w / factor) * factor)
+    if hb * wb > max_pixels:
+        beta = math.sqrt(h * w / max_pixels)
+        hb, wb = math.floor(h / beta / factor) * factor, math.floor(w / beta / factor) * factor
+    elif hb * wb < min_pixels:
+        beta = math.sqrt(min_pixels / (h * w))
+        hb, wb = math.ceil(h * beta / factor) * factor, math.ceil(w * beta / factor) * factor
+    return hb, wb
+
+
+def swift_preprocess(image, ip):
+    p, m, tp = ip.patch_size, ip.merge_size, ip.temporal_patch_size
+    h, w = swift_target_size(image.height, image.width, p * m, ip.min_pixels, ip.max_pixels)
+    arr = np.asarray(image.resize((w, h), Image.Resampling.BICUBIC), dtype=np.float32) / 255.0
+    arr = ((arr - np.asarray(ip.image_mean, np.float32)) / np.asarray(ip.image_std, np.float32)).transpose(2, 0, 1)
+    patches = np.tile(arr[None], (tp, 1, 1, 1))
+    gh, gw = h // p, w // p
+    x = patches.reshape(1, tp, 3, gh // m, m, p, gw // m, m, p).transpose(0, 3, 6, 4, 7, 2, 1, 5, 8)
+    return x.reshape(gh * gw, 3 * tp * p * p), (1, gh, gw)
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+def test_mlx_swift_lm_layout_is_mlxvlms(family, bases):
+    base = bases(family)
+    enc = encoder(base, "mlx-swift-lm")
+    assert enc.serve_target == "mlx-swift-lm"
+    ex = enc.encode(caption())
+    ip = base.processor.image_processor
+    pixels, frame = swift_preprocess(IMAGE, ip)
+    first = family == "qwen3_vl"
+    prompt = swift_replace_padding_tokens(base.tokenizer, swift_prompt_tokens(base, swift_messages(PROMPT, 1, first)),
+                                          [frame], ip.merge_size)
+    check_prompt_then_answer(enc, ex, prompt)
+    assert ex.input_ids[-2:].tolist() == base.tokenizer.encode("<|im_end|>\n", add_special_tokens=False)
+    np.testing.assert_allclose(ex.images["pixel_values"], pixels, atol=1e-6)
+    assert ex.images["image_grid_thw"].tolist() == [list(frame)]
+    # Qwen2/2.5-VL: the text before the image, whatever mlx-vlm does for the family; Qwen3-VL: image first
+    text = enc.prompt_text(caption())
+    assert (text.index(PROMPT) < text.index("<|vision_start|>")) != first
+    if family == "qwen2_5_vl":  # mlx-vlm puts the image first: the two targets differ
+        assert encoder(base).prompt_text(caption()) != text
+    if family == "qwen3_vl":  # 80 px / 32 = 2.5 rounds up in Swift (96 px), down in HF (64 px)
+        assert frame == (1, 4, 6)
+
+
+def test_mlx_swift_lm_rounds_like_swift():
+    """Swift's `round` is half away from zero: 80 px at factor 32 is 2.5 -> 3 (96 px), where
+    Python's round (and HF's smart_resize) gives 2 (64 px)."""
+    from finetune_app.core.serving.mlx_swift_lm import target_size
+
+    assert target_size(64, 80, 32, 3136, 12544) == (64, 96) == swift_target_size(64, 80, 32, 3136, 12544)
+    assert target_size(1000, 700, 28, 3136, 12544) == swift_target_size(1000, 700, 28, 3136, 12544)  # > max
+    assert target_size(30, 40, 28, 3136, 12544) == swift_target_size(30, 40, 28, 3136, 12544) == (56, 84)  # < min: ceil
+
+
+@pytest.mark.parametrize("family", ["qwen2", "llama"])
+def test_mlx_swift_lm_text_model_is_the_chat_template(family, bases):
+    """MLXLLM: DefaultMessageGenerator's {"role", "content": text} through the same swift-transformers
+    applyChatTemplate (render, then encode without special tokens) - mlx-lm's ids."""
+    base = bases(family)
+    sample = Sample((Turn("system", "Be brief."), Turn("user", "What is two and two?"), Turn("assistant", "four.")))
+    ours, lm = encoder(base, "mlx-swift-lm"), encoder(base, "mlx-lm")
+    assert ours.serve_target == "mlx-swift-lm"
+    np.testing.assert_array_equal(ours.encode(sample).input_ids, lm.encode(sample).input_ids)
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is two and two?"}]
+    assert ours.prompt_text(sample) == base.tokenizer.apply_chat_template(msgs, tokenize=False,
+                                                                          add_generation_prompt=True)
+
+
+def test_mlx_swift_lm_is_refused_for_a_family_it_does_not_cover(bases):
+    from finetune_app.core import serving
+    from finetune_app.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="mlx-swift-lm covers text models and qwen2_vl"):
+        serving.resolve("mlx-swift-lm", bases("gemma3"))

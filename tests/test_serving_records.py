@@ -51,7 +51,11 @@ def test_layout_warning_wording():
     assert layout_warning(trained_vlm, "adapter", "vlm") is None
     assert layout_warning({"finetune_app": {"serve_target": "mlx-swift"}}, "mlx-vlm", "vlm").startswith(
         "this model was trained with the mlx-swift prompt layout")
-    assert "own processors" in layout_warning(trained_vlm, "mlx-swift-lm", "vlm")
+    # mlx-swift-lm: modelled for the Qwen-VL family and text models (MLXLLM = mlx-lm's template)
+    assert "--serve-target mlx-swift-lm" in layout_warning(trained_vlm, "mlx-swift-lm", "vlm", "qwen2_vl")
+    assert layout_warning({"finetune_app": {"serve_target": "mlx-swift-lm"}}, "mlx-swift-lm", "vlm", "qwen2_vl") is None
+    assert layout_warning({"finetune_app": {"serve_target": "mlx-lm"}}, "mlx-swift-lm", "text", "qwen2") is None
+    assert "gemma3 processor is not modelled" in layout_warning(trained_vlm, "mlx-swift-lm", "vlm", "gemma3")
     assert "does not record" in layout_warning({"finetune_app": {}}, "mlx-swift", "vlm")
 
 

@@ -33,7 +33,7 @@ def register(subparsers) -> None:
                        "tower (needs --model)")
     check.add_argument("--serve-target", default="auto",
                        help="where the model will run, which decides the layout of --examples: "
-                       "auto, mlx-vlm, mlx-lm, mlx-swift (default auto)")
+                       "auto, mlx-vlm, mlx-lm, mlx-swift, mlx-swift-lm (default auto)")
     check.add_argument("--image-size", type=int, default=None, metavar="PX",
                        help="the training image size limit, for --examples")
     check.add_argument("--no-images", action="store_true", help="do not open the images")

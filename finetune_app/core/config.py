@@ -58,7 +58,8 @@ def setting(default, *, group: str, label: str, help: str, choices=None, placeho
 
 
 SERVE_TARGET_CHOICES = (("Automatic (mlx-vlm / mlx-lm)", "auto"), ("mlx-vlm (Python)", "mlx-vlm"),
-                        ("mlx-lm (Python)", "mlx-lm"), ("Apple's FastVLM app (mlx-swift)", "mlx-swift"))
+                        ("mlx-lm (Python)", "mlx-lm"), ("Apple's FastVLM app (mlx-swift)", "mlx-swift"),
+                        ("mlx-swift-lm (MLXVLM / MLXLLM)", "mlx-swift-lm"))
 
 
 def data_format_choices() -> tuple:

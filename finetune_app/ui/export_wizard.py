@@ -338,7 +338,8 @@ class SourcePage(QWizardPage):
         except (OSError, ValueError):
             return None
         info = self.w.model_info
-        return layout_warning(acfg if isinstance(acfg, dict) else None, target, info["kind"] if info else "vlm")
+        return layout_warning(acfg if isinstance(acfg, dict) else None, target, info["kind"] if info else "vlm",
+                              info["model_type"] if info else "")
 
     def update_layout_note(self) -> None:
         note = self.layout_note()

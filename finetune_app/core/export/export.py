@@ -164,7 +164,7 @@ def check_target_for_model(target: str, kind: str, is_fastvlm: bool) -> None:
                           "Use mlx-swift-lm (MLXVLM / MLXLLM) or mlx-vlm / mlx-lm for this model.", field="target")
 
 
-def layout_warning(acfg: dict | None, target: str, kind: str) -> str | None:
+def layout_warning(acfg: dict | None, target: str, kind: str, model_type: str = "") -> str | None:
     """Plain words when the export target's runtime lays prompts out unlike training (not a refusal)."""
     from finetune_app.core import serving
 
@@ -177,7 +177,7 @@ def layout_warning(acfg: dict | None, target: str, kind: str) -> str | None:
                     "targets); Apple's FastVLM app puts the image after the text. Retrain with --serve-target "
                     "mlx-swift to match the app.")
         return None
-    return serving.mismatch(trained, target, kind)
+    return serving.mismatch(trained, target, kind, model_type)
 
 
 def check_user_mlpackage(path: Path, config: dict) -> dict:
@@ -362,7 +362,7 @@ def export(opts: ExportOptions, *, progress: Progress | None = None,
                               group_size=opts.group_size, quantize_vision=opts.quantize_vision)
     check_disk_space(dest, need)
 
-    note = layout_warning(acfg, opts.target, base.kind)
+    note = layout_warning(acfg, opts.target, base.kind, getattr(base, "model_type", ""))
     if note:
         warnings.append(note)
         step(0.02, note)

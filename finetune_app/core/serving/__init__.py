@@ -8,6 +8,7 @@ layout is what makes the adapter behave the same in the user's runtime as in our
     mlx-vlm    mlx_vlm.prompt_utils.apply_chat_template + the model's own processor (prepare_inputs)
     mlx-lm     the tokenizer's chat template (what mlx_lm.generate feeds the model)
     mlx-swift  Apple's FastVLM app (apple/ml-fastvlm app/FastVLM/FastVLM.swift FastVLMProcessor)
+    mlx-swift-lm  MLXVLM's Qwen-VL processor / MLXLLM's chat template (ml-explore/mlx-swift-examples)
 """
 
 from __future__ import annotations
@@ -19,14 +20,22 @@ from finetune_app.core.errors import ConfigError
 AUTO = "auto"
 LAYOUT_FILE = "finetune_app.json"  # in fused bundles: the prompt layout (serve target) trained with
 # serve target -> module holding its Layout (imported on demand: MLX stays out of config imports)
-TARGETS = {"mlx-vlm": "mlx_vlm", "mlx-lm": "mlx_lm", "mlx-swift": "fastvlm_app"}
+TARGETS = {"mlx-vlm": "mlx_vlm", "mlx-lm": "mlx_lm", "mlx-swift": "fastvlm_app", "mlx-swift-lm": "mlx_swift_lm"}
+SWIFT_LM_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")  # VLMs whose MLXVLM processor mlx_swift_lm transcribes
 SERVE_TARGETS = (AUTO, *TARGETS)
 DESCRIPTIONS = {
     AUTO: "mlx-vlm for vision-language models, mlx-lm for text models",
     "mlx-vlm": "mlx-vlm (Python): its chat-template layout and the model's own image processor",
     "mlx-lm": "mlx-lm (Python): the tokenizer's chat template",
     "mlx-swift": "Apple's FastVLM app: its own prompt (image tokens after the text) and image resizing",
+    "mlx-swift-lm": "mlx-swift-lm (MLXVLM / MLXLLM): the chat template with each image after its text, "
+                    "its own image resizing (Qwen-VL family and text models)",
 }
+
+
+def swift_lm_covers(model_type: str, kind: str) -> bool:
+    """Whether the mlx-swift-lm layout is modelled for this model (text models, the Qwen-VL family)."""
+    return kind == "text" or model_type in SWIFT_LM_FAMILIES
 
 
 def resolve(target: str | None, base) -> str:
@@ -47,6 +56,10 @@ def resolve(target: str | None, base) -> str:
     if target == "mlx-swift" and not getattr(base, "is_fastvlm", False):
         raise ConfigError("serve target mlx-swift is Apple's FastVLM app, which runs FastVLM models only.",
                           "Use --serve-target auto for this model.", field="serve_target")
+    if target == "mlx-swift-lm" and not swift_lm_covers(getattr(base, "model_type", ""), base.kind):
+        raise ConfigError(f"serve target mlx-swift-lm covers text models and {', '.join(SWIFT_LM_FAMILIES)}; its "
+                          f"processor for {getattr(base, 'model_type', 'this model')} is not transcribed.",
+                          "Use --serve-target auto (mlx-vlm's layout) for this model.", field="serve_target")
     return target
 
 
@@ -95,26 +108,22 @@ def bundle_layout(folder) -> str | None:
 
 def layout_name_for_export(export_target: str) -> str | None:
     """The serving layout an export target's runtime uses (None: the adapter, runs anywhere)."""
-    if export_target in TARGETS:
-        return export_target
-    if export_target == "mlx-swift-lm":  # MLXVLM / MLXLLM: their own processors (not modelled yet)
-        return "mlx-swift-lm"
-    return None
+    return export_target if export_target in TARGETS else None
 
 
-def mismatch(trained: str | None, export_target: str, base_kind: str) -> str | None:
+def mismatch(trained: str | None, export_target: str, base_kind: str, model_type: str = "") -> str | None:
     """A plain warning when the export target's runtime lays prompts out differently from training."""
     served = layout_name_for_export(export_target)
     if served is None or trained is None:
         return None
     if trained == AUTO:
         trained = "mlx-vlm" if base_kind == "vlm" else "mlx-lm"
-    if served == trained:
-        return None
-    if served == "mlx-swift-lm":
+    if served == trained or base_kind == "text" and {served, trained} <= {"mlx-lm", "mlx-swift-lm"}:
+        return None  # MLXLLM applies the same chat template as mlx-lm (serving/mlx_swift_lm.py)
+    if served == "mlx-swift-lm" and not swift_lm_covers(model_type, base_kind):
         return (f"this model was trained with the {trained} prompt layout; mlx-swift-lm (MLXVLM / MLXLLM) builds "
-                "prompts with its own processors, which training does not reproduce yet. Compare a few answers "
-                "there with the training samples.")
+                f"prompts with its own processors, and its {model_type or 'model'} processor is not modelled. "
+                "Compare a few answers there with the training samples.")
     return (f"this model was trained with the {trained} prompt layout, but {export_target} lays prompts "
             f"out its own way ({DESCRIPTIONS.get(served, served)}); answers there may be worse than in "
             f"training. Retrain with --serve-target {served} to match.")
