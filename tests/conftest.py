@@ -76,3 +76,40 @@ def qwen_model():
     from finetune_app.testing.tiny_models import cached_tiny_model
 
     return cached_tiny_model("qwen2_vl")
+
+
+# The heaviest tests, with their seconds on the 2-core CI box (pytest's --durations). Under xdist's
+# work stealing each worker starts from one contiguous half of the collection, so these are split
+# between the two halves (greedily, by time) and put at the front of each: neither worker is left
+# running a long test alone at the end while the other idles.
+HEAVY_TESTS = {
+    "test_engine_learning.py::test_qwen2_vl_learns_shapes_through_mlx_vlm": 128,
+    "test_engine_learning.py::test_fastvlm_learns_colour": 54,
+    "test_gui_distributed.py::test_two_hosts_checked_trained_paused_dropped_and_resumed_alone": 48,
+    "test_runs_crash.py::test_ten_sigkills_resume_to_the_uninterrupted_losses": 40,
+    "test_distributed_dropout.py::test_host_killed_mid_run_then_resume_alone_matches_uninterrupted": 31,
+    "test_grpo.py::test_sigkill_and_resume_reproduces_grpo": 27,
+    "test_engine_families.py::test_vlm_families_train_and_load[fastvlm]": 21,
+    "test_distributed.py::test_two_ring_processes_match_one_process": 19,
+    "test_prefs_resume.py::test_dpo_sigkill_and_resume_reproduces_losses": 19,
+    "test_grpo.py::test_grpo_raises_the_held_out_reward": 17,
+    "test_engine_resume.py::test_sigkill_and_resume_reproduces_losses": 14,
+    "test_prefs_learning.py::test_preference_training_raises_held_out_accuracy[qwen2_vl-dpo]": 14,
+    "test_prefs_learning.py::test_preference_training_raises_held_out_accuracy[qwen2_vl-orpo]": 14,
+    "test_distributed_dropout.py::test_pause_resume_and_stop_reach_every_rank": 10,
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    if not os.environ.get("PYTEST_XDIST_WORKER"):  # one process: file order
+        return
+    seconds = {it: HEAVY_TESTS.get(it.nodeid.split("/")[-1]) for it in items}
+    heavy = sorted((it for it in items if seconds[it]), key=lambda it: -seconds[it])
+    light = [it for it in items if not seconds[it]]
+    halves, load = ([], []), [0, 0]
+    for it in heavy:  # the lighter half takes the next heaviest
+        k = 0 if load[0] <= load[1] else 1
+        halves[k].append(it)
+        load[k] += seconds[it]
+    first = len(items) // 2 - len(halves[0])  # light tests that fill the first half
+    items[:] = halves[0] + light[:first] + halves[1] + light[first:]
