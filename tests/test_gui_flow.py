@@ -15,8 +15,9 @@ import pytest
 pytest.importorskip("PySide6")
 pytest.importorskip("pyqtgraph")
 
-from PySide6.QtCore import Qt, QTimer  # noqa: E402
-from PySide6.QtWidgets import QApplication, QMessageBox  # noqa: E402
+from PySide6.QtCore import Qt  # noqa: E402
+
+from gui_helpers import click_in_dialog  # noqa: E402
 
 pytestmark = pytest.mark.gui
 
@@ -43,24 +44,6 @@ def window(app_env, qtbot):
     qtbot.waitUntil(lambda: not w.training.is_running(), timeout=10000)
     w.close()
     w.deleteLater()
-
-
-def click_in_dialog(name: str, button_text: str, qtbot) -> list:
-    """Click `button_text` in the QMessageBox called `name` as soon as it is open."""
-    clicked = []
-
-    def poll():
-        for widget in QApplication.topLevelWidgets():
-            if isinstance(widget, QMessageBox) and widget.objectName() == name and widget.isVisible():
-                for b in widget.buttons():
-                    if b.text() == button_text:
-                        clicked.append(button_text)
-                        b.click()
-                        return
-        QTimer.singleShot(20, poll)
-
-    QTimer.singleShot(0, poll)
-    return clicked
 
 
 def set_field(window, name: str, text: str, qtbot) -> None:
@@ -133,7 +116,7 @@ def test_whole_flow_trains_pauses_resumes_stops_and_saves(window, qtbot, shapes,
     qtbot.waitUntil(lambda: w.training.step >= 100, timeout=90000)
 
     # 6. stop, answering the dialog with "Stop and Save"
-    clicked = click_in_dialog("stopDialog", "Stop and Save", qtbot)
+    clicked = click_in_dialog("stopDialog", "Stop and Save")
     qtbot.mouseClick(w.training.stop_button, Qt.MouseButton.LeftButton)
     assert clicked == ["Stop and Save"]
     qtbot.waitUntil(lambda: w.training.state == "stopped", timeout=60000)
@@ -184,12 +167,12 @@ def test_closing_mid_training_asks_then_stops_and_saves(window, qtbot, shapes, q
     run_dir = Path(w.run.config.output)
     qtbot.waitUntil(lambda: w.training.loss_points() >= 2, timeout=60000)
 
-    clicked = click_in_dialog("closeWhileTrainingDialog", "Cancel", qtbot)
+    clicked = click_in_dialog("closeWhileTrainingDialog", "Cancel")
     w.close()
     assert clicked == ["Cancel"]
     assert w.isVisible() and w.training.is_running()  # "Cancel": keep training
 
-    clicked = click_in_dialog("closeWhileTrainingDialog", "Stop and Save", qtbot)
+    clicked = click_in_dialog("closeWhileTrainingDialog", "Stop and Save")
     w.close()
     assert clicked == ["Stop and Save"]
     qtbot.waitUntil(lambda: not w.isVisible(), timeout=60000)  # closes once the run has saved
