@@ -13,3 +13,28 @@ def run_cli(*args, timeout=600, **kwargs):
 def popen_cli(*args, **kwargs):
     return subprocess.Popen([sys.executable, "-m", "finetune_app", *map(str, args)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def sigkill_between_checkpoints(proc, run_dir, checkpoint_step: int, reported_step: int, timeout: float = 300) -> None:
+    """SIGKILL a training process once checkpoint `checkpoint_step` is on disk and metrics.jsonl
+    reports training step `reported_step`: the kill falls after a checkpoint, before the run ends."""
+    import os
+    import signal
+    import time
+
+    from finetune_app.core import run_folder
+    from finetune_app.core.training.events import MetricsLog
+
+    metrics, checkpoint = run_folder.metrics_path(run_dir), run_folder.checkpoint_dir(run_dir, checkpoint_step)
+    deadline = time.time() + timeout
+    try:
+        while time.time() < deadline:
+            rows = MetricsLog.read(metrics) if metrics.exists() else []
+            last = max((r["step"] for r in rows if r.get("kind") == "train"), default=0)
+            if checkpoint.exists() and last >= reported_step:
+                break
+            assert proc.poll() is None, "the run ended before it could be killed"
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(30)

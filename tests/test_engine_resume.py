@@ -2,14 +2,11 @@
 (CPU), including the LR schedule (warmup + cosine), dropout randomness and the data order."""
 
 import json
-import os
-import signal
-import time
 
 import pytest
 
 from finetune_app.core.training.events import MetricsLog
-from helpers import popen_cli, run_cli
+from helpers import popen_cli, run_cli, sigkill_between_checkpoints
 
 STEPS = 16
 
@@ -35,18 +32,7 @@ def test_sigkill_and_resume_reproduces_losses(tiny_model, instruction_data, tmp_
     assert sorted(reference) == list(range(1, STEPS + 1))
 
     proc = popen_cli(*train_args(model, instruction_data, killed_dir))
-    deadline = time.time() + 300
-    try:
-        # kill between checkpoints: after step 8's checkpoint, before the run ends
-        while time.time() < deadline:
-            steps = losses(killed_dir) if (killed_dir / "metrics.jsonl").exists() else {}
-            if (killed_dir / "checkpoints" / "step-0000008").exists() and max(steps, default=0) >= 9:
-                break
-            assert proc.poll() is None, "the run ended before it could be killed"
-            time.sleep(0.02)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(30)
+    sigkill_between_checkpoints(proc, killed_dir, 8, 9)  # after step 8's checkpoint, before the end
     killed_at = max(losses(killed_dir))
     assert 9 <= killed_at < STEPS
 

@@ -286,12 +286,9 @@ def test_grpo_raises_the_held_out_reward(tiny_model, tmp_path):
 def test_sigkill_and_resume_reproduces_grpo(tiny_model, tmp_path):
     """A GRPO run killed with SIGKILL between checkpoints and resumed samples the same answers and
     reproduces the uninterrupted run's per-step losses, rewards and KL (dropout on, KL to the base)."""
-    import os
-    import signal
-    import time
 
     from finetune_app.core.training.events import MetricsLog
-    from helpers import popen_cli, run_cli
+    from helpers import popen_cli, run_cli, sigkill_between_checkpoints
 
     steps = 8
     data = task_data(tmp_path / "data")
@@ -318,18 +315,7 @@ def test_sigkill_and_resume_reproduces_grpo(tiny_model, tmp_path):
     assert all(m["kl"] >= 0 for m in reference[1].values()) and any(m["kl"] > 0 for m in reference[1].values())
 
     proc = popen_cli(*args(killed))
-    deadline = time.time() + 300
-    try:
-        while time.time() < deadline:
-            seen = MetricsLog.read(killed / "metrics.jsonl") if (killed / "metrics.jsonl").exists() else []
-            last = max((r["step"] for r in seen if r.get("kind") == "train"), default=0)
-            if (killed / "checkpoints" / "step-0000003").exists() and last >= 4:
-                break
-            assert proc.poll() is None, "the run ended before it could be killed"
-            time.sleep(0.02)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(30)
+    sigkill_between_checkpoints(proc, killed, 3, 4)  # after step 3's checkpoint, before the end
     assert 4 <= max(record(killed)[0]) < steps
 
     resumed = run_cli("train", "--resume", killed, "--quiet")

@@ -2,13 +2,10 @@
 preference metrics exactly (issue 17): the reference log-probs (base, adapter switched off) are
 recomputed per pair on resume, alone, so they equal the first run's."""
 
-import os
-import signal
-import time
 
 from finetune_app.core.training.events import MetricsLog
 from finetune_app.testing.preference_tasks import make_format_preferences
-from helpers import popen_cli, run_cli
+from helpers import popen_cli, run_cli, sigkill_between_checkpoints
 
 STEPS = 12
 
@@ -36,17 +33,7 @@ def test_dpo_sigkill_and_resume_reproduces_losses(tiny_model, tmp_path):
     assert set(reference[1][2]) >= {"reward_accuracy", "reward_margin", "chosen_logps", "rejected_logps"}
 
     proc = popen_cli(*train_args(model, data, killed_dir))
-    deadline = time.time() + 300
-    try:  # kill between checkpoints: after step 4's checkpoint, before the run ends
-        while time.time() < deadline:
-            steps = reports(killed_dir) if (killed_dir / "metrics.jsonl").exists() else {}
-            if (killed_dir / "checkpoints" / "step-0000004").exists() and max(steps, default=0) >= 5:
-                break
-            assert proc.poll() is None, "the run ended before it could be killed"
-            time.sleep(0.02)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(30)
+    sigkill_between_checkpoints(proc, killed_dir, 4, 5)  # after step 4's checkpoint, before the end
     assert 5 <= max(reports(killed_dir)) < STEPS
 
     resumed = run_cli("train", "--resume", killed_dir, "--quiet")
