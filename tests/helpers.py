@@ -38,3 +38,21 @@ def sigkill_between_checkpoints(proc, run_dir, checkpoint_step: int, reported_st
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.wait(30)
+
+
+def find_last(haystack, needle) -> int:
+    """Where the token run `needle` last starts in `haystack` (the independent loss tests locate
+    the answer's tokens with it)."""
+    for start in range(len(haystack) - len(needle), -1, -1):
+        if list(haystack[start:start + len(needle)]) == list(needle):
+            return start
+    raise AssertionError(f"answer tokens {needle} not found in {haystack}")
+
+
+def log_softmax64(x):
+    """log-softmax in float64 on the host: the independent computation the engine's losses are checked against."""
+    import numpy as np
+
+    x = np.asarray(x).astype(np.float64)
+    m = x.max(-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))

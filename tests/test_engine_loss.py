@@ -10,6 +10,7 @@ import pytest
 
 from finetune_app.core.config import TrainConfig
 from finetune_app.core.training.trainer import Trainer
+from helpers import find_last, log_softmax64
 
 ANSWERS = ["a red circle", "a blue square", "a green triangle"]
 
@@ -31,19 +32,6 @@ def write_rows(folder, with_images):
                                       {"role": "assistant", "content": answer}]})
     (folder / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return folder / "data.jsonl"
-
-
-def find_last(haystack, needle):
-    for start in range(len(haystack) - len(needle), -1, -1):
-        if list(haystack[start:start + len(needle)]) == list(needle):
-            return start
-    raise AssertionError(f"answer tokens {needle} not found in {haystack}")
-
-
-def log_softmax64(x):
-    x = x.astype(np.float64)
-    m = x.max(-1, keepdims=True)
-    return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
 
 
 def independent_loss(model_dir, family, data_file):

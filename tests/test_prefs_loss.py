@@ -15,6 +15,7 @@ import pytest
 
 from finetune_app.core.config import TrainConfig
 from finetune_app.core.training.trainer import Trainer
+from helpers import find_last, log_softmax64
 
 PROMPTS = ["Say the words number 0.", "Say the words number 1.", "Say the words number 2."]
 ANSWERS = ["a red circle", "a blue square", "a green triangle"]
@@ -35,19 +36,6 @@ def write_pairs(folder, with_images):
                          "rejected": [{"role": "assistant", "content": wrong}]})
     (folder / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return folder / "pairs.jsonl", rows
-
-
-def find_last(haystack, needle):
-    for start in range(len(haystack) - len(needle), -1, -1):
-        if list(haystack[start:start + len(needle)]) == list(needle):
-            return start
-    raise AssertionError(f"answer tokens {needle} not found in {haystack}")
-
-
-def log_softmax64(x):
-    x = x.astype(np.float64)
-    m = x.max(-1, keepdims=True)
-    return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
 
 
 def answer_logps(model_dir, family, folder, rows, adapter=None):
