@@ -11,8 +11,9 @@ import sys
 
 from tqdm import tqdm
 
-from finetune_app.core.training.events import (CheckpointSaved, Notice, Progress, ProgressThrottle, SampleReport, StateChanged,
-                                               EvalReport, TrainReport, ValReport)
+from finetune_app.core.training.objective_metrics import text as objective_text
+from finetune_app.core.training.events import (CheckpointSaved, Notice, ObjectiveReport, Progress, ProgressThrottle,
+                                               SampleReport, StateChanged, EvalReport, TrainReport, ValReport)
 
 BAR_FORMAT = "{desc} {percentage:3.0f}%|{bar:24}| {n_fmt}/{total_fmt}{postfix}"
 
@@ -40,6 +41,7 @@ class ConsolePrinter:
         self.progress = ProgressThrottle(0.5)
         self.steps: tqdm | None = None
         self.phases: dict[str, tqdm] = {}
+        self.rewards: dict = {}  # GRPO: the last training ObjectiveReport's metrics, shown on the next step line
 
     def _line(self, text: str) -> None:
         if self.tty:
@@ -50,9 +52,7 @@ class ConsolePrinter:
 
     def _train(self, event: TrainReport) -> None:
         extra = f" | grad {event.grad_norm:.2f}" if event.grad_norm is not None else ""
-        if "reward_accuracy" in event.metrics:  # preference objectives (DPO, IPO, ORPO)
-            extra += (f" | reward acc {event.metrics['reward_accuracy']:.2f}"
-                      f" margin {event.metrics.get('reward_margin', 0.0):.3f}")
+        extra += objective_text({**event.metrics, **self.rewards})
         stats = (f"loss {event.loss:.4f} | lr {event.learning_rate:.2e} | {event.tokens_per_second:,.0f} tok/s"
                  f" | {event.examples_per_second:.2f} ex/s | peak {event.peak_memory_gb:.2f} GB{extra}"
                  f" | ETA {fmt_seconds(event.eta_seconds)}")
@@ -91,6 +91,11 @@ class ConsolePrinter:
     def __call__(self, event) -> None:
         if isinstance(event, TrainReport):
             self._train(event)
+        elif isinstance(event, ObjectiveReport):
+            if event.split == "train":
+                self.rewards = dict(event.metrics)
+            else:
+                self._line(f"step {event.step}: held-out{objective_text(event.metrics).replace(' |', '', 1)}")
         elif isinstance(event, ValReport):
             self._line(f"step {event.step}: validation loss {event.val_loss:.4f} ({event.val_tokens} tokens, {event.seconds:.1f} s)")
         elif isinstance(event, EvalReport):

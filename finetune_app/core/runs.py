@@ -336,6 +336,8 @@ class RunRecorder:
             self.store.add_val(self.run_id, ev.to_dict(event))
         elif isinstance(event, ev.EvalReport):
             self.store.add_eval(self.run_id, ev.to_dict(event))
+        elif isinstance(event, ev.ObjectiveReport):
+            self.store.add_objective(self.run_id, ev.to_dict(event))
         elif isinstance(event, ev.SampleReport):
             self.store.add_samples(self.run_id, event.step, [ev.to_dict(i) for i in event.items])
         elif isinstance(event, ev.CheckpointSaved):
@@ -445,6 +447,8 @@ def import_metrics(store: RunStore, run_id: int, run_dir: str | Path) -> int:
             store.add_train(run_id, row)
         elif kind == "val" and "step" in row:
             store.add_val(run_id, row)
+        elif kind == "objective" and "step" in row:
+            store.add_objective(run_id, row)
         elif kind == "samples" and "step" in row:
             store.add_samples(run_id, row["step"], list(row.get("items") or []))
         else:

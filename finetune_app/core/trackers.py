@@ -20,7 +20,8 @@ from pathlib import Path
 
 from finetune_app.core.config import TRACKERS, TrainConfig
 from finetune_app.core.errors import ConfigError
-from finetune_app.core.training.events import EvalReport, SampleReport, StateChanged, TrainReport, ValReport
+from finetune_app.core.training.events import (EvalReport, ObjectiveReport, SampleReport, StateChanged, TrainReport,
+                                               ValReport)
 
 log = logging.getLogger(__name__)
 MODULES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
@@ -43,9 +44,13 @@ def require(names) -> None:
 
 def scalars(event) -> dict[str, float]:
     """The numbers of a train/val report, named `train/<field>` and `val/<field>` (as in metrics.jsonl);
-    an eval report's scores as `eval/<metric>`."""
+    an eval report's scores as `eval/<metric>`; an objective's report (GRPO's rewards) as
+    `train/<name>`, or `val/<name>` when held out."""
     if isinstance(event, EvalReport):
         return {f"eval/{k}": float(v) for k, v in event.metrics.items()}
+    if isinstance(event, ObjectiveReport):
+        prefix = "train" if event.split == "train" else "val"
+        return {f"{prefix}/{k}": float(v) for k, v in event.metrics.items() if isinstance(v, (int, float))}
     if not isinstance(event, (TrainReport, ValReport)):
         return {}
     prefix = "train" if isinstance(event, TrainReport) else "val"
@@ -98,7 +103,7 @@ class Tracker:
         if self.closed:
             return
         try:
-            if isinstance(event, (TrainReport, ValReport, EvalReport)):
+            if isinstance(event, (TrainReport, ValReport, EvalReport, ObjectiveReport)):
                 self.log_scalars(event.step, scalars(event))
             elif isinstance(event, SampleReport) and event.items:
                 self.log_text(event.step, "samples", samples_text(event))

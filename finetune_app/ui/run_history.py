@@ -299,6 +299,11 @@ class RunHistoryView(QWidget):
         cv.setContentsMargins(0, 0, 0, 0)
         self.curves_hint = QLabel("Select runs to see their loss curves; select several to compare them.")
         cv.addWidget(self.plot, 1)
+        from finetune_app.ui.objective_plot import ObjectivePlot
+
+        self.objective_panel = ObjectivePlot("Preference / reward")  # DPO, IPO, ORPO, GRPO runs
+        self.objective_panel.hide()
+        cv.addWidget(self.objective_panel, 1)
         cv.addWidget(self.curves_hint)
         self.config_text = QPlainTextEdit(readOnly=True)
         self.config_text.setObjectName("runConfig")
@@ -433,16 +438,21 @@ class RunHistoryView(QWidget):
             legend.clear()
         if not records:
             self.curves_hint.show()
+            self.objective_panel.setVisible(self.objective_panel.show_runs([]))
             return
         self.curves_hint.setVisible(len(records) == 1)
         xs: list = []
         ys: list = []
+        objective = []  # (label, colour, series) of runs whose objective reports more than a loss
         with self.store() as store:
             for k, rec in enumerate(records):
                 colour = RUN_COLOURS[k % len(RUN_COLOURS)]
                 train = store.metrics(rec.id, "train")
                 val = store.metrics(rec.id, "val")
                 label = f"{rec.id} {rec.name}"
+                series = store.objective_series(rec.id)
+                if series:
+                    objective.append((label if len(records) > 1 else "", colour, series))
                 for m in train + val:
                     xs.append(m["step"])
                     ys.append(m["loss"])
@@ -457,6 +467,7 @@ class RunHistoryView(QWidget):
         # ThemedPlot never auto-ranges (cheap live redraws): the data is known here, so fit it.
         self.plot.fit_view(xs, ys, x_min=0)
         self.plot.set_title("Loss" if len(records) == 1 else f"Loss: {len(records)} runs compared")
+        self.objective_panel.setVisible(self.objective_panel.show_runs(objective, x_max=max(xs, default=0)))
 
     def _show_one(self, rec) -> None:
         self.samples_table.setRowCount(0)

@@ -247,11 +247,19 @@ class TrainingView(QWidget):
         self.score_plot.setXLink(self.loss_plot)
         self.score_plot.hide()
         self.score_curves: dict[str, pg.PlotDataItem] = {}
+        # Preference / reward objectives (DPO, IPO, ORPO, GRPO): their own numbers, from the first report of one.
+        from finetune_app.ui.objective_plot import ObjectivePlot
+
+        self.objective_panel = ObjectivePlot("Preference / reward")
+        self.objective_panel.setMinimumHeight(170)
+        self.objective_panel.plot.setXLink(self.loss_plot)
+        self.objective_panel.hide()
 
         plots = QWidget()
         pl = QVBoxLayout(plots)
         pl.setContentsMargins(0, 0, 0, 0)
         pl.addWidget(self.loss_plot, 3)
+        pl.addWidget(self.objective_panel, 2)
         pl.addWidget(self.score_plot, 2)
         pl.addWidget(self.lr_plot, 1)
 
@@ -317,6 +325,7 @@ class TrainingView(QWidget):
         self.val_losses: list[float] = []
         self.lrs: list[float] = []
         self.scores: dict[str, tuple[list[int], list[float]]] = {}  # metric -> (steps, values on 0-1)
+        self.objective: dict[str, tuple[list[int], list[float]]] = {}  # objective_metrics name -> (steps, values)
         self.sample_reports = []
         self._dirty = True
 
@@ -355,6 +364,7 @@ class TrainingView(QWidget):
             self.progress.setFormat("Starting…")
         run.connect(stateChanged=self.on_state, progressed=self.on_progress, trainReport=self.on_train,
                     valReport=self.on_val, sampleReport=self.on_samples, evalReport=self.on_eval,
+                    objectiveReport=self.on_objective,
                     checkpointSaved=self.on_checkpoint, notice=self.on_notice, done=self.on_done)
         self._set_state("loading")
         self._log("Starting a run in " + run.config.output)
@@ -467,6 +477,8 @@ class TrainingView(QWidget):
                 self.val_losses.append(float(row["val_loss"]))
             elif row.get("kind") == "eval" and "step" in row and isinstance(row.get("metrics"), dict):
                 self._add_scores(int(row["step"]), row["metrics"])
+            if row.get("kind") in ("train", "objective") and "step" in row:
+                self._add_objective(int(row["step"]), row)
         self.step = self.loss_steps[-1] if self.loss_steps else 0
         if self.loss_steps:
             self.progress.setValue(min(self.step, self.progress.maximum()))
@@ -486,7 +498,7 @@ class TrainingView(QWidget):
         while self.val_steps and self.val_steps[-1] > step:
             self.val_steps.pop()
             self.val_losses.pop()
-        for steps, values in self.scores.values():
+        for steps, values in [*self.scores.values(), *self.objective.values()]:
             while steps and steps[-1] > step:
                 steps.pop()
                 values.pop()
@@ -517,6 +529,28 @@ class TrainingView(QWidget):
         s["eta"].set(format_duration(eta if eta is not None else r.eta_seconds))
         if r.hosts:
             self.host_rates.show_rates(r.hosts)
+        if r.metrics:
+            self._add_objective(r.step, {"kind": "train", "metrics": r.metrics})
+
+    def on_objective(self, r) -> None:
+        """What a preference / reward objective measures besides its loss (GRPO: rewards, KL)."""
+        self._add_objective(r.step, {"kind": "objective", "split": r.split, "metrics": r.metrics})
+        if r.split != "train":
+            from finetune_app.core.training.objective_metrics import text
+
+            self._log(f"Held-out at step {r.step:,}:{text(r.metrics).replace(' |', '', 1)}")
+
+    def _add_objective(self, step: int, row: dict) -> None:
+        from finetune_app.core.training.objective_metrics import from_row
+
+        for name, value in from_row(row).items():
+            steps, values = self.objective.setdefault(name, ([], []))
+            if steps and steps[-1] == step:  # one value a step (the latest)
+                values[-1] = value
+                continue
+            steps.append(step)
+            values.append(value)
+        self._dirty = True
 
     def on_val(self, r) -> None:
         self.val_steps.append(r.step)
@@ -619,6 +653,8 @@ class TrainingView(QWidget):
         lrs = [v for v in self.lrs if v == v]
         self.lr_plot.set_view(0, x_max, 0, nice_ceiling(max(lrs) * 1.1) if lrs and max(lrs) > 0 else 1.0)
         self.score_plot.set_view(0, x_max, 0, 1.3)  # headroom for the legend
+        self.objective_panel.setVisible(self.objective_panel.show_runs(
+            [("", GREEN, {k: v for k, v in self.objective.items() if v[0]})], x_max=x_max))
 
     def _draw_scores(self) -> None:
         """One curve per score (BLEU and chrF divided by 100, so every score is on 0-1)."""

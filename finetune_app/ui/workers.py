@@ -249,6 +249,7 @@ class TrainingWorker(QObject):
     valReport = Signal(object)  # events.ValReport
     sampleReport = Signal(object)  # events.SampleReport
     evalReport = Signal(object)  # events.EvalReport (scores during training)
+    objectiveReport = Signal(object)  # events.ObjectiveReport (GRPO's rewards per step and held out)
     checkpointSaved = Signal(int, str)
     notice = Signal(str)
     done = Signal(object)  # RunResult, or None when the run failed
@@ -276,6 +277,8 @@ class TrainingWorker(QObject):
             self.sampleReport.emit(event)
         elif isinstance(event, ev.EvalReport):
             self.evalReport.emit(event)
+        elif isinstance(event, ev.ObjectiveReport):
+            self.objectiveReport.emit(event)
         elif isinstance(event, ev.StateChanged):
             if event.state == "started":
                 # The model, data and libraries are loaded: move them out of the collector's sight.

@@ -394,6 +394,23 @@ class RunStore:
             db.execute("INSERT OR REPLACE INTO metrics (run_id, kind, step, loss, learning_rate, data, t)"
                        " VALUES (?,?,?,?,?,?,?)", (run_id, "eval", report["step"], None, None, json.dumps(data), time.time()))
 
+    def add_objective(self, run_id: int, report: dict) -> None:
+        """What an objective measures besides its loss (an ObjectiveReport: GRPO's rewards), kept
+        as kind 'objective', or 'objective_valid' when held out."""
+        kind = "objective" if report.get("split", "train") == "train" else "objective_valid"
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO metrics (run_id, kind, step, loss, learning_rate, data, t)"
+                       " VALUES (?,?,?,?,?,?,?)", (run_id, kind, report["step"], None, None, json.dumps(report), time.time()))
+
+    def objective_series(self, run_id: int) -> dict[str, tuple[list[int], list[float]]]:
+        """name -> (steps, values) of the objective's metrics (reward accuracy, KL, reward mean, ...):
+        from training reports and objective reports (objective_metrics.py names them)."""
+        from finetune_app.core.training import objective_metrics
+
+        rows = self.query("SELECT data FROM metrics WHERE run_id=? AND kind IN ('train', 'objective', 'objective_valid')"
+                          " ORDER BY step", (run_id,))
+        return objective_metrics.series(_json_or_empty(r["data"]) for r in rows)
+
     @staticmethod
     def _update_best(db: sqlite3.Connection, run_id: int) -> None:
         db.execute("""UPDATE runs SET
