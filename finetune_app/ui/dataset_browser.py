@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 
 import pyqtgraph as pg
-from PySide6.QtCore import QItemSelectionModel, QModelIndex, Qt, Signal
+from PySide6.QtCore import QItemSelectionModel, QModelIndex, QSize, Qt, Signal
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QFileDialog,
@@ -140,6 +140,23 @@ class DatasetBrowser(QWidget):
         self.stack.addWidget(self.empty)
         self.stack.addWidget(self.grid)
         self.stack.addWidget(text_split)
+        # preference rows (DPO, IPO, ORPO): the list over prompt | chosen | rejected side by side
+        from finetune_app.ui.pair_view import PairView
+
+        self.pair_list = QListView()
+        self.pair_list.setObjectName("pairList")
+        self.pair_list.setUniformItemSizes(True)
+        self.pair_list.setIconSize(QSize(40, 40))
+        self.pair_list.setModel(self.model)
+        self.pair_list.setAlternatingRowColors(True)
+        self.pair_list.setAcceptDrops(False)
+        self.pair_list.selectionModel().currentChanged.connect(self._show_row)
+        self.pair_view = PairView()
+        pair_split = QSplitter(Qt.Orientation.Vertical)
+        pair_split.addWidget(self.pair_list)
+        pair_split.addWidget(self.pair_view)
+        pair_split.setSizes([260, 300])
+        self.stack.addWidget(pair_split)
 
         # -- report panel --------------------------------------------------------------------
         self.counts = QLabel("–")
@@ -307,14 +324,16 @@ class DatasetBrowser(QWidget):
         self.title.setText(Path(str(ds.path)).name or str(ds.path))
         self.subtitle.setText(ds.describe())
         row_problems: dict[int, str] = {}
+        self._problem_at = {}  # row -> its first located error (the pair view names file, line and field)
         usable = set(report.usable_indices)
         for p in report.errors:
             row = self.row_of(p)
             if row is not None and row not in usable:
                 row_problems.setdefault(row, p.message)
+                self._problem_at.setdefault(row, p)
         if first:
             self.model.set_dataset(ds, row_problems)
-            self.stack.setCurrentIndex(1 if ds.has_images else 2)
+            self.stack.setCurrentIndex(3 if ds.format == "preference" else 1 if ds.has_images else 2)
         else:
             self.model.set_problems(row_problems)
         self._fill_problems()
@@ -454,7 +473,7 @@ class DatasetBrowser(QWidget):
         return self._row_lookup.get((problem.file, "item", int(m.group(1)) - 1)) if m else None
 
     def current_view(self) -> QListView:
-        return self.grid if self.stack.currentIndex() == 1 else self.conversations
+        return {1: self.grid, 3: self.pair_list}.get(self.stack.currentIndex(), self.conversations)
 
     def select_row(self, row: int) -> None:
         view = self.current_view()
@@ -493,6 +512,25 @@ class DatasetBrowser(QWidget):
         self.edit_button.setEnabled(self.editable(row))
         if self.stack.currentIndex() == 2:
             self.conversation.setHtml(_conversation_html(sample, problem))
+        elif self.stack.currentIndex() == 3:
+            self._show_pair(row, sample, problem)
+
+    def _show_pair(self, row: int, sample, problem: str | None) -> None:
+        from PySide6.QtGui import QPixmap
+
+        from finetune_app.ui.dataset_model import load_thumbnail
+        from finetune_app.ui.pair_view import IMAGE_EDGE, raw_fields
+
+        located = getattr(self, "_problem_at", {}).get(row)
+        if located is not None:
+            where = Path(located.file).name + (f" line {located.line}" if located.line is not None else "")
+            problem = f"{where}" + (f" [{located.field}]" if located.field else "") + f": {located.message}"
+        pixmap = None
+        if sample is not None and sample.images:
+            image = load_thumbnail(sample.images[0], IMAGE_EDGE)
+            pixmap = QPixmap.fromImage(image) if not image.isNull() else None
+        raw = raw_fields(self.check.dataset, row) if sample is None and self.check else None
+        self.pair_view.show_row(sample, problem, raw, pixmap)
 
 
     # -- fixing a row ----------------------------------------------------------------------------

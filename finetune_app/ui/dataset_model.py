@@ -265,6 +265,10 @@ class DatasetListModel(QAbstractListModel):
 
 
 def _preview(sample) -> str:
+    if sample.rejected is not None:  # a preference pair
+        prompt = sample.prompt.replace("\n", " ").strip()
+        chosen, rejected = (t.replace("\n", " ").strip() for t in (sample.answer, sample.rejected.text))
+        return f"{prompt}  →  ✓ {chosen}   ✗ {rejected}"
     if sample.images:
         return sample.answer
     prompt = sample.prompt.replace("\n", " ").strip()

@@ -94,7 +94,8 @@ def configure(keys: set[str], *, file: str):
             if chosen[:-1] != rejected[:-1]:
                 at = next((i for i, (a, b) in enumerate(zip(chosen, rejected)) if a != b), min(len(chosen), len(rejected)) - 1)
                 raise RowError("rejected", f"'chosen' and 'rejected' do not share the prompt: they differ at message "
-                               f"{at + 1} (only the last message, the answer, may differ).")
+                               f"{at + 1} (only the last message, the answer, may differ). Make the earlier messages of "
+                               "both the same, or put the prompt in 'prompt' and only the answers in 'chosen' and 'rejected'.")
             prompt, chosen_text, rejected_text = chosen[:-1], _answer_text(chosen[-1:], "chosen"), _answer_text(rejected[-1:], "rejected")
             prompt_key = "chosen"
         else:
@@ -104,7 +105,8 @@ def configure(keys: set[str], *, file: str):
                 prompt = [{"role": "user", "content": text_of(value, prompt_key, allow_empty=False)}]
             chosen_text, rejected_text = _answer_text(row.get("chosen"), "chosen"), _answer_text(row.get("rejected"), "rejected")
         if chosen_text.strip() == rejected_text.strip():
-            raise RowError("rejected", "'chosen' and 'rejected' are the same answer; a preference pair must differ.")
+            raise RowError("rejected", "'chosen' and 'rejected' are the same answer; a preference pair must differ. "
+                           "Write a worse answer in 'rejected' (or remove the row).")
         sharegpt = any(type(m) is dict and "from" in m for m in prompt)
         answer = {"from": "gpt", "value": chosen_text} if sharegpt else {"role": "assistant", "content": chosen_text}
         inner = {k: v for k, v in row.items() if k in ("images", "image", "system")}
