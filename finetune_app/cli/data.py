@@ -36,6 +36,11 @@ def register(subparsers) -> None:
                        "auto, mlx-vlm, mlx-lm, mlx-swift, mlx-swift-lm (default auto)")
     check.add_argument("--image-size", type=int, default=None, metavar="PX",
                        help="the training image size limit, for --examples")
+    check.add_argument("--objective", choices=("sft", "dpo", "ipo", "orpo", "grpo"), default=None,
+                       help="count sequences as this objective trains them (default: dpo for preference "
+                       "rows, else sft): a pair is two, a GRPO prompt its --grpo-group-size answers")
+    check.add_argument("--grpo-group-size", type=int, default=None, metavar="G",
+                       help="answers sampled per prompt, with --objective grpo")
     check.add_argument("--no-images", action="store_true", help="do not open the images")
     check.add_argument("--strict", action="store_true", help="fail on any row problem")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -99,20 +104,35 @@ def run_check(args: argparse.Namespace) -> int:
         _print(json.dumps({"error": {"message": err.message, "file": err.file, "line": err.line,
                                      "field": err.field}, "rows_usable": 0}, indent=2))
         return err.exit_code
+    sequences = _sequences(args, dataset, report)
     if args.json:
         out = report.to_dict()
+        out["sequences"] = sequences
         if examples is not None:
             out["examples"] = examples
         _print(json.dumps(out, indent=2, ensure_ascii=False))
     else:
         _print(dataset.describe())
         _print(report.summary(max_problems=args.show))
+        _print("Sequences: " + sequences["text"])
         for ex in examples or []:
             _print(f"\nrow {ex['row']} ({ex['serve_target']} layout, {len(ex['input_ids'])} ids, "
                    f"{sum(ex['target_mask'])} supervised, images {ex['image_sizes']}):\n{ex['text']}")
     from finetune_app.core.errors import DataError
 
     return 0 if report.rows_usable else DataError.exit_code
+
+
+def _sequences(args, dataset, report) -> dict:
+    """What the usable rows amount to for the objective (core/estimates.py: a pair is two sequences)."""
+    from finetune_app.core import estimates
+    from finetune_app.core.config import TrainConfig
+
+    objective = args.objective or ("dpo" if dataset.format == "preference" else "sft")
+    cfg = TrainConfig(objective=objective, **({"grpo_group_size": args.grpo_group_size} if args.grpo_group_size else {}))
+    return {"objective": objective, "per_row": estimates.sequences_per_example(cfg),
+            "total": report.rows_usable * estimates.sequences_per_example(cfg),
+            "text": estimates.sequences_text(cfg, report.rows_usable) + f" for {objective.upper()}"}
 
 
 def _examples(args, report) -> list[dict]:

@@ -81,6 +81,7 @@ def run_memory_gb(config: TrainConfig, *, parameters: int, dtype: str, quantizat
     m = re.match(r"(\d+)-bit", quantization or "")
     bits = config.quantize_bits or (int(m.group(1)) if m else None)
     batch = config.batch_size if _positive_int(config.batch_size) else 1
+    batch, seq_len = batch * sequences_per_example(config), sequence_length(config, seq_len)  # pairs, GRPO groups
     rank = config.lora_rank if _positive_int(config.lora_rank) else 16
     h, inter = sizes.get("hidden_size", 1024), sizes.get("intermediate_size", 4096)
     layers = sizes.get("num_layers", 24)
@@ -90,7 +91,49 @@ def run_memory_gb(config: TrainConfig, *, parameters: int, dtype: str, quantizat
     trainable = parameters if config.fine_tune_type == "full" else per_layer * layers
     return memory_gb(parameters, dtype_bytes=dtype_bytes, quantize_bits=bits, trainable_params=trainable,
                      batch_size=batch, seq_len=seq_len, hidden_size=h, num_layers=layers,
-                     grad_checkpoint=bool(config.grad_checkpoint))
+                     grad_checkpoint=bool(config.grad_checkpoint)) + generation_gb(config, sizes, batch, seq_len)
+
+
+# ---- preference pairs and GRPO groups (issue 17; begin) -------------------------------------------
+PAIR_OBJECTIVES = ("dpo", "ipo", "orpo")
+
+
+def sequences_per_example(config: TrainConfig) -> int:
+    """Sequences one training example puts through the model: a preference pair (DPO, IPO, ORPO)
+    two, chosen and rejected; a GRPO prompt its G sampled answers; an SFT row one."""
+    if config.objective in PAIR_OBJECTIVES:
+        return 2
+    if config.objective == "grpo":
+        return config.grpo_group_size if _positive_int(config.grpo_group_size) else 4
+    return 1
+
+
+def sequence_length(config: TrainConfig, seq_len: int) -> int:
+    """A GRPO sequence is the prompt plus up to grpo_max_tokens sampled tokens."""
+    if config.objective == "grpo":
+        return seq_len + (config.grpo_max_tokens if _positive_int(config.grpo_max_tokens) else 64)
+    return seq_len
+
+
+def generation_gb(config: TrainConfig, sizes: dict, sequences: int, seq_len: int) -> float:
+    """GRPO samples its answers first: the KV cache of `sequences` sequences (keys and values of
+    every layer, two bytes each); nothing for the other objectives."""
+    if config.objective != "grpo":
+        return 0.0
+    kv = sizes.get("kv_heads", 1) * sizes.get("head_dim", 64)
+    return sequences * seq_len * sizes.get("num_layers", 24) * 2 * kv * 2 / 1e9
+
+
+def sequences_text(config: TrainConfig, examples: int) -> str:
+    """What `examples` training examples amount to for the objective (the form and `data check`)."""
+    k = sequences_per_example(config)
+    if config.objective in PAIR_OBJECTIVES:
+        return f"{examples:,} pairs = {examples * k:,} sequences (chosen and rejected)"
+    if config.objective == "grpo":
+        return (f"{examples:,} prompts × {k} sampled answers = {examples * k:,} sequences, "
+                f"each answer sampled first (up to {sequence_length(config, 0)} new tokens)")
+    return f"{examples:,} sequences"
+# ---- preference pairs and GRPO groups (issue 17; end) ---------------------------------------------
 
 
 def _positive_int(v) -> bool:

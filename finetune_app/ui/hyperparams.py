@@ -430,6 +430,9 @@ class HyperparamForm(QWidget):
         else:
             self.steps_note.setText(f"≈ {steps:,} steps: {cfg.epochs or DEFAULT_EPOCHS:g} epoch(s) of "
                                     f"{self.train_rows:,} training rows at batch {cfg.batch_size}.")
+        if steps is not None and self.train_rows and estimates.sequences_per_example(cfg) > 1:  # pairs, GRPO groups
+            self.steps_note.setText(self.steps_note.text() + " " + estimates.sequences_text(cfg, self.train_rows)
+                                    .capitalize() + ".")
         self._update_memory(cfg)
 
     def memory_estimate(self, cfg: TrainConfig | None = None) -> tuple[float, int, int] | None:
@@ -471,7 +474,10 @@ class HyperparamForm(QWidget):
         seq_note = (f"sequence {seq:,} tokens" + ("" if self.longest_exact or not self.longest_row
                                                    else " (estimated from the dataset)"))
         size = f"{gb:.2f}" if gb < 10 else f"{gb:.1f}"  # small models: batch size shows in the figure
-        base = f"About <b>{size} GB</b> for batch {cfg.batch_size}, {seq_note}"
+        per = estimates.sequences_per_example(cfg)
+        seqs = (f" ({cfg.batch_size * per:,} sequences: {'pairs' if per == 2 and cfg.objective != 'grpo' else 'answers'}"
+                f" of {per})" if per > 1 and isinstance(cfg.batch_size, int) else "")
+        base = f"About <b>{size} GB</b> for batch {cfg.batch_size}{seqs}, {seq_note}"
         if isinstance(cfg.batch_size, int) and cfg.batch_size > 1:
             one = self.memory_estimate(cfg.replace(batch_size=1))
             if one is not None and gb > one[0]:
