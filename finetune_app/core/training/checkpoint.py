@@ -103,6 +103,20 @@ def best_checkpoint(run_dir: Path, by: str = "val_loss") -> Path | None:
     return min(scored)[2] if scored else None
 
 
+def mark_best(run_dir: Path, best_by: str = "val_loss") -> None:
+    """best_checkpoint.json names the best checkpoint by `best_by` (kept through rotation); none
+    measured (yet) by it: no mark, not a stale one of another setting."""
+    from finetune_app.core import run_folder
+
+    best = best_checkpoint(run_dir, best_by)
+    if best is None:
+        run_folder.best_path(run_dir).unlink(missing_ok=True)
+        return
+    step = run_folder.checkpoint_step(best)
+    run_folder.write_best(run_dir, step, best_by, checkpoint_score(best, best_by))
+    run_folder.record_files(run_dir, run_folder.BEST_FILE)
+
+
 # ---- disk space -----------------------------------------------------------------------------------
 DISK_MARGIN = 16 * 2**20  # bytes kept free beyond the estimate (metrics, config, file system slack)
 

@@ -26,8 +26,8 @@ from finetune_app.core.models import BaseModel, load_base
 from finetune_app.core.training import checkpoint as ckpt
 from finetune_app.core.training.control import Control
 from finetune_app.core.training.data_parallel import DataParallel
-from finetune_app.core.training.events import (CheckpointSaved, MetricsLog, Notice, ObjectiveReport, Progress,
-                                               SampleItem, SampleReport, StateChanged, ValReport)
+from finetune_app.core.training.events import (CheckpointSaved, MetricsLog, Notice, Progress, SampleItem, SampleReport,
+                                               StateChanged, ValReport)
 from finetune_app.core.families import family_for
 from finetune_app.core.training.objectives import objective
 from finetune_app.core.training.step import Step
@@ -152,9 +152,12 @@ class Trainer:
         self.pairs = "pairs" in self.objective.NEEDS  # preference objectives: batches of chosen/rejected pairs
         self.reference = (Reference(base.model, self.family, partial(pairs.plan, self.family))
                           if "reference_logps" in self.objective.NEEDS else None)
-        self.rollout = None  # GRPO: answers sampled and scored per batch (objectives/grpo.py)
+        self.rollouts = None  # GRPO: batches of sampled, scored and recorded answers (rollouts.py)
         if cfg.objective == "grpo":
-            self._start_grpo()
+            from finetune_app.core.training.rollouts import Rollouts
+
+            self.rollouts = Rollouts(self)
+        self.rollout = self.rollouts.rollout if self.rollouts else None
         self.encoder = Encoder(base, completion_only=cfg.completion_only, image_size=cfg.image_size,
                                image_features=self.family.image_features(),
                                serve_target=cfg.serve_target, pairs=self.pairs)
@@ -198,29 +201,10 @@ class Trainer:
             self.listeners += trackers.listeners_for(cfg, self.run_dir)  # report_to: TensorBoard, W&B, MLflow
         return data
 
-    def _start_grpo(self) -> None:
-        """GRPO runs on the library path (sampled rows change length every step) and samples
-        through a Rollout; answers to score against come from the dataset's rows."""
-        from finetune_app.core import rewards
-        from finetune_app.core.training.objectives import grpo
-
-        cfg = self.cfg
-        self.family.fast = self.family.compiled = False
-        reward = rewards.parse(cfg.grpo_rewards, base_dir=rewards.data_dir(cfg.data))
-        answers: dict[int, str] = {}
-
-        def answer_of(i: int) -> str:
-            if i not in answers:
-                answers[i] = self.data.dataset.sample(i).answer
-            return answers[i]
-
-        self.rollout = grpo.Rollout(cfg, self.base, self.family, reward, answer_of)
-        self._sampled: list = []  # this evaluation's scored answers (held-out reward)
-
     def units(self, example: Example) -> int:
         """What one example counts for in the step's loss normaliser: its supervised tokens, or
         (GRPO) its G sampled answers."""
-        return self.cfg.grpo_group_size if self.rollout is not None else example.units
+        return self.rollouts.units(example) if self.rollouts is not None else example.units
 
     def _restore(self) -> None:
         if self.world.is_main:
@@ -283,30 +267,11 @@ class Trainer:
         """The family's Batch for these examples (fast path or library path); GRPO's sampled
         and scored answers to them."""
         examples = [self._materialise(e) for e in examples]
-        if self.rollout is not None:
-            return self._grpo_batch(examples, split)
+        if self.rollouts is not None:
+            return self.rollouts.batch(examples, split)
         if self.pairs:  # preference pairs: chosen then rejected rows, with what the objective needs (pairs.py)
             return pairs.plan(self.family, examples, self.reference)
         return self.family.plan(examples)
-
-    def _grpo_batch(self, examples: list[Example], split: str):
-        from finetune_app.core.training.objectives import grpo
-
-        batch, sampled = self.rollout(examples)
-        adapters.set_train_modes(self.base.model, self.cfg.fine_tune_type)
-        step = self.state.step + (1 if split == "train" else 0)  # the step this batch trains / follows
-        if self.world.is_main:
-            try:
-                run_folder.append_rewards(self.run_dir, [
-                    {"step": step, "split": split, "index": s.index, "completion": s.text, "reward": s.reward, **s.parts}
-                    for s in sampled])
-            except OSError as exc:
-                raise run_folder.unwritable(self.run_dir, exc) from None
-        if split == "train":
-            self.emit(ObjectiveReport(step=step, metrics=grpo.summary([batch], sampled, self.cfg.grpo_group_size)))
-        else:
-            self._sampled.append((batch, sampled))
-        return batch
 
     # ---- evaluation --------------------------------------------------------------------------
     def evaluate(self) -> tuple[float, int]:
@@ -328,13 +293,8 @@ class Trainer:
             total, count = self.world.sum(total), self.world.sum(count)
             mx.eval(total, count)
         adapters.set_train_modes(model, self.cfg.fine_tune_type)
-        if self.rollout is not None and self._sampled:  # GRPO: the held-out reward (this rank's share)
-            from finetune_app.core.training.objectives import grpo
-
-            batches, sampled = [b for b, _ in self._sampled], [x for _, s in self._sampled for x in s]
-            self._sampled = []
-            self.emit(ObjectiveReport(step=self.state.step, split="valid",
-                                      metrics=grpo.summary(batches, sampled, self.cfg.grpo_group_size)))
+        if self.rollouts is not None:  # GRPO: the held-out reward (this rank's share)
+            self.rollouts.report_held_out()
         n = int(count.item())
         return (float(total.item()) / n if n else float("nan")), n
 
@@ -395,7 +355,7 @@ class Trainer:
             path = ckpt.save(self.run_dir, self.base.model, self.adapter_config, self.optimizer, self.state,
                              keep=self.cfg.keep_checkpoints, train_config=self.cfg, direct=direct,
                              best_by=self.cfg.best_by)
-            self._mark_best()
+            ckpt.mark_best(self.run_dir, self.cfg.best_by)
             adapters.save(self.base.model, self.adapter_config, self.run_dir, direct=direct)
             on_disk = {run_folder.checkpoint_entry(int(ckpt.STEP_DIR.match(p.name).group(1)))
                        for p in ckpt.list_checkpoints(self.run_dir)}
@@ -406,17 +366,6 @@ class Trainer:
             raise run_folder.unwritable(self.run_dir, exc) from None
         self.emit(CheckpointSaved(step=self.state.step, path=str(path)))
         return path
-
-    def _mark_best(self) -> None:
-        """best_checkpoint.json names the best checkpoint by `best_by` (kept through rotation); none
-        measured (yet) by it: no mark, not a stale one of another setting."""
-        best = ckpt.best_checkpoint(self.run_dir, self.cfg.best_by)
-        if best is None:
-            run_folder.best_path(self.run_dir).unlink(missing_ok=True)
-            return
-        step = run_folder.checkpoint_step(best)
-        run_folder.write_best(self.run_dir, step, self.cfg.best_by, ckpt.checkpoint_score(best, self.cfg.best_by))
-        run_folder.record_files(self.run_dir, run_folder.BEST_FILE)
 
     def _save_step(self, params, optimizer_state, state) -> Path | None:
         """A checkpoint of given values (the data-parallel fallback: the last finished step)."""
