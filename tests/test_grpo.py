@@ -151,8 +151,11 @@ def independent_loss(trainer, family, model_dir, data_file, rows, old):
                 "GRPO's prompt is mlx-vlm's own prompt for the row"
         lp = log_softmax64(library_logits(policy, family, r.input_ids.tolist(), data_file, r.index))
         ref = log_softmax64(library_logits(base_copy, family, r.input_ids.tolist(), data_file, r.index))
+        # FastVLM's one image placeholder id becomes its image features inside the model: the
+        # answer's positions move by the difference
+        d = lp.shape[0] - len(r.input_ids)
         ts = range(P, len(r.input_ids))
-        seqs.append(([lp[t - 1, r.input_ids[t]] for t in ts], [ref[t - 1, r.input_ids[t]] for t in ts]))
+        seqs.append(([lp[t - 1 + d, r.input_ids[t]] for t in ts], [ref[t - 1 + d, r.input_ids[t]] for t in ts]))
     total, k = 0.0, 0
     for p in range(len(rows) // G):
         group = REWARDS[p * G:(p + 1) * G]
@@ -171,11 +174,11 @@ def independent_loss(trainer, family, model_dir, data_file, rows, old):
     return total / len(rows)
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2_vl"])
+@pytest.mark.parametrize("family", ["llama", "qwen2_vl", "fastvlm"])
 def test_grpo_loss_matches_paper_formula(family, tiny_model, tmp_path):
     import mlx.core as mx
 
-    model_dir = tiny_model(family)
+    model_dir = tiny_model(family, **({"image_size": 256} if family == "fastvlm" else {}))  # 16 image features
     data_file = write_rows(tmp_path / "data", with_images=family != "llama")
     trainer = trainer_for(model_dir, data_file, tmp_path / "run")
     assert not trainer.family.fast, "GRPO runs on the library path"
@@ -217,6 +220,30 @@ def test_reference_is_the_base_and_the_adapter_comes_back(method, tiny_model, tm
     np.testing.assert_allclose(off, base, rtol=1e-5, atol=1e-5)
     assert np.abs(adapted - base).max() > 1e-2
     np.testing.assert_array_equal(np.array(model(ids)), adapted)
+
+
+def test_grpo_trains_fastvlm_and_mlx_vlm_loads_the_adapter(tiny_model, tmp_path):
+    """A few GRPO steps on a tiny FastVLM (pictures in the prompts): finite losses, every sampled
+    answer's reward recorded, and the adapter loads with mlx-vlm's own `load(adapter_path=...)`."""
+    import math
+
+    from mlx_vlm.utils import load as vlm_load
+
+    from finetune_app.core.training.events import MetricsLog
+
+    model_dir = tiny_model("fastvlm", image_size=256)
+    cfg = TrainConfig(model=str(model_dir), data=str(write_rows(tmp_path / "data", with_images=True)),
+                      output=str(tmp_path / "run"), iters=3, batch_size=2, valid_fraction=0.0, sample_count=0,
+                      lora_rank=4, learning_rate=1e-2, steps_per_report=1, objective="grpo", grpo_group_size=2,
+                      grpo_max_tokens=2, grpo_beta=0.1, grpo_rewards="regex:/^ [a-z]/")
+    assert Trainer(cfg).run().status == "finished"
+    rows = MetricsLog.read(tmp_path / "run" / "metrics.jsonl")
+    losses = [r["loss"] for r in rows if r["kind"] == "train"]
+    assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
+    recorded = (tmp_path / "run" / "rewards.jsonl").read_text().splitlines()
+    assert len(recorded) == 3 * 2 * 2
+    loaded, _ = vlm_load(str(model_dir), adapter_path=str(tmp_path / "run"))
+    assert any("lora" in type(m).__name__.lower() for _, m in loaded.named_modules())
 
 
 # ---- learning: a verifiable task on a tiny random model ------------------------------------------
