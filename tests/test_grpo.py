@@ -280,7 +280,7 @@ def expected_reward(model, tokenizer, prompts):
 
 def test_grpo_raises_the_held_out_reward(tiny_model, tmp_path):
     """12 steps of 4 prompts x 6 sampled one-token answers, reward regex '^ [a-z]': the exact
-    held-out mean reward goes from 0.18 (the base; LoRA starts as the identity) to about 0.7."""
+    held-out mean reward goes from 0.18 (the base; LoRA starts as the identity) to about 0.5."""
     import mlx_lm
 
     from finetune_app.core.training.events import MetricsLog

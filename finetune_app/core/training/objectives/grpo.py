@@ -96,6 +96,8 @@ class Sampled:
     text: str
     reward: float
     parts: dict
+    live: bool = True  # False: a data-parallel filler row's answer (trains nothing, reported nowhere)
+    kl: float | None = None  # to the base at sampling time, the token mean of k3 (None without beta)
 
 
 class Rollout:
@@ -133,11 +135,15 @@ class Rollout:
                 break
         return out
 
-    def __call__(self, examples: list[Example]) -> tuple[GroupBatch, list[Sampled]]:
-        cfg, G, model = self.cfg, self.cfg.grpo_group_size, self.base.model
+    def __call__(self, examples: list[Example], seed_of=None) -> tuple[GroupBatch, list[Sampled]]:
+        """`seed_of(example)`: the random seed its G answers are sampled from, so an answer does
+        not depend on which process or batch the prompt lands in (data parallel)."""
+        G, model = self.cfg.grpo_group_size, self.base.model
         model.eval()  # sampling without dropout; the trainer restores its modes
         rows, sampled = [], []
         for ex in examples:
+            if seed_of is not None:
+                mx.random.seed(seed_of(ex))
             P = prompt_length(ex)
             prompt = ex.input_ids[:P]
             answer = self.answer_of(ex.index)
@@ -146,7 +152,7 @@ class Rollout:
                 toks = self.sample(ex, prompt)
                 text = self.base.tokenizer.decode([t for t in toks if t not in self.eos])
                 reward, parts = self.reward.score(text, answer)
-                sampled.append(Sampled(ex.index, toks, text, reward, parts))
+                sampled.append(Sampled(ex.index, toks, text, reward, parts, live))
                 ids = np.concatenate([prompt, np.asarray(toks, np.int32)]).astype(np.int32)
                 mask = np.zeros(len(ids), bool)
                 mask[P:] = live
@@ -154,6 +160,11 @@ class Rollout:
                                     n_images=ex.n_images, model_length=len(ids)))
         n_answers = G * sum(1 for e in examples if e.target_mask.any())
         batch = self.layout(rows, np.array([s.reward for s in sampled], np.float32), n_answers)
+        if batch.ref_logps is not None:
+            scale = mx.array(batch.scale)
+            kl = k3(mx.where(scale > 0, batch.ref_logps, batch.old_logps), batch.old_logps)
+            for s, v in zip(sampled, np.array((kl * scale).reshape(len(rows), -1).sum(axis=1)).tolist()):
+                s.kl = float(v)
         return batch, sampled
 
     def layout(self, rows: list[Example], rewards: np.ndarray, n_answers: int) -> GroupBatch:
@@ -179,21 +190,19 @@ class Rollout:
         return batch
 
 
-def summary(batches: list[GroupBatch], sampled: list[Sampled], group: int) -> dict:
-    """Host metrics of rollouts: reward mean and spread (over all answers, and within groups,
-    which is what GRPO learns from), each term's mean, KL to the base at sampling time (mean over
-    answers of their token means) and answer length."""
+def summary(sampled: list[Sampled], group: int) -> dict:
+    """Host metrics of rollouts (the live answers of every process): reward mean and spread (over
+    all answers, and within groups, which is what GRPO learns from), each term's mean, KL to the
+    base at sampling time (mean over answers of their token means) and answer length."""
+    sampled = [s for s in sampled if s.live]
+    if not sampled:
+        return {}
     r = np.array([s.reward for s in sampled], np.float64)
     out = {"reward_mean": float(r.mean()), "reward_std": float(r.std()),
            "reward_group_std": float(r.reshape(-1, group).std(axis=1).mean()),
            "answer_tokens": float(np.mean([len(s.tokens) for s in sampled]))}
     for name in sampled[0].parts:
         out[f"reward_{name}"] = float(np.mean([s.parts[name] for s in sampled]))
-    if all(b.ref_logps is not None for b in batches):
-        total = 0.0
-        for b in batches:
-            scale = mx.array(b.scale)
-            kl = k3(mx.where(scale > 0, b.ref_logps, b.old_logps), b.old_logps)
-            total += float((kl * scale).sum().item())
-        out["kl"] = total / max(1, sum(b.n_answers for b in batches))
+    if all(s.kl is not None for s in sampled):
+        out["kl"] = float(sum(s.kl for s in sampled)) / len(sampled)
     return out
