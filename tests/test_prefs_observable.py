@@ -170,6 +170,10 @@ def test_grpo_rewards_reach_the_training_view_and_the_cli_line(runs_db):
     view._dirty = True
     view._redraw()
     assert panel.points() == [([1, 2], pytest.approx(expect["reward_mean"][1][:2]))]
+    # GRPO reports a step's rewards before its loss: a resumed run's first report replaces the later points
+    view.on_objective(ObjectiveReport(step=1, metrics={"reward_mean": 0.25}))
+    view._redraw()
+    assert panel.points() == [([1], [0.25])]
 
 
 def test_the_cli_line_of_a_dpo_step():

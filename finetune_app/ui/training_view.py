@@ -545,9 +545,9 @@ class TrainingView(QWidget):
 
         for name, value in from_row(row).items():
             steps, values = self.objective.setdefault(name, ([], []))
-            if steps and steps[-1] == step:  # one value a step (the latest)
-                values[-1] = value
-                continue
+            while steps and steps[-1] >= step:  # one value a step (the latest); a resumed run repeats steps
+                steps.pop()
+                values.pop()
             steps.append(step)
             values.append(value)
         self._dirty = True

@@ -408,7 +408,7 @@ class RunStore:
         from finetune_app.core.training import objective_metrics
 
         rows = self.query("SELECT data FROM metrics WHERE run_id=? AND kind IN ('train', 'objective', 'objective_valid')"
-                          " ORDER BY step", (run_id,))
+                          " ORDER BY step, kind", (run_id,))  # a step's train report last, as the live plot
         return objective_metrics.series(_json_or_empty(r["data"]) for r in rows)
 
     @staticmethod
