@@ -72,7 +72,7 @@ def test_dpo_reward_accuracy_is_plotted_live_in_history_and_tensorboard(runs_db,
     out = tmp_path / "dpo-run"
     cfg = TrainConfig(model=str(tiny_model("llama")), data=str(data), output=str(out), iters=STEPS, batch_size=2,
                       objective="dpo", beta=0.2, learning_rate=2e-3, lora_rank=4, steps_per_report=1,
-                      steps_per_eval=100, save_every=100, sample_count=0, seed=0, report_to=["tensorboard"])
+                      steps_per_eval=2, save_every=100, sample_count=0, seed=0, report_to=["tensorboard"])
     view = TrainingView()
     qtbot.addWidget(view)
     view.resize(1200, 800)
@@ -85,14 +85,19 @@ def test_dpo_reward_accuracy_is_plotted_live_in_history_and_tensorboard(runs_db,
     qtbot.waitUntil(lambda: view.state == "finished", timeout=10_000)
     view._redraw()
 
-    logged = {r["step"]: r["metrics"] for r in objective_rows(out)}
+    logged = {r["step"]: r["metrics"] for r in objective_rows(out) if r["kind"] == "train"}
     assert sorted(logged) == list(range(1, STEPS + 1))
+    held = {r["step"]: r["metrics"] for r in objective_rows(out) if r["kind"] == "objective"}
+    assert sorted(held) == [2, 4] and all(r["split"] == "valid" for r in objective_rows(out) if r["kind"] == "objective")
+    held_acc = [held[s]["reward_accuracy"] for s in (2, 4)]
+    assert all(4 * a == round(4 * a) for a in held_acc), "an accuracy over the 4 held-out pairs"
     accuracy = [logged[s]["reward_accuracy"] for s in range(1, STEPS + 1)]
     panel = view.objective_panel
     assert not panel.isHidden() and panel.metric == "reward_accuracy"
     assert {"reward_accuracy", "reward_margin", "chosen_logps", "rejected_logps"} <= set(panel.names())
-    [(xs, ys)] = panel.points()
+    [(xs, ys), held_points] = panel.points()  # training, and held out (dashed points)
     assert xs == list(range(1, STEPS + 1)) and ys == pytest.approx(accuracy)
+    assert held_points == ([2, 4], pytest.approx(held_acc))
     (x0, x1), (y0, y1) = panel.plot.plotItem.vb.viewRange()
     assert x0 <= 1 and x1 >= STEPS and y0 <= min(ys) and y1 >= max(ys)
     panel.select("chosen_logps")  # the selector switches the plotted metric
@@ -106,6 +111,7 @@ def test_dpo_reward_accuracy_is_plotted_live_in_history_and_tensorboard(runs_db,
     acc.Reload()
     assert [e.value for e in acc.Scalars("train/reward_accuracy")] == pytest.approx(accuracy, rel=1e-6)
     assert "train/rejected_logps" in acc.Tags()["scalars"]
+    assert [e.value for e in acc.Scalars("val/reward_accuracy")] == pytest.approx(held_acc)
 
     # the run History: the DPO run alone, then compared with the GRPO run
     history = RunHistoryView(root / "appdata" / "runs.sqlite3")
@@ -117,8 +123,9 @@ def test_dpo_reward_accuracy_is_plotted_live_in_history_and_tensorboard(runs_db,
     history.select_runs([dpo_id])
     hp = history.objective_panel
     assert not hp.isHidden() and hp.metric == "reward_accuracy"
-    [(xs, ys)] = hp.points()
+    [(xs, ys), held_points] = hp.points()
     assert xs == list(range(1, STEPS + 1)) and ys == pytest.approx(accuracy)
+    assert held_points == ([2, 4], pytest.approx(held_acc))
 
     history.select_runs([dpo_id, grpo_id])
     assert {"reward_accuracy", "reward_mean", "reward_std", "kl"} <= set(hp.names())

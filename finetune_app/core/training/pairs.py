@@ -9,9 +9,27 @@ log-probabilities (reference.py). The objective counts pairs (`units`).
 
 from __future__ import annotations
 
+import mlx.core as mx
 import numpy as np
 
 from finetune_app.core.training.batch import Batch
+
+
+class HeldOut:
+    """An evaluation's preference metrics (held-out reward accuracy, margin, log-probabilities),
+    summed over its pairs; `summed(world)` adds every rank's (the same names on every rank, so a
+    rank without a batch joins the sum with zeros)."""
+
+    def __init__(self, names):
+        self.sums = {n: mx.array(0.0) for n in names}
+
+    def add(self, metrics: dict) -> list:
+        self.sums = {n: v + metrics[n] for n, v in self.sums.items()}
+        return list(self.sums.values())
+
+    def summed(self, world) -> dict:
+        self.sums = {n: world.sum(v) for n, v in self.sums.items()}
+        return self.sums
 
 
 def plan(family, pairs: list, reference=None) -> Batch:

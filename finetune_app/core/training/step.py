@@ -40,7 +40,7 @@ class Step:
 
     def loss_sum(self, batch) -> tuple[mx.array, mx.array]:
         """Summed loss and its count for one batch, no gradients (validation, perplexity)."""
-        total, count, _ = self.objective.loss(self.model, self.family, self.inputs(batch))
+        total, count, self.eval_metrics = self.objective.loss(self.model, self.family, self.inputs(batch))
         return total, count
 
     def _grads(self):

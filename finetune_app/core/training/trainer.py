@@ -26,8 +26,8 @@ from finetune_app.core.models import BaseModel, load_base
 from finetune_app.core.training import checkpoint as ckpt
 from finetune_app.core.training.control import Control
 from finetune_app.core.training.data_parallel import DataParallel
-from finetune_app.core.training.events import (CheckpointSaved, MetricsLog, Notice, Progress, SampleItem, SampleReport,
-                                               StateChanged, ValReport)
+from finetune_app.core.training.events import (CheckpointSaved, MetricsLog, Notice, ObjectiveReport, Progress,
+                                               SampleItem, SampleReport, StateChanged, ValReport)
 from finetune_app.core.families import family_for
 from finetune_app.core.training.objectives import objective
 from finetune_app.core.training.step import Step
@@ -279,6 +279,7 @@ class Trainer:
         model.eval()
         bs = self.cfg.batch_size
         total, count = mx.array(0.0), mx.array(0)
+        held_out = pairs.HeldOut(self.objective.METRICS) if self.pairs else None  # preference metrics, held out
         examples = self.data.valid
         for i, start in enumerate(range(0, len(examples), bs)):
             if self.cfg.val_batches and i >= self.cfg.val_batches:
@@ -288,14 +289,17 @@ class Trainer:
             batch = self.make_batch(examples[start:start + bs], split="valid")
             s, n = self.step.loss_sum(batch)
             total, count = total + s, count + n.astype(mx.int32)  # counted exactly
-            mx.eval(total, count)
+            mx.eval(total, count, *(held_out.add(self.step.eval_metrics) if held_out else ()))
         with self.dp.collective("summing the validation loss"):
             total, count = self.world.sum(total), self.world.sum(count)
-            mx.eval(total, count)
+            mx.eval(total, count, *(held_out.summed(self.world).values() if held_out else ()))
         adapters.set_train_modes(model, self.cfg.fine_tune_type)
         if self.rollouts is not None:  # GRPO: the held-out reward (this rank's share)
             self.rollouts.report_held_out()
         n = int(count.item())
+        if held_out is not None and n and self.world.is_main:
+            self.emit(ObjectiveReport(step=self.state.step, split="valid",
+                                      metrics={k: float(v.item()) / n for k, v in held_out.sums.items()}))
         return (float(total.item()) / n if n else float("nan")), n
 
     def sample_generations(self) -> tuple[SampleItem, ...]:

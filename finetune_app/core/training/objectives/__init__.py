@@ -21,6 +21,7 @@ class Objective:
     def __init__(self, name: str, module, kwargs: dict):
         self.name, self.module, self.kwargs = name, module, kwargs
         self.NEEDS = tuple(getattr(module, "NEEDS", ()))
+        self.METRICS = tuple(getattr(module, "METRICS", ()))  # the metrics `loss` returns for every batch
 
     def loss(self, model, family, batch):
         return self.module.loss(model, family, batch, **self.kwargs)

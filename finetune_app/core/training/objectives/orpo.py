@@ -15,6 +15,7 @@ import mlx.nn as nn
 from finetune_app.core.training.objectives.logps import extra, sequence_logps
 
 NEEDS = ("pairs",)
+METRICS = ("reward_accuracy", "reward_margin", "chosen_logps", "rejected_logps", "nll")  # what `loss` returns
 
 
 def settings(cfg) -> dict:
