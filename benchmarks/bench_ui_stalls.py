@@ -115,11 +115,11 @@ def main() -> int:
     t_export_end = now()
     meter.stop()
 
-    ticks = []  # (time, gap, ran, waited for a core): rebuild tick times from the gaps
-    t = 0.0
+    ticks = []  # (when the late tick was due, gap, ran, waited for a core): a stall counts in the
+    t = 0.0     # phase it began in (a stall that began before Start was clicked is not the start's)
     for gap, ran, wait in zip(meter.gaps, meter.ran, meter.waits):
-        t += meter.interval + gap
         ticks.append((t, gap, ran, wait))
+        t += meter.interval + gap
 
     def blocked(gap: float, ran: float, wait: float) -> float:
         """Of a tick's lateness, the time the window's thread neither ran nor waited for a core:
