@@ -34,7 +34,14 @@ def main() -> int:
     os.environ.setdefault("FINETUNE_DATA_DIR", str(work / "appdata"))
     os.environ["FINETUNE_NO_WELCOME"] = "1"
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    root = Path(__file__).resolve().parent.parent
+    sys.path.insert(0, str(root))
+    # Our modules' bytecode, as an installed app has it (pip and py2app compile it): without it every
+    # import compiles the source, one GIL-holding compile() of up to ~40 ms per module, and where
+    # PYTHONDONTWRITEBYTECODE is set (this box) on every launch.
+    import compileall
+
+    compileall.compile_dir(root / "finetune_app", quiet=1)
 
     from PySide6.QtCore import QEventLoop, QObject, QTimer, Slot
 
@@ -115,11 +122,9 @@ def main() -> int:
     t_export_end = now()
     meter.stop()
 
-    ticks = []  # (when the late tick was due, gap, ran, waited for a core): a stall counts in the
-    t = 0.0     # phase it began in (a stall that began before Start was clicked is not the start's)
-    for gap, ran, wait in zip(meter.gaps, meter.ran, meter.waits):
-        ticks.append((t, gap, ran, wait))
-        t += meter.interval + gap
+    # (when the wait began, gap, ran, waited for a core): a stall counts in the phase it began in
+    # (one that began before Start was clicked is not the start's)
+    ticks = list(zip(meter.since, meter.gaps, meter.ran, meter.waits))
 
     def blocked(gap: float, ran: float, wait: float) -> float:
         """Of a tick's lateness, the time the window's thread neither ran nor waited for a core:

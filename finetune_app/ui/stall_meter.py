@@ -28,6 +28,7 @@ class StallMeter(QObject):
         self.interval = interval_ms / 1000.0
         self.report_over = report_over
         self.gaps: list[float] = []  # seconds later than the interval, per tick
+        self.since: list[float] = []  # per tick: when the wait for it began (the previous tick), from start()
         self.stalls: list[tuple[float, float, list[str]]] = []  # (seconds since start, gap, stacks)
         # per tick (Linux; else 0): seconds the thread ran / waited for a core since the last tick
         self.ran: list[float] = []
@@ -56,6 +57,7 @@ class StallMeter(QObject):
             gap = max(0.0, now - self._last - self.interval)
             wait = min(gap, sched[1] - self._sched_last[1])
             self.gaps.append(gap)
+            self.since.append(self._last - self._t0)
             self.ran.append(sched[0] - self._sched_last[0])
             self.waits.append(wait)
             if gap > self.report_over:
