@@ -87,7 +87,7 @@ def test_whole_flow_trains_pauses_resumes_stops_and_saves(window, qtbot, shapes,
     meter = StallMeter(10)
     meter.start()
     qtbot.mouseClick(w.training.start_button, Qt.MouseButton.LeftButton)
-    assert w.tabs.currentIndex() == 2
+    qtbot.waitUntil(lambda: w.tabs.currentIndex() == 2, timeout=5000)  # the next turn of the event loop
     run_dir = Path(w.run.config.output)
     qtbot.waitUntil(lambda: w.training.loss_points() >= 3, timeout=90000)
     first_losses = list(w.training.losses)

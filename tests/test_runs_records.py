@@ -330,3 +330,32 @@ def test_a_run_training_now_is_not_resumed_or_deleted(tmp_path, datadir):
         with pytest.raises(Exception, match="is training now"):
             runs.delete_run(store, rid)
     assert (tmp_path / "live").is_dir()
+
+
+def test_a_run_started_again_in_its_folder_continues_its_own_record(tmp_path):
+    """`train --output DIR` after a kill before the first checkpoint (the only restart the folder
+    check allows) starts over in the same record: one run per folder, no interrupted twin."""
+    from finetune_app.core.config import TrainConfig
+    from finetune_app.core.training import events as ev
+
+    db = tmp_path / "r.sqlite3"
+    cfg = TrainConfig(model="org/model", data=str(tmp_path), output=str(tmp_path / "run"), iters=3)
+    killed = runs.RunRecorder(cfg, path=db, heartbeat_seconds=0)
+    killed(ev.StateChanged("loading"))
+    killed(ev.StateChanged("started", step=0))
+    killed(ev.TrainReport(step=1, total_steps=3, epoch=0.1, loss=3.0, learning_rate=1e-3, tokens_per_second=1,
+                          examples_per_second=1, peak_memory_gb=0, active_memory_gb=0, step_time=0.1,
+                          eta_seconds=0, trained_tokens=1))
+    killed.close()  # killed: no final state
+
+    again = runs.RunRecorder(cfg.replace(iters=5), path=db, heartbeat_seconds=0)
+    again(ev.StateChanged("loading"))
+    again(ev.StateChanged("started", step=0))
+    again.close()
+    with RunStore(db) as store:
+        assert [r.id for r in store.runs()] == [killed.run_id] == [again.run_id]
+        r = store.get(again.run_id)
+        assert (r.status, r.step, r.total_steps) == ("running", 0, 5)
+        assert store.losses(r.id) == {}, "the killed attempt's curve is not this run's"
+        assert [e["message"].split(" (")[0] for e in store.run_log(r.id) if e["kind"] == "session"] == \
+            ["started", "started again"]

@@ -181,3 +181,22 @@ def test_a_fused_bundle_is_rendered_with_its_recorded_layout(tmp_path):
     with pytest.raises(ModelError, match="unknown prompt layout 'swift-ui'") as err:
         load_base(bundle)
     assert str(err.value.file) == str(bundle / "finetune_app.json")
+
+
+def test_training_a_fused_bundle_with_auto_keeps_its_recorded_layout(tmp_path):
+    """Our export records its layout in the bundle: training it again with serve_target auto goes
+    on in that layout (and records it), not in the library's; verification keeps the library's."""
+    import shutil
+
+    from finetune_app.core import serving
+    from finetune_app.core.data.tokenize import Encoder
+    from finetune_app.core.models import load_base
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(cached_tiny_model("qwen2_vl"), bundle)
+    (bundle / "finetune_app.json").write_text(json.dumps({"serve_target": "mlx-swift-lm", "export_target": "mlx-vlm"}))
+    base = load_base(bundle, lazy=True)
+    assert Encoder(base, serve_target="auto").serve_target == "mlx-swift-lm"  # what the trainer builds
+    assert serving.for_model("auto", base) == "mlx-swift-lm"  # what its adapter records
+    assert serving.for_model("mlx-vlm", base) == "mlx-vlm"  # a chosen target wins
+    assert serving.resolve("auto", base) == "mlx-vlm"  # the library's own (export verification)

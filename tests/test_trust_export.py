@@ -176,3 +176,26 @@ def test_journal_names_only_hidden_siblings(tmp_path):
     publish.journal_path(dest).write_text(json.dumps({"pid": 1 << 30, "backup": "../important"}))
     publish.recover(dest)
     assert (victim / "f").read_text() == "keep" and not dest.exists()
+
+
+def test_one_staging_folder_implementation_marks_and_never_replaces_a_newcomer(tmp_path):
+    """atomic.staged_dir is the one staging folder (checkpoints, datasets, export bundles): the
+    export's pid marker is there while the block runs and gone from the published folder, and a
+    destination someone else created meanwhile is never replaced without overwrite."""
+    import os
+
+    from finetune_app.core import atomic
+    from finetune_app.core.export import publish
+
+    dest = tmp_path / "bundle"
+    with atomic.staged_dir(dest, marker=publish.STAGE_MARKER, publish=publish.publish) as stage:
+        assert (stage / publish.STAGE_MARKER).read_text() == str(os.getpid())
+        (stage / "model.safetensors").write_bytes(b"x")
+    assert sorted(p.name for p in dest.iterdir()) == ["model.safetensors"]
+
+    other = tmp_path / "other"
+    with pytest.raises(FileExistsError):
+        with atomic.staged_dir(other) as stage:
+            (stage / "mine").write_text("new")
+            other.mkdir()  # another process's folder appears meanwhile
+    assert list(other.iterdir()) == [] and not list(tmp_path.glob(".other.staging-*"))

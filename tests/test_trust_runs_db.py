@@ -231,3 +231,16 @@ def test_full_disk_is_a_located_error_and_the_recorder_only_warns(tmp_path):
                        eta_seconds=0.0, trained_tokens=1))
     assert rec.store.losses(rec.run_id) == {1: 1.0} and rec.errors == 1
     rec.close()
+
+
+def test_a_run_deleted_with_its_files_kept_stays_deleted_after_a_rebuild(tmp_path, datadir, capsys):
+    folders = recorded(tmp_path)
+    assert main(["runs", "delete", "run0", "--yes", "--keep-files"]) == 0
+    assert (folders[0] / "train_config.toml").is_file()  # kept
+    assert folder_index.read(datadir) == [str(folders[1])]
+    damage(datadir / "runs.sqlite3", "garbage")
+    capsys.readouterr()
+    assert main(["runs", "list", "--json"]) == 0
+    assert [Path(r["run_dir"]).name for r in json.loads(capsys.readouterr().out)] == ["run1"]
+    folder_index.add(datadir, str(folders[0]))  # trained again: listed again
+    assert folder_index.read(datadir) == [str(folders[1]), str(folders[0])]

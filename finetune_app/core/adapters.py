@@ -125,7 +125,7 @@ def attach(base: BaseModel, cfg: TrainConfig) -> dict:
     # the prompt layout trained with (core/serving): export warns when its target's layout differs
     config["finetune_app"] = {"base_model": base.source or str(base.path), "model_type": base.model_type,
                               "train_vision": cfg.train_vision, "train_projector": cfg.train_projector,
-                              "serve_target": serving.resolve(cfg.serve_target, base)}
+                              "serve_target": serving.for_model(cfg.serve_target, base)}
     set_train_modes(model, cfg.fine_tune_type)
     if not tree_flatten(model.trainable_parameters()):
         raise ConfigError("Nothing would be trained with these settings.", "Check the LoRA target layer names.", field="lora_targets")

@@ -12,7 +12,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 
 def fsync_dir(path: Path) -> None:
@@ -89,11 +89,16 @@ def temp_path(path: str | Path) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def staged_dir(dest: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
+def staged_dir(dest: str | Path, *, overwrite: bool = False, marker: str | None = None,
+               publish: Callable[[Path, Path], None] | None = None) -> Iterator[Path]:
     """Build a folder under a temporary name beside `dest`, then move it into place whole.
 
     If the block raises (or the process dies), `dest` is untouched and the staging folder is
-    removed (or, after a kill, left under a hidden `.name.staging-*` name that is never `dest`)."""
+    removed (or, after a kill, left under a hidden `.name.staging-*` name that is never `dest`).
+    `marker`: a file in the staging folder holding this process's id while the block runs, so a
+    later process can tell a dead export's folder from a live one (core.export.publish).
+    `publish(stage, dest)`: how the finished folder replaces `dest` (export bundles keep a journal:
+    core.export.publish.publish); by default an older `dest` is renamed aside, then removed."""
     dest = Path(dest)
     if dest.exists() and not overwrite:
         raise FileExistsError(dest)
@@ -101,15 +106,25 @@ def staged_dir(dest: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
     stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}.staging-", dir=dest.parent))
     stage.chmod(0o777 & ~current_umask())  # mkdtemp makes 0700; the folder gets a normal folder's mode
     try:
+        if marker:
+            (stage / marker).write_text(str(os.getpid()))
         yield stage
-        if dest.exists():
-            trash = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-            os.replace(dest, trash)
-            os.replace(stage, dest)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(stage, dest)
-        fsync_dir(dest.parent)
+        if dest.exists() and not overwrite:  # made by someone else meanwhile: never replaced
+            raise FileExistsError(dest)
+        if marker:
+            (stage / marker).unlink(missing_ok=True)
+        (publish or _swap_in)(stage, dest)
     finally:
         if stage.exists():
             shutil.rmtree(stage, ignore_errors=True)
+
+
+def _swap_in(stage: Path, dest: Path) -> None:
+    if dest.exists():
+        trash = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+        os.replace(dest, trash)
+        os.replace(stage, dest)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(stage, dest)
+    fsync_dir(dest.parent)

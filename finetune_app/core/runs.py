@@ -382,11 +382,18 @@ class RunRecorder:
         token = process_start_token(pid)
         model_fp = fingerprint_model(cfg.model)
         data_fp = fingerprint_path(cfg.data) if cfg.data else ""
-        existing = self.store.find_by_dir(self.run_dir) if self.resume else None
+        # The folder's own record: a resumed run continues it; so does a run started again in the
+        # folder of one killed before its first checkpoint (run_folder.check_new_output allows no
+        # other), which starts over: its history shows one run per folder, not a dead twin that
+        # the launch would offer to recover.
+        existing = self.store.find_by_dir(self.run_dir) if self.run_dir else None
         if existing is not None:
             self.run_id = existing.id
             self.store.begin_session(existing.id, config=config, pid=pid, host=_host(), pid_started=token,
-                                     model_fingerprint=model_fp, data_fingerprint=data_fp)
+                                     model_fingerprint=model_fp, data_fingerprint=data_fp,
+                                     what="resumed" if self.resume else "started again")
+            if not self.resume:
+                self.store.update_run(existing.id, model=cfg.model, data=cfg.data, total_steps=cfg.iters or 0)
         else:
             self.run_id = self.store.create_run(
                 name=Path(self.run_dir).name or "run", run_dir=self.run_dir, config=config, model=cfg.model,
@@ -720,11 +727,19 @@ def delete_run(store: RunStore, run_id: int, *, files: bool = True) -> int:
                             "then delete the run again; nothing was deleted.", file=None)
     freed = 0
     folder = Path(rec.run_dir)
+    others = [r for r in store.runs() if r.id != rec.id and Path(r.run_dir) == folder]
     if files and folder.is_dir():
         run_folder.check_not_locked(folder)  # a process trains it now (maybe unrecorded)
-        others = [r for r in store.runs() if r.id != rec.id and Path(r.run_dir) == folder]
-        if not others:  # never delete a folder another record still points at
-            freed = run_folder.delete_run_files(folder)  # only what the run wrote, never the user's files
+    if not others:  # a rebuilt history must not bring the run back (its files may be kept)
+        try:
+            folder_index.forget(Path(store.path).parent, _norm_dir(folder))
+        except OSError as err:
+            raise FinetuneError(f"{folder_index.index_path(Path(store.path).parent)}: cannot be written "
+                                f"({err.strerror or err}), so run {rec.id} would come back after a rebuild.",
+                                "Make the app-data folder writable, then delete the run again; nothing was "
+                                "deleted.") from None
+    if files and folder.is_dir() and not others:  # never delete a folder another record points at
+        freed = run_folder.delete_run_files(folder)  # only what the run wrote, never the user's files
     store.delete_run(rec.id)
     return freed
 

@@ -144,25 +144,33 @@ class ModelChoice:
         return self.source if not Path(self.source).expanduser().exists() else Path(self.source).name
 
 
-# What a run imports on first use. Importing is pure Python under the GIL; done on the training
-# thread it makes the window stutter for a second at the start of the first run, so the model
-# task imports them early, while the person is still choosing settings.
-WARM_IMPORTS = ("finetune_app.core.runner", "finetune_app.core.training.trainer", "finetune_app.core.generate", "mlx_lm.tuner.utils",
-                "mlx_lm.generate", "mlx_lm.sample_utils", "mlx_vlm.generate")
+# What the background jobs and a run import on first use: transformers, mlx-vlm, mlx-lm (and, through
+# mlx_lm.tuner, wandb when installed). Every job imports them first, with full garbage collections
+# paused (quiet_gc: otherwise each import's allocations set off collections that freeze the window
+# for 60-190 ms), so the training thread finds them loaded and its start does not stutter.
+# mlx_vlm comes first: it quietens transformers' advisory warnings before transformers is imported.
+WARM_IMPORTS = ("mlx_vlm", "mlx_vlm.generate", "mlx.optimizers", "mlx_lm",
+                "mlx_lm.generate", "mlx_lm.sample_utils", "mlx_lm.tuner.utils", "finetune_app.core.models",
+                "finetune_app.core.estimates", "finetune_app.core.data", "finetune_app.core.data.tokenize",
+                "finetune_app.core.runner", "finetune_app.core.training.trainer", "finetune_app.core.generate")
 
 
-def warm_imports() -> None:
+def warm_imports(names: tuple[str, ...] = WARM_IMPORTS) -> None:
     import importlib
 
-    for name in WARM_IMPORTS:
-        try:
-            importlib.import_module(name)
-        except Exception:  # an optional module missing only means no warm-up for it
-            pass
+    from finetune_app.ui import quiet_gc
+
+    with quiet_gc.paused():
+        for name in names:
+            try:
+                importlib.import_module(name)
+            except Exception:  # an optional module missing only means no warm-up for it
+                pass
 
 
 def load_model_choice(source: str, task: Task) -> ModelChoice:
     """Resolve (download with progress) and describe a model without keeping its weights."""
+    warm_imports()
     from finetune_app.core.estimates import model_sizes
     from finetune_app.core.models import (
         BaseModel,
@@ -182,7 +190,6 @@ def load_model_choice(source: str, task: Task) -> ModelChoice:
                      path=base.path, config=base.config, source=source)
     arch = model_sizes(base.config)
     del base
-    warm_imports()
     return ModelChoice(source=source, path=path, info=info, tokenizer_base=lite, arch=arch)
 
 
@@ -204,6 +211,7 @@ class DatasetCheck:
 
 def check_dataset(path_or_dataset, model: ModelChoice | None, task: Task) -> DatasetCheck:
     """Open (unless already open) and validate every row; token lengths with the model when given."""
+    warm_imports(("finetune_app.core.data", "finetune_app.core.data.tokenize"))
     from finetune_app.core.data import open_dataset, validate
     from finetune_app.core.data.tokenize import Encoder
 
@@ -224,6 +232,8 @@ def check_dataset(path_or_dataset, model: ModelChoice | None, task: Task) -> Dat
 
 def build_demo(dest: Path, task: Task, *, n_train: int = 300, n_valid: int = 48) -> tuple[Path, Path]:
     """The welcome's demo: the tiny Qwen2-VL model and the shapes dataset, in the app-data folder."""
+    task.report("Loading the libraries…")
+    warm_imports()
     from finetune_app.core.data.demo import make_shapes_dataset
     from finetune_app.testing import DEMO_FAMILY
     from finetune_app.testing.tiny_models import cached_tiny_model

@@ -446,9 +446,9 @@ class _Job:
         if opts.target != "adapter":
             step(0.3, "Merging the adapter into the base" if opts.adapter else "Preparing the weights")
             self.fuse_report = fuse.fuse(base.model, (self.acfg or {}).get("fine_tune_type", "none"))
-        from finetune_app.core.export.publish import staged
+        from finetune_app.core.export.publish import publish
 
-        with staged(self.dest, overwrite=opts.overwrite) as stage:
+        with atomic.staged_dir(self.dest, overwrite=opts.overwrite, marker=STAGE_MARKER, publish=publish) as stage:
             if opts.target == "adapter":
                 self._write_adapter(stage)
             elif opts.target == "mlx-swift":

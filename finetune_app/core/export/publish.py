@@ -24,14 +24,11 @@ imports MLX or Qt.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import shutil
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 from finetune_app.core import atomic
@@ -60,28 +57,9 @@ def _alive(pid: int | None, token: str | None = None) -> bool:
     return bool(pid) and pid_alive(pid, token)
 
 
-@contextlib.contextmanager
-def staged(dest: Path, *, overwrite: bool = False) -> Iterator[Path]:
-    """A hidden staging folder beside `dest` (marked with this pid), published when the block ends;
-    removed if it raises."""
-    if dest.exists() and not overwrite:
-        raise FileExistsError(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}.staging-", dir=dest.parent))
-    stage.chmod(0o777 & ~atomic.current_umask())  # mkdtemp makes 0700; a bundle gets a normal folder's mode
-    try:
-        (stage / STAGE_MARKER).write_text(str(os.getpid()))
-        yield stage
-        if dest.exists() and not overwrite:
-            raise FileExistsError(dest)
-        publish(stage, dest)
-    finally:
-        if stage.exists():
-            shutil.rmtree(stage, ignore_errors=True)
-
-
 def publish(stage: Path, dest: Path) -> None:
-    """Rename the finished `stage` to `dest`, replacing an existing `dest` recoverably."""
+    """Rename the finished `stage` to `dest`, replacing an existing `dest` recoverably. An export
+    stages its bundle with `atomic.staged_dir(dest, marker=STAGE_MARKER, publish=publish)`."""
     marker = stage / STAGE_MARKER
     if marker.exists():
         marker.unlink()

@@ -99,9 +99,9 @@ def model_inputs(base, prompt: str, image=None) -> dict:
     from finetune_app.core.data.tokenize import Encoder
     from finetune_app.core.generate import conversation
 
-    from finetune_app.core.serving import AUTO
+    from finetune_app.core.serving import AUTO, resolve
 
-    enc = Encoder(base, serve_target=AUTO)  # the library's own layout, whatever the adapter records
+    enc = Encoder(base, serve_target=resolve(AUTO, base))  # the library's own layout, whatever base records
     n = 1 if (base.kind == "vlm" and image is not None) else 0
     text = enc.prompt_text(conversation(prompt, n))
     if base.kind == "text":

@@ -307,8 +307,8 @@ class RunStore:
 
     def begin_session(self, run_id: int, *, config: dict, pid: int | None, host: str | None,
                       pid_started: str | None, model_fingerprint: str | None = None,
-                      data_fingerprint: str | None = None) -> None:
-        """A resumed run: running again, in another process."""
+                      data_fingerprint: str | None = None, what: str = "resumed") -> None:
+        """A resumed (or restarted) run: running again, in another process."""
         now = time.time()
         with self.transaction() as db:
             db.execute("UPDATE runs SET status='running', config=?, pid=?, host=?, pid_started=?, heartbeat_at=?,"
@@ -317,7 +317,7 @@ class RunStore:
                        " WHERE id=?",
                        (json.dumps(config), pid, host, pid_started, now, model_fingerprint, data_fingerprint, run_id))
             db.execute("INSERT INTO run_log (run_id, t, kind, message) VALUES (?,?,?,?)",
-                       (run_id, now, "session", f"resumed (pid {pid} on {host})"))
+                       (run_id, now, "session", f"{what} (pid {pid} on {host})"))
 
     def update_run(self, run_id: int, **values) -> None:
         if not values:

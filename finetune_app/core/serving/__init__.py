@@ -63,12 +63,18 @@ def resolve(target: str | None, base) -> str:
     return target
 
 
+def for_model(target: str | None, base) -> str:
+    """The concrete target a setting means for this model. None or "auto": the layout the base's
+    adapter or fused bundle records (`BaseModel.serve_target`: training one of our bundles goes on
+    in the layout it runs in), else the library's (`resolve`)."""
+    if (target or AUTO) == AUTO:
+        target = getattr(base, "serve_target", None) or AUTO
+    return resolve(target, base)
+
+
 def layout(target: str | None, base):
-    """The Layout object of `target` for this loaded base model. None: the layout the base's
-    adapter or bundle was trained with (`BaseModel.serve_target`), else auto."""
-    if target is None:
-        target = getattr(base, "serve_target", None)
-    name = resolve(target, base)
+    """The Layout object of `target` (see `for_model`) for this loaded base model."""
+    name = for_model(target, base)
     from finetune_app.core.families import family_class
 
     # a family may serve a target its own way (PaliGemma: prompt + answer as the processor's suffix)

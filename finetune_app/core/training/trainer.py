@@ -263,10 +263,35 @@ class Trainer:
         sample = self.data.dataset.sample(ex.index)
         return self.encoder.encode(sample, index=ex.index)
 
+    # ---- (#18) a row whose lazily read image became unreadable mid-run is skipped, not fatal ----
+    def _readable(self, examples: list[Example]) -> list[Example]:
+        """The examples with their images read again; a row that can no longer be read is left out
+        (for the rest of the run) with a located notice, as the validation's skipped rows are."""
+        from finetune_app.core.errors import DataError
+        from finetune_app.core.training.prepare import _row_problem, where
+
+        unreadable = self.__dict__.setdefault("_unreadable_rows", set())
+        kept = []
+        for ex in examples:
+            if ex.index in unreadable:
+                continue
+            try:
+                kept.append(self._materialise(ex))
+            except (FinetuneError, OSError, ValueError) as exc:
+                unreadable.add(ex.index)
+                p = _row_problem(None, ex.index, self.data.dataset, exc)
+                self.emit(Notice(f"Skipped a row that can no longer be read: {where(p)}: {p.message.rstrip('.')}. "
+                                 "The run goes on without it; fix the file to train on it again."))
+        if not kept:
+            raise DataError("Every row of this batch can no longer be read (see the notices above).",
+                            "Check that the dataset's images are still there, then resume the run.")
+        return kept
+    # ---- end (#18) ----
+
     def make_batch(self, examples: list[Example], split: str = "train"):
         """The family's Batch for these examples (fast path or library path); GRPO's sampled
         and scored answers to them."""
-        examples = [self._materialise(e) for e in examples]
+        examples = self._readable(examples)
         if self.rollouts is not None:
             return self.rollouts.batch(examples, split)
         if self.pairs:  # preference pairs: chosen then rejected rows, with what the objective needs (pairs.py)
