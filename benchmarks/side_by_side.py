@@ -248,7 +248,7 @@ def tool_argv(tool: str, model: Path, data: Path, out: Path, a, steps: int, epoc
                         "--output", str(out), "--epochs", str(epochs), *common_lr, "--optimizer", "adamw",
                         "--lr-schedule", "constant", "--warmup-steps", "0", "--weight-decay", "0",
                         "--lora-rank", str(a.rank), "--lora-alpha", str(float(a.rank)), "--lora-dropout", "0",
-                        "--max-length", "2048", "--steps-per-eval", str(HUGE), "--val-batches", "1",
+                        "--max-length", str(a.max_length), "--steps-per-eval", str(HUGE), "--val-batches", "1",
                         "--save-every", str(HUGE), "--sample-count", "0", "--steps-per-report", str(a.report_every),
                         "--quiet"] + TOOL_EXTRA.get(tool, [])
     if tool.startswith("mlx_vlm"):
@@ -256,7 +256,7 @@ def tool_argv(tool: str, model: Path, data: Path, out: Path, a, steps: int, epoc
                         *common_lr, "--optimizer", "adamw", "--weight-decay", "0", "--lora-rank", str(a.rank),
                         "--lora-alpha", str(float(a.rank)), "--lora-dropout", "0", "--train-on-completions",
                         "--steps-per-report", str(a.report_every), "--steps-per-eval", str(HUGE),
-                        "--steps-per-save", str(HUGE), "--val-batches", "1", "--max-seq-length", "2048",
+                        "--steps-per-save", str(HUGE), "--val-batches", "1", "--max-seq-length", str(a.max_length),
                         "--output-path", str(out)] + TOOL_EXTRA.get(tool, []) + a.mlx_vlm_flags.split()
     import yaml
 
@@ -268,7 +268,7 @@ def tool_argv(tool: str, model: Path, data: Path, out: Path, a, steps: int, epoc
     return PROBE + head + ["--model", str(model), "--train", "--data", str(data), "--iters", str(steps), *common_lr,
                            "--num-layers", "-1", "--mask-prompt", "--steps-per-report", str(a.report_every),
                            "--steps-per-eval", str(HUGE), "--save-every", str(HUGE), "--val-batches", "1",
-                           "--max-seq-length", "2048", "--adapter-path", str(out), "-c", str(cfg)]
+                           "--max-seq-length", str(a.max_length), "--adapter-path", str(out), "-c", str(cfg)]
 
 
 def tool_env(tool: str, cache: Path, a) -> dict:
@@ -327,12 +327,12 @@ def build(setup: str, a, work: Path) -> tuple[Path, Path, dict]:
     sample = sbs_data.sample_text()
     tpw = len(tok.encode(" " + sample, add_special_tokens=False)) / len(sample.split())
     rows = a.rows or (40 if setup == "fastvlm" else 64)
-    data = wdir / f"data-{rows}-{a.image_size}"
+    data = wdir / (f"data-{rows}-{a.image_size}" + (f"-x{a.length_scale:g}" if a.length_scale != 1 else ""))
     if not (data / "train.jsonl").is_file():
         if kind == "vlm":
             sbs_data.write_vlm(data, rows, a.batch_size, a.image_size, tokens_per_word=tpw)
         else:
-            sbs_data.write_text(data, rows, a.batch_size, tokens_per_word=tpw)
+            sbs_data.write_text(data, rows, a.batch_size, tokens_per_word=tpw / a.length_scale)
     return model, data, {"tokens_per_word": tpw, "overrides": over}
 
 
@@ -478,6 +478,9 @@ def main(argv=None) -> int:
     p.add_argument("--rows", type=int, default=None, help="training rows / images (default 64; fastvlm 40)")
     p.add_argument("--epochs", type=int, default=None, help="epochs (default 1; fastvlm 3)")
     p.add_argument("--image-size", type=int, default=None, help="generated image side, px (default 448; fastvlm 1024)")
+    p.add_argument("--length-scale", type=float, default=1.0,
+                   help="text rows: multiply Alpaca's lengths (e.g. 15 for rows of ~2k tokens)")
+    p.add_argument("--max-length", type=int, default=2048, help="every tool's max sequence length")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--rank", type=int, default=16)
