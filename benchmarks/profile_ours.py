@@ -1,9 +1,9 @@
-"""Where one training step of our engine spends its time (companion of bench_train.py).
+"""Where one training step of our engine spends its time (companion of side_by_side.py).
 
     python benchmarks/profile_ours.py --model MODEL_DIR --data DATA_DIR [--steps 60] [--cprofile 25]
                                       [--set cache_vision=false] [--batch-size 4]
 
-Runs the same Trainer and settings as bench_train.py (constant LR, no clipping, no eval/saving
+Runs the same Trainer with settings like side_by_side.py's (constant LR, no clipping, no eval/saving
 inside the steps) in this process, with timers around the phases of a step:
   collate   host side: build the batch (Trainer.make_batch, or _collate in older trees)
   build     building the lazy graph: value_and_grad + optimizer.update (Step.__call__; Trainer.train_step in older trees)
