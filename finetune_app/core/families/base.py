@@ -45,7 +45,13 @@ class Family:
         settings allow it, else the library's own forward."""
 
     def prepare_example(self, ex) -> None:
-        """Once per example before training (the fast path swaps pixels for cached features)."""
+        """Once per example before training (the fast path names its images' cached features, which
+        the first batch that needs them computes)."""
+
+    def ready(self, ex) -> bool:
+        """The example can be planned without its pixels (its tower features are cached), so an
+        example whose images were dropped for memory need not be read again."""
+        return False
 
     def plan(self, examples) -> "Batch":  # noqa: F821
         raise NotImplementedError
