@@ -65,6 +65,11 @@ class Family:
         """(logits [K, V], targets [K], weights [K]) for the positions that predict a token."""
         raise NotImplementedError
 
+    def hidden_predictions(self, model, inputs):
+        """(head owner, hidden [K, D], targets, weights) where the family can give the hidden states
+        before the LM head (the fast path), else None."""
+        return None
+
     def tower_features(self, model, pixel_values):
         """Frozen vision-tower output for the cache (families with a cacheable tower)."""
         raise NotImplementedError(f"{type(self).__name__} has no cacheable vision tower")

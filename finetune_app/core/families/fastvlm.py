@@ -15,7 +15,7 @@ from __future__ import annotations
 import mlx.core as mx
 import numpy as np
 
-from finetune_app.core.families.generic import Generic, assemble, cached_features, head
+from finetune_app.core.families.generic import Generic, assemble, cached_features
 from finetune_app.core.training.batch import Batch, gather_plan
 from finetune_app.core.vision_cache import VisionFeatureCache
 
@@ -134,11 +134,11 @@ class FastVLM(Generic):
         a["feats"] = feats
         return a
 
-    def fast_predictions(self, model, a: dict):
+    def fast_hidden(self, model, a: dict):
         lm = model.language_model
         # uncached: the frozen tower in the step (no gradient flows into it)
         feats = mx.stop_gradient(self.tower_features(model, a["pixels"])) if "pixels" in a else a["feats"]
         embeds = assemble(lm.model.embed_tokens, a["ids"], feats, a["src"], project=model.mm_projector)
         hidden = lm.model(mx.zeros(a["src"].shape, mx.int32), input_embeddings=embeds)
         picked = hidden.reshape(-1, hidden.shape[-1])[a["sel"]]
-        return head(lm, picked), a["sel_targets"], a["sel_weights"]
+        return lm, picked, a["sel_targets"], a["sel_weights"]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import mlx.core as mx
 import numpy as np
 
-from finetune_app.core.families.generic import Generic, assemble, cached_features, head
+from finetune_app.core.families.generic import Generic, assemble, cached_features
 from finetune_app.core.patches import qwen_rope_state as rope_state
 from finetune_app.core.training.batch import Batch, gather_plan, segment_mask
 from finetune_app.core.vision_cache import content_key
@@ -146,7 +146,7 @@ class QwenVL(Generic):
         return a
 
     # ---- in the step -------------------------------------------------------------------------------
-    def fast_predictions(self, model, a: dict):
+    def fast_hidden(self, model, a: dict):
         lm = model.language_model
         embeds = assemble(lm.model.embed_tokens, a["ids"], a["feats"], a["src"])
         mask = segment_mask(a["segments"]) if "segments" in a else None  # packed rows
@@ -156,7 +156,7 @@ class QwenVL(Generic):
             hidden = lm.model(mx.zeros(a["src"].shape, mx.int32), inputs_embeds=embeds, mask=mask,
                               position_ids=a["positions"])
         picked = hidden.reshape(-1, hidden.shape[-1])[a["sel"]]
-        return head(lm, picked), a["sel_targets"], a["sel_weights"]
+        return lm, picked, a["sel_targets"], a["sel_weights"]
 
     @staticmethod
     def _decode_deepstack(text_model, h, positions, deep, deep_src, mask=None):
