@@ -14,12 +14,7 @@ import mlx.nn as nn
 
 CHUNK = 1024  # positions per chunk: 0.6 GB of float32 logits at a 151,936-token vocabulary
 
-# SFT switches to chunks when the float32 logits of a micro-batch (supervised positions x vocabulary)
-# exceed this many values: 2^26 = 256 MB, which value_and_grad holds about three times over (logits,
-# their softmax, its gradient). Below it the plain head is one matmul and faster; above it (e.g. 442
-# supervised positions at Qwen's 151,936 columns, 2k answer tokens at Llama-3's 128,256) the logits
-# are what limits the batch size and row length, and chunks of this many values bound them.
-LOGITS_BUDGET = 1 << 26
+from finetune_app.core.estimates import LOGITS_BUDGET  # noqa: E402  (the memory estimate counts it too)
 
 
 def vocab_size(owner) -> int:

@@ -26,6 +26,13 @@ def device_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
+def fit_budget() -> int:
+    """Bytes a run may plan to use: Metal's recommended working set (what macOS lets the GPU keep
+    resident), else the device's memory (a CUDA GPU's own, or RAM)."""
+    info = mx.device_info()
+    return int(info.get("max_recommended_working_set_size") or device_memory())
+
+
 def cache_limit(fraction: float = CACHE_FRACTION) -> int:
     return int(device_memory() * fraction)
 
