@@ -50,3 +50,22 @@ def test_will_it_fit_gives_the_largest_batch_and_row_that_fit():
     small = estimates.will_it_fit(cfg, budget_bytes=2 * 10**9, seq_len=1024, **model)
     assert not small.fits and small.verdict().startswith("Will not fit")
     assert small.to_dict()["largest_batch"] == small.largest_batch
+
+
+def test_data_check_says_whether_it_fits(tiny_model, tmp_path, capsys):
+    """`data check --model --json` carries the same estimate and verdict as `will_it_fit`."""
+    from finetune_app.cli import main
+    from finetune_app.core.training.memory import fit_budget
+
+    model = tiny_model("llama")
+    data = rows(tmp_path / "d", 40, 3)
+    assert main(["data", "check", str(data), "--model", str(model), "--batch-size", "2", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    memory = out["memory"]
+    params, dtype, quant = estimates.folder_parameters(model)
+    fit = estimates.will_it_fit(TrainConfig(batch_size=2), budget_bytes=fit_budget(), seq_len=memory["seq_len"],
+                                parameters=params, dtype=dtype, quantization=quant,
+                                sizes=estimates.model_sizes(json.loads((model / "config.json").read_text())))
+    assert memory == fit.to_dict() and memory["fits"] and memory["batch_size"] == 2
+    assert main(["data", "check", str(data), "--model", str(model)]) == 0
+    assert "Memory: Fits: about" in capsys.readouterr().out

@@ -174,3 +174,29 @@ def will_it_fit(config: TrainConfig, *, budget_bytes: int, seq_len: int, **model
 
 def _positive_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def folder_parameters(model_dir) -> tuple[int, str, str]:
+    """(parameters, dtype, quantization) of a model folder from config.json and its safetensors
+    headers alone (no MLX, nothing loaded): what `data check --model` estimates with."""
+    import json
+    import struct
+    from pathlib import Path
+
+    folder = Path(model_dir).expanduser()
+    counts: dict[str, int] = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        with open(f, "rb") as fh:
+            header = json.loads(fh.read(struct.unpack("<Q", fh.read(8))[0]))
+        for name, t in header.items():
+            if name != "__metadata__":
+                counts[t["dtype"]] = counts.get(t["dtype"], 0) + math.prod(t["shape"])
+    config = json.loads((folder / "config.json").read_text())
+    q = config.get("quantization") or {}
+    bits = q.get("bits") if isinstance(q, dict) else None
+    names = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
+    floats = {names[k]: v for k, v in counts.items() if k in names}
+    dtype = max(floats, key=floats.get) if floats else "bfloat16"
+    packed = counts.get("U32", 0) * (32 // bits) if bits else 0  # 4-bit: 8 weights per uint32
+    params = sum(floats.values()) + packed
+    return params, dtype, (f"{bits}-bit" if bits else "")
