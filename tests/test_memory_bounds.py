@@ -38,7 +38,7 @@ def test_run_bounds_cache_and_compiled_shapes(tiny_model, tmp_path):
     cfg = TrainConfig(model=str(tiny_model("llama")), data=str(data), output=str(tmp_path / "run"), epochs=1,
                       batch_size=2, valid_fraction=0.0, sample_count=0, save_every=1000, steps_per_eval=1000,
                       steps_per_report=1)
-    limits, cached, first = [], [], []
+    limits, cached, first, active = [], [], [], []
 
     def watch(e):
         if isinstance(e, FirstStep):
@@ -48,6 +48,7 @@ def test_run_bounds_cache_and_compiled_shapes(tiny_model, tmp_path):
             mx.set_cache_limit(lim)
             limits.append(lim)
             cached.append(mx.get_cache_memory())
+            active.append((len(trainer.step.shapes), mx.get_active_memory()))
 
     before = mx.set_cache_limit(0)
     mx.set_cache_limit(before)
@@ -61,6 +62,9 @@ def test_run_bounds_cache_and_compiled_shapes(tiny_model, tmp_path):
     sizes = {dict(s)["ids"][1] for s in trainer.step.shapes}
     assert 2 < len(sizes) <= SHAPE_CAP and len(trainer.step.shapes) <= SHAPE_CAP ** 2
     assert trainer.state.step == 20
+    # held between steps: the weights, adapter and optimizer state; new compiled shapes add nothing
+    # (no buffers of an earlier shape kept alive)
+    assert active[-1][0] > active[0][0] and active[-1][1] <= active[0][1] + 64 * 1024, active
     # time to first step: one event, after the first step, within this process's age
     assert len(first) == 1 and first[0].step == 1
     assert 0 < first[0].seconds_since_run_start <= first[0].seconds_since_process_start + 1 <= process_age() + 1

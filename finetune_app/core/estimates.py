@@ -122,7 +122,7 @@ def run_memory_gb(config: TrainConfig, *, parameters: int, dtype: str, quantizat
 
 # ---- will it fit ---------------------------------------------------------------------------------
 
-FIT_SHARE = 0.9  # of the memory budget a run may plan for (the rest: the OS's and MLX's slack)
+FIT_SHARE = 0.8  # of the memory budget a run may plan for: the form says "would swap" from 80% of RAM
 
 
 @dataclass
