@@ -96,3 +96,31 @@ def test_cached_and_uncached_give_the_same_losses(dtype, compiled, tiny_model, s
     assert len(runs[True]) >= 4
     # bf16 keeps 8 bits of mantissa: 2^-8 relative is one rounding of the loss itself
     assert runs[False] == pytest.approx(runs[True], rel=1e-5 if dtype == "float32" else 4e-3)
+
+
+@pytest.mark.parametrize("family", list(MODELS))
+def test_examples_kept_without_pixels_are_read_again_until_cached(family, tiny_model, shapes_data, tmp_path,
+                                                                    monkeypatch):
+    """Past the in-memory image budget, examples keep no pixels: the first batch needing one reads
+    its image again (its features are not cached yet), later epochs use the cache alone."""
+    from finetune_app.core.training import prepare
+
+    model = tiny_model(family, **MODELS[family])
+    short = dict(epochs=None, iters=8, steps_per_eval=4)  # an epoch (6 steps) and the start of the next
+    Trainer(config(model, shapes_data, tmp_path / "kept", **short)).run()
+    monkeypatch.setattr(prepare, "IMAGE_BUDGET_BYTES", 0)
+    reads = []
+    t = Trainer(config(model, shapes_data, tmp_path / "lazy", **short))
+    materialise = t._materialise
+
+    def spy(ex):
+        out = materialise(ex)
+        reads.append(out is not ex)
+        return out
+
+    t._materialise = spy
+    t.run()
+    assert all(e.lazy_images for e in t.data.train)
+    images = len(t.data.train) + len(t.data.valid)
+    assert reads.count(True) == images and cached_count(t) == images  # each image read once, not again in epoch 2
+    assert losses(tmp_path / "lazy") == pytest.approx(losses(tmp_path / "kept"), rel=1e-6)

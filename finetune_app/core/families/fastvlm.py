@@ -97,7 +97,7 @@ class FastVLM(Generic):
             self.cache.register(ex)
 
     def ready(self, ex) -> bool:
-        return self.cached and self.cache.ready(ex)
+        return self.fast and self.cached and self.cache.ready(ex)
 
     def plan(self, examples) -> Batch:
         if not self.fast:
