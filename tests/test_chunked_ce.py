@@ -51,3 +51,51 @@ def test_chunked_equals_plain(tied):
     for k in gpp:
         np.testing.assert_allclose(np.array(gpc[k]), np.array(gpp[k]), rtol=1e-5, atol=1e-6, err_msg=k)
 
+
+
+@pytest.mark.parametrize("family, compiled", [("llama", True), ("qwen2_vl", True), ("qwen2_vl", False)])
+def test_sft_objective_chunks_large_logits_with_the_same_loss_and_grads(family, compiled, tiny_model, tmp_path):
+    """Through the SFT objective on the fast path, compiled and not (a text model's uncompiled path
+    is the library's own forward, which applies the head itself): a logits budget below the batch's
+    positions x vocabulary takes the chunked head, with the plain head's loss and gradients."""
+    from functools import partial
+
+    from finetune_app.core.config import TrainConfig
+    from finetune_app.core.training import chunked_ce
+    from finetune_app.core.training.objectives import Objective, sft
+    from finetune_app.core.training.step import Step
+    from finetune_app.core.training.trainer import Trainer
+    from test_engine_loss import write_rows
+
+    data = write_rows(tmp_path / "data", with_images=family != "llama")
+    cfg = TrainConfig(model=str(tiny_model(family)), data=str(data), output=str(tmp_path / "run"), iters=1,
+                      batch_size=3, valid_fraction=0.0, sample_count=0, compile=compiled)
+    trainer = Trainer(cfg)
+    trainer.setup()
+    fam, model = trainer.family, trainer.base.model
+    assert fam.fast and fam.compiled == compiled
+    batch = trainer.make_batch(trainer.data.train)
+    x = trainer.step.inputs(batch)
+    owner, hidden, _, _ = fam.hidden_predictions(model, x)
+    values = hidden.shape[0] * chunked_ce.vocab_size(owner)
+    calls = []
+    real = chunked_ce.chunked_ce_sum
+    results = {}
+    for budget in (values, values // 5):  # plain (at the budget), then chunks of a fifth
+        step = Step(model, trainer.optimizer, fam, Objective("sft", sft, {"logits_budget": budget}))
+        fn = step._grads()
+        if compiled:
+            fn = mx.compile(fn, inputs=[model.state], outputs=[model.state])
+        chunked_ce.chunked_ce_sum = lambda *a, **k: calls.append(k["chunk"]) or real(*a, **k)
+        try:
+            (loss, _), grads = fn(mx.array(float(batch.n_targets)), x)
+            mx.eval(loss, grads)
+        finally:
+            chunked_ce.chunked_ce_sum = real
+        results[budget] = (loss.item(), dict(tree_flatten(grads)))
+    assert calls and calls[0] < hidden.shape[0], "the smaller budget took the chunked head, in several chunks"
+    (lp, gp), (lc, gc) = results[values], results[values // 5]
+    assert lc == pytest.approx(lp, rel=1e-5)
+    assert gc.keys() == gp.keys() and gp
+    for k in gp:
+        np.testing.assert_allclose(np.array(gc[k]), np.array(gp[k]), rtol=1e-4, atol=1e-6)

@@ -206,6 +206,9 @@ def test_memory_estimate_and_the_warning_before_a_run_that_would_swap(app_env, q
     w.form.update_estimates()
     assert w.form.memory.title.text() == "Memory: this would swap"
     assert "would swap" in w.form.memory_warning()
+    fit = w.form.memory_fit()  # will it fit (#16): the same estimate, and what would fit instead
+    assert not fit.fits and fit.need_gb == w.form.memory_estimate()[0]
+    assert f"Largest batch at {seq:,} tokens: {fit.largest_batch};" in w.form.memory.text.text()
 
     from finetune_app.core.data.demo import make_shapes_dataset
 

@@ -41,6 +41,9 @@ def register(subparsers) -> None:
                        "rows, else sft): a pair is two, a GRPO prompt its --grpo-group-size answers")
     check.add_argument("--grpo-group-size", type=int, default=None, metavar="G",
                        help="answers sampled per prompt, with --objective grpo")
+    check.add_argument("--batch-size", type=int, default=None, metavar="N",
+                       help="the training batch size, for the memory estimate (needs --model; default "
+                       "the training default)")
     check.add_argument("--no-images", action="store_true", help="do not open the images")
     check.add_argument("--strict", action="store_true", help="fail on any row problem")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -98,6 +101,7 @@ def run_check(args: argparse.Namespace) -> int:
                           policy="strict" if args.strict else "skip",
                           max_chars=text_limit(args.max_length or TrainConfig.max_length))
         examples = _examples(args, report) if args.examples else None
+        fit = _fit(args, report) if args.model and report.token_lengths else None
     except FinetuneError as err:
         if not args.json:
             raise
@@ -110,11 +114,15 @@ def run_check(args: argparse.Namespace) -> int:
         out["sequences"] = sequences
         if examples is not None:
             out["examples"] = examples
+        if fit is not None:
+            out["memory"] = fit.to_dict()
         _print(json.dumps(out, indent=2, ensure_ascii=False))
     else:
         _print(dataset.describe())
         _print(report.summary(max_problems=args.show))
         _print("Sequences: " + sequences["text"])
+        if fit is not None:
+            _print(f"Memory: {fit.verdict()}")
         for ex in examples or []:
             _print(f"\nrow {ex['row']} ({ex['serve_target']} layout, {len(ex['input_ids'])} ids, "
                    f"{sum(ex['target_mask'])} supervised, images {ex['image_sizes']}):\n{ex['text']}")
@@ -133,6 +141,28 @@ def _sequences(args, dataset, report) -> dict:
     return {"objective": objective, "per_row": estimates.sequences_per_example(cfg),
             "total": report.rows_usable * estimates.sequences_per_example(cfg),
             "text": estimates.sequences_text(cfg, report.rows_usable) + f" for {objective.upper()}"}
+
+
+def _fit(args, report):
+    """Will it fit: the settings form's memory estimate (core/estimates.py) for the longest usable
+    row at the batch size, against this machine's memory budget."""
+    from finetune_app.core import estimates
+    from finetune_app.core.config import TrainConfig
+    from finetune_app.core.model_folder import read_json_object
+    from finetune_app.core.training.memory import fit_budget
+
+    folder = Path(args.model).expanduser()
+    if not (folder / "config.json").is_file() or not any(folder.glob("*.safetensors")):
+        return None  # a tokenizer alone: lengths, but nothing to estimate the model's memory from
+    params, dtype, quant = estimates.folder_parameters(folder)
+    kwargs = {"objective": args.objective} if args.objective else {}  # a pair is two sequences
+    if args.batch_size is not None:
+        kwargs["batch_size"] = max(1, args.batch_size)
+    cfg = TrainConfig(**kwargs)
+    sizes = estimates.model_sizes(read_json_object(folder / "config.json"))
+    seq = max(report.token_lengths.values())
+    return estimates.will_it_fit(cfg, budget_bytes=fit_budget(), seq_len=seq, parameters=params, dtype=dtype,
+                                 quantization=quant, sizes=sizes)
 
 
 def _examples(args, report) -> list[dict]:

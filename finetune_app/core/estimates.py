@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 
 from finetune_app.core.config import DEFAULT_EPOCHS, TrainConfig
 
@@ -53,30 +54,54 @@ def model_sizes(model_config: dict) -> dict:
     head_dim = int(get("head_dim", default=max(1, hidden // max(1, heads))))
     return {"hidden_size": hidden, "num_layers": int(get("num_hidden_layers", "n_layers", default=24)),
             "intermediate_size": int(get("intermediate_size", default=4 * hidden)),
-            "heads": heads, "kv_heads": kv_heads, "head_dim": head_dim}
+            "heads": heads, "kv_heads": kv_heads, "head_dim": head_dim,
+            "vocab_size": int(get("vocab_size", default=32000))}
 
 
-def memory_gb(parameters: int, *, dtype_bytes: float = 2.0, quantize_bits: int | None = None,
-              trainable_params: int = 0, batch_size: int = 1, seq_len: int = 512,
-              hidden_size: int = 1024, num_layers: int = 24, grad_checkpoint: bool = False) -> float:
-    """Rough peak memory of a LoRA run: weights + trainable state + activations.
+PROCESS_OVERHEAD = 0.5e9  # bytes outside MLX's allocations: Python, the libraries, the tokenizer
+# SFT switches to chunks when the float32 logits of a micro-batch (supervised positions x vocabulary)
+# exceed this many values: 2^26 = 256 MB, which value_and_grad holds about three times over (logits,
+# their softmax, its gradient). Below it the plain head is one matmul and faster; above it (e.g. 442
+# supervised positions at Qwen's 151,936 columns, 2k answer tokens at Llama-3's 128,256) the logits
+# are what limits the batch size and row length, and chunks of this many values bound them.
+LOGITS_BUDGET = 1 << 26
 
-    Weights at their storage width; trainable params in fp32 with two Adam moments and a gradient
-    (16 bytes each); activations about 34 values per token per layer per hidden unit (attention and
-    MLP intermediates), two bytes each, or only the layer inputs with gradient checkpointing."""
+
+def peak_bytes(parameters: int, *, dtype_bytes: float = 2.0, quantize_bits: int | None = None,
+               trainable_params: int = 0, batch_size: int = 1, seq_len: int = 512, hidden_size: int = 1024,
+               num_layers: int = 24, heads: int = 16, vocab_size: int = 32000, supervised: float = 1.0,
+               grad_checkpoint: bool = False) -> float:
+    """MLX's peak memory of a training step (what `mx.get_peak_memory()` reports), in bytes.
+
+    Weights at their storage width; trainable params with a gradient and two Adam moments (fp32,
+    16 bytes each); per token and layer about 34 x hidden values kept for the backward pass (only
+    the layer input with gradient checkpointing); attention scores (batch x heads x L²) about
+    1.5 copies per layer plus one in flight (the backward pass of unfused attention); float32 logits
+    of the supervised positions (`supervised`: their share of the tokens) three times (logits,
+    softmax, gradient), bounded by SFT's chunked head. Fitted on tiny Llamas on the CPU
+    (tests/test_estimates_fit.py); checked on the GPU with `benchmarks`' `predicted_vs_measured`."""
     weight_bytes = parameters * (quantize_bits / 8 if quantize_bits else dtype_bytes)
     state_bytes = trainable_params * 16
-    per_token_layer = (2 if grad_checkpoint else 34) * hidden_size * 2
-    act_bytes = batch_size * seq_len * num_layers * per_token_layer
-    overhead = 0.5e9
-    return (weight_bytes + state_bytes + act_bytes + overhead) / 1e9
+    tokens = batch_size * seq_len
+    per_token_layer = (2 if grad_checkpoint else 34) * hidden_size * dtype_bytes
+    act_bytes = tokens * num_layers * per_token_layer
+    attn_layers = 1 if grad_checkpoint else 1.5 * num_layers + 1
+    attn_bytes = batch_size * heads * seq_len ** 2 * dtype_bytes * attn_layers
+    logits_bytes = min(tokens * supervised * vocab_size, LOGITS_BUDGET) * 4 * 3
+    return weight_bytes + state_bytes + act_bytes + attn_bytes + logits_bytes
+
+
+def memory_gb(parameters: int, **kwargs) -> float:
+    """Rough memory of a LoRA run in GB: `peak_bytes` plus the process's own overhead."""
+    return (peak_bytes(parameters, **kwargs) + PROCESS_OVERHEAD) / 1e9
 
 
 def run_memory_gb(config: TrainConfig, *, parameters: int, dtype: str, quantization: str, sizes: dict,
-                  seq_len: int) -> float:
+                  seq_len: int, supervised: float = 1.0, overhead: bool = True) -> float:
     """`memory_gb` for this config on a model described by `describe()` (parameters, dtype,
     quantization text like "4-bit (group 64)") and `model_sizes()`. Settings that are not valid
-    yet fall back to their defaults, so the form can estimate while a person types."""
+    yet fall back to their defaults, so the form can estimate while a person types.
+    `overhead=False`: MLX's peak alone (what `mx.get_peak_memory()` measures)."""
     dtype_bytes = {"float32": 4.0, "bfloat16": 2.0, "float16": 2.0}.get(dtype, 2.0)
     m = re.match(r"(\d+)-bit", quantization or "")
     bits = config.quantize_bits or (int(m.group(1)) if m else None)
@@ -89,9 +114,12 @@ def run_memory_gb(config: TrainConfig, *, parameters: int, dtype: str, quantizat
     # LoRA A and B of q, k, v, o and the MLP's gate, up, down projections, per layer
     per_layer = rank * (2 * h + 2 * (h + kv) + 2 * h + 2 * (h + inter) + (inter + h))
     trainable = parameters if config.fine_tune_type == "full" else per_layer * layers
-    return memory_gb(parameters, dtype_bytes=dtype_bytes, quantize_bits=bits, trainable_params=trainable,
-                     batch_size=batch, seq_len=seq_len, hidden_size=h, num_layers=layers,
-                     grad_checkpoint=bool(config.grad_checkpoint)) + generation_gb(config, sizes, batch, seq_len)
+    peak = peak_bytes(parameters, dtype_bytes=dtype_bytes, quantize_bits=bits, trainable_params=trainable,
+                      batch_size=batch, seq_len=seq_len, hidden_size=h, num_layers=layers,
+                      heads=sizes.get("heads", max(1, h // 64)), vocab_size=sizes.get("vocab_size", 32000),
+                      supervised=supervised, grad_checkpoint=bool(config.grad_checkpoint))
+    return (peak + (PROCESS_OVERHEAD if overhead else 0)) / 1e9 + generation_gb(config, sizes, batch, seq_len)
+
 
 
 # ---- preference pairs and GRPO groups (issue 17; begin) -------------------------------------------
@@ -136,5 +164,83 @@ def sequences_text(config: TrainConfig, examples: int) -> str:
 # ---- preference pairs and GRPO groups (issue 17; end) ---------------------------------------------
 
 
+# ---- will it fit ---------------------------------------------------------------------------------
+
+FIT_SHARE = 0.8  # of the memory budget a run may plan for: the form says "would swap" from 80% of RAM
+
+
+@dataclass
+class Fit:
+    """The estimate against the device's memory, with the largest batch / longest row that fit."""
+    need_gb: float
+    have_gb: float
+    batch_size: int
+    seq_len: int
+    largest_batch: int  # at seq_len (0: not even batch 1)
+    longest_row: int  # tokens, at batch_size (0: not even a short row)
+
+    @property
+    def fits(self) -> bool:
+        return self.need_gb <= FIT_SHARE * self.have_gb
+
+    def verdict(self) -> str:
+        head = (f"Fits: about {self.need_gb:.2f} GB of {self.have_gb:.1f} GB" if self.fits else
+                f"Will not fit: about {self.need_gb:.2f} GB needed, {self.have_gb:.1f} GB available")
+        limits = (f"largest batch at {self.seq_len:,} tokens: {self.largest_batch}; longest row at batch "
+                  f"{self.batch_size}: {self.longest_row:,} tokens")
+        return f"{head} ({limits})."
+
+    def to_dict(self) -> dict:
+        return {"fits": self.fits, "need_gb": round(self.need_gb, 3), "have_gb": round(self.have_gb, 3),
+                "batch_size": self.batch_size, "seq_len": self.seq_len, "largest_batch": self.largest_batch,
+                "longest_row": self.longest_row}
+
+
+def will_it_fit(config: TrainConfig, *, budget_bytes: int, seq_len: int, **model) -> Fit:
+    """`run_memory_gb` (with `model`: parameters, dtype, quantization, sizes) against a memory
+    budget (`training.memory.fit_budget()`: Metal's recommended working set, a GPU's memory, RAM)."""
+    limit = FIT_SHARE * budget_bytes / 1e9
+    batch = config.batch_size if _positive_int(config.batch_size) else 1
+
+    def need(b, n):
+        return run_memory_gb(config.replace(batch_size=b), seq_len=n, **model)
+
+    def largest(lo, hi, ok):  # the largest x in [lo, hi] with ok(x), ok monotone; lo - 1 if none
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            lo, hi = (mid + 1, hi) if ok(mid) else (lo, mid - 1)
+        return hi
+
+    return Fit(need_gb=need(batch, seq_len), have_gb=budget_bytes / 1e9, batch_size=batch, seq_len=seq_len,
+               largest_batch=max(0, largest(1, 4096, lambda b: need(b, seq_len) <= limit)),
+               longest_row=max(0, largest(1, 1 << 20, lambda n: need(batch, n) <= limit)))
+
+
 def _positive_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def folder_parameters(model_dir) -> tuple[int, str, str]:
+    """(parameters, dtype, quantization) of a model folder from config.json and its safetensors
+    headers alone (no MLX, nothing loaded): what `data check --model` estimates with."""
+    import json
+    import struct
+    from pathlib import Path
+
+    folder = Path(model_dir).expanduser()
+    counts: dict[str, int] = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        with open(f, "rb") as fh:
+            header = json.loads(fh.read(struct.unpack("<Q", fh.read(8))[0]))
+        for name, t in header.items():
+            if name != "__metadata__":
+                counts[t["dtype"]] = counts.get(t["dtype"], 0) + math.prod(t["shape"])
+    config = json.loads((folder / "config.json").read_text())
+    q = config.get("quantization") or {}
+    bits = q.get("bits") if isinstance(q, dict) else None
+    names = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
+    floats = {names[k]: v for k, v in counts.items() if k in names}
+    dtype = max(floats, key=floats.get) if floats else "bfloat16"
+    packed = counts.get("U32", 0) * (32 // bits) if bits else 0  # 4-bit: 8 weights per uint32
+    params = sum(floats.values()) + packed
+    return params, dtype, (f"{bits}-bit" if bits else "")

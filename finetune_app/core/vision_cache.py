@@ -3,8 +3,14 @@
 When the tower is frozen (no vision LoRA, no full vision training), its output for an image never
 changes during a run, so recomputing it every epoch is wasted work: FastVLM's tower is most of a
 step's cost at 1024 px. Features are keyed by the preprocessed pixels' content (a hash), so
-duplicates share one entry, and a different preprocessing gives a different key. The loss is
-identical to the uncached path because the same function produces the same features.
+duplicates share one entry, and a different preprocessing gives a different key.
+
+The cache fills while training runs (#16): preparing the data only names each image's key; the
+first batch that needs an image computes its features just before its step (`fill`), and later
+epochs read them. So the first step does not wait for a pass over every image. Each image goes
+through the tower on its own, so its features are a function of its pixels alone (not of which
+images shared its batch): a resumed run, which starts with an empty cache, gets the same features
+and the same losses as the uninterrupted one.
 """
 
 from __future__ import annotations
@@ -24,37 +30,35 @@ def content_key(pixels: np.ndarray) -> str:
 class VisionFeatureCache:
     """In-memory cache of tower features per image (FastVLM: [H*W, C] per image)."""
 
-    def __init__(self, compute, *, batch_size: int = 8):
-        self.compute = compute  # pixel_values [N, 3, H, W] (mx) -> features [N, F, C] (mx)
-        self.batch_size = batch_size
+    def __init__(self, compute):
+        self.compute = compute  # pixel_values [1, 3, H, W] (mx) -> features [1, F, C] (mx)
         self.features: dict[str, mx.array] = {}
-        self.hits = self.misses = 0
 
-    def add_examples(self, examples, progress=None) -> None:
-        """Compute features for every image of these examples that is not cached yet, then drop
-        the examples' pixels (the features replace them)."""
-        pending: dict[str, np.ndarray] = {}
+    def register(self, ex) -> None:
+        """Name the example's images by content (`ex.feature_keys`); the pixels stay until `fill`."""
+        pv = ex.images.get("pixel_values")
+        ex.feature_keys = [] if pv is None else [content_key(img) for img in pv.reshape((-1,) + pv.shape[-3:])]
+
+    def ready(self, ex) -> bool:
+        """Every image of the example has its features (its pixels are no longer needed)."""
+        return all(k in self.features for k in ex.feature_keys)
+
+    def fill(self, examples) -> int:
+        """Compute the features these examples' images do not have yet (one evaluation), then drop
+        their pixels (the features replace them). Returns how many images were computed."""
+        pending: dict[str, mx.array] = {}
         for ex in examples:
             pv = ex.images.get("pixel_values")
             if pv is None:
                 continue
-            keys = []
-            for img in pv.reshape((-1,) + pv.shape[-3:]):
-                key = content_key(img)
-                keys.append(key)
+            for key, img in zip(ex.feature_keys, pv.reshape((-1,) + pv.shape[-3:])):
                 if key not in self.features and key not in pending:
-                    pending[key] = img
+                    pending[key] = self.compute(mx.array(img[None]))[0]
             ex.images = {k: v for k, v in ex.images.items() if k != "pixel_values"}
-            ex.feature_keys = keys
-        keys = list(pending)
-        for start in range(0, len(keys), self.batch_size):
-            chunk = keys[start:start + self.batch_size]
-            feats = self.compute(mx.array(np.stack([pending[k] for k in chunk])))
-            mx.eval(feats)
-            for k, f in zip(chunk, feats):
-                self.features[k] = f
-            if progress:
-                progress(min(start + self.batch_size, len(keys)), len(keys))
+        if pending:
+            mx.eval(list(pending.values()))
+            self.features.update(pending)
+        return len(pending)
 
     @property
     def nbytes(self) -> int:

@@ -449,6 +449,17 @@ class HyperparamForm(QWidget):
                                      quantization=info.quantization, sizes=choice.arch, seq_len=seq)
         return gb, seq, self.memory_ram
 
+    def memory_fit(self, cfg: TrainConfig | None = None) -> "estimates.Fit | None":
+        """Will it fit (#16): the same estimate against this machine's memory, with the largest
+        batch and the longest row that fit (what `data check --model` prints too)."""
+        choice, cfg = self.model_choice, cfg or self.config()
+        est = self.memory_estimate(cfg)
+        if est is None or not est[2]:
+            return None
+        info = choice.info
+        return estimates.will_it_fit(cfg, budget_bytes=est[2], seq_len=est[1], parameters=info.parameters,
+                                     dtype=info.dtype, quantization=info.quantization, sizes=choice.arch)
+
     def memory_warning(self) -> str | None:
         """A sentence when the run would likely swap (used before starting), else None."""
         est = self.memory_estimate()
@@ -488,6 +499,10 @@ class HyperparamForm(QWidget):
             self.memory.show_message("Memory", base + ".", "info")
             return
         share = gb * 1e9 / ram
+        fit = self.memory_fit(cfg)
+        if fit is not None:  # what would fit instead (or as well)
+            base += (f". Largest batch at {seq:,} tokens: {fit.largest_batch}; longest row at batch "
+                     f"{fit.batch_size}: {fit.longest_row:,} tokens")
         if share >= 0.8:
             self.memory.show_message("Memory: this would swap", f"{base}, but this machine has "
                                      f"{ram / 1e9:.1f} GB. " + SWAP_ADVICE, "error")

@@ -45,7 +45,13 @@ class Family:
         settings allow it, else the library's own forward."""
 
     def prepare_example(self, ex) -> None:
-        """Once per example before training (the fast path swaps pixels for cached features)."""
+        """Once per example before training (the fast path names its images' cached features, which
+        the first batch that needs them computes)."""
+
+    def ready(self, ex) -> bool:
+        """The example can be planned without its pixels (its tower features are cached), so an
+        example whose images were dropped for memory need not be read again."""
+        return False
 
     def plan(self, examples) -> "Batch":  # noqa: F821
         raise NotImplementedError
@@ -58,6 +64,11 @@ class Family:
     def predictions(self, model, inputs):
         """(logits [K, V], targets [K], weights [K]) for the positions that predict a token."""
         raise NotImplementedError
+
+    def hidden_predictions(self, model, inputs):
+        """(head owner, hidden [K, D], targets, weights) where the family can give the hidden states
+        before the LM head (the fast path), else None."""
+        return None
 
     def tower_features(self, model, pixel_values):
         """Frozen vision-tower output for the cache (families with a cacheable tower)."""

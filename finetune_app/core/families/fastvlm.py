@@ -4,8 +4,10 @@ H×W feature positions inside the model, a BatchNorm FastViTHD tower, and Apple'
 The library's forward returns logits longer than the ids (mlx-vlm's trainer then compares
 mismatched positions), so the library path merges the features explicitly and gathers the logits
 back onto the token positions: the logit that predicts the token after an image is the one at the
-image's last feature position. The fast path caches the tower's output per image and runs the
-projector and the language model in the (compiled) step.
+image's last feature position. The fast path lays the batch out in model positions and runs the
+projector and the language model in the (compiled) step, taking the frozen tower's output from the
+feature cache (`cache_vision`, filled while the first epoch trains) or, uncached, running the tower
+inside the same step: so cached and uncached runs differ by the cache alone, not by compilation.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import mlx.core as mx
 import numpy as np
 
-from finetune_app.core.families.generic import Generic, assemble, cached_features, head
+from finetune_app.core.families.generic import Generic, assemble, cached_features
 from finetune_app.core.training.batch import Batch, gather_plan
 from finetune_app.core.vision_cache import VisionFeatureCache
 
@@ -30,6 +32,7 @@ class FastVLM(Generic):
     def __init__(self, base):
         super().__init__(base)
         self.cache = VisionFeatureCache(lambda pv: self.tower_features(self.base.model, pv))
+        self.cached = False  # the fast path reads the feature cache (else the tower runs in the step)
 
     def image_features(self) -> int:
         """(image side / 64)² positions per image: 256 at 1024 px."""
@@ -40,7 +43,11 @@ class FastVLM(Generic):
         return (side // 64) ** 2
 
     def start(self, cfg) -> None:
-        self.fast = bool(cfg.cache_vision and not cfg.train_vision)  # the projector runs in the step
+        frozen = not cfg.train_vision  # (the projector runs in the step, trained or not)
+        self.cached = frozen and bool(cfg.cache_vision)
+        # uncached but compiled: the tower runs inside the compiled step (#16: the speed figure then
+        # separates caching from compilation); uncached and uncompiled: the library path
+        self.fast = self.cached or (frozen and bool(cfg.compile))
         self.compiled = self.fast and bool(cfg.compile)
 
     def expanded_token(self) -> int:
@@ -86,32 +93,52 @@ class FastVLM(Generic):
 
     # ---- the fast path ---------------------------------------------------------------------------
     def prepare_example(self, ex) -> None:
-        if self.fast:
-            self.cache.add_examples([ex])
+        if self.fast:  # the images' keys only: features are computed by the first batch needing them
+            self.cache.register(ex)
+
+    def ready(self, ex) -> bool:
+        return self.fast and self.cached and self.cache.ready(ex)
 
     def plan(self, examples) -> Batch:
         if not self.fast:
             return super().plan(examples)
-        features = self.cache.features
+        if self.cached:
+            self.cache.fill(examples)  # this batch's images not seen before (the first epoch)
+            features = self.cache.features
+            rows = lambda k: features[k].shape[0]  # noqa: E731
+        else:
+            n = self.image_features()
+            rows = lambda k: n  # noqa: E731
 
         def runs(e):
             return [(int(t), 1, k) for t, k in zip(np.flatnonzero(e.input_ids == self.image_token), e.feature_keys)]
 
-        return gather_plan(examples, runs, lambda k: features[k].shape[0], buckets=self.buckets)
+        batch = gather_plan(examples, runs, rows, buckets=self.buckets)
+        if not self.cached and batch.feature_keys:  # the tower runs in the step, on these pixels
+            batch.images = {"pixel_values": np.concatenate(
+                [e.images["pixel_values"] for e in examples if "pixel_values" in e.images], axis=0)}
+        return batch
 
     def inputs(self, batch: Batch):
         if batch.src is None:
             return batch
+        a = {"ids": mx.array(batch.input_ids), "src": mx.array(batch.src),
+             "sel": mx.array(batch.sel), "sel_targets": mx.array(batch.sel_targets),
+             "sel_weights": mx.array(batch.sel_weights)}
+        if "pixel_values" in batch.images:
+            a["pixels"] = mx.array(batch.images["pixel_values"])
+            return a
         feats = cached_features(self.cache.features, batch.feature_keys)
         if batch.feature_keys:
             feats = feats.reshape(len(batch.feature_keys), -1, feats.shape[-1])
-        return {"ids": mx.array(batch.input_ids), "feats": feats, "src": mx.array(batch.src),
-                "sel": mx.array(batch.sel), "sel_targets": mx.array(batch.sel_targets),
-                "sel_weights": mx.array(batch.sel_weights)}
+        a["feats"] = feats
+        return a
 
-    def fast_predictions(self, model, a: dict):
+    def fast_hidden(self, model, a: dict):
         lm = model.language_model
-        embeds = assemble(lm.model.embed_tokens, a["ids"], a["feats"], a["src"], project=model.mm_projector)
+        # uncached: the frozen tower in the step (no gradient flows into it)
+        feats = mx.stop_gradient(self.tower_features(model, a["pixels"])) if "pixels" in a else a["feats"]
+        embeds = assemble(lm.model.embed_tokens, a["ids"], feats, a["src"], project=model.mm_projector)
         hidden = lm.model(mx.zeros(a["src"].shape, mx.int32), input_embeddings=embeds)
         picked = hidden.reshape(-1, hidden.shape[-1])[a["sel"]]
-        return head(lm, picked), a["sel_targets"], a["sel_weights"]
+        return lm, picked, a["sel_targets"], a["sel_weights"]

@@ -73,7 +73,18 @@ class Generic(Family):
         return logits[:, :-1].reshape(-1, V), targets.reshape(-1), weights.reshape(-1)
 
     def fast_predictions(self, model, arrays: dict):
+        owner, hidden, targets, weights = self.fast_hidden(model, arrays)
+        return head(owner, hidden), targets, weights
+
+    def fast_hidden(self, model, arrays: dict):
+        """(module holding the LM head, hidden states [K, D] of the predicting positions, targets [K],
+        weights [K]): what `fast_predictions` puts through the head, for a loss that applies the head
+        itself (SFT's chunked cross-entropy)."""
         raise NotImplementedError(f"{type(self).__name__} has no fast path")
+
+    def hidden_predictions(self, model, batch):
+        """`fast_hidden` on the fast path; None on the library path (its forward applies the head)."""
+        return None if isinstance(batch, Batch) else self.fast_hidden(model, batch)
 
 
 def head(owner, hidden: mx.array) -> mx.array:

@@ -1,7 +1,8 @@
 """Qwen2-VL, Qwen2.5-VL and Qwen3-VL: image pads already expanded by the processor, mRoPE.
 
-Fast path (frozen tower): each image's merged tower features are computed once and cached by the
-pixels' content; the mRoPE position ids are computed once per example on the host (mlx-vlm's
+Fast path (frozen tower): each image's merged tower features are computed once, by the first
+batch that needs them (so the first step does not wait for every image), and cached by the pixels'
+content; the mRoPE position ids are computed once per example on the host (mlx-vlm's
 `get_rope_index` evaluates arrays, so it cannot run inside a compiled step). Qwen3-VL's deepstack
 features (tower outputs added to the first decoder layers' hidden states at the image positions)
 are cached beside the main features and added by a gather, as mlx-vlm's `_deepstack_process`
@@ -16,7 +17,7 @@ from __future__ import annotations
 import mlx.core as mx
 import numpy as np
 
-from finetune_app.core.families.generic import Generic, assemble, cached_features, head
+from finetune_app.core.families.generic import Generic, assemble, cached_features
 from finetune_app.core.patches import qwen_rope_state as rope_state
 from finetune_app.core.training.batch import Batch, gather_plan, segment_mask
 from finetune_app.core.vision_cache import content_key
@@ -49,24 +50,11 @@ class QwenVL(Generic):
         return feats, (mx.stack(list(deep)) if deep is not None and len(deep) else None)
 
     def prepare_example(self, ex) -> None:
+        """The images' cache keys and the example's mRoPE ids; the tower runs later (`fill`)."""
         if not self.fast:
             return
         pv, grid = ex.images.get("pixel_values"), ex.images.get("image_grid_thw")
-        keys = []
-        if pv is not None and grid is not None:
-            start = 0
-            for g in grid.reshape(-1, 3):
-                n = int(np.prod(g))
-                rows = pv[start:start + n]
-                start += n
-                key = content_key(rows) + "-" + "x".join(map(str, g.tolist()))
-                if key not in self.features:
-                    feats, deep = self.tower_features(self.base.model, mx.array(rows), mx.array(g[None]))
-                    mx.eval(feats, *([deep] if deep is not None else []))
-                    self.features[key] = feats
-                    if deep is not None:
-                        self.deep[key] = deep
-                keys.append(key)
+        ex.feature_keys = [key for key, _, _ in self._images(ex)]
         lm = self.base.model.language_model
         pos, _ = lm.get_rope_index(mx.array(ex.input_ids[None]), mx.array(grid) if grid is not None else None, None, None)
         pos = np.asarray(pos)
@@ -74,8 +62,43 @@ class QwenVL(Generic):
             pos = np.broadcast_to(pos[None], (3, *pos.shape))
         ex.rope_positions = pos[:, 0, :].astype(np.int32)  # [3, L]
         rope_state.clear(lm)  # get_rope_index leaves the prompt's mRoPE state on the model
-        ex.feature_keys = keys
-        ex.images = {}
+        if pv is None:
+            ex.images = {}
+
+    @staticmethod
+    def _images(ex):
+        """(cache key, patch rows, grid) of each image of the example (its pixels still held)."""
+        pv, grid = ex.images.get("pixel_values"), ex.images.get("image_grid_thw")
+        if pv is None or grid is None:
+            return []
+        out, start = [], 0
+        for g in grid.reshape(-1, 3):
+            n = int(np.prod(g))
+            rows = pv[start:start + n]
+            start += n
+            out.append((content_key(rows) + "-" + "x".join(map(str, g.tolist())), rows, g))
+        return out
+
+    def ready(self, ex) -> bool:
+        return self.fast and all(k in self.features for k in ex.feature_keys)
+
+    def fill(self, examples) -> None:
+        """Tower features of these examples' images not cached yet, one image per tower call (a
+        function of the image alone, so a resumed run gets the same), evaluated together; the
+        examples' pixels are dropped (the features replace them)."""
+        new: list = []
+        for ex in examples:
+            for key, rows, g in self._images(ex) if not self.ready(ex) else ():
+                if key not in self.features:
+                    feats, deep = self.tower_features(self.base.model, mx.array(rows), mx.array(g[None]))
+                    self.features[key] = feats
+                    new.append(feats)
+                    if deep is not None:
+                        self.deep[key] = deep
+                        new.append(deep)
+            ex.images = {}
+        if new:
+            mx.eval(new)
 
     # ---- per batch (host) ------------------------------------------------------------------------
     def _runs(self, e):
@@ -91,6 +114,7 @@ class QwenVL(Generic):
     def plan(self, examples) -> Batch:
         if not self.fast:
             return super().plan(examples)
+        self.fill(examples)  # this batch's images not seen before (the first epoch)
         batch = gather_plan(examples, self._runs, lambda k: self.features[k].shape[0], pack=self.pack, buckets=self.buckets)
         R, M = batch.src.shape
         positions = np.zeros((3, R, M), np.int32)
@@ -122,7 +146,7 @@ class QwenVL(Generic):
         return a
 
     # ---- in the step -------------------------------------------------------------------------------
-    def fast_predictions(self, model, a: dict):
+    def fast_hidden(self, model, a: dict):
         lm = model.language_model
         embeds = assemble(lm.model.embed_tokens, a["ids"], a["feats"], a["src"])
         mask = segment_mask(a["segments"]) if "segments" in a else None  # packed rows
@@ -132,7 +156,7 @@ class QwenVL(Generic):
             hidden = lm.model(mx.zeros(a["src"].shape, mx.int32), inputs_embeds=embeds, mask=mask,
                               position_ids=a["positions"])
         picked = hidden.reshape(-1, hidden.shape[-1])[a["sel"]]
-        return head(lm, picked), a["sel_targets"], a["sel_weights"]
+        return lm, picked, a["sel_targets"], a["sel_weights"]
 
     @staticmethod
     def _decode_deepstack(text_model, h, positions, deep, deep_src, mask=None):

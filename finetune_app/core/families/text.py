@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import mlx.core as mx
 
-from finetune_app.core.families.generic import Generic, assemble, head
+from finetune_app.core.families.generic import Generic, assemble
 from finetune_app.core.training.batch import Batch, gather_plan, segment_mask
 
 
@@ -41,7 +41,7 @@ class Text(Generic):
             a["src"], a["segments"] = mx.array(batch.src), mx.array(batch.segments)
         return a
 
-    def fast_predictions(self, model, a: dict):
+    def fast_hidden(self, model, a: dict):
         if "segments" in a:  # packed: rows of several examples, each attending to itself only
             lm = model.model
             hidden = assemble(lm.embed_tokens, a["ids"], mx.zeros((0, 1)), a["src"])
@@ -52,4 +52,4 @@ class Text(Generic):
         else:
             hidden = model.model(a["ids"])
         picked = hidden.reshape(-1, hidden.shape[-1])[a["sel"]]
-        return head(model, picked), a["sel_targets"], a["sel_weights"]
+        return model, picked, a["sel_targets"], a["sel_weights"]

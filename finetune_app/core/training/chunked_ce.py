@@ -14,6 +14,14 @@ import mlx.nn as nn
 
 CHUNK = 1024  # positions per chunk: 0.6 GB of float32 logits at a 151,936-token vocabulary
 
+from finetune_app.core.estimates import LOGITS_BUDGET  # noqa: E402  (the memory estimate counts it too)
+
+
+def vocab_size(owner) -> int:
+    """Columns of the LM head's output (its weight's rows; quantized weights keep them)."""
+    module, _ = head_module(owner)
+    return int(module.weight.shape[0])
+
 
 def head_module(owner) -> tuple[nn.Module, object]:
     """The module holding the LM head's weights and the function applying it (tied embeddings

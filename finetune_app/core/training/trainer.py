@@ -258,10 +258,14 @@ class Trainer:
         return positions
 
     def _materialise(self, ex: Example) -> Example:
-        if not ex.lazy_images:
+        """An example whose images were dropped for memory, read again (unless its cached tower
+        features stand in for them); the family names the fresh one's images again."""
+        if not ex.lazy_images or all(self.family.ready(p) for p in ex.parts):
             return ex
-        sample = self.data.dataset.sample(ex.index)
-        return self.encoder.encode(sample, index=ex.index)
+        fresh = self.encoder.encode(self.data.dataset.sample(ex.index), index=ex.index)
+        for part in fresh.parts:
+            self.family.prepare_example(part)
+        return fresh
 
     # ---- (#18) a row whose lazily read image became unreadable mid-run is skipped, not fatal ----
     def _readable(self, examples: list[Example]) -> list[Example]:
