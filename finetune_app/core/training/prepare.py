@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from finetune_app.core.config import TrainConfig
+from finetune_app.core.data.encode_pool import encoded_rows
 from finetune_app.core.data.tokenize import Encoder, Example
 from finetune_app.core.errors import DataError, FinetuneError, Problem
 
@@ -72,8 +73,11 @@ def _row_problem(sample, i: int, dataset, exc: BaseException) -> Problem:
 
 def prepare_examples(cfg: TrainConfig, base, encoder: Encoder, *,
                      progress: Callable[[str, int, int], None] | None = None,
-                     on_example: Callable[[Example], None] | None = None) -> Prepared:
+                     on_example: Callable[[Example], None] | None = None,
+                     workers: int | None = None) -> Prepared:
     """`on_example` sees each usable example first (the vision cache swaps pixels for features).
+    Rows are encoded on `workers` threads (default: the CPU's cores, at most 8) and taken in
+    order, so the result, the problems and their order are the sequential run's.
 
     A row never aborts the run: whatever fails for one row (image decode, chat template,
     tokenising, the vision cache) skips that row with a located problem. Only when no training
@@ -99,13 +103,13 @@ def prepare_examples(cfg: TrainConfig, base, encoder: Encoder, *,
     order = [(i, "train") for i in train_idx] + [(i, "valid") for i in valid_idx]
     train, valid, val_samples = [], [], []
     image_bytes = 0
-    for k, (i, part) in enumerate(order):
+    rows = encoded_rows(dataset, encoder, [i for i, _ in order], workers=workers)
+    for k, ((i, part), (sample, ex, failure)) in enumerate(zip(order, rows)):
         if progress:
             progress("tokenising", k, len(order))
-        sample = None
         try:
-            sample = dataset.sample(i)
-            ex = encoder.encode(sample, index=i)
+            if failure is not None:
+                raise failure
             if ex.model_length > cfg.max_length:
                 problems.append(Problem(file=sample.source or str(cfg.data), line=sample.line, field="length",
                                         message=f"sequence of {ex.model_length} tokens is longer than max_length {cfg.max_length}"))
@@ -114,7 +118,7 @@ def prepare_examples(cfg: TrainConfig, base, encoder: Encoder, *,
                 problems.append(Problem(file=sample.source or str(cfg.data), line=sample.line, field="answer",
                                         message="the answer produced no tokens to learn"))
                 continue
-            if on_example:
+            if on_example:  # (on this thread: the family's MLX work stays on the training thread)
                 for seq in ex.parts:  # (a preference pair: both answers)
                     on_example(seq)
         except Exception as exc:  # noqa: BLE001 - one row's failure, whatever it is, skips that row
