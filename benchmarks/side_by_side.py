@@ -26,12 +26,16 @@ every tool). Tools alternate within a repeat (the order flips each repeat). Per 
 
 The same hyperparameters for every tool: LoRA rank 16, alpha 16 (scale 1), dropout 0 on every
 q/k/v/o/gate/up/down projection of the language model, AdamW without weight decay, constant
-learning rate, batch size, max length 2048, completion-only loss, seed 0, one validation batch
-where a tool insists on validating, no periodic evaluation or checkpoints, each tool's own final
-save. A fixed amount of data: epochs (ours and mlx_vlm.train take --epochs; mlx_lm and mlx-lm-lora
-take --iters = ceil(rows / batch) * epochs). Ours clips gradients at 1.0 (its CLI cannot switch
-that off; it only costs ours). Output: one `RUN {json}` line per run (also in OUT/runs.jsonl) and,
-per setup, a table with ratios and paired ratios (`SUMMARY {json}`).
+learning rate without warm-up, no gradient clipping (mlx_lm lora, mlx-lm-lora and mlx_vlm.train's
+SFT do not clip; ours clips the norm at 1.0 by default, so it gets --grad-clip none), batch size,
+max length 2048 (every row fits: the tools differ on longer rows, ours skips them, the peers
+truncate; a warning says when one does not), completion-only loss, seed 0, one validation batch
+where a tool insists on validating (mlx_lm and mlx-lm-lora at step 1 and at the end, ours and
+mlx_vlm at the end), no periodic evaluation or checkpoints, each tool's own final save. A fixed
+amount of data: epochs (ours and mlx_vlm.train take --epochs; mlx_lm and mlx-lm-lora take --iters =
+ceil(rows / batch) * epochs; mlx_vlm.train counts only complete batches, so rows should be a
+multiple of the batch: a warning says when not). Output: one `RUN {json}` line per run (also in
+OUT/runs.jsonl) and, per setup, a table with ratios and paired ratios (`SUMMARY {json}`).
 """
 
 from __future__ import annotations
@@ -246,7 +250,7 @@ def tool_argv(tool: str, model: Path, data: Path, out: Path, a, steps: int, epoc
     if tool.startswith("ours"):
         return PROBE + ["--entry", "finetune_app.cli:main", "train", "--model", str(model), "--data", str(data),
                         "--output", str(out), "--epochs", str(epochs), *common_lr, "--optimizer", "adamw",
-                        "--lr-schedule", "constant", "--warmup-steps", "0", "--weight-decay", "0",
+                        "--lr-schedule", "constant", "--warmup-steps", "0", "--weight-decay", "0", "--grad-clip", "none",
                         "--lora-rank", str(a.rank), "--lora-alpha", str(float(a.rank)), "--lora-dropout", "0",
                         "--max-length", str(a.max_length), "--steps-per-eval", str(HUGE), "--val-batches", "1",
                         "--save-every", str(HUGE), "--sample-count", "0", "--steps-per-report", str(a.report_every),
@@ -351,6 +355,12 @@ def run_setup(setup: str, a, work: Path, out_dir: Path, peak: dict | None, nvml:
     print(f"[{setup}] {model}: {len(rows)} rows, length median {statistics.median(L)} (max {max(L)}), supervised "
           f"median {statistics.median(S)} (mean {statistics.mean(S):.1f}); {epochs} epoch(s) = {steps} steps of "
           f"{a.batch_size}; tokens/word {meta['tokens_per_word']:.2f}; tools {tools}", flush=True)
+    if max(L) > a.max_length:
+        print(f"[{setup}] WARNING: {sum(x > a.max_length for x in L)} rows are longer than --max-length "
+              f"{a.max_length}: ours skips them, the peers truncate them (not the same work)", flush=True)
+    if len(rows) % a.batch_size and any(t.startswith("mlx_vlm") for t in tools):
+        print(f"[{setup}] WARNING: {len(rows)} rows are not a multiple of the batch {a.batch_size}: mlx_vlm.train "
+              "counts only complete batches, the others ceil(rows / batch) steps (not the same work)", flush=True)
     results = []
     for rep in range(a.repeats):
         order = tools if rep % 2 == 0 else tools[::-1]

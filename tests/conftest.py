@@ -96,6 +96,7 @@ HEAVY_TESTS = {
     "test_prefs_resume.py::test_dpo_sigkill_and_resume_reproduces_losses": 19,
     "test_grpo.py::test_grpo_raises_the_held_out_reward": 17,
     "test_engine_resume.py::test_sigkill_and_resume_reproduces_losses": 14,
+    "test_grad_clip_none.py::test_run_without_cap_resumes": 15,
     "test_prefs_learning.py::test_preference_training_raises_held_out_accuracy[qwen2_vl-dpo]": 14,
     "test_prefs_learning.py::test_preference_training_raises_held_out_accuracy[qwen2_vl-orpo]": 14,
     "test_distributed_dropout.py::test_pause_resume_and_stop_reach_every_rank": 10,

@@ -8,12 +8,26 @@ import signal
 import sys
 from pathlib import Path
 
-from finetune_app.core.config import DEFAULT_EPOCHS, PRESETS, TrainConfig, apply_preset, settings
+from finetune_app.core.config import DEFAULT_EPOCHS, PRESETS, TrainConfig, apply_preset, is_unset, settings
 
 
 def comma_list(text: str) -> list[str] | None:
-    """A list setting on the command line: comma-separated; empty: none."""
-    return [t.strip() for t in text.split(",") if t.strip()] or None
+    """A list setting on the command line: comma-separated; empty or "none": none."""
+    return None if is_unset(text) else [t.strip() for t in text.split(",") if t.strip()] or None
+
+
+def optional_value(kind: type):
+    """An optional number or word on the command line: "" or "none" (any case) is None (not set)."""
+    def parse(text: str):
+        if is_unset(text):
+            return None
+        try:
+            return kind(text)
+        except ValueError:
+            what = "a whole number" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"expected {what}, or \"\" / none for not set (got {text!r})") from None
+    parse.__name__ = kind.__name__
+    return parse
 
 
 def add_setting_flags(p) -> None:
@@ -28,7 +42,8 @@ def add_setting_flags(p) -> None:
         if s.kind is bool:
             p.add_argument(s.flag, action="store_false" if s.default else "store_true", **kw)
         else:
-            p.add_argument(s.flag, type=comma_list if s.kind is list else s.kind, **kw)
+            kind = comma_list if s.kind is list else optional_value(s.kind) if s.optional else s.kind
+            p.add_argument(s.flag, type=kind, **kw)
 
 
 def register(sub) -> None:

@@ -113,6 +113,12 @@ def setting_of(name: str) -> Setting:
     return next(s for s in settings() if s.name == name)
 
 
+def is_unset(value) -> bool:
+    """"" or "none" (any case): how a flag or a TOML file says "not set" (None) for an optional
+    setting; TOML has no null, and a setting whose default is not None needs a way to say it."""
+    return isinstance(value, str) and value.strip().lower() in ("", "none")
+
+
 @dataclass
 class TrainConfig:
     """What to train and how: each field is one `setting(...)`, the whole declaration of that
@@ -174,7 +180,7 @@ class TrainConfig:
     weight_decay: float = setting(0.0, group=RATE, label="Weight decay",
                                   help="Pulls weights towards zero (AdamW).")
     grad_clip: float | None = setting(1.0, group=RATE, label="Gradient cap", placeholder="no cap",
-                                      help="Caps the gradient norm to keep training stable. Empty: no cap.")
+                                      help="Caps the gradient norm to keep training stable. Empty or none: no cap.")
 
     max_length: int = setting(2048, group=MEMORY, label="Max length (tokens)",
                               help="Longest sequence in tokens (image tokens included). Longer rows are skipped and reported.")
@@ -275,8 +281,8 @@ class TrainConfig:
             raise ConfigError(
                 f"Unknown setting(s): {', '.join(unknown)}.",
                 f"Valid settings are: {', '.join(sorted(known))}.", file=source)
-        cfg = cls(**{k: v for k, v in data.items()})
-        return cfg
+        optional = {s.name for s in settings() if s.optional}
+        return cls(**{k: None if k in optional and is_unset(v) else v for k, v in data.items()})
 
     @staticmethod
     def help(name: str) -> str:
@@ -315,7 +321,7 @@ class TrainConfig:
         check("epochs", self.epochs is None or (is_num(self.epochs) and self.epochs > 0), "must be a positive number")
         check("batch_size", is_int(self.batch_size) and 1 <= self.batch_size <= 4096, "must be a whole number from 1 to 4096")
         check("grad_accumulation", is_int(self.grad_accumulation) and self.grad_accumulation >= 1, "must be a whole number, 1 or more")
-        check("grad_clip", self.grad_clip is None or (is_num(self.grad_clip) and self.grad_clip > 0), "must be a positive number or empty")
+        check("grad_clip", self.grad_clip is None or (is_num(self.grad_clip) and self.grad_clip > 0), "must be a positive number, or \"none\" (or empty) for no cap")
         check("max_length", is_int(self.max_length) and self.max_length >= 8, "must be a whole number, 8 or more")
         check("serve_target", self.serve_target in SERVE_TARGETS, f"must be one of {', '.join(SERVE_TARGETS)}")
         check("image_size", self.image_size is None or (is_int(self.image_size) and self.image_size >= 16), "must be 16 pixels or more, or empty")
@@ -377,7 +383,9 @@ class TrainConfig:
         lines = ["# Finetune training configuration", ""]
         for f in fields(self):
             value = getattr(self, f.name)
-            if value is None:
+            if value is None and f.default is not None:  # e.g. grad_clip: None must not read back as the default
+                lines.append(f'{f.name} = "none"')
+            elif value is None:
                 lines.append(f"# {f.name} = (not set)")
             else:
                 lines.append(f"{f.name} = {_toml_value(value)}")
