@@ -421,16 +421,26 @@ def _toml_value(value) -> str:
 
 
 # Presets: only the fields they set; everything else keeps the user's (or default) value.
+# Supervised presets say objective="sft", so choosing one after a preference preset goes back to SFT.
+# The preference and reward presets use the far smaller learning rates those objectives want with
+# LoRA (TRL's and mlx-lm-lora's DPO/GRPO examples use 5e-6 to 5e-5): at SFT's 1e-3 the policy runs
+# away from the reference within a few steps.
 PRESETS: dict[str, dict] = {
-    "quick test": dict(fine_tune_type="lora", lora_rank=8, lora_alpha=16.0, learning_rate=1e-3, iters=50,
-                       epochs=None, batch_size=2, steps_per_eval=25, steps_per_report=5, save_every=25,
+    "quick test": dict(objective="sft", fine_tune_type="lora", lora_rank=8, lora_alpha=16.0, learning_rate=1e-3,
+                       iters=50, epochs=None, batch_size=2, steps_per_eval=25, steps_per_report=5, save_every=25,
                        lr_schedule="constant", warmup_steps=0),
-    "balanced": dict(fine_tune_type="lora", lora_rank=16, lora_alpha=16.0, learning_rate=1e-3, iters=None,
-                     epochs=3.0, batch_size=4, steps_per_eval=50, steps_per_report=10, save_every=100,
+    "balanced": dict(objective="sft", fine_tune_type="lora", lora_rank=16, lora_alpha=16.0, learning_rate=1e-3,
+                     iters=None, epochs=3.0, batch_size=4, steps_per_eval=50, steps_per_report=10, save_every=100,
                      lr_schedule="cosine", warmup_steps=0),
-    "quality": dict(fine_tune_type="lora", lora_rank=32, lora_alpha=32.0, learning_rate=5e-4, iters=None,
-                    epochs=5.0, batch_size=8, steps_per_eval=100, steps_per_report=10, save_every=200,
+    "quality": dict(objective="sft", fine_tune_type="lora", lora_rank=32, lora_alpha=32.0, learning_rate=5e-4,
+                    iters=None, epochs=5.0, batch_size=8, steps_per_eval=100, steps_per_report=10, save_every=200,
                     lr_schedule="cosine", warmup_steps=20),
+    "preference": dict(objective="dpo", beta=0.1, fine_tune_type="lora", lora_rank=16, lora_alpha=16.0,
+                       learning_rate=5e-5, iters=None, epochs=2.0, batch_size=4, steps_per_eval=50,
+                       steps_per_report=10, save_every=100, lr_schedule="cosine", warmup_steps=10),
+    "reward": dict(objective="grpo", grpo_group_size=4, grpo_beta=0.04, grpo_max_tokens=64, fine_tune_type="lora",
+                   lora_rank=16, lora_alpha=16.0, learning_rate=2e-5, iters=None, epochs=1.0, batch_size=2,
+                   steps_per_eval=50, steps_per_report=5, save_every=50, lr_schedule="constant", warmup_steps=0),
 }
 DEFAULT_PRESET = "balanced"
 

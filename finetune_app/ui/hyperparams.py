@@ -212,7 +212,9 @@ class HyperparamForm(QWidget):
             self.preset.addItem(name.capitalize(), name)
         self.preset.addItem(CUSTOM, None)
         self.preset.setToolTip("Quick test: 50 steps to check that everything works. Balanced: 3 epochs, a "
-                               "good first run. Quality: 5 epochs, a larger adapter and a gentler rate.")
+                               "good first run. Quality: 5 epochs, a larger adapter and a gentler rate. Preference: DPO on "
+                               "chosen/rejected pairs, 2 epochs at a low rate. Reward: GRPO on prompts with "
+                               "answers or rewards to check, 1 epoch.")
         self.preset.activated.connect(lambda _i: self.apply_preset(self.preset.currentData()))
         self.load_button = QPushButton("Load…")
         self.load_button.setObjectName("loadConfigButton")
