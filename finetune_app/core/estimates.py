@@ -59,7 +59,7 @@ def model_sizes(model_config: dict) -> dict:
 
 
 PROCESS_OVERHEAD = 0.5e9  # bytes outside MLX's allocations: Python, the libraries, the tokenizer
-# SFT switches to chunks when the float32 logits of a micro-batch (supervised positions x vocabulary)
+# SFT switches to chunks when the logits of a micro-batch (supervised positions x vocabulary)
 # exceed this many values: 2^26 = 256 MB, which value_and_grad holds about three times over (logits,
 # their softmax, its gradient). Below it the plain head is one matmul and faster; above it (e.g. 442
 # supervised positions at Qwen's 151,936 columns, 2k answer tokens at Llama-3's 128,256) the logits
@@ -76,7 +76,7 @@ def peak_bytes(parameters: int, *, dtype_bytes: float = 2.0, quantize_bits: int 
     Weights at their storage width; trainable params with a gradient and two Adam moments (fp32,
     16 bytes each); per token and layer about 34 x hidden values kept for the backward pass (only
     the layer input with gradient checkpointing); attention scores (batch x heads x L²) about
-    1.5 copies per layer plus one in flight (the backward pass of unfused attention); float32 logits
+    1.5 copies per layer plus one in flight (the backward pass of unfused attention); the logits
     of the supervised positions (`supervised`: their share of the tokens) three times (logits,
     softmax, gradient), bounded by SFT's chunked head. Fitted on tiny Llamas on the CPU
     (tests/test_estimates_fit.py); checked on the GPU with `benchmarks`' `predicted_vs_measured`."""
@@ -87,7 +87,7 @@ def peak_bytes(parameters: int, *, dtype_bytes: float = 2.0, quantize_bits: int 
     act_bytes = tokens * num_layers * per_token_layer
     attn_layers = 1 if grad_checkpoint else 1.5 * num_layers + 1
     attn_bytes = batch_size * heads * seq_len ** 2 * dtype_bytes * attn_layers
-    logits_bytes = min(tokens * supervised * vocab_size, LOGITS_BUDGET) * 4 * 3
+    logits_bytes = min(tokens * supervised * vocab_size, LOGITS_BUDGET) * dtype_bytes * 3  # in the model's dtype
     return weight_bytes + state_bytes + act_bytes + attn_bytes + logits_bytes
 
 

@@ -1,6 +1,6 @@
 """Cross-entropy through the LM head a chunk of positions at a time (#16).
 
-The [K, V] float32 logits of K predicting positions are the largest tensor of a step at real
+The [K, V] logits of K predicting positions are the largest tensor of a step at real
 vocabularies (Qwen2-VL: 151,936 columns, 0.6 MB per position) and value_and_grad keeps them, and
 their softmax, for the backward pass. Here each chunk's logits are computed, reduced to a summed
 loss and dropped; the backward pass recomputes them chunk by chunk (`nn.utils.checkpoint` over the
@@ -35,7 +35,7 @@ def head_module(owner) -> tuple[nn.Module, object]:
 def _ce_sum(project, hidden, targets, weights):
     # (checkpoint differentiates every input: the targets are indices, not a value to move)
     targets, weights = mx.stop_gradient(targets), mx.stop_gradient(weights)
-    ce = nn.losses.cross_entropy(project(hidden).astype(mx.float32), targets, reduction="none")
+    ce = nn.losses.cross_entropy(project(hidden), targets, reduction="none")  # model dtype, as sft.loss
     return (ce * weights).sum()
 
 
