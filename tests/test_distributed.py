@@ -15,6 +15,14 @@ ARGS = ["--iters", 6, "--batch-size", 4, "--learning-rate", "2e-3", "--lora-rank
         "--steps-per-eval", 3, "--save-every", 3, "--sample-count", 0, "--seed", 3, "--quiet"]
 
 
+def ring_port_args() -> list[str]:
+    """Ports of their own: the two ring tests may run at once on two xdist workers, and at
+    mlx.launch's default port their ranks would join the other test's run."""
+    from finetune_app.core.cluster.launch import free_ports
+
+    return ["--starting-port", str(free_ports(2))]
+
+
 def losses(run):
     rows = MetricsLog.read(run / "metrics.jsonl")
     return ({r["step"]: r["loss"] for r in rows if r["kind"] == "train"},
@@ -27,7 +35,7 @@ def test_two_ring_processes_match_one_process(tiny_model, instruction_data, tmp_
     single, double = tmp_path / "single", tmp_path / "double"
     one = run_cli("train", "--model", model, "--data", instruction_data, "--output", single, *ARGS)
     assert one.returncode == 0, one.stderr
-    cmd = ["mlx.launch", "-n", "2", "--backend", "ring", "--", sys.executable, "-m", "finetune_app", "train",
+    cmd = ["mlx.launch", "-n", "2", "--backend", "ring", *ring_port_args(), "--", sys.executable, "-m", "finetune_app", "train",
            "--model", str(model), "--data", str(instruction_data), "--output", str(double), *map(str, ARGS)]
     two = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert two.returncode == 0, two.stdout + two.stderr
@@ -65,7 +73,7 @@ def test_grpo_on_two_ring_processes_matches_one_process(tiny_model, tmp_path):
     single, double = tmp_path / "single", tmp_path / "double"
     one = run_cli("train", *args, "--output", single)
     assert one.returncode == 0, one.stderr
-    cmd = ["mlx.launch", "-n", "2", "--backend", "ring", "--", sys.executable, "-m", "finetune_app", "train",
+    cmd = ["mlx.launch", "-n", "2", "--backend", "ring", *ring_port_args(), "--", sys.executable, "-m", "finetune_app", "train",
            *args, "--output", str(double)]
     two = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert two.returncode == 0, two.stdout + two.stderr

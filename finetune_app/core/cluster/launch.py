@@ -55,6 +55,26 @@ def describe_exit(code: int | None) -> str:
     return f"its process exited with code {code}" + (f" ({EXIT_WORDS[code]})" if code in EXIT_WORDS else "")
 
 
+def free_ports(need: int) -> int | None:
+    """The first of `need` consecutive free ports for the ring back-end on this machine. mlx.launch's
+    default (32323) may be held by a run that has not let go of it yet, and two runs started at the
+    same moment would both find the same ports free: the scan starts at a random point of the range."""
+    import random
+    import socket
+
+    bases = list(range(32323, 60000, 97))
+    start = random.SystemRandom().randrange(len(bases))
+    for base in bases[start:] + bases[:start]:
+        try:
+            for port in range(base, base + need):
+                with socket.socket() as sock:
+                    sock.bind(("", port))
+            return base
+        except OSError:
+            continue
+    return None
+
+
 class DistributedRun:
     def __init__(self, hosts: HostList, cfg: TrainConfig, *, resume: bool = False, listeners=(),
                  python: str | None = None, log=None, starting_port: int | None = None, env: dict | None = None):
@@ -69,22 +89,9 @@ class DistributedRun:
         self._lock = threading.Lock()
 
     def _pick_port(self) -> int | None:
-        """A run of free ports for the ring back-end on this machine (mlx.launch's default, 32323,
-        may be held by a run that has not let go of it yet)."""
-        import socket
-
         if self.hosts.backend != "ring":
             return None
-        need = sum(max(1, len(h.ips)) for h in self.hosts.hosts)
-        for base in range(32323, 60000, 97):
-            try:
-                for port in range(base, base + need):
-                    with socket.socket() as sock:
-                        sock.bind(("", port))
-                return base
-            except OSError:
-                continue
-        return None
+        return free_ports(sum(max(1, len(h.ips)) for h in self.hosts.hosts))
 
     def command(self) -> list[str]:
         hosts = self.hosts.hosts
