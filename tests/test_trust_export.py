@@ -199,3 +199,25 @@ def test_one_staging_folder_implementation_marks_and_never_replaces_a_newcomer(t
             (stage / "mine").write_text("new")
             other.mkdir()  # another process's folder appears meanwhile
     assert list(other.iterdir()) == [] and not list(tmp_path.glob(".other.staging-*"))
+
+
+def test_staging_folder_killed_before_its_marker_was_written_is_removed(tmp_path):
+    """A kill between creating the pid marker and writing it leaves an empty marker: the folder's
+    name carries the pid, so the next export still knows the folder's process is gone."""
+    import subprocess
+    import sys
+
+    from finetune_app.core.export.publish import STAGE_MARKER, remove_stale_stages
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    dest = tmp_path / "bundle"
+    stage = tmp_path / f".bundle.staging-{dead.pid}-abc123"
+    stage.mkdir()
+    (stage / STAGE_MARKER).write_text("")  # created, pid never written
+    (stage / "model.safetensors").write_bytes(b"partial")
+    live = tmp_path / f".bundle.staging-{__import__('os').getpid()}-def456"  # this process: alive
+    live.mkdir()
+    (live / STAGE_MARKER).write_text("")
+    assert remove_stale_stages(dest) == [stage]
+    assert not stage.exists() and live.exists()

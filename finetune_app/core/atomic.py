@@ -103,7 +103,10 @@ def staged_dir(dest: str | Path, *, overwrite: bool = False, marker: str | None 
     if dest.exists() and not overwrite:
         raise FileExistsError(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}.staging-", dir=dest.parent))
+    # with a marker, the name carries the pid too: a kill between creating the marker and writing
+    # it leaves an empty marker, and the name still says whose folder it was
+    owner = f"{os.getpid()}-" if marker else ""
+    stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}.staging-{owner}", dir=dest.parent))
     stage.chmod(0o777 & ~current_umask())  # mkdtemp makes 0700; the folder gets a normal folder's mode
     try:
         if marker:

@@ -197,8 +197,9 @@ def remove_stale_stages(dest: Path) -> list[Path]:
     for p in dest.parent.glob(f".{dest.name}.staging-*"):
         try:
             pid = int((p / STAGE_MARKER).read_text().strip())
-        except (OSError, ValueError):
-            pid = None
+        except (OSError, ValueError):  # no marker, or killed before its pid was written: the name's pid
+            named = re.match(rf"^\.{re.escape(dest.name)}\.staging-(\d+)-", p.name)
+            pid = int(named.group(1)) if named else None
         if pid is None:
             # An export writes its marker right after creating the folder and removes it just before
             # the rename: a folder without one for a while was killed at either moment.
