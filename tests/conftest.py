@@ -71,6 +71,19 @@ def app_env(tmp_path, monkeypatch, qapp):
     return create_app()
 
 
+@pytest.fixture
+def browser(app_env, qtbot):
+    """The dataset browser, shown at a usual size (test_gui_dataset, test_gui_pairs)."""
+    from finetune_app.ui.dataset_browser import DatasetBrowser
+
+    b = DatasetBrowser()
+    qtbot.addWidget(b)
+    b.resize(1200, 800)
+    b.show()
+    qtbot.waitExposed(b)
+    return b
+
+
 @pytest.fixture(scope="module")
 def qwen_model():
     from finetune_app.testing.tiny_models import cached_tiny_model

@@ -57,17 +57,6 @@ def broken(tmp_path, shapes):
     return root
 
 
-@pytest.fixture
-def browser(app_env, qtbot):
-    from finetune_app.ui.dataset_browser import DatasetBrowser
-
-    b = DatasetBrowser()
-    qtbot.addWidget(b)
-    b.resize(1200, 800)
-    b.show()
-    qtbot.waitExposed(b)
-    return b
-
 
 def open_and_wait(browser, path, qtbot, timeout=60000):
     browser.open_path(str(path))

@@ -17,17 +17,6 @@ from finetune_app.testing.preference_tasks import SHAPES_PROMPT, make_shapes_pre
 pytestmark = pytest.mark.gui
 
 
-@pytest.fixture
-def browser(app_env, qtbot):
-    from finetune_app.ui.dataset_browser import DatasetBrowser
-
-    b = DatasetBrowser()
-    qtbot.addWidget(b)
-    b.resize(1200, 800)
-    b.show()
-    qtbot.waitExposed(b)
-    return b
-
 
 def test_pairs_side_by_side_and_bad_pairs_located(browser, qtbot, tmp_path):
     folder = make_shapes_preferences(tmp_path / "pairs", n_train=4, n_valid=2, size=32)
