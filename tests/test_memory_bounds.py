@@ -7,19 +7,42 @@ import mlx.core as mx
 import numpy as np
 
 from finetune_app.core.config import TrainConfig
-from finetune_app.core.training.batch import SHAPE_CAP, Buckets, padded_length
+from finetune_app.core.data.batching import epoch_batches
+from finetune_app.core.training.batch import SHAPE_CAP, ShapePlan, padded_length
 from finetune_app.core.training.events import FirstStep, TrainReport, from_dict, process_age, to_dict
 from finetune_app.core.training.memory import cache_limit
 from finetune_app.core.training.trainer import Trainer
 
 
-def test_buckets_cover_every_size_with_at_most_cap_sizes():
-    values = np.random.default_rng(0).integers(5, 900, 200).tolist()
-    b = Buckets(values)
-    assert len(b.sizes) <= SHAPE_CAP and max(b.sizes) == padded_length(max(values))
-    assert all(b(v) >= v for v in values) and len({b(v) for v in values}) <= SHAPE_CAP
-    assert b(5000) == padded_length(5000)  # past the largest: its own padded size
-    assert Buckets([3, 3, 40]).sizes == [3, 40]  # few sizes: each kept
+def test_shape_plan_caps_the_compiled_shapes_and_pads_little():
+    rng = np.random.default_rng(0)
+    L = rng.integers(20, 900, 400).tolist()
+    K = [int(x * f) for x, f in zip(L, rng.uniform(0.2, 0.9, 400))]
+    first = epoch_batches(L, 4, seed=0, epoch=0)
+    stats = [(len(b), max(L[i] for i in b), sum(K[i] for i in b)) for b in first]
+    plan = ShapePlan(stats)
+    assert len(plan.shapes) <= SHAPE_CAP and plan.sizes[-1] == padded_length(max(L))  # the largest fits
+    shapes = {plan(m, k) for _, m, k in stats}
+    assert shapes <= set(plan.shapes), "every batch of the planned epoch takes a planned shape"
+    for _, m, k in stats:
+        M, Kp = plan(m, k)
+        assert M >= m and k <= Kp <= padded_length(4 * M)  # K holds the supervised positions (not 4 x M)
+    real = sum(L)
+    padded = sum(4 * plan(m, k)[0] for _, m, k in stats)
+    assert real / padded > 0.85  # quantile buckets over 16-batch windows: ~0.67
+    # fewer values than the cap: each its own size; a batch beyond the plan: its own padded sizes
+    assert ShapePlan([(2, 3, 1), (2, 3, 2), (2, 40, 9)]).shapes == [(3, 2), (40, 9)]
+    assert plan(5000, 10) == (padded_length(5000), 10)
+
+
+def test_epoch_order_is_a_function_of_seed_and_epoch_sorted_by_length():
+    L = np.random.default_rng(1).integers(1, 300, 101).tolist()
+    a = epoch_batches(L, 4, seed=3, epoch=2)
+    assert a == epoch_batches(L, 4, seed=3, epoch=2)  # resume replays the same batches
+    assert a != epoch_batches(L, 4, seed=3, epoch=1) and a != epoch_batches(L, 4, seed=4, epoch=2)
+    assert sorted(i for b in a for i in b) == list(range(101))
+    spans = sorted((min(L[i] for i in b), max(L[i] for i in b)) for b in a)
+    assert all(hi <= nxt_lo for (_, hi), (nxt_lo, _) in zip(spans, spans[1:]))  # one global length sort
 
 
 def write_rows(path, n):
@@ -60,11 +83,12 @@ def test_run_bounds_cache_and_compiled_shapes(tiny_model, tmp_path):
     assert max(cached) <= max(limits)
     assert after == before, "the previous cache limit comes back"
     sizes = {dict(s)["ids"][1] for s in trainer.step.shapes}
-    assert 2 < len(sizes) <= SHAPE_CAP and len(trainer.step.shapes) <= SHAPE_CAP ** 2
+    assert 2 < len(sizes) <= SHAPE_CAP and len(trainer.step.shapes) <= SHAPE_CAP
     assert trainer.state.step == 20
     # held between steps: the weights, adapter and optimizer state; new compiled shapes add nothing
     # (no buffers of an earlier shape kept alive)
-    assert active[-1][0] > active[0][0] and active[-1][1] <= active[0][1] + 64 * 1024, active
+    # (between steps it varies by ~0.1 MB whatever the shape; one shape's step buffers are MBs)
+    assert active[-1][0] > active[0][0] and active[-1][1] <= max(a for _, a in active[:2]) + 256 * 1024, active
     # time to first step: one event, after the first step, within this process's age
     assert len(first) == 1 and first[0].step == 1
     assert 0 < first[0].seconds_since_run_start <= first[0].seconds_since_process_start + 1 <= process_age() + 1

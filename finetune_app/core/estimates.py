@@ -60,11 +60,25 @@ def model_sizes(model_config: dict) -> dict:
 
 PROCESS_OVERHEAD = 0.5e9  # bytes outside MLX's allocations: Python, the libraries, the tokenizer
 # SFT switches to chunks when the logits of a micro-batch (supervised positions x vocabulary)
-# exceed this many values: 2^26 = 256 MB, which value_and_grad holds about three times over (logits,
-# their softmax, its gradient). Below it the plain head is one matmul and faster; above it (e.g. 442
-# supervised positions at Qwen's 151,936 columns, 2k answer tokens at Llama-3's 128,256) the logits
-# are what limits the batch size and row length, and chunks of this many values bound them.
+# exceed `logits_budget()` values, which value_and_grad holds about three times over (logits, their
+# softmax, its gradient). Below it the plain head is one matmul and faster (the chunked one computes
+# the logits twice); above it the logits are what limits the batch size and row length, and chunks
+# of this many values bound them. At least 2^26 values (e.g. 442 supervised positions at Qwen's
+# 151,936 columns: all a 16 GB Mac gets), else LOGITS_FRACTION of the device's memory: an H200's
+# 141 GB takes ~3,600 positions at Llama-3's 128,256 columns in one matmul where 2^26 chunked every
+# Alpaca batch above 523 (#16).
 LOGITS_BUDGET = 1 << 26
+LOGITS_FRACTION = 0.02  # of the device's memory, for the three copies of the logits (2-byte values)
+
+
+def logits_budget(memory: int | None = None) -> int:
+    """Logits values (supervised positions x vocabulary) SFT computes in one matmul on a device of
+    `memory` bytes (default: this process's device)."""
+    if memory is None:
+        from finetune_app.core.training.memory import device_memory
+
+        memory = device_memory()
+    return max(LOGITS_BUDGET, int(memory * LOGITS_FRACTION / 6))
 
 
 def peak_bytes(parameters: int, *, dtype_bytes: float = 2.0, quantize_bits: int | None = None,
@@ -87,7 +101,7 @@ def peak_bytes(parameters: int, *, dtype_bytes: float = 2.0, quantize_bits: int 
     act_bytes = tokens * num_layers * per_token_layer
     attn_layers = 1 if grad_checkpoint else 1.5 * num_layers + 1
     attn_bytes = batch_size * heads * seq_len ** 2 * dtype_bytes * attn_layers
-    logits_bytes = min(tokens * supervised * vocab_size, LOGITS_BUDGET) * dtype_bytes * 3  # in the model's dtype
+    logits_bytes = min(tokens * supervised * vocab_size, logits_budget()) * dtype_bytes * 3  # in the model's dtype
     return weight_bytes + state_bytes + act_bytes + attn_bytes + logits_bytes
 
 

@@ -27,7 +27,7 @@ class Family:
         self.fast = False  # plan() builds the fast path's arrays (set by `start`)
         self.compiled = False  # the step may be compiled with mx.compile
         self.pack = False  # fast path: several examples per row (sequence packing)
-        self.buckets = None  # fast path: the run's (positions, supervised) Buckets (trainer sets them)
+        self.buckets = None  # fast path: the run's ShapePlan of (positions, supervised) sizes (trainer sets it)
 
     @classmethod
     def display_name(cls, model_type: str) -> str:

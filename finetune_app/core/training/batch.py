@@ -11,6 +11,7 @@ the host, before the step: the compiled function sees arrays only.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,27 +24,75 @@ def padded_length(n: int) -> int:
     return -(-n // step) * step
 
 
-SHAPE_CAP = 8  # distinct sizes per padded dimension of the compiled step (positions, supervised)
+SHAPE_CAP = 8  # distinct (positions, supervised) shapes of the compiled step in a run
 
 
-class Buckets:
-    """The sizes a padded dimension takes in a run: at most `cap`, chosen once from the run's own
-    batches (quantiles of their padded sizes, the largest always included), so a compiled step is
-    traced for a handful of shapes instead of one per distinct batch. A function of the data and
-    (seed, epoch 0)'s order, so a resumed run pads exactly as the uninterrupted one did."""
+def _cheapest_sizes(values: list[int], weights: list[int], cap: int) -> list[int]:
+    """At most `cap` of the sorted distinct `values` (the largest always among them) such that
+    padding each value up to the next chosen one costs the fewest padded units in all (weight x
+    chosen size): a small dynamic programme over the cut points."""
+    n = len(values)
+    if n <= cap:
+        return list(values)
+    acc = np.concatenate([[0], np.cumsum(weights)])
+    inf = float("inf")
+    cost = [[inf] * (n + 1) for _ in range(cap + 1)]  # cost[g][j]: values[:j] in g groups
+    cut = [[0] * (n + 1) for _ in range(cap + 1)]
+    cost[0][0] = 0.0
+    for g in range(1, cap + 1):
+        for j in range(1, n + 1):
+            for i in range(g - 1, j):
+                c = cost[g - 1][i] + values[j - 1] * (acc[j] - acc[i])
+                if c < cost[g][j]:
+                    cost[g][j], cut[g][j] = c, i
+    g = min(range(1, cap + 1), key=lambda g: cost[g][n])
+    sizes, j = [], n
+    while j:
+        sizes.append(values[j - 1])
+        j, g = cut[g][j], g - 1
+    return sorted(sizes)
 
-    def __init__(self, values, cap: int = SHAPE_CAP):
-        padded = sorted(padded_length(max(1, v)) for v in values)
-        if len(set(padded)) <= cap:
-            self.sizes = sorted(set(padded))
-        else:
-            self.sizes = sorted({padded[-(-len(padded) * i // cap) - 1] for i in range(1, cap + 1)})
 
-    def __call__(self, n: int) -> int:
-        import bisect
+class ShapePlan:
+    """The compiled step's shapes in a run (#16): at most `cap` (positions M, supervised K) pairs,
+    planned once from the run's batches, so the step is traced (and on CUDA its kernels loaded) a
+    handful of times. M sizes: those of the batches' padded lengths that leave the fewest padded
+    positions; each M's K: the largest padded supervised count among the batches it takes (the
+    LM head still sees supervised positions only; padding entries weigh 0). A function of the data
+    and (seed, epoch 0)'s batches, so a resumed run pads exactly as the uninterrupted one did.
 
+    `batches`: (rows, longest length, supervised tokens) of each batch."""
+
+    def __init__(self, batches, cap: int = SHAPE_CAP):
+        by_size: dict[int, int] = {}
+        for rows, longest, _ in batches:
+            m = padded_length(max(1, longest))
+            by_size[m] = by_size.get(m, 0) + rows
+        values = sorted(by_size)
+        self.sizes = _cheapest_sizes(values, [by_size[v] for v in values], cap)
+        k_of: dict[int, int] = {}
+        for _, longest, supervised in batches:
+            m = self.positions(longest)
+            k_of[m] = max(k_of.get(m, 1), padded_length(max(1, supervised)))
+        self.shapes = sorted(k_of.items())  # (M, K), by M
+
+    def positions(self, n: int) -> int:
+        """The planned M for a row of n positions (past the largest: its own padded size)."""
         i = bisect.bisect_left(self.sizes, n)
-        return self.sizes[i] if i < len(self.sizes) else padded_length(n)  # past the largest: its own
+        return self.sizes[i] if i < len(self.sizes) else padded_length(n)
+
+    def __call__(self, longest: int, supervised: int) -> tuple[int, int]:
+        """(M, K) of a batch: the smallest planned shape that holds it, else its own padded sizes
+        (a later epoch's batch beyond the plan: one more trace)."""
+        for m, k in self.shapes:
+            if m >= longest and k >= supervised:
+                return m, k
+        return self.positions(longest), padded_length(max(1, supervised))
+
+
+def unplanned(longest: int, supervised: int) -> tuple[int, int]:
+    """(M, K) without a run's plan: each padded on its own."""
+    return padded_length(max(1, longest)), padded_length(max(1, supervised))
 
 
 @dataclass
@@ -141,19 +190,20 @@ def gather_plan(examples: list, runs_of, rows_of, *, pad_ids: bool = False, pack
     models, whose model positions are token positions, get ids padded to M too.
     `pack`: several examples share a row of model positions (`pack_rows`, capacity the longest
     example's padded length), told apart by `segments`; `src` still gathers each example's own
-    token rows, so ids stay one row per example. `buckets`: (positions, supervised) `Buckets`
-    of the run (default: `padded_length`)."""
-    size_m, size_k = buckets or (padded_length, padded_length)
+    token rows, so ids stay one row per example. `buckets`: the run's `ShapePlan` (default:
+    each size padded on its own)."""
     B = len(examples)
     runs = [runs_of(e) for e in examples]
     lengths = [len(e.input_ids) + sum(rows_of(k) - c for _, c, k in r) for e, r in zip(examples, runs)]
-    M = size_m(max(lengths))
+    n_sup = sum(int(np.count_nonzero(e.target_mask[1:])) for e in examples)
+    M, K = (buckets or unplanned)(max(lengths), n_sup)
     rows = pack_rows(lengths, M) if pack else [[b] for b in range(B)]
     pack = len(rows) < B  # nothing shares a row: the plain layout (its causal mask is the fast one)
     if not pack:
         rows = [[b] for b in range(B)]
     R = len(rows)
-    L = M if pad_ids else size_m(max(len(e.input_ids) for e in examples))  # bucketed: ids are a step input too
+    longest_ids = max(len(e.input_ids) for e in examples)
+    L = M if pad_ids else (buckets.positions if buckets else padded_length)(longest_ids)  # bucketed: ids are a step input too
     ids = np.zeros((B, L), np.int32)
     tmask = np.zeros((B, L), bool)
     src = np.zeros((R, M), np.int32)
@@ -198,7 +248,6 @@ def gather_plan(examples: list, runs_of, rows_of, *, pad_ids: bool = False, pack
     # Only supervised positions need logits: gather them before the LM head (the head is the
     # largest matmul of a small model, and its float32 logits dominate peak memory).
     flat = np.flatnonzero(supervised.reshape(-1)).astype(np.int32)
-    K = size_k(max(1, len(flat)))
     sel, sel_targets, sel_weights = np.zeros(K, np.int32), np.zeros(K, np.int32), np.zeros(K, np.float32)
     sel[:len(flat)] = flat
     sel_targets[:len(flat)] = targets.reshape(-1)[flat]

@@ -18,7 +18,7 @@ import mlx.core as mx
 from finetune_app.core import adapters, distributed, estimates, run_folder, trackers
 from finetune_app.core.config import TrainConfig
 from finetune_app.core.data.batching import epoch_batches
-from finetune_app.core.training.batch import Buckets
+from finetune_app.core.training.batch import ShapePlan
 from finetune_app.core.training.memory import bounded_cache
 from finetune_app.core.data.tokenize import Encoder, Example
 from finetune_app.core.errors import ConfigError, FinetuneError
@@ -172,8 +172,8 @@ class Trainer:
         first = epoch_batches(self.train_lengths, cfg.batch_size, seed=cfg.seed, epoch=0)
         n_batches = len(first)
         if self.family.fast and first:  # (#16) a few compiled shapes, chosen from the run's own batches
-            self.family.buckets = (Buckets([max(self.train_lengths[i] for i in b) for b in first]),
-                                   Buckets([sum(data.train[i].n_targets for i in b) for b in first]))
+            self.family.buckets = ShapePlan([(len(b), max(self.train_lengths[i] for i in b),
+                                              sum(data.train[i].n_targets for i in b)) for b in first])
         self.steps_per_epoch = max(1, math.ceil(n_batches / cfg.grad_accumulation))
         self.total_steps = estimates.total_steps(cfg, n_batches)
         self.optimizer = make_optimizer(cfg.optimizer, cfg.learning_rate, cfg.weight_decay)

@@ -3,8 +3,9 @@
 Which tokens are supervised is the data side's decision (the Encoder's target mask: completion
 only by default, every token with `completion_only=False`); the family turns it into the logits of
 the positions that predict those tokens, on whichever path the run uses. On the fast path, when
-the logits would be large (supervised positions x vocabulary above `chunked_ce.LOGITS_BUDGET`), the
-head and the cross-entropy run a chunk of positions at a time (`chunked_ce.py`), same result.
+the logits would be large (supervised positions x vocabulary above `estimates.logits_budget()`,
+which scales with the device's memory), the head and the cross-entropy run a chunk of positions at
+a time (`chunked_ce.py`), same result.
 """
 
 from __future__ import annotations
@@ -12,17 +13,19 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
+from finetune_app.core import estimates
 from finetune_app.core.training import chunked_ce
 
 NEEDS = ("target_mask",)  # tokenised examples with a target mask; no pairs, no rewards
 
 
-def loss(model, family, batch, logits_budget: int = chunked_ce.LOGITS_BUDGET) -> tuple[mx.array, mx.array, dict]:
+def loss(model, family, batch, logits_budget: int | None = None) -> tuple[mx.array, mx.array, dict]:
     """Summed token cross-entropy, the number of tokens it covers, and no extra metrics."""
     fast = family.hidden_predictions(model, batch)
     if fast is not None:
         owner, hidden, targets, weights = fast
         vocab = chunked_ce.vocab_size(owner)
+        logits_budget = logits_budget or estimates.logits_budget()
         if hidden.shape[0] * vocab > logits_budget:  # (shapes are static: decided once per traced shape)
             chunk = max(1, logits_budget // vocab)
             return chunked_ce.chunked_ce_sum(owner, hidden, targets, weights, chunk=chunk), weights.sum(), {}
