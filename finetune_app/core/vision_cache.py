@@ -26,6 +26,8 @@ import hashlib
 import mlx.core as mx
 import numpy as np
 
+from finetune_app.core.errors import FinetuneError
+
 PIXELS = ("pixel_values", "image_grid_thw")  # what the features replace
 
 
@@ -83,10 +85,12 @@ class VisionFeatureCache:
         todo = [self.groups[g] for g in dict.fromkeys(self.group_of[k] for k in missing if k in self.group_of)]
         loose = list(dict.fromkeys(k for k in missing if k not in self.group_of))  # outside every group
         todo += [(loose, examples)] if loose else []
-        new = []
+        new, count = [], 0
         for keys, holders in todo:
             if any(k not in pixels for k in keys):  # companions outside this call (a resumed run)
                 pixels.update(self._pixels_of(holders))
+                keys = [k for k in keys if k in pixels]  # (less a companion no longer readable)
+            count += len(keys)
             for k, (feats, extra) in zip(keys, self._tower(keys, pixels)):
                 self.features[k] = feats
                 new.append(feats)
@@ -97,7 +101,7 @@ class VisionFeatureCache:
             mx.eval(new)
         for ex in examples:
             ex.images = {k: v for k, v in ex.images.items() if k not in PIXELS}
-        return sum(len(keys) for keys, _ in todo)
+        return count
 
     def _tower(self, keys, pixels):
         """The group's features, in its key order: one tower call per run of `runs` (FastVLM: one
@@ -113,7 +117,11 @@ class VisionFeatureCache:
         out = {}
         for ex in examples:
             lazy = ex.lazy_images and not any(part.images.get("pixel_values") is not None for part in ex.parts)
-            for part in (self.reread(ex) if lazy else ex).parts:
+            try:
+                parts = (self.reread(ex) if lazy else ex).parts
+            except (FinetuneError, OSError, ValueError):  # its own batch reports it, if it meets it again
+                continue
+            for part in parts:
                 out.update(self.images(part))
         return out
 
