@@ -48,6 +48,10 @@ class Family:
         """Once per example before training (the fast path names its images' cached features, which
         the first batch that needs them computes)."""
 
+    def group_images(self, groups: list[list], reread) -> None:
+        """Before training: which examples' images share a frozen-tower call (vision_cache.py
+        `run_groups`); `reread` gives an example kept without pixels its pixels again."""
+
     def ready(self, ex) -> bool:
         """The example can be planned without its pixels (its tower features are cached), so an
         example whose images were dropped for memory need not be read again."""

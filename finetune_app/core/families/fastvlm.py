@@ -17,7 +17,7 @@ import numpy as np
 
 from finetune_app.core.families.generic import Generic, assemble, cached_features
 from finetune_app.core.training.batch import Batch, gather_plan
-from finetune_app.core.vision_cache import VisionFeatureCache
+from finetune_app.core.vision_cache import VisionFeatureCache, content_key, same_shape_runs
 
 APP_MODEL_TYPE = "llava_qwen2"  # what Apple's app and MLXVLM decode
 
@@ -31,7 +31,7 @@ class FastVLM(Generic):
 
     def __init__(self, base):
         super().__init__(base)
-        self.cache = VisionFeatureCache(lambda pv: self.tower_features(self.base.model, pv))
+        self.cache = VisionFeatureCache(self._images, self._tower_call, runs=same_shape_runs)
         self.cached = False  # the fast path reads the feature cache (else the tower runs in the step)
 
     def image_features(self) -> int:
@@ -61,6 +61,21 @@ class FastVLM(Generic):
         _, feats, _ = tower(pixel_values.astype(dtype).transpose(0, 2, 3, 1))
         n, h, w, c = feats.shape
         return feats.reshape(n, h * w, c)
+
+    @staticmethod
+    def _images(ex):
+        """(cache key, pixels [3, H, W]) of each image of the example (its pixels still held)."""
+        pv = ex.images.get("pixel_values")
+        return [] if pv is None else [(content_key(img), img) for img in pv.reshape((-1,) + pv.shape[-3:])]
+
+    def _tower_call(self, images):
+        """One tower call on same-sized images: each one's features [H*W, C]."""
+        feats = self.tower_features(self.base.model, mx.array(np.stack(images)))
+        return [(feats[i], None) for i in range(len(images))]
+
+    def group_images(self, groups, reread) -> None:
+        if self.cached:
+            self.cache.plan(groups, reread)
 
     # ---- the library path ------------------------------------------------------------------------
     def logits(self, model, batch: Batch) -> mx.array:
@@ -94,7 +109,7 @@ class FastVLM(Generic):
     # ---- the fast path ---------------------------------------------------------------------------
     def prepare_example(self, ex) -> None:
         if self.fast:  # the images' keys only: features are computed by the first batch needing them
-            self.cache.register(ex)
+            ex.feature_keys = [key for key, _ in self._images(ex)]
 
     def ready(self, ex) -> bool:
         return self.fast and self.cached and self.cache.ready(ex)

@@ -1,8 +1,8 @@
 """Qwen2-VL, Qwen2.5-VL and Qwen3-VL: image pads already expanded by the processor, mRoPE.
 
 Fast path (frozen tower): each image's merged tower features are computed once, by the first
-batch that needs them (so the first step does not wait for every image), and cached by the pixels'
-content; the mRoPE position ids are computed once per example on the host (mlx-vlm's
+batch that needs them (so the first step does not wait for every image), in one tower call with
+the other images of its epoch-0 batch (vision_cache.py), and cached by the pixels' content; the mRoPE position ids are computed once per example on the host (mlx-vlm's
 `get_rope_index` evaluates arrays, so it cannot run inside a compiled step). Qwen3-VL's deepstack
 features (tower outputs added to the first decoder layers' hidden states at the image positions)
 are cached beside the main features and added by a gather, as mlx-vlm's `_deepstack_process`
@@ -20,7 +20,7 @@ import numpy as np
 from finetune_app.core.families.generic import Generic, assemble, cached_features
 from finetune_app.core.patches import qwen_rope_state as rope_state
 from finetune_app.core.training.batch import Batch, gather_plan, segment_mask
-from finetune_app.core.vision_cache import content_key
+from finetune_app.core.vision_cache import VisionFeatureCache, content_key
 
 
 class QwenVL(Generic):
@@ -30,8 +30,9 @@ class QwenVL(Generic):
     def __init__(self, base):
         super().__init__(base)
         self.deepstack = base.model_type == "qwen3_vl"
-        self.features: dict[str, mx.array] = {}  # cache key -> [n, D] merged tower features
-        self.deep: dict[str, mx.array] = {}  # cache key -> [layers, n, D] deepstack features (Qwen3-VL)
+        self.cache = VisionFeatureCache(self._images, self._tower_call)  # grouped tower calls
+        self.features = self.cache.features  # cache key -> [n, D] merged tower features
+        self.deep = self.cache.extra  # cache key -> [layers, n, D] deepstack features (Qwen3-VL)
 
     def start(self, cfg) -> None:
         self.fast = bool(cfg.cache_vision and not cfg.train_vision and not cfg.train_projector)
@@ -40,8 +41,8 @@ class QwenVL(Generic):
 
     # ---- once per example ------------------------------------------------------------------------
     def tower_features(self, model, pixel_values, grid=None):
-        """Merged tower features [n, D] of one image, and Qwen3-VL's deepstack features
-        [layers, n, D] (None for the others)."""
+        """Merged tower features [n, D] of the images (their patch rows concatenated, one grid row
+        each), and Qwen3-VL's deepstack features [layers, n, D] (None for the others)."""
         tower = model.vision_tower
         if not self.deepstack:
             out = tower(pixel_values, grid, output_hidden_states=False)
@@ -54,7 +55,7 @@ class QwenVL(Generic):
         if not self.fast:
             return
         pv, grid = ex.images.get("pixel_values"), ex.images.get("image_grid_thw")
-        ex.feature_keys = [key for key, _, _ in self._images(ex)]
+        ex.feature_keys = [key for key, _ in self._images(ex)]
         lm = self.base.model.language_model
         pos, _ = lm.get_rope_index(mx.array(ex.input_ids[None]), mx.array(grid) if grid is not None else None, None, None)
         pos = np.asarray(pos)
@@ -67,7 +68,7 @@ class QwenVL(Generic):
 
     @staticmethod
     def _images(ex):
-        """(cache key, patch rows, grid) of each image of the example (its pixels still held)."""
+        """(cache key, (patch rows, grid)) of each image of the example (its pixels still held)."""
         pv, grid = ex.images.get("pixel_values"), ex.images.get("image_grid_thw")
         if pv is None or grid is None:
             return []
@@ -76,29 +77,30 @@ class QwenVL(Generic):
             n = int(np.prod(g))
             rows = pv[start:start + n]
             start += n
-            out.append((content_key(rows) + "-" + "x".join(map(str, g.tolist())), rows, g))
+            out.append((content_key(rows) + "-" + "x".join(map(str, g.tolist())), (rows, g)))
         return out
 
+    def _tower_call(self, images):
+        """One tower call on images of any sizes (block-diagonal attention by grid): each one's
+        features, split back by its merged-row count."""
+        grids = np.stack([g for _, g in images])
+        feats, deep = self.tower_features(self.base.model, mx.array(np.concatenate([r for r, _ in images])),
+                                          mx.array(grids))
+        ends = np.cumsum([r.shape[0] for r, _ in images]) * feats.shape[0] // sum(r.shape[0] for r, _ in images)
+        starts = [0, *ends[:-1].tolist()]
+        return [(feats[a:b], None if deep is None else deep[:, a:b]) for a, b in zip(starts, ends.tolist())]
+
+    def group_images(self, groups, reread) -> None:
+        if self.fast:
+            self.cache.plan(groups, reread)
+
     def ready(self, ex) -> bool:
-        return self.fast and all(k in self.features for k in ex.feature_keys)
+        return self.fast and self.cache.ready(ex)
 
     def fill(self, examples) -> None:
-        """Tower features of these examples' images not cached yet, one image per tower call (a
-        function of the image alone, so a resumed run gets the same), evaluated together; the
-        examples' pixels are dropped (the features replace them)."""
-        new: list = []
-        for ex in examples:
-            for key, rows, g in self._images(ex) if not self.ready(ex) else ():
-                if key not in self.features:
-                    feats, deep = self.tower_features(self.base.model, mx.array(rows), mx.array(g[None]))
-                    self.features[key] = feats
-                    new.append(feats)
-                    if deep is not None:
-                        self.deep[key] = deep
-                        new.append(deep)
-            ex.images = {}
-        if new:
-            mx.eval(new)
+        """Tower features of these examples' images not cached yet, by groups (vision_cache.py);
+        the examples' pixels are dropped (the features replace them)."""
+        self.cache.fill(examples)
 
     # ---- per batch (host) ------------------------------------------------------------------------
     def _runs(self, e):

@@ -19,6 +19,7 @@ from finetune_app.core import adapters, distributed, estimates, run_folder, trac
 from finetune_app.core.config import TrainConfig
 from finetune_app.core.data.batching import epoch_batches
 from finetune_app.core.training.batch import ShapePlan
+from finetune_app.core.vision_cache import run_groups
 from finetune_app.core.training.memory import bounded_cache
 from finetune_app.core.data.tokenize import Encoder, Example
 from finetune_app.core.errors import ConfigError, FinetuneError
@@ -171,6 +172,9 @@ class Trainer:
         self.train_lengths = [e.model_length for e in data.train]
         first = epoch_batches(self.train_lengths, cfg.batch_size, seed=cfg.seed, epoch=0)
         n_batches = len(first)
+        if self.family.fast:  # (#16 vlmtower) the frozen tower runs on each epoch-0 batch's pictures in one call
+            self.family.group_images(run_groups(first, data.train, data.valid, cfg.batch_size, self.world),
+                                     reread=self._materialise)
         if self.family.fast and first:  # (#16) a few compiled shapes, chosen from the run's own batches
             self.family.buckets = ShapePlan([(len(b), max(self.train_lengths[i] for i in b),
                                               sum(data.train[i].n_targets for i in b)) for b in first])
