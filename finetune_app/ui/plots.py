@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 
 import pyqtgraph as pg
-from PySide6.QtCore import QEvent
-from PySide6.QtGui import QColor, QPalette
+from PySide6.QtCore import QEvent, QObject, QTimer
+from PySide6.QtGui import QColor, QPainter, QPalette
 from PySide6.QtWidgets import QGraphicsItem
 
 from finetune_app.ui.app import is_dark
@@ -41,6 +41,7 @@ class ThemedPlot(pg.PlotWidget):
 
     def __init__(self, title: str = "", *, left: str = "", bottom: str = "", parent=None):
         self._ready = False
+        self._held = False
         self._title = title
         super().__init__(parent=parent)
         self._ready = True
@@ -54,6 +55,7 @@ class ThemedPlot(pg.PlotWidget):
             axis = self.plotItem.getAxis(name)
             axis.enableAutoSIPrefix(False)
             axis.setCacheMode(QGraphicsItem.CacheMode.DeviceCoordinateCache)
+        self._focus_filter = _NoRepaintOnFocus(self.viewport())
         if left:
             self.setLabel("left", left)
         if bottom:
@@ -100,6 +102,24 @@ class ThemedPlot(pg.PlotWidget):
         y_lo = min(0.0, min(p[1] for p in pts))
         self.set_view(x_lo, x_hi, y_lo, nice_ceiling(max(p[1] for p in pts) * 1.05))
 
+    def hold_paint(self) -> None:
+        """Until release_paint(), paint only the background: a screen of several plots shows in
+        short turns of the event loop, one plot each, instead of one long first paint (issue 18)."""
+        self._held = True
+
+    def release_paint(self) -> None:
+        if self._held:
+            self._held = False
+            self.viewport().update()
+
+    def paintEvent(self, event) -> None:
+        if self._held:
+            painter = QPainter(self.viewport())
+            painter.fillRect(event.rect(), self.backgroundBrush())
+            painter.end()
+            return
+        super().paintEvent(event)
+
     def set_title(self, title: str) -> None:
         self._title = title
         self.apply_palette()
@@ -113,3 +133,41 @@ class ThemedPlot(pg.PlotWidget):
     @property
     def dark(self) -> bool:
         return is_dark(self.palette())
+
+
+class _NoRepaintOnFocus(QObject):
+    """Keeps the window's focus changes from the plot's scene. Qt repaints every graphics item when
+    its window is activated or deactivated (a dialog opening, a click elsewhere: 20-50 ms for the
+    loss plot, axes included); a plot's colours are its own, the same in an inactive window, and
+    its items take no focus, so nothing there depends on it (issue 18)."""
+
+    def __init__(self, viewport):
+        super().__init__(viewport)
+        viewport.installEventFilter(self)
+
+    def eventFilter(self, obj, event) -> bool:
+        return event.type() in (QEvent.Type.WindowActivate, QEvent.Type.WindowDeactivate)
+
+
+class AfterPaint(QObject):
+    """Calls `then` in the event loop's next turn once `widget` has painted, or after `limit_ms`
+    when it does not paint (a hidden or minimised window): work that can wait for a frame."""
+
+    def __init__(self, widget, then, *, limit_ms: int = 500):
+        super().__init__(widget)
+        self._widget, self._then = widget, then
+        widget.installEventFilter(self)
+        QTimer.singleShot(limit_ms, self, self._fire)
+
+    def eventFilter(self, obj, event) -> bool:
+        if obj is self._widget and event.type() == QEvent.Type.Paint:
+            QTimer.singleShot(0, self, self._fire)  # after this paint has finished
+        return False
+
+    def _fire(self) -> None:
+        if self._then is None:
+            return
+        then, self._then = self._then, None
+        self._widget.removeEventFilter(self)
+        self.deleteLater()
+        then()
