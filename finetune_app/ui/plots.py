@@ -6,8 +6,8 @@ import math
 
 import pyqtgraph as pg
 from PySide6.QtCore import QEvent, QObject, QTimer
-from PySide6.QtGui import QColor, QPainter, QPalette
-from PySide6.QtWidgets import QGraphicsItem
+from PySide6.QtGui import QColor, QPainter, QPainterPath, QPalette, QPen
+from PySide6.QtWidgets import QGraphicsItem, QGraphicsPathItem
 
 from finetune_app.ui.app import is_dark
 
@@ -48,7 +48,7 @@ class ThemedPlot(pg.PlotWidget):
         self.plotItem.setMenuEnabled(False)
         self.plotItem.hideButtons()
         self.setMouseEnabled(x=False, y=False)
-        self.plotItem.showGrid(x=True, y=True, alpha=0.18)
+        self._grid = _GridLines(self.plotItem)
         self.plotItem.vb.disableAutoRange()
         self._view: tuple | None = None
         for name in ("left", "bottom"):
@@ -69,6 +69,7 @@ class ThemedPlot(pg.PlotWidget):
         bg = pal.color(QPalette.ColorRole.Base)
         fg = pal.color(QPalette.ColorRole.Text)
         self.setBackground(bg)
+        self._grid.set_colour(fg)
         for name in ("left", "bottom"):
             axis = self.plotItem.getAxis(name)
             axis.setPen(pg.mkPen(QColor(fg.red(), fg.green(), fg.blue(), 140)))
@@ -133,6 +134,57 @@ class ThemedPlot(pg.PlotWidget):
     @property
     def dark(self) -> bool:
         return is_dark(self.palette())
+
+
+class _GridLines:
+    """The grid at the axes' ticks as path items in the view (per axis, one per tick level), painted
+    by Qt alone, with pyqtgraph's `showGrid(alpha=0.18)` look. pyqtgraph's own grid is drawn by
+    each axis into a cache the size of the whole plot, in Python: about half of a plot's paint
+    after every range change (the loss plot's first paint 44-62 -> 25-31 ms measured; issue 18)."""
+
+    ALPHA = 46  # of 255, the major lines; level i gets ALPHA / (i + 1), thinned where they are dense
+    LEVELS = 3
+
+    def __init__(self, plot_item):
+        self.item = plot_item
+        self.colour = QColor(128, 128, 128)
+        self.paths = {}
+        for name in ("bottom", "left"):
+            for level in range(self.LEVELS):
+                path = QGraphicsPathItem()
+                path.setZValue(-100)  # under the curves
+                plot_item.vb.addItem(path, ignoreBounds=True)
+                self.paths[name, level] = path
+        plot_item.vb.sigRangeChanged.connect(self.update)
+        plot_item.vb.sigResized.connect(self.update)
+
+    def set_colour(self, colour: QColor) -> None:
+        self.colour = QColor(colour)
+        self.update()
+
+    def update(self, *_args) -> None:
+        vb = self.item.vb
+        (x0, x1), (y0, y1) = vb.viewRange()
+        size = vb.size()
+        for name, lo, hi, pixels in (("bottom", x0, x1, size.width()), ("left", y0, y1, size.height())):
+            levels = self.item.getAxis(name).tickValues(lo, hi, pixels) if pixels > 0 and hi > lo else []
+            for level in range(self.LEVELS):
+                values = levels[level][1] if level < len(levels) else []
+                line = QPainterPath()
+                for v in values:
+                    if name == "bottom":
+                        line.moveTo(v, y0)
+                        line.lineTo(v, y1)
+                    else:
+                        line.moveTo(x0, v)
+                        line.lineTo(x1, v)
+                alpha = self.ALPHA / (level + 1) * min(1.0, max(0.0, 0.05 * pixels / (len(values) + 1)))
+                pen = QPen(QColor(self.colour.red(), self.colour.green(), self.colour.blue(), int(alpha)))
+                pen.setCosmetic(True)
+                pen.setWidth(1)
+                path = self.paths[name, level]
+                path.setPen(pen)
+                path.setPath(line)
 
 
 class _NoRepaintOnFocus(QObject):
