@@ -240,3 +240,28 @@ def test_plots_do_not_repaint_when_the_window_loses_focus(window, qtbot):
     qtbot.wait(200)
     dialog.close()
     assert "Paint" not in seen
+
+
+def test_plot_grid_lines_follow_the_range(app_env, qtbot):
+    """The grid is drawn by Qt from path items (issue 18: pyqtgraph's own grid cost half of each
+    plot's paint); its lines sit at the axes' ticks and move when the range changes."""
+    from finetune_app.ui.plots import ThemedPlot
+
+    plot = ThemedPlot("grid", left="y", bottom="x")
+    qtbot.addWidget(plot)
+    plot.resize(600, 300)
+    plot.show()
+    qtbot.waitExposed(plot)
+
+    def lines(axis: str) -> list[float]:
+        path = plot._grid.paths[axis, 0].path()
+        coord = (lambda e: e.x) if axis == "bottom" else (lambda e: e.y)
+        return sorted({round(coord(path.elementAt(i)), 6) for i in range(path.elementCount())})
+
+    plot.set_view(0, 100, 0, 5)
+    ticks = [v for v in plot.getAxis("bottom").tickValues(0, 100, plot.plotItem.vb.width())[0][1]]
+    assert lines("bottom") == sorted(round(v, 6) for v in ticks) and lines("bottom")
+    assert lines("left") and max(lines("left")) <= 5
+    plot.set_view(0, 1000, 0, 5)
+    assert max(lines("bottom")) > 100
+    assert plot._grid.paths["bottom", 0].pen().color().alpha() > 0
