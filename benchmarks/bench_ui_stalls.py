@@ -107,13 +107,15 @@ def main() -> int:
     run.connect(valReport=marker.evaluation, checkpointSaved=marker.checkpoint)
     spin(3600, lambda: window.training.state in ("finished", "stopped", "failed"))
     run.wait(60000)
+    t_ended = now()
+    spin(1.0)  # a person reads the result before opening the export wizard
 
+    t_export = now()  # the export: the wizard opened (as File > Export does), its pages, the export
     from finetune_app.ui import export_wizard as ew
 
     wiz = ew.ExportWizard(window, model=str(window.model_choice.path), adapter=run.config.output,
                           output=str(work / "export"))
     wiz.show()
-    t_export = now()
     wiz.source.buttons["mlx-vlm"].setChecked(True)
     for _ in range(3):
         wiz.next()
@@ -143,13 +145,15 @@ def main() -> int:
                 "max_blocked_ms": round(max(blocked(*x) for x in inside) * 1000, 1),
                 "max_own_work_ms": round(max(min(g, r) for g, r, _ in inside) * 1000, 1)}
 
-    spans = {"launch": (t_launch, t_launch_end), "setup": (t_setup, t_setup_end), "start": (t_start, t_start + 3.0)}
+    spans = {"launch": (t_launch, t_launch_end), "setup": (t_setup, t_setup_end), "start": (t_start, t_start + 3.0),
+             "end of run": (t_ended - 0.5, t_ended + 1.0)}
     result = {name: phase(lo, hi) for name, (lo, hi) in spans.items()}
     for kind in ("evaluation", "checkpoint"):
         times = [tt for k, tt in marks if k == kind]
         worst = [phase(tt - 0.5, tt + 0.5) for tt in times]
         result[kind] = max(worst, key=lambda p: p["max_ms"]) if worst else {"ticks": 0, "max_ms": 0.0}
         result[kind]["events"] = len(times)
+        result[kind]["max_ms_each"] = [p["max_ms"] for p in worst]
     result["export"] = phase(t_export, t_export_end)
     spans["export"] = (t_export, t_export_end)
     result["window_construction_ms"] = round(construct_ms, 1)
@@ -161,10 +165,15 @@ def main() -> int:
     def where(t: float) -> str:
         return next((name for name, (lo, hi) in spans.items() if lo <= t <= hi), "between phases")
 
+
+    def where_mark(t: float) -> str:
+        near = [k for k, tt in marks if tt - 0.5 <= t <= tt + 0.5]
+        return "/".join(sorted(set(near)))
+
     print("stalls over 50 ms by phase:")
     for (t, gap, stacks), i in zip(meter.stalls, meter.stall_ticks):
         g, r, w = ticks[i][1:]
-        print(f"  {where(t):14s} {gap * 1000:5.0f} ms at {t:6.2f} s (ran {r * 1000:3.0f}, waited for a core "
+        print(f"  {(where_mark(t) or where(t)):21s} {gap * 1000:5.0f} ms at {t:6.2f} s (ran {r * 1000:3.0f}, waited for a core "
               f"{w * 1000:3.0f}, blocked {blocked(g, r, w) * 1000:3.0f} ms): " + " | ".join(stacks))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")

@@ -179,3 +179,89 @@ def test_closing_mid_training_asks_then_stops_and_saves(window, qtbot, shapes, q
     assert w.training.state == "stopped"
     assert (run_dir / "adapters.safetensors").is_file()
     assert w.training.step < 2000
+
+
+def test_training_screen_paints_a_plot_per_turn_before_the_run_starts(window, qtbot):
+    """Issue 18: the Training screen's first paint is split (the screen with empty plot areas, then
+    each plot on its own), and what follows (the run's thread) waits until the last has painted."""
+    from PySide6.QtCore import QEvent, QObject
+
+    w = window
+    plots = {"lr": w.training.lr_plot, "loss": w.training.loss_plot}
+    events: list[tuple[str, bool]] = []  # (what, the plot was held: painted as an empty area)
+
+    class Paints(QObject):
+        def eventFilter(self, obj, event):
+            if event.type() == QEvent.Type.Paint:
+                events.extend((name, p._held) for name, p in plots.items() if obj is p.viewport())
+            return False
+
+    spy = Paints()
+    for p in plots.values():
+        p.viewport().installEventFilter(spy)
+    w.training.show_in_turns(w.show_training_tab, lambda: events.append(("then", False)))
+    assert w.tabs.currentWidget() is w.training
+    qtbot.waitUntil(lambda: ("then", False) in events, timeout=10000)
+    real = [name for name, held in events if not held]
+    assert ("loss", True) in events  # the screen's first paint left the loss plot's area empty
+    assert real.index("lr") < real.index("loss") < real.index("then")  # one plot per turn, then the rest
+    assert not w.training.loss_plot._held and not w.training.lr_plot._held
+
+    # a window not on screen never paints: the rest follows at once, nothing stays held
+    w.hide()
+    called = []
+    w.training.show_in_turns(w.show_training_tab, lambda: called.append(1))
+    assert called and not w.training.loss_plot._held
+
+
+def test_plots_do_not_repaint_when_the_window_loses_focus(window, qtbot):
+    """Issue 18: a dialog opening (the window deactivated) repainted every plot, axes included."""
+    from PySide6.QtCore import QEvent, QObject
+    from PySide6.QtWidgets import QDialog
+
+    w = window
+    w.tabs.setCurrentWidget(w.training)
+    viewport = w.training.loss_plot.viewport()
+    qtbot.waitUntil(lambda: viewport.isVisible(), timeout=5000)
+    qtbot.wait(200)
+    seen: list[str] = []
+
+    class Spy(QObject):
+        def eventFilter(self, obj, event):
+            if event.type() in (QEvent.Type.Paint, QEvent.Type.WindowDeactivate):
+                seen.append(event.type().name)
+            return False
+
+    spy = Spy()
+    viewport.installEventFilter(spy)  # installed last, so it sees the events first
+    dialog = QDialog(w)
+    dialog.show()
+    qtbot.waitUntil(lambda: "WindowDeactivate" in seen, timeout=5000)
+    qtbot.wait(200)
+    dialog.close()
+    assert "Paint" not in seen
+
+
+def test_plot_grid_lines_follow_the_range(app_env, qtbot):
+    """The grid is drawn by Qt from path items (issue 18: pyqtgraph's own grid cost half of each
+    plot's paint); its lines sit at the axes' ticks and move when the range changes."""
+    from finetune_app.ui.plots import ThemedPlot
+
+    plot = ThemedPlot("grid", left="y", bottom="x")
+    qtbot.addWidget(plot)
+    plot.resize(600, 300)
+    plot.show()
+    qtbot.waitExposed(plot)
+
+    def lines(axis: str) -> list[float]:
+        path = plot._grid.paths[axis, 0].path()
+        coord = (lambda e: e.x) if axis == "bottom" else (lambda e: e.y)
+        return sorted({round(coord(path.elementAt(i)), 6) for i in range(path.elementCount())})
+
+    plot.set_view(0, 100, 0, 5)
+    ticks = [v for v in plot.getAxis("bottom").tickValues(0, 100, plot.plotItem.vb.width())[0][1]]
+    assert lines("bottom") == sorted(round(v, 6) for v in ticks) and lines("bottom")
+    assert lines("left") and max(lines("left")) <= 5
+    plot.set_view(0, 1000, 0, 5)
+    assert max(lines("bottom")) > 100
+    assert plot._grid.paths["bottom", 0].pen().color().alpha() > 0

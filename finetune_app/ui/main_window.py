@@ -503,7 +503,9 @@ class MainWindow(QMainWindow):
     def _update_ready(self) -> None:
         why = self.why_not_ready()
         running = self.training.is_running()
-        self.training.set_can_start(not why, why)
+        # No reason is kept while a run is on screen: at its end the Training screen would show
+        # "A run is in progress." for an instant, relaying out and repainting every plot (issue 18).
+        self.training.set_can_start(not why, "" if running else why)
         self.act_start.setEnabled(not why and not running)
         self.act_start.setToolTip(why or "Start training with these settings")
         state = self.training.state
@@ -550,14 +552,22 @@ class MainWindow(QMainWindow):
             self.run = TrainingRun(cfg, parent=self)
         self.training.attach(self.run)
         # The click's work in turns of the event loop, none a stall one can see (issue 18): the run
-        # now; then the Training tab (the first layout of its plots, ~35 ms) and the settings file
-        # (~25 ms), each in a turn of its own; the thread once the Training screen has painted, so
-        # its first paint does not compete for the GIL with the trainer's busiest moments.
-        QTimer.singleShot(0, self.show_training_tab)
-        QTimer.singleShot(10, self._save_form)
-        QTimer.singleShot(40, self.run.start)
+        # now; then the Training tab, painted a part per turn (TrainingView.show_in_turns); the
+        # settings file (~25 ms) and the thread once it has painted, so that the first paint does
+        # not compete for the GIL with the trainer's busiest moments.
+        QTimer.singleShot(0, self._show_training_then_start)
         self._update_ready()
         return True
+
+    def _show_training_then_start(self, *, save_form: bool = True) -> None:
+        run = self.run
+
+        def start() -> None:
+            if save_form:
+                self._save_form()
+            QTimer.singleShot(0, self, lambda: run.started or run.start())
+
+        self.training.show_in_turns(self.show_training_tab, start)
 
     def show_training_tab(self) -> None:
         self.tabs.setCurrentIndex(TAB_TRAINING)
@@ -613,8 +623,7 @@ class MainWindow(QMainWindow):
         if self.dataset_check is None or str(self.dataset_check.dataset.path) != cfg.data:
             self.status_data.setText(f"Dataset: {Path(cfg.data).name} (run {run_id})")
         self.training.attach(self.run, total_steps=total)
-        self.tabs.setCurrentIndex(TAB_TRAINING)
-        QTimer.singleShot(40, self.run.start)
+        self._show_training_then_start(save_form=False)
 
     def _sample_image(self, item):
         """The ImageRef of a run's sample item: row `item.index` of the run's dataset."""

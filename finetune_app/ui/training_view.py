@@ -368,8 +368,37 @@ class TrainingView(QWidget):
                     checkpointSaved=self.on_checkpoint, notice=self.on_notice, done=self.on_done)
         self._set_state("loading")
         self._log("Starting a run in " + run.config.output)
+        self._dirty = True
+        self._redraw()  # the run's ranges before the first paint (else a second full paint follows)
         self._redraw_timer.start()
         self._clock.start()
+
+    def show_in_turns(self, show: Callable[[], None], then: Callable[[], None]) -> None:
+        """`show()` puts this screen on view; its first paint then comes in short turns of the event
+        loop (the screen with empty plot areas, then each plot on its own) and `then()` runs once the
+        last has painted, at once when the window is not on screen (issue 18: no long turn; a run's
+        thread started from `then` does not take the GIL from the first paint)."""
+        from finetune_app.ui.plots import AfterPaint
+
+        plots = [p for p in (self.lr_plot, self.score_plot, self.objective_panel.plot, self.loss_plot)
+                 if p.isVisibleTo(self)]
+        for p in plots:
+            p.hold_paint()
+        show()
+        if not self.isVisible():
+            for p in plots:
+                p.release_paint()
+            then()
+            return
+
+        def next_plot(i: int = 0) -> None:
+            if i == len(plots):
+                then()
+                return
+            plots[i].release_paint()
+            AfterPaint(plots[i].viewport(), lambda: next_plot(i + 1))
+
+        AfterPaint(self, next_plot)
 
     def is_running(self) -> bool:
         """A run is on screen and has not ended (its thread may still be saving)."""

@@ -148,11 +148,14 @@ class ModelChoice:
 # mlx_lm.tuner, wandb when installed). Every job imports them first, with full garbage collections
 # paused (quiet_gc: otherwise each import's allocations set off collections that freeze the window
 # for 60-190 ms), so the training thread finds them loaded and its start does not stutter.
+# (Modules that only define classes may load here, Qt widget classes included; no widget is made.)
 # mlx_vlm comes first: it quietens transformers' advisory warnings before transformers is imported.
 WARM_IMPORTS = ("mlx_vlm", "mlx_vlm.generate", "mlx.optimizers", "mlx_lm",
                 "mlx_lm.generate", "mlx_lm.sample_utils", "mlx_lm.tuner.utils", "finetune_app.core.models",
                 "finetune_app.core.estimates", "finetune_app.core.data", "finetune_app.core.data.tokenize",
-                "finetune_app.core.runner", "finetune_app.core.training.trainer", "finetune_app.core.generate")
+                "finetune_app.core.runner", "finetune_app.core.training.trainer", "finetune_app.core.generate",
+                # the export wizard's modules: imported on the window's thread they cost ~50 ms at its opening
+                "finetune_app.core.export.export", "finetune_app.ui.export_wizard")
 
 
 def warm_imports(names: tuple[str, ...] = WARM_IMPORTS) -> None:
@@ -225,8 +228,19 @@ def check_dataset(path_or_dataset, model: ModelChoice | None, task: Task) -> Dat
     if model is not None and model.tokenizer_base is not None:
         encoder = Encoder(model.tokenizer_base)
         counter, exact, counted_with = encoder.count_tokens, True, model.info.family
-    report = validate(dataset, token_counter=counter, check_images=True,
-                      progress=lambda done, total: task.report(("checking", done, total)))
+    last = 0.0
+
+    def progress(done: int, total: int) -> None:
+        """A few reports a second, not one a row: each is a queued call on the window's thread, and
+        a backlog of them ran as one long turn (348 demo rows: up to 230 ms; issue 18)."""
+        nonlocal last
+        task.check()  # cancelling still stops the check at the next row
+        now = time.monotonic()
+        if done >= total or now - last >= 0.1:
+            last = now
+            task.report(("checking", done, total))
+
+    report = validate(dataset, token_counter=counter, check_images=True, progress=progress)
     return DatasetCheck(dataset, report, exact, counted_with, time.perf_counter() - t0)
 
 
