@@ -1,6 +1,7 @@
 """The text step's compiled shapes and padding, simulated on the host (#16): how many distinct
 (positions M, supervised K) shapes one epoch of the fast path traces, and its padding efficiency
-(real tokens / padded tokens), ours against mlx-lm's batching (global length sort, padded to
+(real tokens / padded tokens; for ours also of the
+LM head: supervised positions / planned K), ours against mlx-lm's batching (global length sort, padded to
 multiples of 32). Reads a {"messages": [...]} train.jsonl and the model folder's tokenizer, e.g.
 side_by_side.py's text data:
 
@@ -35,15 +36,17 @@ def ours(L, K, batch_size: int, seed: int = 0, epochs: int = 1) -> dict:
 
     first = epoch_batches(L, batch_size, seed=seed, epoch=0)
     plan = ShapePlan([(len(b), max(L[i] for i in b), sum(K[i] for i in b)) for b in first])
-    shapes, real, padded = [], 0, 0
+    shapes, real, padded, sup, sup_padded = [], 0, 0, 0, 0
     for epoch in range(epochs):
         for b in epoch_batches(L, batch_size, seed=seed, epoch=epoch):
             M, k = plan(max(L[i] for i in b), sum(K[i] for i in b))
             shapes.append((len(b), M, k))
             real += sum(L[i] for i in b)
             padded += len(b) * M
+            sup += sum(K[i] for i in b)
+            sup_padded += k
     return {"batches": len(shapes), "shapes": len(set(shapes)), "padding_efficiency": round(real / padded, 3),
-            "plan": plan.shapes}
+            "head_efficiency": round(sup / sup_padded, 3), "plan": plan.shapes}
 
 
 def mlx_lm(L, batch_size: int) -> dict:

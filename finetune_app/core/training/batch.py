@@ -34,22 +34,20 @@ def _cheapest_sizes(values: list[int], weights: list[int], cap: int) -> list[int
     n = len(values)
     if n <= cap:
         return list(values)
-    acc = np.concatenate([[0], np.cumsum(weights)])
-    inf = float("inf")
-    cost = [[inf] * (n + 1) for _ in range(cap + 1)]  # cost[g][j]: values[:j] in g groups
-    cut = [[0] * (n + 1) for _ in range(cap + 1)]
-    cost[0][0] = 0.0
+    acc = np.concatenate([[0.0], np.cumsum(weights, dtype=np.float64)])
+    cost = np.full((cap + 1, n + 1), np.inf)  # cost[g, j]: values[:j] padded in g groups
+    cut = np.zeros((cap + 1, n + 1), np.int64)
+    cost[0, 0] = 0.0
     for g in range(1, cap + 1):
-        for j in range(1, n + 1):
-            for i in range(g - 1, j):
-                c = cost[g - 1][i] + values[j - 1] * (acc[j] - acc[i])
-                if c < cost[g][j]:
-                    cost[g][j], cut[g][j] = c, i
-    g = min(range(1, cap + 1), key=lambda g: cost[g][n])
+        for j in range(g, n + 1):
+            c = cost[g - 1, :j] + values[j - 1] * (acc[j] - acc[:j])  # last group: values[i:j]
+            cut[g, j] = int(np.argmin(c))
+            cost[g, j] = c[cut[g, j]]
+    g = int(np.argmin(cost[1:, n])) + 1
     sizes, j = [], n
     while j:
         sizes.append(values[j - 1])
-        j, g = cut[g][j], g - 1
+        j, g = int(cut[g, j]), g - 1
     return sorted(sizes)
 
 
@@ -202,8 +200,8 @@ def gather_plan(examples: list, runs_of, rows_of, *, pad_ids: bool = False, pack
     if not pack:
         rows = [[b] for b in range(B)]
     R = len(rows)
-    longest_ids = max(len(e.input_ids) for e in examples)
-    L = M if pad_ids else (buckets.positions if buckets else padded_length)(longest_ids)  # bucketed: ids are a step input too
+    longest_ids = max(len(e.input_ids) for e in examples)  # bucketed too: the ids are a step input
+    L = M if pad_ids else (buckets.positions if buckets else padded_length)(longest_ids)
     ids = np.zeros((B, L), np.int32)
     tmask = np.zeros((B, L), bool)
     src = np.zeros((R, M), np.int32)
