@@ -97,7 +97,7 @@ class ConsolePrinter:
             else:
                 self._line(f"step {event.step}: held-out{objective_text(event.metrics).replace(' |', '', 1)}")
         elif isinstance(event, ValReport):
-            self._line(f"step {event.step}: validation loss {event.val_loss:.4f} ({event.val_tokens} tokens, {event.seconds:.1f} s)")
+            self._line(f"step {event.step}: validation loss {event.val_loss:.4f} ({event.val_tokens} {event.unit}, {event.seconds:.1f} s)")
         elif isinstance(event, EvalReport):
             scores = ", ".join(f"{k} {v:.3f}" for k, v in event.metrics.items())
             self._line(f"step {event.step}: scores on {event.n} validation rows: {scores or 'none'} ({event.seconds:.1f} s)")

@@ -71,11 +71,13 @@ def build_config(args) -> tuple[TrainConfig, bool]:
         cfg = TrainConfig()
         if args.preset:
             cfg = apply_preset(cfg, args.preset)
-        if args.config_file:
-            file_cfg = TrainConfig.load(args.config_file)
-            cfg = cfg.replace(**{k: v for k, v in file_cfg.to_dict().items() if v != getattr(TrainConfig(), k)})
     given = vars(args)
     changes = {s.name: given[s.name] for s in settings() if s.name in given}
+    from_file = {}
+    if not resume and args.config_file:
+        from_file = {k: v for k, v in TrainConfig.load(args.config_file).to_dict().items()
+                     if v != getattr(TrainConfig(), k)}
+        cfg = cfg.replace(**from_file)
     if "iters" in changes:
         changes.setdefault("epochs", None)
     elif "epochs" in changes:
@@ -83,7 +85,20 @@ def build_config(args) -> tuple[TrainConfig, bool]:
     cfg = cfg.replace(**changes)
     if not resume and cfg.iters is None and cfg.epochs is None:
         cfg = cfg.replace(epochs=DEFAULT_EPOCHS)
+    if from_file:
+        check_file_values(cfg, set(from_file) - set(changes), args.config_file)
     return cfg, resume
+
+
+def check_file_values(cfg: TrainConfig, names: set, file: str) -> None:
+    """A bad value that came from the --config file (and no flag replaces) is named with the file."""
+    from finetune_app.core.errors import ConfigError
+
+    bad = {k: v for k, v in cfg.problems().items() if k in names}
+    if bad:
+        lines = "; ".join(f"{k} {v} (got {getattr(cfg, k)!r})" for k, v in bad.items())
+        raise ConfigError(f"Invalid settings in {file}: {lines}.", "Correct these values in the file and start again.",
+                          file=file, field=next(iter(bad)))
 
 
 def saved_run_config(args) -> TrainConfig:

@@ -9,6 +9,7 @@ The LoRA/DoRA layers themselves are the libraries' own classes.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import mlx.core as mx
@@ -26,12 +27,17 @@ PROJECTOR_NAMES = ("mm_projector", "multi_modal_projector", "merger", "aligner",
 VISION_NAMES = ("vision_tower", "vision_model", "visual")
 
 
-def _lora_classes():
-    from mlx_lm.tuner.dora import DoRALinear as LmDoRA
-    from mlx_lm.tuner.lora import LoRALinear as LmLoRA
-    from mlx_vlm.trainer.peft import DoRALinear, LoRALinear
+# the libraries' LoRA/DoRA layers, by the module that defines each
+LORA_CLASSES = (("mlx_vlm.trainer.peft.lora_layers", "LoRALinear"), ("mlx_vlm.trainer.peft.dora_layers", "DoRALinear"),
+                ("mlx_lm.tuner.lora", "LoRALinear"), ("mlx_lm.tuner.dora", "DoRALinear"))
 
-    return (LoRALinear, DoRALinear, LmLoRA, LmDoRA)
+
+def _lora_classes() -> tuple:
+    """The adapter layer classes whose modules are imported: a layer cannot exist before its class,
+    so a text run never imports mlx-vlm (seconds) just to be told it has none of its layers (#16)."""
+    import sys
+
+    return tuple(getattr(sys.modules[m], name) for m, name in LORA_CLASSES if m in sys.modules)
 
 
 def is_adapter_layer(module) -> bool:
@@ -190,20 +196,34 @@ def trainable_weights(model: nn.Module, fine_tune_type: str) -> dict[str, mx.arr
 
 
 def save(model: nn.Module, config: dict, folder: str | Path, *, train_config: TrainConfig | None = None,
-         direct: bool = False) -> Path:
+         direct: bool = False, same_as: Path | None = None) -> Path:
     """Write adapters.safetensors + adapter_config.json (+ train_config.toml) atomically.
-    `direct`: the weights are evaluated already; write them without MLX's scheduler (tensor_files)."""
+    `direct`: the weights are evaluated already; write them without MLX's scheduler (tensor_files).
+    `same_as`: a folder whose adapters.safetensors holds these very weights (the checkpoint just
+    written): hard-linked instead of written again where the file system allows (#16: the run's
+    end writes the adapter once; checkpoints are never changed in place, and removing one leaves
+    the link's file)."""
     from finetune_app.core import tensor_files
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     weights = trainable_weights(model, config.get("fine_tune_type", "lora"))
     with atomic.temp_path(folder / ADAPTER_FILE) as tmp:
-        tensor_files.save(tmp, weights, {"format": "mlx"}, direct=direct)
+        if not (same_as is not None and _linked(Path(same_as) / ADAPTER_FILE, tmp)):
+            tensor_files.save(tmp, weights, {"format": "mlx"}, direct=direct)
     atomic.write_json(folder / CONFIG_FILE, config)
     if train_config is not None:
         run_folder.write_config(folder, train_config)
     return folder
+
+
+def _linked(source: Path, dest: Path) -> bool:
+    try:
+        dest.unlink(missing_ok=True)
+        os.link(source, dest)
+        return True
+    except OSError:  # no hard links here (another disk, FAT): written instead
+        return False
 
 
 RESTORE_FIX = "Restore the adapter from a checkpoint of its run folder, or train it again."

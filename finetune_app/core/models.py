@@ -97,6 +97,12 @@ def resolve_model_path(source: str | Path, *, progress: ProgressFn | None = None
     The hub is tried only for text shaped like `owner/name` that is not clearly a local path (it
     does not start with `.`, `/` or `~`, and `owner` is not a folder here): `models/mine` beside an
     existing `models/` folder is a missing local folder, not a download."""
+    return _resolved(source, progress, revision)[0]
+
+
+def _resolved(source: str | Path, progress: ProgressFn | None = None,
+              revision: str | None = None) -> tuple[Path, dict]:
+    """(folder, its config.json), the folder checked once (its checks parse tokenizer.json)."""
     text = str(source).strip()
     if not text:
         raise ModelError("No base model was given.", "Choose a local model folder or enter a Hugging Face id such as mlx-community/FastVLM-0.5B-bf16.")
@@ -110,8 +116,7 @@ def resolve_model_path(source: str | Path, *, progress: ProgressFn | None = None
     if exists:
         if not path.is_dir():
             raise ModelError(f"'{path}' is a file, not a model folder.", "Choose the folder that holds config.json and the .safetensors weights.", file=path)
-        _check_folder(path)
-        return path.resolve()
+        return path.resolve(), _check_folder(path)
     if not looks_like_hub_id(text):
         raise ModelError(f"Model folder '{text}' does not exist.",
                          "Check the path, or give a Hugging Face id in the form owner/name.", file=text)
@@ -132,7 +137,7 @@ def _check_folder(path: Path) -> dict:
     return check_model_folder(path)
 
 
-def _download(repo_id: str, *, progress: ProgressFn | None, revision: str | None) -> Path:
+def _download(repo_id: str, *, progress: ProgressFn | None, revision: str | None) -> tuple[Path, dict]:
     import huggingface_hub
     from huggingface_hub.utils import (GatedRepoError, LocalEntryNotFoundError,
                                        RepositoryNotFoundError, RevisionNotFoundError)
@@ -164,8 +169,7 @@ def _download(repo_id: str, *, progress: ProgressFn | None, revision: str | None
             raise ModelError(f"Cannot reach Hugging Face to download '{repo_id}' ({name}).",
                              "Check the network connection, or choose a local model folder.") from None
         raise
-    _check_folder(path)  # the downloaded snapshot gets the same checks as a local folder
-    return path
+    return path, _check_folder(path)  # the downloaded snapshot gets the same checks as a local folder
 
 
 def _progress_tqdm(progress: ProgressFn, what: str):
@@ -215,10 +219,11 @@ def load_base(source: str | Path, *, progress: ProgressFn | None = None, lazy: b
     holds even where a library asks for True)."""
     from finetune_app.core import patches
 
-    patches.apply()
-    path = resolve_model_path(source, progress=progress)
-    config = _check_folder(path)
+    path, config = _resolved(source, progress)
     kind = model_kind(config)
+    # mlx-lm only needs the no-code wall; the other patches change mlx-vlm's classes, and importing
+    # mlx-vlm for them costs a text run seconds before its first step (#16)
+    patches.apply(only=None if kind == "vlm" else ("no_remote_code",))
     model_type = str(config["model_type"]).lower()
     try:
         if kind == "vlm":

@@ -252,8 +252,10 @@ def _load_tensors(path: Path) -> dict:
 
 def _not_finite(tensors: dict) -> list[str]:
     checks = {k: mx.all(mx.isfinite(v)) for k, v in tensors.items() if mx.issubdtype(v.dtype, mx.inexact)}
-    mx.eval(list(checks.values()))
-    return [k for k, ok in checks.items() if not ok.item()]
+    if not checks:
+        return []
+    oks = mx.stack(list(checks.values())).tolist()  # one read-back, not one per tensor
+    return [k for k, ok in zip(checks, oks) if not ok]
 
 
 def _non_finite(name: str, tensors: dict) -> None:

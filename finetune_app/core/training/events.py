@@ -67,8 +67,9 @@ class TrainReport:
 class ValReport:
     step: int
     val_loss: float
-    val_tokens: int
+    val_tokens: int  # what the loss is averaged over: supervised tokens, or `unit`
     seconds: float
+    unit: str = "tokens"  # "pairs" (DPO, ORPO), "answers" (GRPO)
     kind: str = field(default="val", init=False)
 
 

@@ -372,7 +372,8 @@ class Trainer:
             return None
         t0 = time.perf_counter()
         val_loss, n = self.evaluate()
-        self.emit(ValReport(step=step, val_loss=val_loss, val_tokens=n, seconds=time.perf_counter() - t0))
+        unit = "pairs" if self.pairs else "answers" if self.rollouts is not None else "tokens"
+        self.emit(ValReport(step=step, val_loss=val_loss, val_tokens=n, seconds=time.perf_counter() - t0, unit=unit))
         self.state.val_loss, self.state.val_step = val_loss, step
         if self.state.best_val_loss is None or val_loss < self.state.best_val_loss:
             self.state.best_val_loss = val_loss
@@ -393,7 +394,7 @@ class Trainer:
                              keep=self.cfg.keep_checkpoints, train_config=self.cfg, direct=direct,
                              best_by=self.cfg.best_by)
             ckpt.mark_best(self.run_dir, self.cfg.best_by)
-            adapters.save(self.base.model, self.adapter_config, self.run_dir, direct=direct)
+            adapters.save(self.base.model, self.adapter_config, self.run_dir, direct=direct, same_as=path)
             on_disk = {run_folder.checkpoint_entry(int(ckpt.STEP_DIR.match(p.name).group(1)))
                        for p in ckpt.list_checkpoints(self.run_dir)}
             listed = (run_folder.read_manifest(self.run_dir) or {}).get("files", [])

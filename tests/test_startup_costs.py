@@ -1,0 +1,88 @@
+"""Fixed costs of a CLI run (#16): what a text run imports, the end's adapter written once, and
+the CLI's wording of validation counts and of a bad --config value."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+
+import mlx.core as mx
+
+
+def test_text_run_setup_does_not_import_mlx_vlm(tiny_model):
+    """Loading a text model and attaching LoRA needs mlx-lm only; mlx-vlm costs seconds to import."""
+    folder = tiny_model("llama")
+    code = ("import sys\n"
+            "from finetune_app.core.config import TrainConfig\n"
+            "from finetune_app.core import adapters, patches\n"
+            "from finetune_app.core.models import load_base\n"
+            f"base = load_base({str(folder)!r})\n"
+            "adapters.attach(base, TrainConfig(lora_rank=4))\n"
+            "assert 'no_remote_code' in patches.applied(), patches.applied()\n"
+            "print(sorted(m for m in sys.modules if m.startswith('mlx_vlm')))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_lora_classes_are_the_libraries():
+    """The adapter layer classes are found by their defining modules' names; a library that moves
+    them must fail here, not silently leave adapters untrained (set_train_modes)."""
+    from mlx_lm.tuner.dora import DoRALinear as LmDoRA
+    from mlx_lm.tuner.lora import LoRALinear as LmLoRA
+    from mlx_vlm.trainer.peft import DoRALinear, LoRALinear
+
+    from finetune_app.core import adapters
+
+    assert set(adapters._lora_classes()) == {LoRALinear, DoRALinear, LmLoRA, LmDoRA}
+
+
+def test_run_folder_adapter_is_the_checkpoints_file(tiny_model, tmp_path):
+    """`same_as`: the run folder's adapter is the checkpoint's file (one write), and it stays when
+    the checkpoint is removed."""
+    import shutil
+
+    from finetune_app.core import adapters
+    from finetune_app.core.config import TrainConfig
+    from finetune_app.core.models import load_base
+
+    base = load_base(tiny_model("llama"))
+    config = adapters.attach(base, TrainConfig(lora_rank=4))
+    ckpt, run = tmp_path / "checkpoints" / "step-1", tmp_path
+    adapters.save(base.model, config, ckpt)
+    adapters.save(base.model, config, run, same_as=ckpt)
+    a, b = ckpt / adapters.ADAPTER_FILE, run / adapters.ADAPTER_FILE
+    assert os.stat(a).st_ino == os.stat(b).st_ino
+    want = adapters.trainable_weights(base.model, "lora")
+    shutil.rmtree(ckpt)
+    got = mx.load(str(b))
+    assert set(got) == set(want) and all(mx.array_equal(got[k], want[k]).item() for k in want)
+    assert adapters.read_config(run)["num_layers"] == config["num_layers"]
+
+
+def test_validation_count_says_its_unit():
+    from finetune_app.cli.progress import ConsolePrinter
+    from finetune_app.core.training.events import ValReport
+
+    out = io.StringIO()
+    printer = ConsolePrinter(out)
+    printer(ValReport(step=3, val_loss=0.6863, val_tokens=2, seconds=0.5, unit="pairs"))
+    printer(ValReport(step=4, val_loss=1.5, val_tokens=40, seconds=0.5))
+    assert "(2 pairs, " in out.getvalue() and "(40 tokens, " in out.getvalue()
+
+
+def test_bad_config_file_value_names_the_file(tmp_path, capsys):
+    from finetune_app.cli import main
+
+    toml = tmp_path / "run.toml"
+    toml.write_text("learning_rate = -5\nbatch_size = 0\n")
+    args = ["train", "--model", str(tmp_path / "m"), "--data", str(tmp_path / "d"), "--output", str(tmp_path / "o"),
+            "--config", str(toml)]
+    assert main(args) == 5
+    err = capsys.readouterr().err
+    assert str(toml) in err and "learning_rate" in err and "batch_size" in err
+    assert main(args + ["--batch-size", "2", "--learning-rate", "1e-4"]) == 3  # flags win; then: no model folder
+    assert "run.toml" not in capsys.readouterr().err
