@@ -168,6 +168,36 @@ def test_text_dataset_shows_conversations_histogram_and_split(browser, tmp_path,
     assert len(browser.valid_rows) > before and len(browser.train_rows) + len(browser.valid_rows) == 60
 
 
+def test_the_token_histogram_paints_only_when_its_data_is_in_place(browser, shapes, qtbot, monkeypatch):
+    """#18: the histogram paints nothing while empty (opening a dataset painted the empty axes) and
+    only at its final size (before: the bars, then again after the note's relayout); a recount's
+    progress bar does not resize it."""
+    import pyqtgraph as pg
+
+    painted = []  # (bars drawn, max-length line drawn, size) at each full paint
+    real = pg.GraphicsView.paintEvent
+
+    def record(view, event):
+        if view is browser.histogram:
+            painted.append((browser._bars is not None, browser._max_line is not None, view.size()))
+        return real(view, event)
+
+    monkeypatch.setattr(pg.GraphicsView, "paintEvent", record)
+    open_and_wait(browser, shapes, qtbot)
+    qtbot.wait(300)
+    final = browser.histogram.size()
+    assert painted and painted[0] == (True, False, final)
+    assert all(p == (True, False, final) for p in painted)
+    painted.clear()
+    browser.set_max_length(20)  # the max-length line and a new note
+    qtbot.wait(300)
+    assert painted and all(p == (True, True, browser.histogram.size()) for p in painted)
+    size = browser.histogram.size()
+    browser.check_progress.show()  # as a recount with the model's tokenizer shows it
+    QApplication.processEvents()
+    assert browser.histogram.size() == size
+
+
 def test_unreadable_dataset_shows_the_engine_message(browser, tmp_path, qtbot):
     bad = tmp_path / "nothing.jsonl"
     bad.write_text("this is not json\n", encoding="utf-8")

@@ -127,6 +127,26 @@ def test_discard_and_inspect_leave_the_run_on_the_history_tab(windows, qtbot, ti
     assert w.offer_recovery() is False, "a discarded run is not offered again"
 
 
+def test_the_run_database_is_read_off_the_windows_thread_at_launch(windows, qtbot, monkeypatch):
+    """#18: opening the run database at launch (create, migrate, repair: 20-55 ms) runs on a worker;
+    the welcome follows its answer."""
+    import threading
+
+    import finetune_app.ui.welcome as welcome
+    from finetune_app.core import runs
+
+    opened_on, shown = [], []
+    real_open = runs.open_store
+    monkeypatch.setattr(runs, "open_store", lambda *a, **k: opened_on.append(threading.current_thread())
+                        or real_open(*a, **k))
+    monkeypatch.setattr(welcome, "run_welcome", lambda *a, **k: shown.append(threading.current_thread()) or "skip")
+    w = windows()
+    w.maybe_show_welcome()
+    qtbot.waitUntil(lambda: bool(shown), timeout=20000)
+    assert opened_on and threading.main_thread() not in opened_on
+    assert shown == [threading.main_thread()]
+
+
 def test_a_damaged_run_history_is_repaired_and_the_window_says_so(windows, qtbot):
     """#14: a garbage runs database is moved aside and rebuilt; the app shows what happened (a
     banner on the History tab and a status-bar line), not only a line on stderr."""
@@ -138,6 +158,7 @@ def test_a_damaged_run_history_is_repaired_and_the_window_says_so(windows, qtbot
     db.write_bytes(b"this is not a database" * 100)
     w = windows()
     w._at_launch()
+    qtbot.waitUntil(lambda: w._launch_task is None, timeout=20000)
     assert list(db.parent.glob("runs.sqlite3.damaged-*")), "the damaged file is kept aside"
     assert w.history.db_banner.isVisibleTo(w.history)
     assert "moved to" in w.history.db_banner.text.text() and "runs.sqlite3" in w.history.db_banner.text.text()

@@ -85,6 +85,17 @@ def ask_start_despite_memory(parent, warning: str) -> bool:
     return box.clickedButton() is start
 
 
+def launch_facts(_task=None) -> tuple[list, bool]:
+    """At launch, off the window's thread: the interrupted runs that can resume (dead runs are
+    marked interrupted first) and whether any run was ever recorded (the welcome is only for the
+    first one)."""
+    from finetune_app.core import runs as core_runs
+
+    with core_runs.open_store() as store:
+        found = core_runs.recover_at_startup(store)
+        return found, bool(found) or bool(store.runs())
+
+
 def ask_recovery(parent, rec, count: int) -> str:
     """The launch-time offer for an interrupted run: "resume", "inspect" or "discard"."""
     box = QMessageBox(parent)
@@ -121,6 +132,7 @@ class MainWindow(QMainWindow):
         self.run: TrainingRun | None = None
         self._close_when_stopped = False
         self._demo_task: Task | None = None
+        self._launch_task: Task | None = None  # reads the run database at launch (recovery first)
 
         self.picker = ModelPicker()
         self.browser = DatasetBrowser()
@@ -660,11 +672,24 @@ class MainWindow(QMainWindow):
         QTimer.singleShot(0, self._at_launch)
 
     def _at_launch(self) -> None:
-        offered = self.offer_recovery()
+        """Read the run database on a worker (opening it may create, migrate or repair it: 20-55 ms
+        of the window's thread); the offer or the welcome follows when the answer arrives."""
+        task = Task(launch_facts, name="launch", parent=self)
+        task.succeeded.connect(self._on_launch_facts)
+        task.failed.connect(self._on_launch_failed)
+        self._launch_task = task
+        task.start()
+
+    def _on_launch_failed(self, _exc) -> None:
+        self._on_launch_facts(([], False))  # an unreadable history must not keep the welcome away
+
+    def _on_launch_facts(self, facts) -> None:
+        self._launch_task = None
+        found, has_runs = facts
         self.history.show_repairs()  # a damaged run database was moved aside and rebuilt: say so
-        if offered:
+        if self.offer_recovery(found):
             return
-        if self._has_runs():
+        if has_runs:
             self.reopen_last_session()
         else:
             self._welcome()
@@ -678,23 +703,16 @@ class MainWindow(QMainWindow):
         if recent and Path(recent[0]).exists():
             self.open_dataset(recent[0])
 
-    def _has_runs(self) -> bool:
-        try:
-            from finetune_app.core import runs as core_runs
-
-            with core_runs.open_store() as store:
-                return bool(store.runs())
-        except Exception:
-            return False
-
-    def offer_recovery(self) -> bool:
-        """Ask about the newest interrupted run that can continue; True when one was offered."""
+    def offer_recovery(self, found=None) -> bool:
+        """Ask about the newest interrupted run that can continue; True when one was offered.
+        `found`: the interrupted runs already read (at launch, on a worker); None reads them here."""
         from finetune_app.core import runs as core_runs
 
-        try:
-            found = core_runs.recover_at_startup()
-        except Exception:
-            return False
+        if found is None:
+            try:
+                found = core_runs.recover_at_startup()
+            except Exception:
+                return False
         if not found:
             return False
         rec = found[0]
