@@ -278,8 +278,8 @@ def search_longest(run, B: int, a, budget: float, cap: int, start: int, vocab: i
             hi = L
             if lo:
                 break
-            L = max(res, L // 2 // res * res)
-            if L >= hi:
+            L = L // 2 // res * res or L // 2  # (below the resolution too: not even `res` tokens fit)
+            if not L:
                 break
     while hi is not None and hi - lo > res and len(probes) < a.probes:  # narrow
         xs = np.array(sorted(probes), float)
