@@ -19,6 +19,15 @@ state. Prints a table and writes JSON to `--out`.
 
     python benchmarks/step_micro.py --out /tmp/micro.json                # GPU: Llama-3B-sized, bf16
     python benchmarks/step_micro.py --size tiny --out /tmp/micro.json    # CPU check
+
+`--longest GB` (default 24) instead: per tool and batch size (`--longest-batch`), the longest row
+whose one step's MLX peak stays within GB (weights, LoRA and AdamW state included), found in at
+most `--probes` lengths (doubling, then interpolation to `--resolution` tokens; each length a
+retrace), and for ours the planner's prediction (`estimates.run_memory_gb`, as `fit_check` asks it)
+next to each measured peak: the "will it fit" planner's 15% check in the same call.
+
+    python benchmarks/step_micro.py --longest 24 --out /tmp/longest.json           # GPU
+    python benchmarks/step_micro.py --size tiny --longest 0.2 --out /tmp/l.json     # CPU check
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -75,13 +85,16 @@ def timed(fn, steps: int, warmup: int) -> dict:
             "step_min_s": round(min(times), 5)}
 
 
-def ours(folder: Path, shapes: list, a) -> dict:
+@contextmanager
+def ours_tool(folder: Path, a):
+    """Our step on the text family's fast path, under the trainer's bounded cache: yields
+    run(rows, prompts) -> (one synced step, shape facts) and the planner's inputs for the model."""
     import mlx.core as mx
 
     from finetune_app.core import adapters
     from finetune_app.core.config import TrainConfig
     from finetune_app.core.families import family_for
-    from finetune_app.core.models import load_base
+    from finetune_app.core.models import describe, load_base
     from finetune_app.core.training.memory import bounded_cache
     from finetune_app.core.training.objectives import objective
     from finetune_app.core.training.optim import make_optimizer
@@ -95,25 +108,38 @@ def ours(folder: Path, shapes: list, a) -> dict:
     assert family.fast and family.compiled, "the text family's compiled fast path"
     opt = make_optimizer("adamw", a.lr, 0.0)
     step = Step(base.model, opt, family, objective("sft", cfg), grad_clip=None)
-    out = {}
+
+    def run(rows, prompts):
+        examples = [SimpleNamespace(input_ids=r, target_mask=np.arange(len(r)) >= p, index=i)
+                    for i, (r, p) in enumerate(zip(rows, prompts))]
+        batch = family.plan(examples)
+
+        def one():
+            loss, _ = step([batch])
+            mx.eval(loss, base.model.trainable_parameters(), opt.state)
+
+        return one, {"positions": list(batch.src.shape), "supervised": int(batch.sel.shape[0])}
+
     with bounded_cache():
+        yield run, {"cfg": cfg, "info": describe(base), "config": base.config}
+
+
+def ours(folder: Path, shapes: list, a) -> dict:
+    import mlx.core as mx
+
+    out = {}
+    with ours_tool(folder, a) as (run, _):
         for L, (rows, prompts) in shapes:
-            examples = [SimpleNamespace(input_ids=r, target_mask=np.arange(len(r)) >= p, index=i)
-                        for i, (r, p) in enumerate(zip(rows, prompts))]
-            batch = family.plan(examples)
-
-            def one():
-                loss, _ = step([batch])
-                mx.eval(loss, base.model.trainable_parameters(), opt.state)
-
+            one, facts = run(rows, prompts)
             mx.reset_peak_memory()
-            out[L] = timed(one, a.steps, a.warmup) | {"positions": list(batch.src.shape),
-                                                      "supervised": int(batch.sel.shape[0]),
-                                                      "peak_gb": round(mx.get_peak_memory() / 1e9, 2)}
+            out[L] = timed(one, a.steps, a.warmup) | facts | {"peak_gb": round(mx.get_peak_memory() / 1e9, 2)}
     return out
 
 
-def mlx_lm(folder: Path, shapes: list, a) -> dict:
+@contextmanager
+def mlx_lm_tool(folder: Path, a):
+    """mlx-lm's own compiled step (as `mlx_lm.tuner.trainer.train` builds it): yields
+    run(rows, prompts) -> (one synced step on the rows padded as `iterate_batches` pads them, facts)."""
     from functools import partial
 
     import mlx.core as mx
@@ -139,8 +165,8 @@ def mlx_lm(folder: Path, shapes: list, a) -> dict:
         return lvalue, toks, grad
 
     model.train()
-    out = {}
-    for L, (rows, prompts) in shapes:
+
+    def run(rows, prompts):
         width = -(-max(len(r) for r in rows) // 32) * 32  # iterate_batches: padded to a multiple of 32
         ids = np.zeros((len(rows), width), np.int32)
         for i, r in enumerate(rows):
@@ -151,10 +177,175 @@ def mlx_lm(folder: Path, shapes: list, a) -> dict:
             lvalue, toks, _ = step(batch, None, True)
             mx.eval(lvalue, toks, state)
 
-        mx.reset_peak_memory()
-        out[L] = timed(one, a.steps, a.warmup) | {"positions": [len(rows), width - 1],
-                                                  "peak_gb": round(mx.get_peak_memory() / 1e9, 2)}
+        return one, {"positions": [len(rows), width - 1]}
+
+    yield run, {}
+
+
+def mlx_lm(folder: Path, shapes: list, a) -> dict:
+    import mlx.core as mx
+
+    out = {}
+    with mlx_lm_tool(folder, a) as (run, _):
+        for L, (rows, prompts) in shapes:
+            one, facts = run(rows, prompts)
+            mx.reset_peak_memory()
+            out[L] = timed(one, a.steps, a.warmup) | facts | {"peak_gb": round(mx.get_peak_memory() / 1e9, 2)}
     return out
+
+
+# ---- --longest: the longest row one step can train within a memory budget ------------------------
+
+def planner_bytes(meta: dict, B: int, L: int, share: float) -> float:
+    """The planner's MLX peak for B rows padded to L (what the form and `data check` estimate, as
+    `fit_check.predicted_vs_measured` asks it: `run_memory_gb(overhead=False)`), in bytes."""
+    from finetune_app.core import estimates
+    from finetune_app.core.training.batch import padded_length
+
+    info = meta["info"]
+    return 1e9 * estimates.run_memory_gb(meta["cfg"].replace(batch_size=B), parameters=info.parameters,
+                                         dtype=info.dtype, quantization=info.quantization,
+                                         sizes=estimates.model_sizes(meta["config"]), seq_len=padded_length(L),
+                                         supervised=share, overhead=False)
+
+
+def planner_longest(meta: dict, B: int, budget: float, cap: int, share: float) -> dict:
+    """The planner's longest row at the budget: its estimate against the same MLX-peak budget
+    (the comparison), and the form's `will_it_fit` on a device of that memory (80% of it, process
+    overhead included: what a user is told)."""
+    from finetune_app.core import estimates
+
+    lo, hi = 0, cap
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if planner_bytes(meta, B, mid, share) <= budget else (lo, mid - 1)
+    info = meta["info"]
+    fit = estimates.will_it_fit(meta["cfg"].replace(batch_size=B), budget_bytes=int(budget), seq_len=lo or 1,
+                                parameters=info.parameters, dtype=info.dtype, quantization=info.quantization,
+                                sizes=estimates.model_sizes(meta["config"]), supervised=share)
+    return {"estimate_longest": lo, "form_longest": fit.longest_row}
+
+
+def search_longest(run, B: int, a, budget: float, cap: int, start: int, vocab: int, held: int, meta: dict | None,
+                   tool: str) -> dict:
+    """Doubling from `start` until a step's peak passes the budget (or `cap`), then interpolation
+    (a quadratic in L fitted to the peaks measured so far; the midpoint when it does not narrow the
+    bracket) down to `a.resolution` tokens; at most `a.probes` lengths, each a new trace. A probe's
+    peak: MLX's peak over its first call and one more step, from `mx.reset_peak_memory()` with the
+    weights, LoRA and optimizer state resident (what the process holds), less `held` (arrays from
+    before this tool loaded)."""
+    import mlx.core as mx
+
+    res = a.resolution
+    probes: dict[int, dict] = {}
+
+    def probe(L: int) -> bool:
+        rows, prompts = rows_for(L, B, a.supervised, vocab, seed=L)
+        share = sum(len(r) - p for r, p in zip(rows, prompts)) / sum(map(len, rows))
+        gc.collect()
+        mx.clear_cache()
+        one, facts = run(rows, prompts)
+        resident = mx.get_active_memory() - held
+        mx.reset_peak_memory()
+        t = time.perf_counter()
+        one()
+        first = time.perf_counter() - t
+        t = time.perf_counter()
+        one()
+        step_s = time.perf_counter() - t
+        peak = mx.get_peak_memory() - held
+        rec = {"L": L, "positions": facts["positions"], "peak_gb": round(peak / 1e9, 4),
+               "resident_gb": round(resident / 1e9, 4), "first_call_s": round(first, 3), "step_s": round(step_s, 3)}
+        if "supervised" in facts:
+            rec["supervised"] = facts["supervised"]
+        if meta is not None:
+            pred = planner_bytes(meta, B, L, share)
+            rec |= {"planner_gb": round(pred / 1e9, 4), "ratio": round(pred / peak, 3)}
+        probes[L] = rec
+        print(f"  {tool:7} B={B} L={L:>6} {'x'.join(map(str, rec['positions'])):>10} peak {rec['peak_gb']:8.3f} GB"
+              + (f"  planner {rec['planner_gb']:8.3f} GB  x{rec['ratio']:.3f}" if meta is not None else "")
+              + f"  first {first:6.2f} s  step {step_s:6.2f} s  {'ok' if peak <= budget else 'over'}", flush=True)
+        return peak <= budget
+
+    lo, hi, L = 0, None, min(start, cap)
+    while len(probes) < a.probes:  # bracket: double up (or halve down when the start is already over)
+        if probe(L):
+            lo = L
+            if hi is not None or L >= cap:
+                break
+            L = min(2 * L, cap)
+        else:
+            hi = L
+            if lo:
+                break
+            L = L // 2 // res * res or L // 2  # (below the resolution too: not even `res` tokens fit)
+            if not L:
+                break
+    while hi is not None and hi - lo > res and len(probes) < a.probes:  # narrow
+        xs = np.array(sorted(probes), float)
+        ys = np.array([probes[int(x)]["peak_gb"] * 1e9 for x in xs])
+        guess = (lo + hi) / 2
+        if len(xs) >= 3:
+            c2, c1, c0 = np.polyfit(xs, ys, 2)
+            roots = [r.real for r in np.roots([c2, c1, c0 - budget]) if abs(r.imag) < 1e-9 and lo < r.real < hi]
+            if roots:
+                guess = roots[0]
+        L = int(min(max(guess // res * res, lo + res), hi - res))
+        if probe(L):
+            lo = L
+        else:
+            hi = L
+    return {"longest": lo, "first_over": hi, "exact_to": (hi - lo) if hi is not None else None,
+            "probes": list(probes.values()),
+            **(planner_longest(meta, B, budget, cap, a.supervised) if meta is not None else {})}
+
+
+def longest_mode(folder: Path, a, results: dict, vocab: int, cap: int) -> None:
+    import mlx.core as mx
+
+    budget = a.longest * 1e9
+    batches = [int(b) for b in a.longest_batch.split(",")]
+    results["longest"] = out = {"budget_gb": a.longest, "cap": cap, "resolution": a.resolution,
+                                "batches": batches, "peak": "MLX peak over a new shape's first call and one more step, "
+                                "weights + LoRA + AdamW state resident (from a fresh process: those plus the step)",
+                                "tools": {}}
+    print(f"longest row within {a.longest} GB of MLX peak (cap {cap}, to {a.resolution} tokens, <= {a.probes} probes)")
+    for tool in a.tools.split(","):
+        t = time.perf_counter()
+        gc.collect()
+        mx.clear_cache()
+        held = mx.get_active_memory()
+        out["tools"][tool] = rec = {}
+        with (ours_tool if tool == "ours" else mlx_lm_tool)(folder, a) as (run, meta):
+            load_s = time.perf_counter() - t
+            for B in batches:
+                b1 = rec.get("B=1", {}).get("longest")
+                start = max(a.resolution, (b1 // B) // a.resolution * a.resolution) if b1 and B > 1 else a.longest_start
+                rec[f"B={B}"] = search_longest(run, B, a, budget, cap, start, vocab, held,
+                                               meta if tool == "ours" else None, tool)
+        del run, meta  # the closures hold the model: freed before the next tool loads its own
+        rec["held_before_gb"] = round(held / 1e9, 4)
+        rec["load_s"], rec["wall_s"] = round(load_s, 1), round(time.perf_counter() - t, 1)
+    print(f"{'tool':8} {'B':>3} {'longest':>8} {'first over':>10} {'probes':>6} {'planner':>8} {'form':>6} "
+          f"{'planner/measured':>17}  wall s")
+    for tool, rec in out["tools"].items():
+        for B in batches:
+            r = rec[f"B={B}"]
+            ratios = [p["ratio"] for p in r["probes"] if "ratio" in p]
+            span = f"{min(ratios):.2f}-{max(ratios):.2f}" if ratios else "-"
+            print(f"{tool:8} {B:>3} {r['longest']:>8} {str(r['first_over']):>10} {len(r['probes']):>6} "
+                  f"{r.get('estimate_longest', '-'):>8} {r.get('form_longest', '-'):>6} {span:>17}  {rec['wall_s']}")
+    if {"ours", "mlx_lm"} <= set(out["tools"]):
+        for B in batches:
+            o, m = out["tools"]["ours"][f"B={B}"]["longest"], out["tools"]["mlx_lm"][f"B={B}"]["longest"]
+            print(f"B={B}: longest row within {a.longest} GB: ours {o}, mlx_lm {m}" + (f" (x{o / m:.2f})" if m else ""))
+    ratios = [p["ratio"] for r in out["tools"].get("ours", {}).values() if isinstance(r, dict)
+              for p in r.get("probes", []) if "ratio" in p]
+    if ratios:
+        worst = max(ratios, key=lambda x: abs(x - 1))
+        out["planner_worst_ratio"] = worst
+        print(f"planner vs measured (ours, every probe): x{min(ratios):.3f} to x{max(ratios):.3f}; "
+              f"worst {abs(worst - 1):.1%} off ({'within' if abs(worst - 1) <= 0.15 else 'outside'} 15%)")
 
 
 def main() -> None:
@@ -174,6 +365,13 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--tools", default="ours,mlx_lm")
     p.add_argument("--out", required=True)
+    p.add_argument("--longest", type=float, nargs="?", const=24.0, default=None, metavar="GB",
+                   help="instead of --lengths: the longest row whose step's MLX peak stays within GB (default 24)")
+    p.add_argument("--longest-batch", default="1", help="--longest: batch sizes (e.g. 1,4)")
+    p.add_argument("--longest-start", type=int, default=None, help="--longest: first length (default 512; tiny 64)")
+    p.add_argument("--longest-cap", type=int, default=32768, help="--longest: longest length tried (and max positions)")
+    p.add_argument("--resolution", type=int, default=64, help="--longest: tokens the answer is exact to")
+    p.add_argument("--probes", type=int, default=8, help="--longest: lengths tried per tool and batch (each a trace)")
     a = p.parse_args()
     cuda = mx.cuda.is_available() if hasattr(mx, "cuda") else False
     size = a.size or ("real" if cuda else "tiny")
@@ -185,6 +383,23 @@ def main() -> None:
         work = Path(a.work) if a.work else Path(tmp := tempfile.mkdtemp(prefix="step_micro_"))
         folder = build_model(size, dtype, work / f"llama-{size}-{dtype}")
     vocab = json.loads((folder / "config.json").read_text())["vocab_size"]
+    if a.longest is not None:
+        config = json.loads((folder / "config.json").read_text())
+        cap = min(a.longest_cap, config.get("max_position_embeddings") or a.longest_cap)
+        a.longest_start = a.longest_start or (512 if size == "real" else 64)
+        results = {"device": str(mx.default_device()), "model": str(folder), "size": size, "dtype": dtype,
+                   "supervised": a.supervised, "rank": a.rank}
+        t = time.perf_counter()
+        longest_mode(folder, a, results, vocab, cap)
+        results["wall_s"] = round(time.perf_counter() - t, 1)
+        print(f"--longest: {results['wall_s']} s after the model build")
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps(results, indent=1))
+        if tmp:
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+        return
     shapes = [(L, rows_for(L, a.batch_size, a.supervised, vocab, seed=L)) for L in map(int, a.lengths.split(","))]
     results = {"device": str(mx.default_device()), "device_info": {k: v for k, v in mx.device_info().items()
                                                                      if isinstance(v, (int, float, str))},
