@@ -586,7 +586,7 @@ class TrainingView(QWidget):
         self.val_losses.append(r.val_loss)
         self._dirty = True
         self.stats["val"].set(f"{r.val_loss:.3f}")
-        self._log(f"Validation loss {r.val_loss:.3f} at step {r.step:,} ({r.val_tokens:,} tokens, {r.seconds:.1f} s)")
+        self._log(f"Validation loss {r.val_loss:.3f} at step {r.step:,} ({r.val_tokens:,} {r.unit}, {r.seconds:.1f} s)")
 
     def _add_scores(self, step: int, metrics: dict) -> None:
         for name, value in metrics.items():
