@@ -88,9 +88,13 @@ def test_host_killed_mid_run_then_resume_alone_matches_uninterrupted(tiny_model,
     assert sorted(losses) == list(range(1, 61))
     for step in range(1, 61):
         assert losses[step] == pytest.approx(ref_losses[step], rel=1e-4, abs=1e-5), step
+    # Weights after 60 AdamW steps: two ranks sum their halves' gradients in another order than
+    # one process, and the drift reaches ~4e-5 on values up to 0.27 (since the length-sorted batch
+    # order; the last five steps move each tensor by 2e-4 to 3e-4). The per-step losses above are
+    # what catch a lost, repeated or wrong batch.
     a, b = mx.load(str(ref / "adapters.safetensors")), mx.load(str(run / "adapters.safetensors"))
     for k in a:
-        assert mx.allclose(a[k], b[k], rtol=1e-3, atol=1e-5).item(), k
+        assert mx.allclose(a[k], b[k], rtol=1e-3, atol=1e-4).item(), k
 
 
 def test_frozen_host_is_given_up_after_the_peer_timeout(tiny_model, instruction_data, tmp_path):
