@@ -124,11 +124,12 @@ def ours_tool(folder: Path, a):
         yield run, {"cfg": cfg, "info": describe(base), "config": base.config}
 
 
-def ours(folder: Path, shapes: list, a) -> dict:
+def fixed_shapes(tool_cm, folder: Path, shapes: list, a) -> dict:
+    """One tool (`ours_tool` or `mlx_lm_tool`) at each fixed shape: first call, steady steps, peak."""
     import mlx.core as mx
 
     out = {}
-    with ours_tool(folder, a) as (run, _):
+    with tool_cm(folder, a) as (run, _):
         for L, (rows, prompts) in shapes:
             one, facts = run(rows, prompts)
             mx.reset_peak_memory()
@@ -180,18 +181,6 @@ def mlx_lm_tool(folder: Path, a):
         return one, {"positions": [len(rows), width - 1]}
 
     yield run, {}
-
-
-def mlx_lm(folder: Path, shapes: list, a) -> dict:
-    import mlx.core as mx
-
-    out = {}
-    with mlx_lm_tool(folder, a) as (run, _):
-        for L, (rows, prompts) in shapes:
-            one, facts = run(rows, prompts)
-            mx.reset_peak_memory()
-            out[L] = timed(one, a.steps, a.warmup) | facts | {"peak_gb": round(mx.get_peak_memory() / 1e9, 2)}
-    return out
 
 
 # ---- --longest: the longest row one step can train within a memory budget ------------------------
@@ -407,7 +396,7 @@ def main() -> None:
                "supervised": a.supervised, "steps": a.steps, "tools": {}}
     for tool in a.tools.split(","):
         t = time.perf_counter()
-        results["tools"][tool] = {"L": (ours if tool == "ours" else mlx_lm)(folder, shapes, a)}
+        results["tools"][tool] = {"L": fixed_shapes(ours_tool if tool == "ours" else mlx_lm_tool, folder, shapes, a)}
         results["tools"][tool]["wall_s"] = round(time.perf_counter() - t, 1)
         gc.collect()
         mx.clear_cache()
