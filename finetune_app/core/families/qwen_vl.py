@@ -8,11 +8,22 @@ features (tower outputs added to the first decoder layers' hidden states at the 
 are cached beside the main features and added by a gather, as mlx-vlm's `_deepstack_process`
 adds them. The merger sits inside the tower, so training it (or the tower) uses the library path.
 
+Compiled tower (#16): uncompiled, the frozen tower is launch/overhead-bound (a Python loop per
+image for attention, position tables built per image, many small ops). With compilation on, a
+group *signature* (each picture's grid, in order) met by at least two planned groups gets its own
+`mx.compile`d tower with the grid captured as a constant, so mlx-vlm's host reads of the grid
+(`int(grid_thw[i, 0])`, `cu_seqlens.tolist()`) run on a constant at trace time and only the pixels
+(and the weights) are traced. Which signatures compile is a function of the plan alone (the most
+frequent `MAX_COMPILED`), so a resumed run computes each group the way the uninterrupted run did;
+other signatures (pictures of many sizes) take the uncompiled call.
+
 Packed rows (`pack`): several examples share a row behind a block-diagonal causal mask, and each
 keeps its own mRoPE ids (its per-example `get_rope_index`), so its positions restart at its start.
 """
 
 from __future__ import annotations
+
+from collections import Counter
 
 import mlx.core as mx
 import numpy as np
@@ -21,6 +32,14 @@ from finetune_app.core.families.generic import Generic, assemble, cached_feature
 from finetune_app.core.patches import qwen_rope_state as rope_state
 from finetune_app.core.training.batch import Batch, gather_plan, segment_mask
 from finetune_app.core.vision_cache import VisionFeatureCache, content_key
+
+
+MAX_COMPILED = 8  # compiled tower signatures held at most
+
+
+def signature(grids) -> tuple[str, ...]:
+    """A tower call's signature: each picture's grid, in order (the grid part of its cache key)."""
+    return tuple("x".join(map(str, g.tolist())) for g in np.asarray(grids).reshape(-1, 3))
 
 
 class QwenVL(Generic):
@@ -33,6 +52,9 @@ class QwenVL(Generic):
         self.cache = VisionFeatureCache(self._images, self._tower_call)  # grouped tower calls
         self.features = self.cache.features  # cache key -> [n, D] merged tower features
         self.deep = self.cache.extra  # cache key -> [layers, n, D] deepstack features (Qwen3-VL)
+        self.compiled_signatures: frozenset = frozenset()  # chosen from the plan (`group_images`)
+        self.compiled_towers: dict = {}  # signature -> its compiled tower
+        self.compiled_calls = 0  # tower calls that took a compiled tower (tests, benchmarks)
 
     def start(self, cfg) -> None:
         self.fast = bool(cfg.cache_vision and not cfg.train_vision and not cfg.train_projector)
@@ -84,15 +106,38 @@ class QwenVL(Generic):
         """One tower call on images of any sizes (block-diagonal attention by grid): each one's
         features, split back by its merged-row count."""
         grids = np.stack([g for _, g in images])
-        feats, deep = self.tower_features(self.base.model, mx.array(np.concatenate([r for r, _ in images])),
-                                          mx.array(grids))
+        pixels = mx.array(np.concatenate([r for r, _ in images]))
+        sig = signature(grids)
+        if sig in self.compiled_signatures:
+            feats, *deep = self._compiled_tower(sig, grids)(pixels)
+            deep = deep[0] if deep else None
+            self.compiled_calls += 1
+        else:
+            feats, deep = self.tower_features(self.base.model, pixels, mx.array(grids))
         ends = np.cumsum([r.shape[0] for r, _ in images]) * feats.shape[0] // sum(r.shape[0] for r, _ in images)
         starts = [0, *ends[:-1].tolist()]
         return [(feats[a:b], None if deep is None else deep[:, a:b]) for a, b in zip(starts, ends.tolist())]
 
+    def _compiled_tower(self, sig, grids):
+        """The signature's compiled tower: pixels -> (features,) or (features, deepstack), the grid
+        a constant of the trace (so it traces: no host read of a traced array), the weights read at
+        each call (`inputs`), no gradient."""
+        if sig not in self.compiled_towers:
+            model, grid = self.base.model, mx.array(grids)
+
+            def tower(pixels):
+                feats, deep = self.tower_features(model, pixels, grid)
+                return tuple(mx.stop_gradient(a) for a in (feats, deep) if a is not None)
+
+            self.compiled_towers[sig] = mx.compile(tower, inputs=model.vision_tower.state)
+        return self.compiled_towers[sig]
+
     def group_images(self, groups, reread) -> None:
         if self.fast:
             self.cache.plan(groups, reread)
+            if self.compiled:  # the signatures met by two planned groups or more, most frequent first
+                met = Counter(tuple(k.rsplit("-", 1)[1] for k in keys) for keys, _ in self.cache.groups)
+                self.compiled_signatures = frozenset(s for s, n in met.most_common(MAX_COMPILED) if n >= 2)
 
     def ready(self, ex) -> bool:
         return self.fast and self.cache.ready(ex)
