@@ -84,7 +84,10 @@ def test_force_export_killed_between_renames_leaves_a_bundle(run_dir, tmp_path, 
     assert hidden_leftovers(dest) == []  # no backup or staging folder left behind
 
 
-def test_an_export_elsewhere_also_repairs_a_killed_swap(run_dir, tmp_path):
+def test_an_export_elsewhere_also_repairs_a_killed_swap(run_dir, tmp_path, monkeypatch):
+    # A data folder of its own: any export repairs the killed swaps noted in the data folder, so an
+    # export in a test running beside this one would otherwise repair this swap before it is looked at.
+    monkeypatch.setenv("FINETUNE_DATA_DIR", str(tmp_path / "app-data"))
     dest = tmp_path / "bundle"
     assert main(export_args(run_dir, dest)) == 0
     old = {p.name: p.read_bytes() for p in dest.iterdir()}
