@@ -48,7 +48,7 @@ class VisionFeatureCache:
     """In-memory cache of tower features per image, filled by groups of images per tower call."""
 
     def __init__(self, images, compute, runs=None):
-        self.images = images  # example -> [(key, image)] of its images, its pixels still held
+        self.images = images  # (example, keys=None) -> [(key, image)] of its images, its pixels still held
         self.compute = compute  # [image, ...] -> [(features, extra or None), ...]: one tower call
         self.runs = runs or (lambda images: [list(range(len(images)))])  # the calls a group takes
         self.features: dict[str, mx.array] = {}
@@ -81,7 +81,9 @@ class VisionFeatureCache:
         evaluated together; then drop their pixels (the features replace them). Returns how many
         images were computed."""
         missing = [k for ex in examples for k in ex.feature_keys if k not in self.features]
-        pixels = {k: img for ex in examples for k, img in self.images(ex)} if missing else {}
+        # (keyed by the names preparation gave them: hashing megabytes of pixels again per batch
+        # is work on the step's path; re-read examples below are hashed, their files may have changed)
+        pixels = {k: img for ex in examples for k, img in self.images(ex, ex.feature_keys)} if missing else {}
         todo = [self.groups[g] for g in dict.fromkeys(self.group_of[k] for k in missing if k in self.group_of)]
         loose = list(dict.fromkeys(k for k in missing if k not in self.group_of))  # outside every group
         todo += [(loose, examples)] if loose else []

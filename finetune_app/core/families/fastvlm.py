@@ -63,10 +63,14 @@ class FastVLM(Generic):
         return feats.reshape(n, h * w, c)
 
     @staticmethod
-    def _images(ex):
-        """(cache key, pixels [3, H, W]) of each image of the example (its pixels still held)."""
+    def _images(ex, keys=None):
+        """(cache key, pixels [3, H, W]) of each image of the example (its pixels still held);
+        `keys`: the example's keys as already named (`ex.feature_keys`), so they are not hashed again."""
         pv = ex.images.get("pixel_values")
-        return [] if pv is None else [(content_key(img), img) for img in pv.reshape((-1,) + pv.shape[-3:])]
+        if pv is None:
+            return []
+        images = list(pv.reshape((-1,) + pv.shape[-3:]))
+        return list(zip(keys if keys is not None else map(content_key, images), images))
 
     def _tower_call(self, images):
         """One tower call on same-sized images: each one's features [H*W, C]."""

@@ -89,18 +89,20 @@ class QwenVL(Generic):
             ex.images = {}
 
     @staticmethod
-    def _images(ex):
-        """(cache key, (patch rows, grid)) of each image of the example (its pixels still held)."""
+    def _images(ex, keys=None):
+        """(cache key, (patch rows, grid)) of each image of the example (its pixels still held);
+        `keys`: the example's keys as already named (`ex.feature_keys`), so they are not hashed again."""
         pv, grid = ex.images.get("pixel_values"), ex.images.get("image_grid_thw")
         if pv is None or grid is None:
             return []
-        out, start = [], 0
+        images, start = [], 0
         for g in grid.reshape(-1, 3):
             n = int(np.prod(g))
-            rows = pv[start:start + n]
+            images.append((pv[start:start + n], g))
             start += n
-            out.append((content_key(rows) + "-" + "x".join(map(str, g.tolist())), (rows, g)))
-        return out
+        if keys is None:
+            keys = [content_key(rows) + "-" + signature(g)[0] for rows, g in images]
+        return list(zip(keys, images))
 
     def _tower_call(self, images):
         """One tower call on images of any sizes (block-diagonal attention by grid): each one's
