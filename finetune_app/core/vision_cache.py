@@ -98,7 +98,7 @@ class VisionFeatureCache:
 
     def fill(self, examples) -> int:
         """Compute the features these examples' images do not have yet, each with its whole group,
-        evaluated together; then drop their pixels (the features replace them). Returns how many
+        in one evaluation; then drop their pixels (the features replace them). Returns how many
         images were computed."""
         missing = [k for ex in examples for k in ex.feature_keys if k not in self.features]
         # (keyed by the names preparation gave them: hashing megabytes of pixels again per batch
@@ -119,8 +119,8 @@ class VisionFeatureCache:
                 if extra is not None:
                     self.extra[k] = extra
                     new.append(extra)
-        if new:
-            mx.eval(new)
+        if new:  # started, not waited for (#16 vlmpipe): the device runs the tower while this thread
+            mx.async_eval(new)  # builds the step that reads it, with no host sync between the two
         for ex in examples:
             ex.images = {k: v for k, v in ex.images.items() if k not in PIXELS}
         return count
