@@ -2,8 +2,8 @@
 
 Fast path (frozen tower): each image's merged tower features are computed once, by the first
 batch that needs them (so the first step does not wait for every image), in one tower call with
-the other images of its epoch-0 batch (vision_cache.py), and cached by the pixels' content; the mRoPE position ids are computed once per example on the host (mlx-vlm's
-`get_rope_index` evaluates arrays, so it cannot run inside a compiled step). Qwen3-VL's deepstack
+the other images of its epoch-0 batch (vision_cache.py), and cached by the pixels' content; the mRoPE position ids are computed once per example on the host, in numpy (mlx-vlm's
+`get_rope_index` evaluates arrays, so it cannot run inside a compiled step; `rope_positions`). Qwen3-VL's deepstack
 features (tower outputs added to the first decoder layers' hidden states at the image positions)
 are cached beside the main features and added by a gather, as mlx-vlm's `_deepstack_process`
 adds them. The merger sits inside the tower, so training it (or the tower) uses the library path.
