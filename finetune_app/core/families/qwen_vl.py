@@ -2,11 +2,12 @@
 
 Fast path (frozen tower): each image's merged tower features are computed once, by the first
 batch that needs them (so the first step does not wait for every image), in one tower call with
-the other images of its epoch-0 batch (vision_cache.py), and cached by the pixels' content; the mRoPE position ids are computed once per example on the host, in numpy (mlx-vlm's
-`get_rope_index` evaluates arrays, so it cannot run inside a compiled step; `rope_positions`). Qwen3-VL's deepstack
-features (tower outputs added to the first decoder layers' hidden states at the image positions)
-are cached beside the main features and added by a gather, as mlx-vlm's `_deepstack_process`
-adds them. The merger sits inside the tower, so training it (or the tower) uses the library path.
+the other images of its epoch-0 batch (vision_cache.py), and cached by the pixels' content; the
+mRoPE position ids are computed once per example on the host, in numpy (`rope_positions`:
+mlx-vlm's `get_rope_index` evaluates arrays, so it cannot run inside a compiled step). Qwen3-VL's
+deepstack features (tower outputs added to the first decoder layers' hidden states at the image
+positions) are cached beside the main features and added by a gather, as mlx-vlm's
+`_deepstack_process` adds them. The merger sits inside the tower, so training it (or the tower) uses the library path.
 
 Compiled tower (#16): uncompiled, the frozen tower is launch/overhead-bound (a Python loop per
 image for attention, position tables built per image, many small ops). With compilation on, a
@@ -87,8 +88,8 @@ class QwenVL(Generic):
         for images (the same in Qwen2-, 2.5- and 3-VL): text runs count on from the last id on all
         three axes, an image's pads take (t, h, w) grid ids offset by where it starts. mlx-vlm's
         builds them with per-token Python loops and a device sync per grid entry (1.3 ms a row
-        on this CPU against 0.07; on a GPU, round trips), on the training thread; a row whose pads do not match its grid rows (not the
-        processor's layout) takes the library's call."""
+        on this CPU against 0.07; on a GPU, round trips), on the training thread. A row whose
+        pads do not match its grid rows (not the processor's layout) takes the library's call."""
         ids = np.asarray(ids)
         L = len(ids)
         if grid is None:
