@@ -78,6 +78,9 @@ class Step:
         if norm is None:
             norm = sum(b.units if b.units is not None else b.n_targets for b in batches)
         norm = mx.array(float(norm) or 1.0)
+        if not self._fns:  # (#16 vlmpipe) the optimizer's state made before the first trace, as its first
+            self.optimizer.init(self.model.trainable_parameters())  # update would: else the state the
+            # compiled step captures changes after step 1, and step 2 traces again (one more trace)
         if len(batches) == 1:
             fn = self._fns.get("full") or self._fns.setdefault("full", self._build(False))
             loss, grad_norm, self.metrics = fn(norm, self.inputs(batches[0]))

@@ -68,6 +68,7 @@ class Trainer:
         self.world = distributed.world()
         self.state = ckpt.TrainState(seed=config.seed)
         self._epoch_batches: dict[int, list[list[int]]] = {}
+        self.reread = None  # (#16 vlmpipe) examples kept without pixels, encoded again ahead (reread.py)
         self._val_cache: list[float] = []
         self._generated: tuple[int, tuple] = (-1, ())  # (step, rows generated at it): see generate_rows
         self._lock: run_folder.RunLock | None = None
@@ -266,10 +267,27 @@ class Trainer:
         features stand in for them); the family names the fresh one's images again."""
         if not ex.lazy_images or all(self.family.ready(p) for p in ex.parts):
             return ex
-        fresh = self.encoder.encode(self.data.dataset.sample(ex.index), index=ex.index)
+        fresh = self.reread.take(ex.index) if self.reread is not None else None  # (#16 vlmpipe) encoded ahead
+        if fresh is None:
+            fresh = self.encoder.encode(self.data.dataset.sample(ex.index), index=ex.index)
         for part in fresh.parts:
             self.family.prepare_example(part)
         return fresh
+
+    def _plan_reread(self):
+        """(#16 vlmpipe) The examples this rank will read again, in the order the rest of epoch 0
+        and then the validation meet them, encoded a few batches ahead on threads (reread.py)."""
+        from finetune_app.core.training.reread import Reread
+
+        s, data = self.state, self.data
+        if not self.family.fast or s.epoch > 0 or not any(e.lazy_images for e in data.train + data.valid):
+            return None
+        rank, size, bs = self.world.rank, self.world.size, self.cfg.batch_size
+        planned = [data.train[i] for b in self.batches_of_epoch(0)[s.batch_in_epoch:] for i in self.world.shard(b)]
+        valid = [data.valid[k:k + bs] for k in range(0, len(data.valid), bs)][:self.cfg.val_batches or None]
+        planned += [e for i, b in enumerate(valid) if i % size == rank for e in b]
+        rows = [e.index for e in planned if e.lazy_images and not all(self.family.ready(p) for p in e.parts)]
+        return Reread(data.dataset, self.encoder, list(dict.fromkeys(rows))) if rows else None
 
     # ---- (#18) a row whose lazily read image became unreadable mid-run is skipped, not fatal ----
     def _readable(self, examples: list[Example]) -> list[Example]:
@@ -442,6 +460,8 @@ class Trainer:
             self.emit(StateChanged("failed", f"Unexpected error: {type(exc).__name__}: {exc}", step=self.state.step))
             raise
         finally:
+            if self.reread is not None:
+                self.reread.close()
             self.dp.close()
             self._release_run_dir(failed)
 
@@ -449,6 +469,7 @@ class Trainer:
         cfg = self.cfg
         self.emit(StateChanged("started", step=self.state.step))
         clock = Clock()
+        self.reread = self._plan_reread()
         report = hooks.Report(clock, cfg.steps_per_report, host_rates=self.dp.host_rates)
         evaluate = hooks.Evaluate(cfg.steps_per_eval)
         scores = [hooks.ScoreGenerations(cfg.steps_per_eval, cfg.eval_metrics, cfg.eval_samples)] if cfg.eval_metrics else []
