@@ -286,3 +286,21 @@ def test_private_use_pattern_catches_each_spelling():
         assert PRIVATE_USE.search(line), line
     for line in ("from mlx_lm.utils import load", "import mlx.core as mx", "from mlx_vlm import generate"):
         assert not PRIVATE_USE.search(line), line
+
+
+def test_mlx_lm_tuner_imports_without_trackers():
+    """The tuner's LoRA layers import without wandb/swanlab; the real ones import afterwards."""
+    import subprocess
+    import sys
+
+    code = ("import sys, importlib.util\n"
+            "from finetune_app.core.patches.mlx_lm_tuner_imports import import_module\n"
+            "assert import_module('mlx_lm.tuner.utils').linear_to_lora_layers\n"
+            "assert 'wandb' not in sys.modules and 'swanlab' not in sys.modules, 'tracker imported'\n"
+            "assert sys.modules['mlx_lm.tuner.callbacks'].wandb is None\n"
+            "if importlib.util.find_spec('wandb'):\n"
+            "    import wandb\n"
+            "    assert wandb.__spec__ is not None\n"
+            "print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]

@@ -86,3 +86,28 @@ def test_bad_config_file_value_names_the_file(tmp_path, capsys):
     assert str(toml) in err and "learning_rate" in err and "batch_size" in err
     assert main(args + ["--batch-size", "2", "--learning-rate", "1e-4"]) == 3  # flags win; then: no model folder
     assert "run.toml" not in capsys.readouterr().err
+
+
+def test_weights_read_on_a_thread_are_the_loaders(tiny_model):
+    """load_base(read_later=True) on the main thread reads a text model's weights on a thread of
+    their own (#16 startup2); after wait_for_weights they are exactly the eager load's. Off the main
+    thread (MLX streams are thread-local) it loads eagerly, as before."""
+    import threading
+
+    from mlx.utils import tree_flatten
+
+    from finetune_app.core.models import WeightRead, load_base
+
+    folder = tiny_model("llama")
+    eager = dict(tree_flatten(load_base(folder).model.parameters()))
+    base = load_base(folder, read_later=True)
+    assert isinstance(base.reading, WeightRead)
+    base.wait_for_weights()
+    assert base.reading is None
+    got = dict(tree_flatten(base.model.parameters()))
+    assert set(got) == set(eager) and all(mx.array_equal(got[k], eager[k]).item() for k in eager)
+    off_main = {}
+    t = threading.Thread(target=lambda: off_main.update(base=load_base(folder, read_later=True)))
+    t.start()
+    t.join()
+    assert off_main["base"].reading is None

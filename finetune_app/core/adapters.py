@@ -168,8 +168,9 @@ def _attach_vlm(base: BaseModel, cfg: TrainConfig) -> dict:
 
 
 def _attach_text(base: BaseModel, cfg: TrainConfig) -> dict:
-    from mlx_lm.tuner.utils import linear_to_lora_layers
+    from finetune_app.core.patches.mlx_lm_tuner_imports import import_module
 
+    linear_to_lora_layers = import_module("mlx_lm.tuner.utils").linear_to_lora_layers  # (no wandb import: #16)
     model = base.model
     num_layers = len(model.layers)
     if cfg.fine_tune_type == "full":
@@ -327,9 +328,9 @@ def load_into(base: BaseModel, folder: str | Path) -> dict:
 
             apply_lora_layers(base.model, str(folder))
         else:
-            from mlx_lm.tuner.utils import load_adapters
+            from finetune_app.core.patches.mlx_lm_tuner_imports import import_module
 
-            load_adapters(base.model, str(folder))
+            import_module("mlx_lm.tuner.utils").load_adapters(base.model, str(folder))
         _check_loaded(base.model, folder, config, shapes, before)
     except AdapterError:
         raise

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -42,6 +43,14 @@ class BaseModel:
     # the prompt layout its adapter (adapters.load_into) or fused bundle was trained with: our own
     # generation renders prompts that way (None: auto, the runtime's default)
     serve_target: str | None = None
+    reading: "WeightRead | None" = field(default=None, repr=False, compare=False)  # load_base(read_later=True)
+
+    def wait_for_weights(self) -> None:
+        """The weights are in memory once this returns (load_base(read_later=True)); raises the
+        read's ModelError. Cheap when there is nothing to wait for."""
+        reading, self.reading = self.reading, None
+        if reading is not None:
+            reading.wait()
 
     @property
     def family(self) -> str:
@@ -211,12 +220,18 @@ def model_kind(config: dict) -> str:
 
 # ---- loading -----------------------------------------------------------------------------------
 
-def load_base(source: str | Path, *, progress: ProgressFn | None = None, lazy: bool = False) -> BaseModel:
+def load_base(source: str | Path, *, progress: ProgressFn | None = None, lazy: bool = False,
+              read_later: bool = False) -> BaseModel:
     """Load a base model through mlx-vlm or mlx-lm, refusing clearly what they cannot load.
 
     The folder is checked first (core.model_folder: no code of its own, sane sizes, readable
     headers), and the loaders are told `trust_remote_code=False` (the no_remote_code patch
-    holds even where a library asks for True)."""
+    holds even where a library asks for True).
+
+    `read_later` (a text model): the model is built and its weight files matched to it as now, but
+    the weights are read on a thread of their own (`WeightRead`), so the caller's next steps (LoRA
+    attach, tokenising the data) overlap the read; it calls `base.wait_for_weights()` before
+    anything evaluates the model (#16 startup2)."""
     from finetune_app.core import patches
 
     path, config = _resolved(source, progress)
@@ -225,6 +240,12 @@ def load_base(source: str | Path, *, progress: ProgressFn | None = None, lazy: b
     # mlx-vlm for them costs a text run seconds before its first step (#16)
     patches.apply(only=None if kind == "vlm" else ("no_remote_code",))
     model_type = str(config["model_type"]).lower()
+    # (see WeightRead: another thread can read only the main thread's arrays)
+    # (the CPU back-end only: there a thread reads the main thread's lazy arrays; on Metal and CUDA
+    # MLX 0.32 refuses that, "There is no Stream(gpu, 0) in current thread", ml-explore/mlx#3529,
+    # and the overlap is not verified: those load as before)
+    later = (read_later and kind == "text" and not lazy and threading.current_thread() is threading.main_thread()
+             and _cpu_backend())
     try:
         if kind == "vlm":
             from mlx_vlm.utils import load as vlm_load
@@ -233,25 +254,88 @@ def load_base(source: str | Path, *, progress: ProgressFn | None = None, lazy: b
         else:
             import mlx_lm
 
-            model, processor = mlx_lm.load(str(path), lazy=lazy, trust_remote_code=False,
+            model, processor = mlx_lm.load(str(path), lazy=lazy or later, trust_remote_code=False,
                                            tokenizer_config={"trust_remote_code": False})
     except ModelError:
         raise
-    except MemoryError:
-        raise ModelError(f"Not enough memory to load the model in '{path}'.",
-                         "Close other apps or choose a smaller (or quantized) model.", file=path) from None
     except Exception as exc:  # the libraries' own errors (ValueError, RuntimeError from MLX, JSON, ...)
-        msg = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        if "not supported" in msg or isinstance(exc, ImportError):
-            raise ModelError(f"{model_type} models are not supported by {'mlx-vlm' if kind == 'vlm' else 'mlx-lm'} ({msg}).",
-                             "Choose a supported family: FastVLM, Qwen2/2.5/3-VL, Llama, Qwen2/3 or Mistral.", file=path) from None
-        raise ModelError(f"Could not load the model in '{path}': {type(exc).__name__}: {msg}.",
-                         "The folder may be incomplete or from an incompatible converter; re-download it or convert it again with mlx-vlm / mlx-lm.", file=path) from None
+        raise _load_failed(exc, path, kind, model_type) from None
     model.eval()
     from finetune_app.core.serving import bundle_layout
 
-    return BaseModel(model=model, processor=processor, kind=kind, model_type=model_type, path=path,
+    base = BaseModel(model=model, processor=processor, kind=kind, model_type=model_type, path=path,
                      config=config, source=str(source), serve_target=bundle_layout(path))
+    if later:
+        base.reading = WeightRead(base)
+    return base
+
+
+def _cpu_backend() -> bool:
+    import mlx.core as mx
+
+    return mx.default_device().type == mx.DeviceType.cpu
+
+
+def _load_failed(exc: BaseException, path: Path, kind: str, model_type: str) -> ModelError:
+    """The located error for a library's failure to load (or read) the model in `path`."""
+    if isinstance(exc, MemoryError):
+        return ModelError(f"Not enough memory to load the model in '{path}'.",
+                          "Close other apps or choose a smaller (or quantized) model.", file=path)
+    msg = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+    if "not supported" in msg or isinstance(exc, ImportError):
+        return ModelError(f"{model_type} models are not supported by {'mlx-vlm' if kind == 'vlm' else 'mlx-lm'} ({msg}).",
+                          "Choose a supported family: FastVLM, Qwen2/2.5/3-VL, Llama, Qwen2/3 or Mistral.", file=path)
+    return ModelError(f"Could not load the model in '{path}': {type(exc).__name__}: {msg}.",
+                      "The folder may be incomplete or from an incompatible converter; re-download it or convert it again with mlx-vlm / mlx-lm.", file=path)
+
+
+class WeightRead:
+    """A lazily loaded model's weights read on a thread of their own (#16 startup2).
+
+    `mx.eval` of the loader's arrays (the file read; on CUDA also the copy to the device) releases
+    the GIL, so the run's Python-heavy setup after the load (LoRA attach and its imports, the
+    tokeniser over every row) runs meanwhile instead of after it. Only this thread evaluates the
+    base weights until `wait()`; the caller builds graphs on them (LoRA layers) but evaluates
+    nothing of the model before then.
+
+    MLX 0.32 streams are thread-local: arrays made on a thread other than the main one cannot be
+    evaluated elsewhere ("There is no Stream(cpu, 1) in current thread"), so load_base starts this
+    only on the main thread (the CLI), and `wait()` evaluates on the caller's thread whatever the
+    reading thread could not; only a failure there is the load's error (a located ModelError)."""
+
+    def __init__(self, base: BaseModel):
+        from mlx.utils import tree_flatten
+
+        self.path, self.kind, self.model_type = base.path, base.kind, base.model_type
+        self.error: BaseException | None = None
+        self._model = base.model
+        arrays = [v for _, v in tree_flatten(base.model.parameters())]
+        self._thread = threading.Thread(target=self._read, args=(arrays,), name="read-weights", daemon=True)
+        self._thread.start()
+
+    def _read(self, arrays: list) -> None:
+        import mlx.core as mx
+
+        try:
+            mx.eval(arrays)
+        except BaseException as exc:  # noqa: BLE001 - handed to wait(), on the caller's thread
+            self.error = exc
+        finally:
+            del arrays[:]
+            mx.clear_streams()  # a thread that used MLX releases its streams (docs/engine.md "Threads")
+
+    def wait(self) -> None:
+        """Block until the weights are in memory; the read's failure as a located ModelError."""
+        import mlx.core as mx
+
+        self._thread.join()
+        model, self._model = self._model, None
+        if self.error is not None and model is not None:
+            self.error = None
+            try:  # here, on the thread that made the arrays (an evaluated one is skipped)
+                mx.eval(model.parameters())
+            except Exception as exc:  # noqa: BLE001 - the libraries' own errors, located
+                raise _load_failed(exc, self.path, self.kind, self.model_type) from None
 
 
 # ---- describing --------------------------------------------------------------------------------

@@ -15,7 +15,8 @@ import threading
 from finetune_app.core.patches import (chat_template, deepseek_moe_gate, deepseek_tile_count,
                                        fastvlm_vision_config, hf_tokenizer, llava_next_anyres,
                                        llava_processor_kwargs,
-                                       mllama_vision_batch, mlx_launch, mlx_lm_classes, no_remote_code,
+                                       mllama_vision_batch, mlx_launch, mlx_lm_classes, mlx_lm_tuner_imports,
+                                       no_remote_code,
                                        phi3v_vision_config, qwen_rope_state, sacrebleu_stats)
 
 BEHAVIOUR = {"fastvlm_vision_config": fastvlm_vision_config.apply, "no_remote_code": no_remote_code.apply,
@@ -27,7 +28,8 @@ BEHAVIOUR = {"fastvlm_vision_config": fastvlm_vision_config.apply, "no_remote_co
              "llava_next_anyres": llava_next_anyres.apply}
 MODULES = (fastvlm_vision_config, no_remote_code, deepseek_moe_gate, deepseek_tile_count, mllama_vision_batch,
            llava_processor_kwargs, phi3v_vision_config, llava_next_anyres,
-           chat_template, sacrebleu_stats, hf_tokenizer, qwen_rope_state, mlx_launch, mlx_lm_classes)
+           chat_template, sacrebleu_stats, hf_tokenizer, qwen_rope_state, mlx_launch, mlx_lm_classes,
+           mlx_lm_tuner_imports)
 
 _lock = threading.Lock()
 _applied: set[str] = set()

@@ -134,9 +134,21 @@ class Trainer:
         trackers.require(cfg.report_to if self.world.is_main else None)  # said before the model loads
         self._check_run_dir()
         self.emit(StateChanged("loading"))
-        if self.base is None:
-            self.base = load_base(cfg.model, progress=lambda d, t, w: self.emit(Progress(f"downloading {w}", d, t)))
-        base = self.base
+        if self.base is None:  # (#16 startup2) a text model's weights are read while LoRA attaches and rows tokenise
+            self.base = load_base(cfg.model, progress=lambda d, t, w: self.emit(Progress(f"downloading {w}", d, t)),
+                                  read_later=True)
+        try:
+            data = self._model_and_data(self.base)
+        except BaseException:
+            self.base.wait_for_weights()  # a failed read is the first error, as when the weights were read up front
+            raise
+        self.base.wait_for_weights()
+        return self._after_data(data)
+
+    def _model_and_data(self, base: BaseModel) -> Prepared:
+        """LoRA attached, the family, objective and encoder made, the rows prepared: nothing here
+        evaluates the base weights (load_base(read_later=True) may still be reading them)."""
+        cfg = self.cfg
         mx.random.seed(cfg.seed)
         self.adapter_config = adapters.attach(base, cfg)
         self.checkpoint_bytes = ckpt.estimate_checkpoint_bytes(base.model, cfg.fine_tune_type)
@@ -169,6 +181,10 @@ class Trainer:
                                 on_example=self.family.prepare_example)
         if data.skipped:
             self.emit(Notice(f"{data.skip_notice()} Run `finetune-app data check {cfg.data}` to see them all."))
+        return data
+
+    def _after_data(self, data: Prepared) -> Prepared:
+        cfg, base = self.cfg, self.base
         self.data = data
         self.train_lengths = [e.model_length for e in data.train]
         first = epoch_batches(self.train_lengths, cfg.batch_size, seed=cfg.seed, epoch=0)
