@@ -263,9 +263,10 @@ class Trainer:
 
     # ---- data --------------------------------------------------------------------------------
     def batches_of_epoch(self, epoch: int) -> list[list[int]]:
-        if epoch not in self._epoch_batches:
-            self._epoch_batches = {epoch: epoch_batches(self.train_lengths, self.cfg.batch_size,
-                                                        seed=self.cfg.seed, epoch=epoch)}
+        if epoch not in self._epoch_batches:  # (#16 loopipe) kept with its neighbour: the loop looks a step ahead
+            self._epoch_batches = {k: v for k, v in self._epoch_batches.items() if abs(k - epoch) == 1}
+            self._epoch_batches[epoch] = epoch_batches(self.train_lengths, self.cfg.batch_size,
+                                                       seed=self.cfg.seed, epoch=epoch)
         return self._epoch_batches[epoch]
 
     def next_micro_batch(self) -> list[int]:
