@@ -142,7 +142,7 @@ def test_dpo_reward_accuracy_is_plotted_live_in_history_and_tensorboard(runs_db,
     assert hp.isHidden()
 
 
-def test_grpo_rewards_reach_the_training_view_and_the_cli_line(runs_db):
+def test_grpo_rewards_reach_the_training_view_and_the_cli_line(runs_db, qtbot):  # (qtbot: the QApplication)
     """A GRPO run's ObjectiveReports (replayed from its metrics.jsonl) are drawn as the live view draws
     them, and the CLI's step line carries the last reward mean, spread and KL; held-out ones get a line."""
     from finetune_app.cli.progress import ConsolePrinter
