@@ -8,6 +8,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# The step is compiled on this CPU too, as on a GPU (core/training/backend.py: a CPU user's runs are not).
+os.environ.setdefault("FINETUNE_CPU_COMPILE", "1")
 # Run records go to a throwaway database, never the user's real run history.
 import tempfile as _tempfile
 
@@ -113,6 +115,7 @@ HEAVY_TESTS = {
     "test_prefs_learning.py::test_preference_training_raises_held_out_accuracy[qwen2_vl-dpo]": 14,
     "test_prefs_learning.py::test_preference_training_raises_held_out_accuracy[qwen2_vl-orpo]": 14,
     "test_distributed_dropout.py::test_pause_resume_and_stop_reach_every_rank": 10,
+    "test_cpu_backend.py::test_cpu_runs_the_fast_text_step_uncompiled_with_the_compiled_losses": 12,
 }
 
 
