@@ -115,7 +115,6 @@ HEAVY_TESTS = {
     "test_prefs_learning.py::test_preference_training_raises_held_out_accuracy[qwen2_vl-dpo]": 14,
     "test_prefs_learning.py::test_preference_training_raises_held_out_accuracy[qwen2_vl-orpo]": 14,
     "test_distributed_dropout.py::test_pause_resume_and_stop_reach_every_rank": 10,
-    "test_cpu_backend.py::test_cpu_runs_the_fast_text_step_uncompiled_with_the_compiled_losses": 12,
 }
 
 
