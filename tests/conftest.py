@@ -8,6 +8,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# The step is compiled on this CPU too, as on a GPU (core/training/backend.py: a CPU user's runs are not).
+os.environ.setdefault("FINETUNE_CPU_COMPILE", "1")
 # Run records go to a throwaway database, never the user's real run history.
 import tempfile as _tempfile
 

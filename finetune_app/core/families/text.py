@@ -23,7 +23,10 @@ class Text(Generic):
     vlm = False
 
     def start(self, cfg) -> None:
-        self.fast = self.compiled = bool(cfg.compile)  # nothing to cache: the fast path is the compiled one
+        from finetune_app.core.training.backend import compile_step
+
+        self.fast = bool(cfg.compile)  # nothing to cache: the fast path is the compiled one (--no-compile: the library's)
+        self.compiled = compile_step(self.fast)  # (#16 cputext) uncompiled on the CPU back-end
         sliding = getattr(self.base.model.model, "swa_idx", None) is not None
         self.pack = self.fast and bool(getattr(cfg, "pack", False)) and not sliding
 

@@ -21,6 +21,7 @@ from finetune_app.core.data.batching import epoch_batches
 from finetune_app.core.training.batch import ShapePlan
 from finetune_app.core.vision_cache import run_groups
 from finetune_app.core.training.memory import bounded_cache
+from finetune_app.core.training import backend  # (#16 cputext) the CPU's step choices
 from finetune_app.core.data.tokenize import Encoder, Example
 from finetune_app.core.errors import ConfigError, FinetuneError
 from finetune_app.core.models import BaseModel, load_base
@@ -192,7 +193,7 @@ class Trainer:
         if self.family.fast:  # (#16 vlmtower) the frozen tower runs on each epoch-0 batch's pictures in one call
             self.family.group_images(run_groups(first, data.train, data.valid, cfg.batch_size, self.world),
                                      reread=self._materialise)
-        if self.family.fast and first:  # (#16) a few compiled shapes, chosen from the run's own batches
+        if backend.plan_shapes(self.family) and first:  # (#16) a few compiled shapes, chosen from the run's own batches
             self.family.buckets = ShapePlan([(len(b), max(self.train_lengths[i] for i in b),
                                               sum(data.train[i].n_targets for i in b)) for b in first])
         self.steps_per_epoch = max(1, math.ceil(n_batches / cfg.grad_accumulation))
