@@ -92,7 +92,8 @@ SETUPS = {  # family, data kind, (overrides for --size real, for --size tiny), d
 TOOL_EXTRA = {"ours-nocache": ["--no-cache-vision"], "ours-nocompile": ["--no-compile"], "ours-pack": ["--pack"],
               "mlx_vlm-best": ["--pad-to-multiple", "1"], "mlx_vlm-default": []}
 LM_REPORT = re.compile(r"Iter (\d+): Train loss|^\s*(\d+)\s+\d+\.\d+")  # mlx-lm: old text / its table's train row
-REPORT_RE = {"ours": re.compile(r"^step (\d+)/"), "mlx_lm": LM_REPORT, "mlx_lm_lora": LM_REPORT, "mlx_tune": LM_REPORT,
+LORA_REPORT = re.compile(r"Iter (\d+): (?:Train )?loss")  # mlx-lm-lora 5.10: "Iter 5: loss 6.936, lr ..."
+REPORT_RE = {"ours": re.compile(r"^step (\d+)/"), "mlx_lm": LM_REPORT, "mlx_lm_lora": LORA_REPORT, "mlx_tune": LM_REPORT,
              "mlx_vlm": re.compile(r"Training \(iteration (\d+)\)")}
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
