@@ -36,6 +36,11 @@ amount of data: epochs (ours and mlx_vlm.train take --epochs; mlx_lm and mlx-lm-
 ceil(rows / batch) * epochs; mlx_vlm.train counts only complete batches, so rows should be a
 multiple of the batch: a warning says when not). Output: one `RUN {json}` line per run (also in
 OUT/runs.jsonl) and, per setup, a table with ratios and paired ratios (`SUMMARY {json}`).
+
+mlx-tune (tool `mlx_tune`, text setups) has no command line: benchmarks/sbs_mlx_tune.py is the user's
+script (its SFTTrainer over mlx-lm's own loop, the same work, --steps = the --iters above), run with
+the interpreter of --mlx-tune-python (a venv: its datasets<4 is older than mlx-vlm 0.7.10 accepts)
+and --mlx-tune-site on its path only (the GPU machine: benchmarks/sbs_gpu_c.sh builds that folder).
 """
 
 from __future__ import annotations
@@ -87,7 +92,8 @@ SETUPS = {  # family, data kind, (overrides for --size real, for --size tiny), d
 TOOL_EXTRA = {"ours-nocache": ["--no-cache-vision"], "ours-nocompile": ["--no-compile"], "ours-pack": ["--pack"],
               "mlx_vlm-best": ["--pad-to-multiple", "1"], "mlx_vlm-default": []}
 LM_REPORT = re.compile(r"Iter (\d+): Train loss|^\s*(\d+)\s+\d+\.\d+")  # mlx-lm: old text / its table's train row
-REPORT_RE = {"ours": re.compile(r"^step (\d+)/"), "mlx_lm": LM_REPORT, "mlx_lm_lora": LM_REPORT,
+LORA_REPORT = re.compile(r"Iter (\d+): (?:Train )?loss")  # mlx-lm-lora 5.10: "Iter 5: loss 6.936, lr ..."
+REPORT_RE = {"ours": re.compile(r"^step (\d+)/"), "mlx_lm": LM_REPORT, "mlx_lm_lora": LORA_REPORT, "mlx_tune": LM_REPORT,
              "mlx_vlm": re.compile(r"Training \(iteration (\d+)\)")}
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
@@ -262,6 +268,11 @@ def tool_argv(tool: str, model: Path, data: Path, out: Path, a, steps: int, epoc
                         "--steps-per-report", str(a.report_every), "--steps-per-eval", str(HUGE),
                         "--steps-per-save", str(HUGE), "--val-batches", "1", "--max-seq-length", str(a.max_length),
                         "--output-path", str(out)] + TOOL_EXTRA.get(tool, []) + a.mlx_vlm_flags.split()
+    if tool == "mlx_tune":  # a Python API: benchmarks/sbs_mlx_tune.py is the user's script
+        return [a.mlx_tune_python, str(HERE / "peak_probe.py"), "-m", "sbs_mlx_tune", "--model", str(model),
+                "--data", str(data), "--output", str(out), "--steps", str(steps), "--batch-size", str(a.batch_size),
+                "--lr", str(a.lr), "--rank", str(a.rank), "--max-length", str(a.max_length),
+                "--report-every", str(a.report_every), "--seed", "0"]
     import yaml
 
     cfg = out.parent / f"{out.name}.yaml"
@@ -277,7 +288,8 @@ def tool_argv(tool: str, model: Path, data: Path, out: Path, a, steps: int, epoc
 
 def tool_env(tool: str, cache: Path, a) -> dict:
     env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + ([a.peers_site] if a.peers_site else [])
+    extra = ([str(HERE)] + ([a.mlx_tune_site] if a.mlx_tune_site else [])) if tool == "mlx_tune" else []
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + extra + ([a.peers_site] if a.peers_site else [])
                                         + [x for x in [os.environ.get("PYTHONPATH")] if x])
     for d in ("tmp", "ptx", "cuda"):
         (cache / d).mkdir(parents=True, exist_ok=True)
@@ -499,9 +511,15 @@ def main(argv=None) -> int:
     p.add_argument("--no-cold", dest="cold", action="store_false",
                    help="keep caches left in --out by an earlier invocation (all runs warm)")
     p.add_argument("--tools", default=None, help="comma-separated, instead of the setup's: ours, ours-nocache, "
-                   "ours-nocompile, ours-pack, mlx_lm, mlx_lm_lora, mlx_vlm-best, mlx_vlm-default")
+                   "ours-nocompile, ours-pack, mlx_lm, mlx_lm_lora, mlx_tune (text), mlx_vlm-best, mlx_vlm-default")
     p.add_argument("--mlx-vlm-flags", default="", help="extra flags for every mlx_vlm.train run (e.g. --compile)")
     p.add_argument("--peers-site", default=None, help="a folder with extra peer packages (pip install --target)")
+    p.add_argument("--mlx-tune-python", default=os.environ.get("MLX_TUNE_PYTHON", sys.executable),
+                   help="the interpreter that has mlx-tune (a venv: it needs datasets<4, which mlx-vlm 0.7.10 "
+                   "does not accept; default $MLX_TUNE_PYTHON, else this one)")
+    p.add_argument("--mlx-tune-site", default=None,
+                   help="a folder with mlx-tune and its dependencies (pip install --target), on the path of "
+                   "mlx_tune runs only")
     p.add_argument("--peak", choices=("measure", "none"), default="measure")
     p.add_argument("--device-note", default=None)
     p.add_argument("--work", default=None, help="models and data (reused across invocations; default OUT/work)")
