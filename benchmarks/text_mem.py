@@ -9,8 +9,11 @@ own padding (to a multiple of 32) with `--mask-prompt` offsets. Per batch: MLX's
 shape's first call and one more step, less what was active before it (weights, LoRA, AdamW state):
 the step's own memory, the part the tools can differ in.
 
-    python benchmarks/text_mem.py --size wide --layers 2 --scale 12 --out /tmp/tm.json   # CPU
-    python benchmarks/text_mem.py --size real --out $OUT/tm.json                           # GPU (3B-sized)
+    python benchmarks/text_mem.py --scale 48 --set vocab_size=128256 --out /tmp/tm.json   # CPU, the 3B's vocab
+    python benchmarks/text_mem.py --size real --out $OUT/tm.json                            # GPU (3B-sized)
+
+`--head plain`: ours' SFT head before the fused one (for a before/after); `--first N` / `--last N`:
+only the N shortest / longest deciding batches.
 
 `--size wide`: the 3B's config with `--layers` layers and, for a CPU, every width (hidden,
 intermediate, heads, vocabulary) divided by `--scale` (each memory term keeps its share at a given
@@ -26,7 +29,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 
@@ -82,7 +84,7 @@ def deciding_batches(rows, batch_size: int):
     return batches, plan, [pick[k][1] for k in sorted(pick)]
 
 
-def measure(run, rows_b, held_fn) -> dict:
+def measure(run, rows_b) -> dict:
     import mlx.core as mx
 
     ids = [r for r, _ in rows_b]
@@ -109,6 +111,7 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=INT",
                    help="--size wide: a config value besides (e.g. vocab_size=128256 with --scale 48)")
     p.add_argument("--last", type=int, default=None, help="only the N deciding batches with the longest rows")
+    p.add_argument("--first", type=int, default=None, help="only the N deciding batches with the shortest rows")
     p.add_argument("--head", choices=("fused", "plain"), default="fused",
                    help="ours' SFT head: plain = the path before the fused head (one matmul up to the logits budget)")
     p.add_argument("--rows", type=int, default=256)
@@ -129,7 +132,8 @@ def main() -> None:
 
         chunked_ce.head_weight = lambda owner: None  # sft.loss then takes the plain / recomputing path
     work = Path(a.work or tempfile.mkdtemp(prefix="text_mem_"))
-    folder = work / (f"llama-{a.size}-L{a.layers}-s{a.scale}-{a.dtype}" + "".join(f"-{x}" for x in a.set))
+    name = "llama-3b" if a.size == "real" else f"llama-wide-L{a.layers}-s{a.scale}" + "".join(f"-{x}" for x in a.set)
+    folder = work / f"{name}-{a.dtype}"
     if not (folder / "config.json").is_file():
         child_build({"family": "llama", "dest": str(folder), "dtype": a.dtype, "overrides": overrides(a)})
     vocab = json.loads((folder / "config.json").read_text())["vocab_size"]
@@ -144,11 +148,12 @@ def main() -> None:
     rows = rows_of(folder, data, vocab)
     lengths = sorted(len(r) for r, _ in rows)
     batches, plan, chosen = deciding_batches(rows, a.batch_size)
-    chosen = chosen[-a.last:] if a.last else chosen
+    chosen = chosen[-a.last:] if a.last else chosen[:a.first] if a.first else chosen
     print(f"{len(rows)} rows: median {lengths[len(lengths) // 2]}, max {lengths[-1]} tokens; "
           f"{len(batches)} batches; plan {plan.shapes}; {len(chosen)} deciding batches", flush=True)
     a.steps = a.warmup = 0
-    res = {"device": str(mx.default_device()), "config": overrides(a), "dtype": a.dtype, "plan": plan.shapes, "head": a.head,
+    res = {"device": str(mx.default_device()), "config": overrides(a), "dtype": a.dtype, "plan": plan.shapes,
+           "head": a.head,
            "median": lengths[len(lengths) // 2], "max": lengths[-1], "tools": {}}
     for tool in a.tools.split(","):
         gc.collect()
@@ -156,11 +161,11 @@ def main() -> None:
         res["tools"][tool] = out = []
         cm = ours_tool(folder, a, buckets=plan) if tool == "ours" else mlx_lm_tool(folder, a)
         with cm as (run, _):
-            measure(run, [rows[i] for i in chosen[0]], None)  # the optimizer state exists from here on
+            measure(run, [rows[i] for i in chosen[0]])  # the optimizer state exists from here on
             for b in chosen:
                 rb = [rows[i] for i in b]
                 rec = {"longest": max(len(r) for r, _ in rb), "supervised": sum(len(r) - p for r, p in rb)}
-                rec |= measure(run, rb, None)
+                rec |= measure(run, rb)
                 out.append(rec)
                 print(f"  {tool:7} longest {rec['longest']:4} sup {rec['supervised']:5} "
                       f"positions {'x'.join(map(str, rec['positions'])):>8} K {rec.get('supervised_k', '-')!s:>5} "

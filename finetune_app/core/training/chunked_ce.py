@@ -69,11 +69,11 @@ def fused_ce_sum(weight: mx.array, hidden: mx.array, targets: mx.array, weights:
             hc, tc = h[s:s + chunk], targets[s:s + chunk]
             if parts:  # this chunk starts after the previous one's logits are gone (else MLX may run them side by side)
                 hc, tc = mx.depends([hc, tc], parts[-1])
-            logits = (hc @ weight.T).astype(mx.float32)
+            logits = hc @ weight.T  # in the model's dtype, as the plain head's cross-entropy (and mlx-lm's)
             lse = mx.logsumexp(logits, axis=-1, keepdims=True)
-            p = mx.exp(logits - lse) - (mx.arange(V)[None] == tc[:, None])
+            p = mx.exp(logits - lse) - (mx.arange(V)[None] == tc[:, None])  # (one fused kernel, compiled)
             dh = p.astype(h.dtype) @ weight
-            target_logit = (hc[:, None, :] @ weight[tc][:, :, None]).reshape(-1, 1).astype(mx.float32)
+            target_logit = (hc[:, None, :] @ weight[tc][:, :, None]).reshape(-1, 1)
             parts.append(mx.concatenate([dh, (lse - target_logit).astype(h.dtype)], axis=1))
         return mx.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
 
