@@ -86,9 +86,10 @@ def timed(fn, steps: int, warmup: int) -> dict:
 
 
 @contextmanager
-def ours_tool(folder: Path, a):
+def ours_tool(folder: Path, a, buckets=None):
     """Our step on the text family's fast path, under the trainer's bounded cache: yields
-    run(rows, prompts) -> (one synced step, shape facts) and the planner's inputs for the model."""
+    run(rows, prompts) -> (one synced step, shape facts) and the planner's inputs for the model.
+    `buckets`: a run's ShapePlan (default: each batch padded on its own)."""
     import mlx.core as mx
 
     from finetune_app.core import adapters
@@ -106,6 +107,7 @@ def ours_tool(folder: Path, a):
     family = family_for(base)
     family.start(cfg)
     assert family.fast and family.compiled, "the text family's compiled fast path"
+    family.buckets = buckets
     opt = make_optimizer("adamw", a.lr, 0.0)
     step = Step(base.model, opt, family, objective("sft", cfg), grad_clip=None)
 
@@ -118,7 +120,7 @@ def ours_tool(folder: Path, a):
             loss, _ = step([batch])
             mx.eval(loss, base.model.trainable_parameters(), opt.state)
 
-        return one, {"positions": list(batch.src.shape), "supervised": int(batch.sel.shape[0])}
+        return one, {"positions": list(batch.src.shape), "supervised_k": int(batch.sel.shape[0])}
 
     with bounded_cache():
         yield run, {"cfg": cfg, "info": describe(base), "config": base.config}
@@ -245,8 +247,8 @@ def search_longest(run, B: int, a, budget: float, cap: int, start: int, vocab: i
         peak = mx.get_peak_memory() - held
         rec = {"L": L, "positions": facts["positions"], "peak_gb": round(peak / 1e9, 4),
                "resident_gb": round(resident / 1e9, 4), "first_call_s": round(first, 3), "step_s": round(step_s, 3)}
-        if "supervised" in facts:
-            rec["supervised"] = facts["supervised"]
+        if "supervised_k" in facts:
+            rec["supervised_k"] = facts["supervised_k"]
         if meta is not None:
             pred = planner_bytes(meta, B, L, share)
             rec |= {"planner_gb": round(pred / 1e9, 4), "ratio": round(pred / peak, 3)}
@@ -404,7 +406,7 @@ def main() -> None:
           f"{'peak GB':>8}")
     for tool, r in results["tools"].items():
         for L, x in r["L"].items():
-            print(f"{tool:8} {L:>5} {'x'.join(map(str, x['positions'])):>10} {x.get('supervised', '-'):>5} "
+            print(f"{tool:8} {L:>5} {'x'.join(map(str, x['positions'])):>10} {x.get('supervised_k', '-'):>5} "
                   f"{x['first_call_s']:>12.2f} {1e3 * x['step_s']:>9.1f} {1e3 * x['step_min_s']:>8.1f} "
                   f"{x['peak_gb']:>8.2f}")
     if {"ours", "mlx_lm"} <= set(results["tools"]):

@@ -38,7 +38,7 @@ def test_sft_loss_peak_is_at_most_mlx_lms(tmp_path):
     lengths = mx.array([[PROMPT, L]] * B)
 
     def ours():
-        total, count, _ = sft.loss(model, family, x, logits_budget=10**12)  # the plain head: the larger peak
+        total, count, _ = sft.loss(model, family, x, logits_budget=10**12)  # LoRA: the frozen head's fused path
         return total / count
 
     def theirs():

@@ -69,6 +69,11 @@ PROCESS_OVERHEAD = 0.5e9  # bytes outside MLX's allocations: Python, the librari
 # Alpaca batch above 523 (#16).
 LOGITS_BUDGET = 1 << 26
 LOGITS_FRACTION = 0.02  # of the device's memory, for the three copies of the logits (2-byte values)
+# SFT with a frozen head (LoRA) runs the fused head (`chunked_ce.fused_ce_sum`) in chunks of
+# FUSED_VALUES logits (130 positions at 128,256 columns): a few chunks' logits are live at most (MLX
+# allocates an op's output when it queues it, ops ahead of the device; measured on the CPU).
+FUSED_VALUES = 1 << 24
+FUSED_HEAD_BYTES = 11 * FUSED_VALUES * 4
 
 
 def logits_budget(memory: int | None = None) -> int:
@@ -84,7 +89,7 @@ def logits_budget(memory: int | None = None) -> int:
 def peak_bytes(parameters: int, *, dtype_bytes: float = 2.0, quantize_bits: int | None = None,
                trainable_params: int = 0, batch_size: int = 1, seq_len: int = 512, hidden_size: int = 1024,
                num_layers: int = 24, heads: int = 16, vocab_size: int = 32000, supervised: float = 1.0,
-               grad_checkpoint: bool = False) -> float:
+               grad_checkpoint: bool = False, fused_head: bool = False) -> float:
     """MLX's peak memory of a training step (what `mx.get_peak_memory()` reports), in bytes.
 
     Weights at their storage width; trainable params with a gradient and two Adam moments (fp32,
@@ -92,8 +97,8 @@ def peak_bytes(parameters: int, *, dtype_bytes: float = 2.0, quantize_bits: int 
     the layer input with gradient checkpointing); attention scores (batch x heads x L²) about
     1.5 copies per layer plus one in flight (the backward pass of unfused attention); the logits
     of the supervised positions (`supervised`: their share of the tokens) three times (logits,
-    softmax, gradient), bounded by SFT's chunked head. Fitted on tiny Llamas on the CPU
-    (tests/test_estimates_fit.py); checked on the GPU with `benchmarks`' `predicted_vs_measured`."""
+    softmax, gradient), bounded by SFT's chunked head (`fused_head`: by the fused one's chunks).
+    Fitted on tiny Llamas on the CPU (tests/test_estimates_fit.py); checked on the GPU with `benchmarks`' `predicted_vs_measured`."""
     weight_bytes = parameters * (quantize_bits / 8 if quantize_bits else dtype_bytes)
     state_bytes = trainable_params * 16
     tokens = batch_size * seq_len
@@ -102,6 +107,8 @@ def peak_bytes(parameters: int, *, dtype_bytes: float = 2.0, quantize_bits: int 
     attn_layers = 1 if grad_checkpoint else 1.5 * num_layers + 1
     attn_bytes = batch_size * heads * seq_len ** 2 * dtype_bytes * attn_layers
     logits_bytes = min(tokens * supervised * vocab_size, logits_budget()) * dtype_bytes * 3  # in the model's dtype
+    if fused_head:  # ~4 bytes a logit while the chunks are few (bf16: logits + softmax; CPU), at most FUSED_HEAD_BYTES
+        logits_bytes = min(tokens * supervised * vocab_size * 4, FUSED_HEAD_BYTES)
     return weight_bytes + state_bytes + act_bytes + attn_bytes + logits_bytes
 
 
@@ -131,7 +138,8 @@ def run_memory_gb(config: TrainConfig, *, parameters: int, dtype: str, quantizat
     peak = peak_bytes(parameters, dtype_bytes=dtype_bytes, quantize_bits=bits, trainable_params=trainable,
                       batch_size=batch, seq_len=seq_len, hidden_size=h, num_layers=layers,
                       heads=sizes.get("heads", max(1, h // 64)), vocab_size=sizes.get("vocab_size", 32000),
-                      supervised=supervised, grad_checkpoint=bool(config.grad_checkpoint))
+                      supervised=supervised, grad_checkpoint=bool(config.grad_checkpoint),
+                      fused_head=config.objective == "sft" and config.fine_tune_type != "full")
     return (peak + (PROCESS_OVERHEAD if overhead else 0)) / 1e9 + generation_gb(config, sizes, batch, seq_len)
 
 

@@ -2,9 +2,15 @@
 
 The [K, V] logits of K predicting positions are the largest tensor of a step at real
 vocabularies (Qwen2-VL: 151,936 columns, 0.6 MB per position) and value_and_grad keeps them, and
-their softmax, for the backward pass. Here each chunk's logits are computed, reduced to a summed
-loss and dropped; the backward pass recomputes them chunk by chunk (`nn.utils.checkpoint` over the
-head's own parameters, so a trained head still gets its gradients). Peak: one chunk's logits.
+their softmax, for the backward pass. Two ways around that:
+
+- `fused_ce_sum` (a frozen, unquantized head: LoRA's usual case): one pass computes each chunk's
+  logits, its per-position loss and the loss's gradient with respect to the hidden states
+  ((softmax - onehot) @ W, [chunk, D]), and drops the logits; the backward pass only scales those
+  gradients. No recomputation, and the [K, V] logits never exist: peak one chunk's (#16 textmem).
+- `chunked_ce_sum` (a trained or quantized head): each chunk's logits reduced to a summed loss and
+  dropped; the backward pass recomputes them chunk by chunk (`nn.utils.checkpoint` over the head's
+  own parameters, so a trained head still gets its gradients).
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import mlx.nn as nn
 
 CHUNK = 1024  # positions per chunk: 0.6 GB of float32 logits at a 151,936-token vocabulary
 
-from finetune_app.core.estimates import LOGITS_BUDGET  # noqa: E402  (the memory estimate counts it too)
+from finetune_app.core.estimates import FUSED_VALUES, LOGITS_BUDGET  # noqa: E402,F401  (the estimate counts them too)
 
 
 def vocab_size(owner) -> int:
@@ -30,6 +36,53 @@ def head_module(owner) -> tuple[nn.Module, object]:
         return owner.lm_head, owner.lm_head
     emb = owner.model.embed_tokens
     return emb, emb.as_linear
+
+
+def head_weight(owner) -> mx.array | None:
+    """The head's [V, D] weight when `fused_ce_sum` applies (a plain, frozen, unquantized matrix:
+    nothing of the head is trained), else None."""
+    module, _ = head_module(owner)
+    if type(module) not in (nn.Linear, nn.Embedding) or "bias" in module or module.trainable_parameters():
+        return None
+    return module.weight
+
+
+def fused_ce_sum(weight: mx.array, hidden: mx.array, targets: mx.array, weights: mx.array,
+                 chunk: int | None = None) -> mx.array:
+    """Sum over positions of weight x cross-entropy(hidden @ weight.T, target), `chunk` positions at a
+    time (default: FUSED_VALUES logits), with the gradient for `hidden` only (the head is frozen).
+
+    The forward pass returns, per position, [dloss/dhidden, loss] in one [K, D + 1] array, built chunk
+    by chunk so each chunk's logits are freed before the next chunk's exist (their only consumers,
+    the log-sum-exp and the softmax, are inside the chunk); the target's logit comes from its
+    embedding row, not from the logits. The per-position loss is in the model's dtype and summed in
+    float32, as the plain head's (`sft.loss`)."""
+    V, D = weight.shape
+    K = hidden.shape[0]
+    chunk = chunk or max(1, FUSED_VALUES // V)
+    targets = mx.stop_gradient(targets)
+
+    @mx.custom_function
+    def per_position(h):
+        parts = []
+        for s in range(0, K, chunk):
+            hc, tc = h[s:s + chunk], targets[s:s + chunk]
+            if parts:  # this chunk starts after the previous one's logits are gone (else MLX may run them side by side)
+                hc, tc = mx.depends([hc, tc], parts[-1])
+            logits = hc @ weight.T  # in the model's dtype, as the plain head's cross-entropy (and mlx-lm's)
+            lse = mx.logsumexp(logits, axis=-1, keepdims=True)
+            p = mx.exp(logits - lse) - (mx.arange(V)[None] == tc[:, None])  # (one fused kernel, compiled)
+            dh = p.astype(h.dtype) @ weight
+            target_logit = (hc[:, None, :] @ weight[tc][:, :, None]).reshape(-1, 1)
+            parts.append(mx.concatenate([dh, (lse - target_logit).astype(h.dtype)], axis=1))
+        return mx.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
+
+    @per_position.vjp
+    def per_position_vjp(primals, cotangent, output):
+        return (cotangent[:, -1:] * output[:, :-1]).astype(primals[0].dtype)
+
+    ce = per_position(hidden)[:, -1]
+    return (ce * mx.stop_gradient(weights)).sum()
 
 
 def _ce_sum(project, hidden, targets, weights):

@@ -2,10 +2,12 @@
 
 Which tokens are supervised is the data side's decision (the Encoder's target mask: completion
 only by default, every token with `completion_only=False`); the family turns it into the logits of
-the positions that predict those tokens, on whichever path the run uses. On the fast path, when
-the logits would be large (supervised positions x vocabulary above `estimates.logits_budget()`,
-which scales with the device's memory), the head and the cross-entropy run a chunk of positions at
-a time (`chunked_ce.py`), same result.
+the positions that predict those tokens, on whichever path the run uses. On the fast path with a
+frozen head (LoRA), the head and the cross-entropy run fused, a chunk of positions at a time, the
+[K, V] logits never whole (`chunked_ce.fused_ce_sum`: no recomputation; #16, the 3B's logits were
+ours' largest tensors). A trained head: when the logits would be large (supervised positions x
+vocabulary above `estimates.logits_budget()`, which scales with the device's memory), a chunk at a
+time with the backward pass recomputing them (`chunked_ce.chunked_ce_sum`), same result.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ def loss(model, family, batch, logits_budget: int | None = None) -> tuple[mx.arr
     fast = family.hidden_predictions(model, batch)
     if fast is not None:
         owner, hidden, targets, weights = fast
+        weight = chunked_ce.head_weight(owner)
+        if weight is not None:
+            return chunked_ce.fused_ce_sum(weight, hidden, targets, weights), weights.sum(), {}
         vocab = chunked_ce.vocab_size(owner)
         logits_budget = logits_budget or estimates.logits_budget()
         if hidden.shape[0] * vocab > logits_budget:  # (shapes are static: decided once per traced shape)
