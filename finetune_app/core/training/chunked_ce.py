@@ -59,7 +59,9 @@ def fused_ce_sum(weight: mx.array, hidden: mx.array, targets: mx.array, weights:
     float32, as the plain head's (`sft.loss`)."""
     V, D = weight.shape
     K = hidden.shape[0]
-    chunk = chunk or max(1, FUSED_VALUES // V)
+    if not chunk:  # (a whole number of 128-row tiles where there are several: 130 rows would be 2 GPU tiles)
+        rows = max(1, FUSED_VALUES // V)
+        chunk = rows // 128 * 128 if rows > 128 else rows
     targets = mx.stop_gradient(targets)
 
     @mx.custom_function
