@@ -86,15 +86,19 @@ def test_host_killed_mid_run_then_resume_alone_matches_uninterrupted(tiny_model,
     assert f"Resuming from step-{saved:07d}" in again.stdout + again.stderr
     ref_losses, losses = train_losses(ref), train_losses(run)
     assert sorted(losses) == list(range(1, 61))
+    # Per-step losses: two ranks and one process sum the same gradients in another order, and
+    # AdamW carries that rounding forward: measured 1e-7 at step 1 growing smoothly to ~2.5e-4 by
+    # step 50 (since the fused LM head, whose per-rank chunks differ from one process's). A lost,
+    # repeated or wrong batch moves a step's loss by percents, far above this bound.
     for step in range(1, 61):
-        assert losses[step] == pytest.approx(ref_losses[step], rel=1e-4, abs=1e-5), step
+        assert losses[step] == pytest.approx(ref_losses[step], rel=1e-3, abs=1e-5), step
     # Weights after 60 AdamW steps: two ranks sum their halves' gradients in another order than
-    # one process, and the drift reaches ~4e-5 on values up to 0.27 (since the length-sorted batch
-    # order; the last five steps move each tensor by 2e-4 to 3e-4). The per-step losses above are
-    # what catch a lost, repeated or wrong batch.
+    # one process, and the drift reaches ~4e-5 on values up to 0.27 since the length-sorted batch
+    # order, 1.6e-4 (of 0.29) since the fused LM head. The per-step losses above are what catch a
+    # lost, repeated or wrong batch; this catches weights gone astray.
     a, b = mx.load(str(ref / "adapters.safetensors")), mx.load(str(run / "adapters.safetensors"))
     for k in a:
-        assert mx.allclose(a[k], b[k], rtol=1e-3, atol=1e-4).item(), k
+        assert mx.allclose(a[k], b[k], rtol=1e-3, atol=4e-4).item(), k
 
 
 def test_frozen_host_is_given_up_after_the_peer_timeout(tiny_model, instruction_data, tmp_path):

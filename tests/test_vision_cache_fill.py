@@ -94,8 +94,11 @@ def test_cached_and_uncached_give_the_same_losses(dtype, compiled, tiny_model, s
         assert (t.family.fast, t.family.compiled, t.family.cached) == (cache or compiled, compiled, cache)
         runs[cache] = losses(tmp_path / f"cache-{cache}")
     assert len(runs[True]) >= 4
-    # bf16 keeps 8 bits of mantissa: 2^-8 relative is one rounding of the loss itself
-    assert runs[False] == pytest.approx(runs[True], rel=1e-5 if dtype == "float32" else 4e-3)
+    # bf16 keeps 8 bits of mantissa: 2^-8 relative is one rounding of the loss itself. (Compared as
+    # numbers: pytest.approx compares the (kind, step, loss) tuples with ==, i.e. exactly, and the
+    # cached fast path's fused head rounds differently from the library path's logits.)
+    assert [r[:2] for r in runs[False]] == [r[:2] for r in runs[True]]
+    assert [r[2] for r in runs[False]] == pytest.approx([r[2] for r in runs[True]], rel=1e-5 if dtype == "float32" else 4e-3)
 
 
 @pytest.mark.parametrize("family", list(MODELS))
