@@ -47,8 +47,11 @@ class FastVLM(Generic):
         self.cached = frozen and bool(cfg.cache_vision)
         # uncached but compiled: the tower runs inside the compiled step (#16: the speed figure then
         # separates caching from compilation); uncached and uncompiled: the library path
-        self.fast = self.cached or (frozen and bool(cfg.compile))
-        self.compiled = self.fast and bool(cfg.compile)
+        from finetune_app.core.training.backend import compile_step
+
+        compiled = compile_step(bool(cfg.compile))  # (not on the CPU back-end: "CPU done-when (cputext)")
+        self.fast = self.cached or (frozen and compiled)
+        self.compiled = self.fast and compiled
 
     def expanded_token(self) -> int:
         return self.image_token

@@ -59,7 +59,9 @@ class QwenVL(Generic):
 
     def start(self, cfg) -> None:
         self.fast = bool(cfg.cache_vision and not cfg.train_vision and not cfg.train_projector)
-        self.compiled = self.fast and bool(cfg.compile)
+        from finetune_app.core.training.backend import compile_step
+
+        self.compiled = self.fast and compile_step(bool(cfg.compile))  # (uncompiled on the CPU back-end, step and tower)
         self.pack = self.fast and bool(getattr(cfg, "pack", False))
 
     # ---- once per example ------------------------------------------------------------------------

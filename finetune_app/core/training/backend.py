@@ -1,4 +1,4 @@
-"""What the back-end changes in a run: on the CPU, the text step is not compiled (#16 cputext).
+"""What the back-end changes in a run: on the CPU, the step (and a VLM's frozen tower) is not compiled (#16 cputext).
 
 On MLX's CPU back-end `mx.compile` builds each fused kernel as a C++ shared library with the
 system compiler (~3-4 s per kernel here, ~30 kernels for a Llama LoRA step: ~2 minutes before a
