@@ -73,6 +73,10 @@ LOGITS_FRACTION = 0.02  # of the device's memory, for the three copies of the lo
 # FUSED_VALUES logits (130 positions at 128,256 columns): a few chunks' logits are live at most (MLX
 # allocates an op's output when it queues it, ops ahead of the device; measured on the CPU).
 FUSED_VALUES = 1 << 24
+# live bytes per logit while the chunks are few: fitted on the tiny fp32 Llamas (tests/test_estimates_fit.py:
+# 4 over-predicted their peak by 17-21%, 2 by 13%) and near textmem's 3B-vocabulary figure (0.33 GB of
+# head for 246M logits at the longest Alpaca batch: ~1.4 bytes a logit, capped by FUSED_HEAD_BYTES)
+FUSED_BYTES_PER_LOGIT = 2
 FUSED_HEAD_BYTES = 11 * FUSED_VALUES * 4
 
 
@@ -107,8 +111,8 @@ def peak_bytes(parameters: int, *, dtype_bytes: float = 2.0, quantize_bits: int 
     attn_layers = 1 if grad_checkpoint else 1.5 * num_layers + 1
     attn_bytes = batch_size * heads * seq_len ** 2 * dtype_bytes * attn_layers
     logits_bytes = min(tokens * supervised * vocab_size, logits_budget()) * dtype_bytes * 3  # in the model's dtype
-    if fused_head:  # ~4 bytes a logit while the chunks are few (bf16: logits + softmax; CPU), at most FUSED_HEAD_BYTES
-        logits_bytes = min(tokens * supervised * vocab_size * 4, FUSED_HEAD_BYTES)
+    if fused_head:  # FUSED_BYTES_PER_LOGIT while the chunks are few, at most FUSED_HEAD_BYTES
+        logits_bytes = min(tokens * supervised * vocab_size * FUSED_BYTES_PER_LOGIT, FUSED_HEAD_BYTES)
     return weight_bytes + state_bytes + act_bytes + attn_bytes + logits_bytes
 
 
