@@ -240,12 +240,13 @@ def load_base(source: str | Path, *, progress: ProgressFn | None = None, lazy: b
     # mlx-vlm for them costs a text run seconds before its first step (#16)
     patches.apply(only=None if kind == "vlm" else ("no_remote_code",))
     model_type = str(config["model_type"]).lower()
-    # (see WeightRead: another thread can read only the main thread's arrays)
-    # (the CPU back-end only: there a thread reads the main thread's lazy arrays; on Metal and CUDA
-    # MLX 0.32 refuses that, "There is no Stream(gpu, 0) in current thread", ml-explore/mlx#3529,
-    # and the overlap is not verified: those load as before)
+    # (see WeightRead: another thread can read only the main thread's arrays, and only on the CPU
+    # back-end: on Metal and CUDA MLX 0.32 refuses that, "There is no Stream(gpu, 0) in current
+    # thread", ml-explore/mlx#3529, and the overlap is not verified there: those load as before)
+    from finetune_app.core.training.backend import on_cpu
+
     later = (read_later and kind == "text" and not lazy and threading.current_thread() is threading.main_thread()
-             and _cpu_backend())
+             and on_cpu())
     try:
         if kind == "vlm":
             from mlx_vlm.utils import load as vlm_load
@@ -268,12 +269,6 @@ def load_base(source: str | Path, *, progress: ProgressFn | None = None, lazy: b
     if later:
         base.reading = WeightRead(base)
     return base
-
-
-def _cpu_backend() -> bool:
-    import mlx.core as mx
-
-    return mx.default_device().type == mx.DeviceType.cpu
 
 
 def _load_failed(exc: BaseException, path: Path, kind: str, model_type: str) -> ModelError:

@@ -106,7 +106,7 @@ class QwenVL(Generic):
                 return self._library_rope_positions(ids, grid)
             starts.append(int(pads[at]))
             at += n
-        if at != len(pads) or cfg.video_token_id in set(ids.tolist()):
+        if at != len(pads) or np.any(ids == cfg.video_token_id):
             return self._library_rope_positions(ids, grid)
         pos = np.empty((3, L), np.int64)
         st, nxt = 0, 0  # next token, next id

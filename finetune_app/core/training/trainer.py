@@ -283,7 +283,7 @@ class Trainer:
     def _materialise(self, ex: Example) -> Example:
         """An example whose images were dropped for memory, read again (unless its cached tower
         features stand in for them); the family names the fresh one's images again."""
-        if not ex.lazy_images or all(self.family.ready(p) for p in ex.parts):
+        if not self._unread(ex):
             return ex
         fresh = self.reread.take(ex.index) if self.reread is not None else None  # (#16 vlmpipe) encoded ahead
         if fresh is None:
@@ -291,6 +291,10 @@ class Trainer:
         for part in fresh.parts:
             self.family.prepare_example(part)
         return fresh
+
+    def _unread(self, ex: Example) -> bool:
+        """Kept without its pictures (prepare's memory budget), and its tower features not all cached."""
+        return ex.lazy_images and not all(self.family.ready(p) for p in ex.parts)
 
     def _plan_reread(self):
         """(#16 vlmpipe) The examples this rank will read again, in the order the rest of epoch 0
@@ -304,7 +308,7 @@ class Trainer:
         planned = [data.train[i] for b in self.batches_of_epoch(0)[s.batch_in_epoch:] for i in self.world.shard(b)]
         valid = [data.valid[k:k + bs] for k in range(0, len(data.valid), bs)][:self.cfg.val_batches or None]
         planned += [e for i, b in enumerate(valid) if i % size == rank for e in b]
-        rows = [e.index for e in planned if e.lazy_images and not all(self.family.ready(p) for p in e.parts)]
+        rows = [e.index for e in planned if self._unread(e)]
         return Reread(data.dataset, self.encoder, list(dict.fromkeys(rows))) if rows else None
 
     # ---- (#18) a row whose lazily read image became unreadable mid-run is skipped, not fatal ----
