@@ -204,6 +204,21 @@ def inspect_image(ref: ImageRef) -> tuple[int, int]:
         fh.close()
 
 
+def decoded_size(ref: ImageRef, *, max_pixels: int = 4096 * 4096) -> tuple[int, int] | None:
+    """The size `load_image(ref)` gives, read from the header without decoding (#16 vlmwarm: a
+    picture's token count before its pixels are needed); None where load_image would reduce it
+    (over `max_pixels`: JPEG draft and thumbnail sizes are the decoder's to choose). Header
+    problems raise load_image's DataError; a body that fails to decode is found when it is read."""
+    im, fh = _open(ref)
+    try:
+        w, h = im.size
+        if _target((w, h), max_pixels) is not None:
+            return None
+        return (h, w) if _orientation(im) in (5, 6, 7, 8) else (w, h)
+    finally:
+        fh.close()
+
+
 def image_key(ref: ImageRef) -> str:
     """Identity of an image for duplicates and caching: its path, or a hash of its bytes."""
     if ref.path is not None:

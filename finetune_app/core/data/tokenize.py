@@ -35,6 +35,7 @@ class Example:
     model_length: int = 0  # positions the language model sees (FastVLM: placeholders expanded)
     lazy_images: bool = False  # image tensors dropped to save memory; re-encode the sample to get them
     feature_keys: list = field(default_factory=list)  # vision-cache keys replacing pixel_values
+    image_ids: list = field(default_factory=list)  # each picture's identity (path) where pixels come later
 
     @property
     def n_targets(self) -> int:
@@ -95,6 +96,17 @@ class PairExample:
         return dataclasses.replace(self, chosen=self.chosen.without_targets(), rejected=self.rejected.without_targets())
 
 
+class SizeUnknown(Exception):
+    """A row whose picture tokens cannot be counted from picture sizes alone: decode it instead."""
+
+
+class PictureSize:
+    """A picture known by its decoded size only (#16 vlmwarm): what `Encoder.sized` counts."""
+
+    def __init__(self, size: tuple[int, int]):
+        self.size = size  # (width, height), as PIL gives it
+
+
 class Encoder:
     """Renders and tokenises samples for one loaded base model, in the layout of the runtime the
     model will be served with (core/serving: "auto" is mlx-vlm for VLMs, mlx-lm for text)."""
@@ -122,6 +134,11 @@ class Encoder:
             image_features = family_for(base).image_features()
         self.image_features = image_features
         self._load_image = image_loader
+        self._own_loader = image_loader is not None
+        # (#16 vlmwarm) (text, [(w, h), ...]) -> {"input_ids", grids}: the processor's ids from picture
+        # sizes alone, set by the trainer where the family's frozen-tower cache needs each picture's
+        # pixels once (its first batch), so preparation need not decode any (`encode_sized`)
+        self.sized: Callable | None = None
         self.layout = serving.layout(serve_target, base)
         self.serve_target = self.layout.name
 
@@ -172,7 +189,36 @@ class Encoder:
         return self.layout.text_ids(text)
 
     def _processed(self, text: str, images: list) -> dict[str, np.ndarray]:
+        if images and isinstance(images[0], PictureSize):
+            return self.sized(text, [im.size for im in images])
         return self.layout.process(text, images)
+
+    def picture_size(self, ref) -> tuple[int, int] | None:
+        """The size `load_images` hands the processor, from the file's header (None: decode to know)."""
+        from finetune_app.core.data.images import decoded_size
+
+        size = decoded_size(ref)
+        if size is not None and self.image_size and max(size) > self.image_size:
+            scale = self.image_size / max(size)  # (load_images' resize, to the same rounding)
+            size = (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
+        return size
+
+    def encode_sized(self, sample: Sample, index: int = 0):
+        """(#16 vlmwarm) The row's example with its pictures counted from their headers, not
+        decoded: ids, mask and grids as `encode` gives them, no pixels (`lazy_images`: the first
+        batch that needs them encodes the row in full). Rows this cannot count are encoded in full."""
+        if (self.sized is None or self.pairs or self._own_loader or not sample.images
+                or getattr(self.layout, "encode_row", None) is not None):
+            return self.encode(sample, index)
+        sizes = [self.picture_size(ref) for ref in sample.images]
+        if any(s is None for s in sizes):
+            return self.encode(sample, index)
+        try:
+            ex = self._encode(sample, index, images=[PictureSize(s) for s in sizes])
+        except SizeUnknown:
+            return self.encode(sample, index)
+        ex.lazy_images = True
+        return ex
 
     def load_images(self, sample: Sample) -> list:
         if self._load_image is None:
@@ -237,8 +283,13 @@ class Encoder:
         model_length = len(ids)
         if self.image_features and self.image_token_index is not None and self.image_token_index < 0:
             model_length += int((ids == self.image_token_index).sum()) * (self.image_features - 1)
-        return Example(index=index, input_ids=ids, target_mask=mask, images=image_inputs, n_images=n_img,
-                       model_length=model_length)
+        ex = Example(index=index, input_ids=ids, target_mask=mask, images=image_inputs, n_images=n_img,
+                     model_length=model_length)
+        if self.sized is not None and sample.images:  # (the cache's key for pictures read later)
+            from finetune_app.core.data.images import image_key
+
+            ex.image_ids = [image_key(ref) for ref in sample.images]
+        return ex
 
     def _target_mask(self, sample: Sample, ids: np.ndarray, full_text: str, images: list,
                      final_only: bool = False) -> np.ndarray:

@@ -39,6 +39,13 @@ class Family:
         processor) expands it; None when the token ids already hold every image position."""
         return None
 
+    def sized_processor(self, layout):
+        """(#16 vlmwarm) Where this run's pictures are needed once (the frozen-tower cache reads
+        them in the first batch that meets them, never again), a callable (text, [(w, h), ...]) ->
+        {"input_ids", image grids} that gives the processor's ids from picture sizes alone, so
+        preparation need not decode any picture; None where pixels are needed up front."""
+        return None
+
     # ---- training ------------------------------------------------------------------------------
     def start(self, cfg) -> None:
         """Choose the path for this run: fast (`self.fast`) where the family has one and the

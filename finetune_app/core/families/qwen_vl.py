@@ -75,12 +75,48 @@ class QwenVL(Generic):
         feats, deep = tower(pixel_values.astype(tower.patch_embed.proj.weight.dtype), grid)
         return feats, (mx.stack(list(deep)) if deep is not None and len(deep) else None)
 
+    def sized_processor(self, layout):
+        """mlx-vlm's Qwen-VL processor from picture sizes: each picture's grid as its image
+        processor resizes it (`_resolved_size`: smart_resize with its min/max pixels and
+        patch x merge factor, the helper its own `num_image_tokens` uses), and the text's
+        image pads expanded as the processor's `__call__` does, then tokenised without pictures."""
+        from finetune_app.core.data.tokenize import SizeUnknown
+
+        processor = self.base.processor
+        ip, token = getattr(processor, "image_processor", None), getattr(processor, "image_token", None)
+        if not (self.fast and getattr(layout, "name", None) == "mlx-vlm" and token
+                and callable(getattr(ip, "_resolved_size", None))):
+            return None
+        merge = int(ip.merge_size) ** 2
+
+        def sized(text: str, sizes: list) -> dict:
+            pieces = text.split(token)
+            if len(pieces) - 1 != len(sizes):  # (the processor's own error or fix-up: let it say)
+                raise SizeUnknown
+            grids = []
+            for w, h in sizes:
+                rh, rw = ip._resolved_size(h, w)
+                grids.append([1, rh // ip.patch_size, rw // ip.patch_size])
+            out = [pieces[0]]
+            for g, after in zip(grids, pieces[1:]):
+                out += [token * (int(np.prod(g)) // merge), after]
+            processed = layout.process("".join(out), [])
+            processed["image_grid_thw"] = np.asarray(grids, dtype=np.int64)
+            return processed
+
+        return sized
+
     def prepare_example(self, ex) -> None:
-        """The images' cache keys and the example's mRoPE ids; the tower runs later (`fill`)."""
+        """The images' cache keys and the example's mRoPE ids; the tower runs later (`fill`).
+        A picture whose pixels come later (`ex.image_ids`) is keyed by its identity and grid,
+        the same before and after it is read; a held one by its pixels' content."""
         if not self.fast:
             return
         pv, grid = ex.images.get("pixel_values"), ex.images.get("image_grid_thw")
-        ex.feature_keys = [key for key, _ in self._images(ex)]
+        if ex.image_ids and grid is not None:
+            ex.feature_keys = [f"{i}-{s}" for i, s in zip(ex.image_ids, signature(grid))]
+        else:
+            ex.feature_keys = [key for key, _ in self._images(ex)]
         ex.rope_positions = self.rope_positions(ex.input_ids, grid)  # [3, L]
         if pv is None:
             ex.images = {}

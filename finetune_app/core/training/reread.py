@@ -1,5 +1,9 @@
 """Pictures kept without pixels, read again a few batches ahead on worker threads (#16 vlmpipe).
 
+(#16 vlmwarm) Where the frozen-tower cache needs each picture once, preparation counts pictures
+from their headers and reads none (tokenize.py `encode_sized`), so every picture of such a run is
+read here, ahead of the first batch that needs it, while the steps run.
+
 Past the in-memory image budget (prepare.py) an example keeps its ids only, and the first batch
 that needs its picture (epoch 0: its tower features are not cached yet) encodes it again. On the
 training thread that is decoding, resizing and normalising one picture after another between
@@ -15,7 +19,10 @@ from __future__ import annotations
 
 from collections import deque
 
+import numpy as np
+
 from finetune_app.core.data.encode_pool import encoded_rows
+from finetune_app.core.errors import DataError
 
 
 class Reread:
@@ -40,3 +47,12 @@ class Reread:
         if close:  # ends the workers, drops what they still hold
             close()
         self.order.clear()
+
+
+def same_as_planned(planned, fresh) -> None:
+    """(#16 vlmwarm) A row counted from its pictures' headers (`image_ids`) was planned (shapes,
+    mRoPE ids, tower groups) on those ids; read in full it must give the same ids, else a picture
+    changed since the run started and the row is left out (the trainer's unreadable rows)."""
+    if any(p.image_ids and not np.array_equal(p.input_ids, f.input_ids) for p, f in zip(planned.parts, fresh.parts)):
+        raise DataError("A picture of this row changed since the run started (its size is not the one planned).",
+                        "Restore the picture, or start the run again to train on the new one.", field="image")

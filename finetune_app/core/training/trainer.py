@@ -36,9 +36,10 @@ from finetune_app.core.training.step import Step
 from finetune_app.core.training.optim import make_optimizer
 from finetune_app.core.training.peers import PeerLost
 from finetune_app.core.training.prepare import Prepared, prepare_examples
+from finetune_app.core.training.reread import same_as_planned
 from finetune_app.core.training import hooks
 from finetune_app.core.training.hooks import Clock
-from finetune_app.core.training.loop import train_loop
+from finetune_app.core.training.loop import builds_ahead, train_loop
 from finetune_app.core.training import pairs
 from finetune_app.core.training.reference import Reference
 
@@ -176,6 +177,8 @@ class Trainer:
         self.encoder = Encoder(base, completion_only=cfg.completion_only, image_size=cfg.image_size,
                                image_features=self.family.image_features(),
                                serve_target=cfg.serve_target, pairs=self.pairs)
+        if not self.pairs and self.rollouts is None:  # (#16 vlmwarm) pictures read ahead of their first batch, not up front
+            self.encoder.sized = self.family.sized_processor(self.encoder.layout)
         self.emit(StateChanged("preparing"))
         data = prepare_examples(cfg, base, self.encoder,
                                 progress=lambda phase, d, t: self.emit(Progress(phase, d, t)),
@@ -288,6 +291,7 @@ class Trainer:
         fresh = self.reread.take(ex.index) if self.reread is not None else None  # (#16 vlmpipe) encoded ahead
         if fresh is None:
             fresh = self.encoder.encode(self.data.dataset.sample(ex.index), index=ex.index)
+        same_as_planned(ex, fresh)  # (#16 vlmwarm: counted from its header, planned before it was read)
         for part in fresh.parts:
             self.family.prepare_example(part)
         return fresh
@@ -298,16 +302,23 @@ class Trainer:
 
     def _plan_reread(self):
         """(#16 vlmpipe) The examples this rank will read again, in the order the rest of epoch 0
-        and then the validation meet them, encoded a few batches ahead on threads (reread.py)."""
+        and the validation meet them (its pictures at the first evaluation), encoded a few batches
+        ahead on threads (reread.py)."""
         from finetune_app.core.training.reread import Reread
 
         s, data = self.state, self.data
         if not self.family.fast or s.epoch > 0 or not any(e.lazy_images for e in data.train + data.valid):
             return None
         rank, size, bs = self.world.rank, self.world.size, self.cfg.batch_size
-        planned = [data.train[i] for b in self.batches_of_epoch(0)[s.batch_in_epoch:] for i in self.world.shard(b)]
+        ga, every = self.cfg.grad_accumulation, max(1, self.cfg.steps_per_eval or self.total_steps)
+        batches = self.batches_of_epoch(0)[s.batch_in_epoch:self.total_steps * ga]
+        # the first evaluation: after its step, and after the next step's batches (built during it: loop.py)
+        ahead = 1 if builds_ahead(self) else 0
+        cut = min((s.step // every + 1) * every + ahead, self.total_steps) * ga - s.batch_in_epoch
         valid = [data.valid[k:k + bs] for k in range(0, len(data.valid), bs)][:self.cfg.val_batches or None]
-        planned += [e for i, b in enumerate(valid) if i % size == rank for e in b]
+        valid = [e for i, b in enumerate(valid) if i % size == rank for e in b]
+        planned = [data.train[i] for b in batches[:cut] for i in self.world.shard(b)] + valid + \
+            [data.train[i] for b in batches[cut:] for i in self.world.shard(b)]
         rows = [e.index for e in planned if self._unread(e)]
         return Reread(data.dataset, self.encoder, list(dict.fromkeys(rows))) if rows else None
 
