@@ -143,8 +143,8 @@ class VisionFeatureCache:
                 parts = (self.reread(ex) if lazy else ex).parts
             except (FinetuneError, OSError, ValueError):  # its own batch reports it, if it meets it again
                 continue
-            for part in parts:
-                out.update(self.images(part))
+            for part in parts:  # (keyed as named when read: a picture read later keeps its planned key)
+                out.update(self.images(part, part.feature_keys or None))
         return out
 
     @property
