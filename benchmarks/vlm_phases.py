@@ -11,7 +11,9 @@ kernel load on a warm GPU, NVRTC compilation cold), by the name of the function 
 distinct input shapes our step met, our tower calls (pictures per call, compiled calls), and the
 pictures read again on the training thread (kept without pixels past prepare.py's budget; set
 VLM_PHASES_IMAGE_BUDGET=bytes to move the budget, e.g. to 45% of the pixels as 1,000 pictures at
-448 px meet the default 2 GiB).
+448 px meet the default 2 GiB). Where the frozen-tower cache is on, preparation reads no picture
+(#16 vlmwarm: counted from headers, every one read ahead of its first batch: `reread_ahead`);
+VLM_PHASES_PICTURES_UP_FRONT=1 decodes them all before the first step, as before, for comparison.
 Nothing in the tools is changed: `mx.compile` is wrapped to count the wrapped function's calls
 (a compiled function calls its Python function only when it traces).
 """
@@ -82,7 +84,18 @@ def _watch_ours():
         from finetune_app.core.training import prepare
 
         prepare.IMAGE_BUDGET_BYTES = int(float(budget))
+    if os.environ.get("VLM_PHASES_PICTURES_UP_FRONT"):  # (#16 vlmwarm) every picture decoded before step 1, as before
+        from finetune_app.core.families.base import Family
+
+        for fam in _families():
+            fam.sized_processor = Family.sized_processor
     return trainer
+
+
+def _families():
+    from finetune_app.core.families import qwen_vl
+
+    return [qwen_vl.QwenVL]
 
 
 def _report():

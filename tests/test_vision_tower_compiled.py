@@ -21,8 +21,8 @@ def test_a_repeated_signature_takes_the_compiled_tower_with_the_library_features
     assert len(fam.compiled_signatures) >= 1, "the 64-px pictures of every planned group share one signature"
     tower = fam.base.model.vision_tower
     for b in trainer.batches_of_epoch(0)[:2]:  # two groups of one signature: one trace, two calls
-        examples = [data.train[i] for i in b]
-        images = [img for ex in examples for img in fam._images(ex)]
+        examples = [trainer._materialise(data.train[i]) for i in b]  # (pictures read: #16 vlmwarm)
+        images = [img for ex in examples for img in fam._images(ex, ex.feature_keys)]
         fam.plan(examples)
         pixels = mx.array(np.concatenate([rows for _, (rows, _) in images]))
         grid = mx.array(np.stack([g for _, (_, g) in images]))

@@ -90,6 +90,15 @@ def test_counted_from_headers_equals_decoded(family, image_size, tiny_model, odd
     assert len(grids) >= 5
 
 
+def test_pictures_decoded_up_front_where_they_are_needed_every_epoch(tiny_model):
+    """Cache off (the tower runs on pixels each epoch) or tower trained: pixels held as before."""
+    base = load_base(str(tiny_model("qwen2_vl")))
+    fam, layout = family_for(base), Encoder(base).layout
+    for off in ({"cache_vision": False}, {"train_vision": True}):
+        fam.start(TrainConfig(model="m", data="d", output="o", **off))
+        assert fam.sized_processor(layout) is None
+
+
 def losses(run_dir):
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return [(r["kind"], r["step"], r.get("loss", r.get("val_loss"))) for r in rows if r.get("kind") in ("train", "val")]
