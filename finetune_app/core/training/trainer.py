@@ -292,6 +292,8 @@ class Trainer:
         if fresh is None:
             fresh = self.encoder.encode(self.data.dataset.sample(ex.index), index=ex.index)
         same_as_planned(ex, fresh)  # (#16 vlmwarm: counted from its header, planned before it was read)
+        if not any(p.target_mask.any() for p in ex.parts):  # a rank's empty stand-in (`shard`) stays empty
+            fresh = fresh.without_targets()
         for part in fresh.parts:
             self.family.prepare_example(part)
         return fresh
