@@ -47,7 +47,6 @@ import time
 from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 
@@ -56,8 +55,8 @@ sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 
 from step_micro import timed  # noqa: E402
 
-VIEWS = {"Reshape", "Broadcast", "Squeeze", "ExpandDims", "Transpose", "Slice", "AsStrided", "Copy", "StopGradient",
-         "Depends", "NumberOfElements", "Split", "Flatten", "Unflatten"}  # primitives that are usually no kernel of their own
+VIEWS = {"Reshape", "Broadcast", "Squeeze", "ExpandDims", "Transpose", "Slice", "AsStrided", "StopGradient", "Depends",
+         "NumberOfElements", "Split", "Flatten", "Unflatten"}  # primitives that are usually no kernel of their own
 
 
 def build_model(size: str, dtype: str, dest: Path, layers: int | None = None) -> Path:
@@ -318,7 +317,8 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--rank", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--tools", default="ours,ours-e0,mlx_vlm", help="ours, ours-e0, ours-nocache, mlx_vlm, mlx_vlm-compiled")
+    p.add_argument("--tools", default="ours,ours-e0,mlx_vlm",
+                   help="ours, ours-e0, ours-nocache, mlx_vlm, mlx_vlm-compiled")
     p.add_argument("--count-ops", action="store_true", help="count the primitives of one step's graph per tool")
     p.add_argument("--out", required=True)
     a = p.parse_args()
