@@ -6,6 +6,7 @@
 #   bash benchmarks/gpu_side_by_side.sh text --rows 500 --repeats 2 --tools ours,mlx_lm,mlx_lm_lora,mlx_tune
 # Models, data and the tools' kernel caches stay in /tmp/sbs (reused by later calls while the machine
 # is warm: pass --no-cold there to keep the caches); runs.jsonl and the logs are copied to $OUT.
+#   SBS_TIMEOUT=520 bash benchmarks/gpu_side_by_side.sh fastvlm --size real --repeats 1   # then --no-cold
 set -uo pipefail
 source .gpu-b/activate.sh
 export HF_HUB_OFFLINE=1
@@ -25,7 +26,8 @@ if [ -d /tmp/site-mlxtune/mlx_tune ]; then
 else
   echo "no .gpu-c: the mlx_tune tool will fail (benchmarks/sbs_gpu_c.sh builds it)"
 fi
-python3 benchmarks/side_by_side.py --setup "$setup" --out "/tmp/sbs/out-$setup" --work /tmp/sbs/work \
+# SBS_TIMEOUT=S stops the harness after S seconds (0: never) and still copies what it wrote (a call's limit)
+timeout "${SBS_TIMEOUT:-0}" python3 benchmarks/side_by_side.py --setup "$setup" --out "/tmp/sbs/out-$setup" --work /tmp/sbs/work \
     --device-note "NVIDIA H200 (lent machine, 1 GPU)" ${tune[@]+"${tune[@]}"} "$@"
 rc=$?
 mkdir -p "${OUT:-/tmp/sbs/fetch}/$setup"

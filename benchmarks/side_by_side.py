@@ -78,8 +78,18 @@ QWEN2_VL_2B = {"hidden_size": 1536, "num_hidden_layers": 28, "num_attention_head
 LLAMA_3B = {"hidden_size": 3072, "num_hidden_layers": 28, "num_attention_heads": 24, "num_key_value_heads": 8,
             "head_dim": 128, "intermediate_size": 8192, "vocab_size": 128256, "max_position_embeddings": 131072,
             "tie_word_embeddings": True, "rope_theta": 500000.0}
+# FastViTHD as mlx-vlm 0.7.10 builds it for a config.json without tower lists (Apple's FastVLM-0.5B):
+# 125M parameters, 1024 px -> 16x16 = 256 features of width 3072 (tests/test_sbs_fastvlm_config.py checks it
+# against mlx_vlm.models.fastvlm.config.VisionConfig).
+FASTVITHD = {"image_size": 1024, "patch_size": 64, "layers": [2, 12, 24, 4, 2], "embed_dims": [96, 192, 384, 768, 1536],
+             "mlp_ratios": [4, 4, 4, 4, 4], "downsamples": [True] * 5, "pos_embs_shapes": [None, None, None, [7, 7], [7, 7]],
+             "token_mixers": ["repmixer", "repmixer", "repmixer", "attention", "attention"], "repmixer_kernel_size": 3,
+             "down_patch_size": 7, "down_stride": 2, "cls_ratio": 2.0, "num_classes": 1000, "projection_dim": 768,
+             "hidden_size": 1024, "intermediate_size": 3072, "layer_scale_init_value": 1e-5}
+# Apple's FastVLM-0.5B (llava_qwen2): the Qwen2-0.5B LM, the mlp2x_gelu projector from 3072, FastViTHD.
 FASTVLM_05B = {"hidden_size": 896, "num_hidden_layers": 24, "num_attention_heads": 14, "num_key_value_heads": 2,
-               "intermediate_size": 4864, "vocab_size": 151936}
+               "intermediate_size": 4864, "vocab_size": 151936, "max_position_embeddings": 32768,
+               "rope_theta": 1000000.0, "mm_hidden_size": 3072, "vision_config": FASTVITHD}
 SMALL_TEXT = {"hidden_size": 256, "intermediate_size": 1024, "head_dim": 64, "num_attention_heads": 4,
               "num_key_value_heads": 2, "num_hidden_layers": 4}
 
@@ -130,7 +140,7 @@ def child_build(spec: dict) -> None:
     from finetune_app.testing.tiny_models import build_tiny_model
 
     model = Path(spec["dest"])
-    build_tiny_model(spec["family"], model, **spec["overrides"])
+    build_tiny_model(spec["family"], model, image_size=spec.get("image_size"), **spec["overrides"])
     if spec["dtype"] != "float32":
         dt = getattr(mx, spec["dtype"])
         for f in model.glob("*.safetensors"):
@@ -312,6 +322,14 @@ def first_report(tool: str, lines) -> tuple[float | None, int | None, float | No
     return hits[0][0], hits[0][1], hits[-1][0], hits[-1][1]
 
 
+def ours_step_times(out: Path) -> list[list]:
+    """[step, seconds per step over its report window] from ours' metrics.jsonl: the phases of a run
+    (fastvlm: epoch 1 fills the cache, later epochs read it; the uncached tools run the tower every step)."""
+    f = out / "metrics.jsonl"
+    rows = [json.loads(x) for x in f.read_text().splitlines()] if f.is_file() else []
+    return [[r["step"], round(r["step_time"], 5)] for r in rows if r.get("kind") == "train" and "step_time" in r]
+
+
 def ours_first_step(out: Path) -> float | None:
     f = out / "metrics.jsonl"
     if not f.is_file():
@@ -333,10 +351,17 @@ def build(setup: str, a, work: Path) -> tuple[Path, Path, dict]:
     over = json.loads(a.config_overrides) if a.config_overrides else (real if size == "real" else tiny)
     wdir = work / f"{setup}-{size}"
     model = wdir / "model"
+    spec = {"family": family, "dest": str(model), "overrides": over, "dtype": a.dtype}
+    if family == "fastvlm":  # the tower and the processor at --image-size (1024 px: 256 features per picture)
+        vis = {**over.get("vision_config", {}), "image_size": a.image_size}
+        spec.update(overrides={**over, "vision_config": vis}, image_size=a.image_size)
+        model = wdir / f"model-{a.image_size}px"
     if not (model / "config.json").is_file():  # in a child: the harness itself holds no device memory
         print(f"[{setup}] building {family} ({size}, {a.dtype}) in {model} ...", flush=True)
-        child("build", {"family": family, "dest": str(model), "overrides": over, "dtype": a.dtype},
+        t0 = time.perf_counter()
+        child("build", {**spec, "dest": str(model)},
               dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO)] + [x for x in [os.environ.get("PYTHONPATH")] if x])))
+        print(f"[{setup}] built in {time.perf_counter() - t0:.1f} s", flush=True)
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(model))
@@ -402,6 +427,7 @@ def run_setup(setup: str, a, work: Path, out_dir: Path, peak: dict | None, nvml:
                 row.update(json.loads(probe.read_text()))
             if tool.startswith("ours"):
                 row["first_step_s"] = ours_first_step(run_out)
+                row["step_times"] = ours_step_times(run_out)
             head_at = "supervised" if tool.startswith("ours") else "all"
             passes = 1 if tool in ("ours", "ours-nocompile", "ours-pack") else epochs
             fl = sbs_flops.run_flops(counts, rows, epochs, head_at, passes if kind == "vlm" else 0)

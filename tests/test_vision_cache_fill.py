@@ -92,6 +92,7 @@ def test_cached_and_uncached_give_the_same_losses(dtype, compiled, tiny_model, s
                            cache_vision=cache, steps_per_eval=2), base=base)
         t.run()
         assert (t.family.fast, t.family.compiled, t.family.cached) == (cache or compiled, compiled, cache)
+        assert (t.family.compiled_tower is not None) == (cache and compiled)  # the fill's tower compiled too
         runs[cache] = losses(tmp_path / f"cache-{cache}")
     assert len(runs[True]) >= 4
     # bf16 keeps 8 bits of mantissa: 2^-8 relative is one rounding of the loss itself. (Compared as
