@@ -12,6 +12,8 @@ the shape plan, the trainer's events (first step, validation, checkpoint), and m
 dataset and LoRA calls. Nothing is imported ahead of the tool: functions are wrapped by a post-import
 hook as their modules finish loading, so the import times are the tool's own.
 TEXT_PHASES_KEEP_TORCH=1: ours without the transformers_without_torch patch (the before).
+TEXT_PHASES_MAIN_READ=1: ours reads the weights on the main thread and prepares the rows on a thread
+meanwhile, as on a GPU (BaseModel.while_reading), also on the CPU back-end.
 """
 
 from __future__ import annotations
@@ -65,6 +67,9 @@ def wrap(obj, attr: str, name: str) -> None:
 
 
 def _ours_models(m):
+    if os.environ.get("TEXT_PHASES_MAIN_READ"):  # the GPU's way on any back-end: the main thread reads, rows on a thread
+        real_init = m.WeightRead.__init__
+        m.WeightRead.__init__ = lambda self, base, threaded=True: real_init(self, base, threaded=False)
     wrap(m, "load_base", "load_base")
     wrap(m, "_resolved", "load_base: folder check")
     wrap(m.BaseModel, "wait_for_weights", "wait for weights")

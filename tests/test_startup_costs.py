@@ -137,3 +137,28 @@ def test_text_train_does_not_import_torch(tiny_model, instruction_data, tmp_path
     assert (tmp_path / "run" / "adapters.safetensors").is_file()
     assert not marker.exists(), "the text run imported torch"
     assert "PyTorch was not found" not in out.stderr + out.stdout
+
+
+def test_rows_prepared_on_a_thread_while_this_one_reads(tiny_model):
+    """Where the weights must be read on the main thread (GPU: WeightRead(threaded=False)), the
+    data preparation runs on a thread meanwhile (#16 textwarm): the weights are then the eager
+    load's, the work's value comes back, and its error is raised on the caller's thread."""
+    import threading
+
+    import pytest
+    from mlx.utils import tree_flatten
+
+    from finetune_app.core.models import WeightRead, load_base
+
+    folder = tiny_model("llama")
+    eager = dict(tree_flatten(load_base(folder).model.parameters()))
+    base = load_base(folder, lazy=True)
+    base.reading = WeightRead(base, threaded=False)
+    assert base.while_reading(lambda: threading.current_thread().name) == "prepare-rows"
+    assert base.reading is None
+    got = dict(tree_flatten(base.model.parameters()))
+    assert set(got) == set(eager) and all(mx.array_equal(got[k], eager[k]).item() for k in eager)
+    base.reading = WeightRead(load_base(folder, lazy=True), threaded=False)
+    with pytest.raises(ValueError, match="bad row"):
+        base.while_reading(lambda: (_ for _ in ()).throw(ValueError("bad row")))
+    assert base.while_reading(lambda: "here") == "here"  # nothing left to read: on this thread

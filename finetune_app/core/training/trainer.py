@@ -177,9 +177,9 @@ class Trainer:
                                image_features=self.family.image_features(),
                                serve_target=cfg.serve_target, pairs=self.pairs)
         self.emit(StateChanged("preparing"))
-        data = prepare_examples(cfg, base, self.encoder,
-                                progress=lambda phase, d, t: self.emit(Progress(phase, d, t)),
-                                on_example=self.family.prepare_example)
+        data = base.while_reading(partial(  # (#16 textwarm) on a GPU: on a thread while the weights are read
+            prepare_examples, cfg, base, self.encoder, progress=lambda phase, d, t: self.emit(Progress(phase, d, t)),
+            on_example=self.family.prepare_example))
         if data.skipped:
             self.emit(Notice(f"{data.skip_notice()} Run `finetune-app data check {cfg.data}` to see them all."))
         return data
