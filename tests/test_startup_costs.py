@@ -111,3 +111,54 @@ def test_weights_read_on_a_thread_are_the_loaders(tiny_model):
     t.start()
     t.join()
     assert off_main["base"].reading is None
+
+
+def test_text_train_does_not_import_torch(tiny_model, instruction_data, tmp_path):
+    """`finetune-app train` on a text model keeps transformers from importing torch (#16 textwarm:
+    2.6 s of the H200 host's start). A throwaway `torch` package first on the path records being
+    imported: transformers imports it when nothing hides it (so this test can fail), and the text
+    run finishes without it."""
+    from tests.helpers import run_cli
+
+    fake = tmp_path / "site" / "torch"
+    fake.mkdir(parents=True)
+    marker = tmp_path / "torch-imported"
+    (fake / "__init__.py").write_text(f"open({str(marker)!r}, 'a').write('imported\\n')\n__version__ = '0.0.1'\n")
+    env = dict(os.environ, HF_HUB_OFFLINE="1",
+               PYTHONPATH=os.pathsep.join([str(tmp_path / "site"), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    seen = subprocess.run([sys.executable, "-c", "from transformers.utils import import_utils as u; "
+                           "print(u.is_torch_available())"], capture_output=True, text=True, timeout=300, env=env)
+    assert seen.returncode == 0 and marker.is_file(), seen.stderr[-2000:]  # transformers finds this torch
+    marker.unlink()
+    out = run_cli("train", "--model", tiny_model("llama"), "--data", instruction_data, "--output", tmp_path / "run",
+                  "--iters", 1, "--batch-size", 2, "--lora-rank", 4, "--sample-count", 0, "--val-batches", 1,
+                  "--quiet", env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (tmp_path / "run" / "adapters.safetensors").is_file()
+    assert not marker.exists(), "the text run imported torch"
+    assert "PyTorch was not found" not in out.stderr + out.stdout
+
+
+def test_rows_prepared_on_a_thread_while_this_one_reads(tiny_model):
+    """Where the weights must be read on the main thread (GPU: WeightRead(threaded=False)), the
+    data preparation runs on a thread meanwhile (#16 textwarm): the weights are then the eager
+    load's, the work's value comes back, and its error is raised on the caller's thread."""
+    import threading
+
+    import pytest
+    from mlx.utils import tree_flatten
+
+    from finetune_app.core.models import WeightRead, load_base
+
+    folder = tiny_model("llama")
+    eager = dict(tree_flatten(load_base(folder).model.parameters()))
+    base = load_base(folder, lazy=True)
+    base.reading = WeightRead(base, threaded=False)
+    assert base.while_reading(lambda: threading.current_thread().name) == "prepare-rows"
+    assert base.reading is None
+    got = dict(tree_flatten(base.model.parameters()))
+    assert set(got) == set(eager) and all(mx.array_equal(got[k], eager[k]).item() for k in eager)
+    base.reading = WeightRead(load_base(folder, lazy=True), threaded=False)
+    with pytest.raises(ValueError, match="bad row"):
+        base.while_reading(lambda: (_ for _ in ()).throw(ValueError("bad row")))
+    assert base.while_reading(lambda: "here") == "here"  # nothing left to read: on this thread

@@ -52,6 +52,33 @@ class BaseModel:
         if reading is not None:
             reading.wait()
 
+    def while_reading(self, work: Callable[[], Any]) -> Any:
+        """`work()`, with the weights read meanwhile where they are read on this thread (GPU: see
+        WeightRead): then `work` runs on a thread of its own while this one reads, so the run's
+        setup takes the longer of the two, not their sum (#16 textwarm). `work` must not use MLX
+        (the data preparation of a text model does not). The read's failure comes first, as when
+        the weights were read up front; then `work`'s."""
+        reading = self.reading
+        if reading is None or reading.threaded:
+            return work()
+        done: dict = {}
+
+        def run() -> None:
+            try:
+                done["value"] = work()
+            except BaseException as exc:  # noqa: BLE001 - raised on the caller's thread below
+                done["error"] = exc
+
+        worker = threading.Thread(target=run, name="prepare-rows", daemon=True)
+        worker.start()
+        try:
+            self.wait_for_weights()
+        finally:
+            worker.join()
+        if "error" in done:
+            raise done["error"]
+        return done["value"]
+
     @property
     def family(self) -> str:
         """The name people know the model's family by."""
@@ -242,11 +269,11 @@ def load_base(source: str | Path, *, progress: ProgressFn | None = None, lazy: b
     model_type = str(config["model_type"]).lower()
     # (see WeightRead: another thread can read only the main thread's arrays, and only on the CPU
     # back-end: on Metal and CUDA MLX 0.32 refuses that, "There is no Stream(gpu, 0) in current
-    # thread", ml-explore/mlx#3529, and the overlap is not verified there: those load as before)
+    # thread", ml-explore/mlx#3529: there the main thread reads, and the data preparation runs on a
+    # thread meanwhile, BaseModel.while_reading)
     from finetune_app.core.training.backend import on_cpu
 
-    later = (read_later and kind == "text" and not lazy and threading.current_thread() is threading.main_thread()
-             and on_cpu())
+    later = read_later and kind == "text" and not lazy and threading.current_thread() is threading.main_thread()
     try:
         if kind == "vlm":
             from mlx_vlm.utils import load as vlm_load
@@ -267,7 +294,7 @@ def load_base(source: str | Path, *, progress: ProgressFn | None = None, lazy: b
     base = BaseModel(model=model, processor=processor, kind=kind, model_type=model_type, path=path,
                      config=config, source=str(source), serve_target=bundle_layout(path))
     if later:
-        base.reading = WeightRead(base)
+        base.reading = WeightRead(base, threaded=on_cpu())
     return base
 
 
@@ -296,17 +323,22 @@ class WeightRead:
     MLX 0.32 streams are thread-local: arrays made on a thread other than the main one cannot be
     evaluated elsewhere ("There is no Stream(cpu, 1) in current thread"), so load_base starts this
     only on the main thread (the CLI), and `wait()` evaluates on the caller's thread whatever the
-    reading thread could not; only a failure there is the load's error (a located ModelError)."""
+    reading thread could not; only a failure there is the load's error (a located ModelError).
+    On Metal and CUDA (`threaded=False`) nothing reads until `wait()`, which reads on the caller's
+    thread, and the data preparation runs on a thread meanwhile instead (BaseModel.while_reading)."""
 
-    def __init__(self, base: BaseModel):
+    def __init__(self, base: BaseModel, threaded: bool = True):
         from mlx.utils import tree_flatten
 
         self.path, self.kind, self.model_type = base.path, base.kind, base.model_type
         self.error: BaseException | None = None
         self._model = base.model
-        arrays = [v for _, v in tree_flatten(base.model.parameters())]
-        self._thread = threading.Thread(target=self._read, args=(arrays,), name="read-weights", daemon=True)
-        self._thread.start()
+        self.threaded = threaded  # False (GPU): `wait()` reads, on the caller's thread (while_reading)
+        self._thread = None
+        if threaded:
+            arrays = [v for _, v in tree_flatten(base.model.parameters())]
+            self._thread = threading.Thread(target=self._read, args=(arrays,), name="read-weights", daemon=True)
+            self._thread.start()
 
     def _read(self, arrays: list) -> None:
         import mlx.core as mx
@@ -323,9 +355,10 @@ class WeightRead:
         """Block until the weights are in memory; the read's failure as a located ModelError."""
         import mlx.core as mx
 
-        self._thread.join()
+        if self._thread is not None:
+            self._thread.join()
         model, self._model = self._model, None
-        if self.error is not None and model is not None:
+        if model is not None and (self.error is not None or not self.threaded):
             self.error = None
             try:  # here, on the thread that made the arrays (an evaluated one is skipped)
                 mx.eval(model.parameters())

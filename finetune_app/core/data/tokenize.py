@@ -301,7 +301,8 @@ class Encoder:
                 mask &= ids != self.image_token_index
             mask[0] = False
             return mask
-        text_full = self.text_ids(full_text)
+        # (#16 textwarm) a text model's ids are these already: one tokenizer call a row less
+        text_full = self.text_ids(full_text) if self.is_vlm else ids.tolist()
         delta = len(ids) - len(text_full)  # tokens the processor added (image expansion)
         counts = turn_images(sample)
         n_before = 0

@@ -17,7 +17,8 @@ from finetune_app.core.patches import (chat_template, deepseek_moe_gate, deepsee
                                        llava_processor_kwargs,
                                        mllama_vision_batch, mlx_launch, mlx_lm_classes, mlx_lm_tuner_imports,
                                        no_remote_code,
-                                       phi3v_vision_config, qwen_rope_state, sacrebleu_stats)
+                                       phi3v_vision_config, qwen_rope_state, sacrebleu_stats,
+                                       transformers_without_torch)
 
 BEHAVIOUR = {"fastvlm_vision_config": fastvlm_vision_config.apply, "no_remote_code": no_remote_code.apply,
              "deepseek_moe_gate": deepseek_moe_gate.apply,
@@ -29,7 +30,7 @@ BEHAVIOUR = {"fastvlm_vision_config": fastvlm_vision_config.apply, "no_remote_co
 MODULES = (fastvlm_vision_config, no_remote_code, deepseek_moe_gate, deepseek_tile_count, mllama_vision_batch,
            llava_processor_kwargs, phi3v_vision_config, llava_next_anyres,
            chat_template, sacrebleu_stats, hf_tokenizer, qwen_rope_state, mlx_launch, mlx_lm_classes,
-           mlx_lm_tuner_imports)
+           mlx_lm_tuner_imports, transformers_without_torch)
 
 _lock = threading.Lock()
 _applied: set[str] = set()

@@ -25,6 +25,21 @@ def padded_length(n: int) -> int:
 
 
 SHAPE_CAP = 8  # distinct (positions, supervised) shapes of the compiled step in a run
+# On CUDA (#16 textwarm) fewer: each new shape costs ~0.45-0.66 s of trace and kernel load even
+# with warm kernel caches, while the H200's LoRA step is launch-bound at these sizes (a 3B step at
+# 4 x 128 and 4 x 256 positions both ~90-97 ms, 4 x 512 ~128 ms): on 1,000 Alpaca-shaped rows 4
+# shapes pad more (real/padded positions 0.72 vs 0.85) and come out ~1.4-2.2 s ahead (modelled from
+# those step times: docs/performance.md "Text fixed costs (textwarm)"). A Mac's GPU is not
+# launch-bound there (padding costs step time), so it keeps SHAPE_CAP.
+CUDA_SHAPE_CAP = 4
+
+
+def shape_cap() -> int:
+    """The run's shape cap on this back-end."""
+    import mlx.core as mx
+
+    cuda = getattr(mx, "cuda", None)
+    return CUDA_SHAPE_CAP if cuda is not None and cuda.is_available() and mx.default_device() == mx.gpu else SHAPE_CAP
 
 
 def _cheapest_sizes(values: list[int], weights: list[int], cap: int) -> list[int]:
@@ -52,16 +67,17 @@ def _cheapest_sizes(values: list[int], weights: list[int], cap: int) -> list[int
 
 
 class ShapePlan:
-    """The compiled step's shapes in a run (#16): at most `cap` (positions M, supervised K) pairs,
-    planned once from the run's batches, so the step is traced (and on CUDA its kernels loaded) a
-    handful of times. M sizes: those of the batches' padded lengths that leave the fewest padded
+    """The compiled step's shapes in a run (#16): at most `cap` (default `shape_cap()`) (positions
+    M, supervised K) pairs, planned once from the run's batches, so the step is traced (and on CUDA
+    its kernels loaded) a handful of times. M sizes: those of the batches' padded lengths that leave the fewest padded
     positions; each M's K: the largest padded supervised count among the batches it takes (the
     LM head still sees supervised positions only; padding entries weigh 0). A function of the data
     and (seed, epoch 0)'s batches, so a resumed run pads exactly as the uninterrupted one did.
 
     `batches`: (rows, longest length, supervised tokens) of each batch."""
 
-    def __init__(self, batches, cap: int = SHAPE_CAP):
+    def __init__(self, batches, cap: int | None = None):
+        cap = shape_cap() if cap is None else cap
         by_size: dict[int, int] = {}
         for rows, longest, _ in batches:
             m = padded_length(max(1, longest))

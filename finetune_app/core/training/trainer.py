@@ -180,9 +180,9 @@ class Trainer:
         if not self.pairs and self.rollouts is None:  # (#16 vlmwarm) pictures read ahead of their first batch, not up front
             self.encoder.sized = self.family.sized_processor(self.encoder.layout)
         self.emit(StateChanged("preparing"))
-        data = prepare_examples(cfg, base, self.encoder,
-                                progress=lambda phase, d, t: self.emit(Progress(phase, d, t)),
-                                on_example=self.family.prepare_example)
+        data = base.while_reading(partial(  # (#16 textwarm) on a GPU: on a thread while the weights are read
+            prepare_examples, cfg, base, self.encoder, progress=lambda phase, d, t: self.emit(Progress(phase, d, t)),
+            on_example=self.family.prepare_example))
         if data.skipped:
             self.emit(Notice(f"{data.skip_notice()} Run `finetune-app data check {cfg.data}` to see them all."))
         return data

@@ -1,0 +1,63 @@
+"""transformers imported as if torch were not installed, for a process that trains a text model.
+
+A text run uses transformers for its tokenizer and chat template only (the model is mlx-lm's),
+yet where torch is installed (a GPU host; a Mac user's venv that has it for other work)
+`import transformers` pulls it in: mlx-lm's `from transformers import AutoTokenizer` reaches
+`configuration_utils` -> `modeling_rope_utils`, which imports torch when `is_torch_available()`.
+That is 2.6 s of the H200 host's start and ~3 s here (#16 textwarm), for nothing the run uses.
+
+transformers decides whether torch is there once per process: 5.x through the cached
+`is_torch_available()` (`importlib.util.find_spec("torch")`), 4.x at `import_utils`' import
+(also `find_spec`, after `USE_TORCH`). `hide()` imports transformers and asks it with
+`sys.modules["torch"] = None` in place (find_spec answers None, `import torch` fails), so both
+record "no torch"; then it removes the entry: transformers goes on without torch for the life of
+the process, and anything else that imports torch itself still gets it. transformers' advice that
+PyTorch was not found is silenced for that import (the user may well have it).
+
+Only for processes that load nothing but a text model (the CLI's `train` with a text model folder:
+cli/train.py): a VLM's processor may need torch (transformers' fast image and video processors), so
+the GUI and VLM runs never call this.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+WRITTEN_FOR = {"transformers": "5.24.0"}
+ADVICE = "TRANSFORMERS_NO_ADVISORY_WARNINGS"
+
+
+def still_needed() -> bool:
+    """True while transformers' configuration classes (which mlx-lm's tokenizer import reaches)
+    import torch where it is installed."""
+    from importlib.util import find_spec
+    from pathlib import Path
+
+    spec = find_spec("transformers")  # (the files: importing them is what this patch avoids)
+    root = Path(spec.origin).parent if spec and spec.origin else None
+    return root is not None and any("import torch" in (root / f).read_text(encoding="utf-8")
+                                    for f in ("modeling_rope_utils.py", "configuration_utils.py")
+                                    if (root / f).is_file())
+
+
+def hide() -> bool:
+    """Import transformers so that it treats torch as absent; True when it did. Nothing is done
+    (False) once transformers or torch is imported: the choice was made already."""
+    if "transformers" in sys.modules or "torch" in sys.modules:
+        return False
+    advice = os.environ.get(ADVICE)
+    sys.modules["torch"] = None  # type: ignore[assignment]  # find_spec -> None; `import torch` raises
+    os.environ[ADVICE] = "1"
+    try:
+        from transformers.utils import import_utils
+
+        return not import_utils.is_torch_available()  # 5.x caches the answer here; 4.x holds it since import
+    finally:
+        if sys.modules.get("torch", 0) is None:
+            del sys.modules["torch"]
+        if advice is None:
+            os.environ.pop(ADVICE, None)
+        else:
+            os.environ[ADVICE] = advice
+
