@@ -12,7 +12,8 @@ the step's own memory, the part the tools can differ in.
     python benchmarks/text_mem.py --scale 48 --set vocab_size=128256 --out /tmp/tm.json   # CPU, the 3B's vocab
     python benchmarks/text_mem.py --size real --out $OUT/tm.json                            # GPU (3B-sized)
 
-`--head plain`: ours' SFT head before the fused one (for a before/after); `--first N` / `--last N`:
+`--head plain`: ours' SFT head before the fused one, `--lora float32`: ours' LoRA branch before it ran
+in the model's dtype (for a before/after); `--first N` / `--last N`:
 only the N shortest / longest deciding batches.
 
 `--size wide`: the 3B's config with `--layers` layers and, for a CPU, every width (hidden,
@@ -114,6 +115,8 @@ def main() -> None:
     p.add_argument("--first", type=int, default=None, help="only the N deciding batches with the shortest rows")
     p.add_argument("--head", choices=("fused", "plain"), default="fused",
                    help="ours' SFT head: plain = the path before the fused head (one matmul up to the logits budget)")
+    p.add_argument("--lora", choices=("model-dtype", "float32"), default="model-dtype",
+                   help="ours' LoRA branch: float32 = mlx-lm's LoRALinear as is (before #16 textmem2)")
     p.add_argument("--rows", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--dtype", default="bfloat16")
@@ -131,6 +134,10 @@ def main() -> None:
         from finetune_app.core.training import chunked_ce
 
         chunked_ce.head_weight = lambda owner: None  # sft.loss then takes the plain / recomputing path
+    if a.lora == "float32":
+        from finetune_app.core.training import lora_dtype
+
+        lora_dtype.in_model_dtype = lambda model: 0  # adapters.attach then keeps mlx-lm's layer
     work = Path(a.work or tempfile.mkdtemp(prefix="text_mem_"))
     name = "llama-3b" if a.size == "real" else f"llama-wide-L{a.layers}-s{a.scale}" + "".join(f"-{x}" for x in a.set)
     folder = work / f"{name}-{a.dtype}"
@@ -153,7 +160,7 @@ def main() -> None:
           f"{len(batches)} batches; plan {plan.shapes}; {len(chosen)} deciding batches", flush=True)
     a.steps = a.warmup = 0
     res = {"device": str(mx.default_device()), "config": overrides(a), "dtype": a.dtype, "plan": plan.shapes,
-           "head": a.head,
+           "head": a.head, "lora": a.lora,
            "median": lengths[len(lengths) // 2], "max": lengths[-1], "tools": {}}
     for tool in a.tools.split(","):
         gc.collect()

@@ -124,3 +124,14 @@ def test_freed_step_buffers_go_back_to_the_system():
     rss = {mode: int(subprocess.run([sys.executable, "-c", CHILD, mode], capture_output=True, text=True,
                                     check=True).stdout) for mode in ("dynamic", "fixed")}
     assert rss["dynamic"] - rss["fixed"] > 15, rss
+
+
+def test_cache_limit_is_a_fraction_of_the_device_but_at_most_the_cap(monkeypatch):
+    from finetune_app.core.training import memory
+
+    monkeypatch.setattr(memory, "device_memory", lambda: 16 << 30)  # a 16 GB Mac: 5%
+    assert memory.cache_limit() == int((16 << 30) * memory.CACHE_FRACTION)
+    monkeypatch.setattr(memory, "device_memory", lambda: 143_771_000_000)  # an H200: 7.2 GB uncapped
+    assert memory.cache_limit() == memory.CACHE_CAP
+    with memory.bounded_cache() as limit:
+        assert limit <= memory.CACHE_CAP

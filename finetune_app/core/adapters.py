@@ -186,6 +186,9 @@ def _attach_text(base: BaseModel, cfg: TrainConfig) -> dict:
                               f"Available names: {', '.join(layer_names)}.", field="lora_targets")
         params["keys"] = keys
     linear_to_lora_layers(model, num_layers, params, use_dora=cfg.fine_tune_type == "dora")
+    from finetune_app.core.training.lora_dtype import in_model_dtype  # (#16 textmem2: no float32 copies of x)
+
+    in_model_dtype(model)
     return {"fine_tune_type": cfg.fine_tune_type, "num_layers": num_layers, "lora_parameters": params}
 
 
