@@ -103,3 +103,20 @@ def run_flops(c: dict, rows: list[dict], epochs: float, head_at: str, tower_pass
     tower = None if any(t is None for t in towers) else sum(towers) * tower_passes
     lm *= epochs
     return {"flops_lm": lm, "flops_total": None if tower is None else lm + tower, "flops_tower": tower}
+
+
+def matmul_peak(n: int, dtype) -> float:
+    """TFLOP/s of an n x n x n matmul in `dtype` on MLX's default device, best of 5: the peak each
+    harness divides by (measured in the process that runs the tools, the same way everywhere)."""
+    import time
+
+    import mlx.core as mx
+
+    a, b = mx.random.normal((n, n)).astype(dtype), mx.random.normal((n, n)).astype(dtype)
+    mx.eval(a, b, a @ b)
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        mx.eval(a @ b)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e12

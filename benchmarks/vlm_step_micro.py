@@ -289,16 +289,9 @@ def flops(c: dict, rows: list[dict], tool: str) -> dict:
 def matmul_peak(dtype) -> float:
     """TFLOP/s of a square matmul (best of 5), as side_by_side.py's child_peak measures it."""
     import mlx.core as mx
+    import sbs_flops
 
-    n = 8192 if mx.default_device() == mx.gpu else 1024
-    x, y = mx.random.normal((n, n)).astype(dtype), mx.random.normal((n, n)).astype(dtype)
-    mx.eval(x, y, x @ y)
-    best = float("inf")
-    for _ in range(5):
-        t = time.perf_counter()
-        mx.eval(x @ y)
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best / 1e12
+    return sbs_flops.matmul_peak(8192 if mx.default_device() == mx.gpu else 1024, dtype)
 
 
 def main() -> None:
