@@ -2,8 +2,10 @@
 saves the last finished step, and resuming on one machine continues exactly like a run that was
 never interrupted (the global batch does not depend on the number of processes)."""
 
+import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,16 +28,44 @@ def train_losses(run):
 
 def rank_pid(tag: str, rank: int) -> int | None:
     """The process with MLX_RANK=rank whose environment carries FINETUNE_TEST_RUN=tag (a host's process)."""
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
+    return next(iter(rank_pids(tag, rank)), None)
+
+
+def rank_pids(tag: str, rank: int) -> list[int]:
+    return [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc"))) if _has_env(pid, tag, rank)]
+
+
+def _has_env(pid: int, tag: str, rank: int) -> bool:
+    try:
+        env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+    except OSError:
+        return False
+    return f"MLX_RANK={rank}".encode() in env and f"FINETUNE_TEST_RUN={tag}".encode() in env
+
+
+def hung_stacks(tag: str, rank: int, stacks_dir) -> str:
+    """Where a hung rank is: its Python threads (faulthandler on SIGUSR1, FINETUNE_STACKS_DIR) and,
+    with gdb, its C++ threads (a collective that never returns shows there)."""
+    report = []
+    for pid in rank_pids(tag, rank):
         try:
-            env = open(f"/proc/{name}/environ", "rb").read().split(b"\0")
-            if f"MLX_RANK={rank}".encode() in env and f"FINETUNE_TEST_RUN={tag}".encode() in env:
-                return int(name)
+            os.kill(pid, signal.SIGUSR1)
         except OSError:
             continue
-    return None
+        time.sleep(1)
+        dump = stacks_dir / f"rank{rank}.txt"
+        report.append(f"--- rank {rank} pid {pid} Python stacks:\n" + (dump.read_text() if dump.exists() else "(none)"))
+        if shutil.which("gdb"):
+            try:
+                bt = subprocess.run(["gdb", "-p", str(pid), "-batch", "-ex", "thread apply all bt 25"],
+                                    capture_output=True, text=True, timeout=90)
+                bt = "\n".join(l for l in bt.stdout.splitlines() if l.startswith(("Thread", "#"))) or bt.stderr
+            except subprocess.TimeoutExpired:
+                bt = "(gdb timed out)"
+            report.append(f"--- rank {rank} pid {pid} C stacks:\n{bt}")
+        with contextlib.suppress(OSError):  # the launcher's kill does not reach its ranks' sessions
+            os.kill(pid, signal.SIGKILL)
+    return "\n".join(report) or f"no process of rank {rank} left"
 
 
 def wait_for_step(run, step: int, proc, timeout=120) -> int:
@@ -60,14 +90,23 @@ def test_host_killed_mid_run_then_resume_alone_matches_uninterrupted(tiny_model,
     ref, run = tmp_path / "reference", tmp_path / "run"
     one = run_cli("train", "--model", model, "--data", instruction_data, "--output", ref, *ARGS, env=ENV)
     assert one.returncode == 0, one.stderr
+    stacks = tmp_path / "stacks"
+    stacks.mkdir()
     proc = popen_cli("train", "--hostfile", hostfile(tmp_path), "--model", model, "--data", instruction_data,
-                     "--output", run, *ARGS, env=dict(ENV, FINETUNE_TEST_RUN="0"), stdin=subprocess.DEVNULL)
+                     "--output", run, *ARGS, env=dict(ENV, FINETUNE_TEST_RUN="0", FINETUNE_STACKS_DIR=str(stacks)),
+                     stdin=subprocess.DEVNULL)
     try:
         wait_for_step(run, 8, proc)
         pid = rank_pid("0", 1)  # kill rank 1 the way a host dies
         assert pid is not None
         os.kill(pid, signal.SIGKILL)
-        out, _ = proc.communicate(timeout=120)
+        try:
+            out, _ = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:  # seen once in ~20 CI runs: say where rank 0 was
+            where = hung_stacks("0", 0, stacks)
+            proc.kill()
+            raise AssertionError(f"the run did not end within 120 s of rank 1's SIGKILL\n{where}\n"
+                                 f"--- launcher output:\n{proc.communicate()[0]}") from None
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import faulthandler
 import os
+import signal
 import sys
 import threading
 import time
@@ -66,6 +67,10 @@ class PeerWatch:
 
         threading.Thread(target=self._watch, name="finetune-peer-watch", daemon=True).start()
         distributed.on_sigterm(self._sigterm)
+        stacks = os.environ.get("FINETUNE_STACKS_DIR")  # diagnostics (tests): where a hung process was
+        if stacks:  # faulthandler's C handler writes every thread's stack even while one holds the GIL
+            self._stacks = open(os.path.join(stacks, f"rank{os.environ.get('MLX_RANK', 0)}.txt"), "w")
+            faulthandler.register(signal.SIGUSR1, file=self._stacks, all_threads=True)
         return self
 
     def close(self) -> None:
