@@ -98,7 +98,7 @@ def qwen_model():
 # between the two halves (greedily, by time) and put at the front of each: neither worker is left
 # running a long test alone at the end while the other idles.
 HEAVY_TESTS = {
-    "test_engine_learning.py::test_qwen2_vl_learns_shapes_through_mlx_vlm": 128,
+    "test_engine_learning.py::test_qwen2_vl_learns_shapes_through_mlx_vlm": 100,
     "test_engine_learning.py::test_fastvlm_learns_colour": 54,
     "test_gui_distributed.py::test_two_hosts_checked_trained_paused_dropped_and_resumed_alone": 48,
     "test_runs_crash.py::test_repeated_sigkills_resume_to_the_uninterrupted_losses": 20,

@@ -2,7 +2,9 @@
 and the adapter works where users run it.
 
 Qwen2-VL: the issue's exact task (300 train / 60 held-out centred shapes, 64 px, mlx-vlm's
-`{"images", "messages"}` JSONL, default preset with lr 1e-3, r16, batch 4, 2000 steps), scored ONLY
+`{"images", "messages"}` JSONL, default preset with lr 1e-3, r16, batch 4; the issue trained 2000
+steps, this 1500: colour+shape 0.95-0.98 over data/training seeds 0-2, where 1000 steps gave
+0.83-0.97 and 600 gave 0.67, so the 0.90 bar still catches a run that learns too little), scored ONLY
 through mlx-vlm's standard path in this process: `mlx_vlm.load(base, adapter_path=RUN)` +
 `apply_chat_template(processor, config, prompt, num_images=1)` + greedy `mlx_vlm.generate`.
 Before the engine trained in the runtime's layout, this scored 48% colour+shape (issue 15).
@@ -26,7 +28,7 @@ def test_qwen2_vl_learns_shapes_through_mlx_vlm(tiny_model, tmp_path_factory, tm
                                size=64, seed=0, jsonl=True)
     model = tiny_model("qwen2_vl")
     cfg = apply_preset(TrainConfig(), DEFAULT_PRESET).replace(
-        model=str(model), data=str(data), output=str(tmp_path / "run"), iters=2000, epochs=None,
+        model=str(model), data=str(data), output=str(tmp_path / "run"), iters=1500, epochs=None,
         learning_rate=1e-3, lora_rank=16, batch_size=4,
         steps_per_eval=10**6, save_every=10**6, sample_count=0)
     result = Trainer(cfg).run()
