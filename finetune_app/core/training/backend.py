@@ -26,6 +26,14 @@ def on_cpu() -> bool:
     return mx.default_device() == mx.cpu
 
 
+def on_cuda() -> bool:
+    """MLX's CUDA back-end (an MLX built without it has no `mx.cuda`)."""
+    try:
+        return bool(mx.cuda.is_available()) and mx.default_device() == mx.gpu
+    except AttributeError:
+        return False
+
+
 def compile_step(requested: bool) -> bool:
     """Whether the step is compiled: as `requested` (the `compile` setting) except on the CPU,
     where compiling costs more than it saves on a run's worth of shapes (unless the environment

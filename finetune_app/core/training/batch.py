@@ -36,10 +36,9 @@ CUDA_SHAPE_CAP = 4
 
 def shape_cap() -> int:
     """The run's shape cap on this back-end."""
-    import mlx.core as mx
+    from finetune_app.core.training.backend import on_cuda
 
-    cuda = getattr(mx, "cuda", None)
-    return CUDA_SHAPE_CAP if cuda is not None and cuda.is_available() and mx.default_device() == mx.gpu else SHAPE_CAP
+    return CUDA_SHAPE_CAP if on_cuda() else SHAPE_CAP
 
 
 def _cheapest_sizes(values: list[int], weights: list[int], cap: int) -> list[int]:

@@ -22,21 +22,12 @@ from mlx.utils import tree_flatten, tree_unflatten
 
 from finetune_app.core import run_folder
 from finetune_app.core.training import checkpoint as ckpt
+from finetune_app.core.training.backend import on_cuda
 from finetune_app.core.training.events import HostRate, StateChanged
 from finetune_app.core.training.hooks import Hook
 
 SAVE_TIMEOUT = 30.0  # seconds for the last-step save; on a GPU it can wait for the dead collective
 
-
-def on_cuda() -> bool:
-    """On CUDA, reading the last step's arrays waits for the GPU stream, which is stuck in the
-    dead NCCL collective (measured on 2 H200: the save froze the process, GIL held): there the
-    periodic checkpoints are the resume point. On the CPU (ring) the save takes milliseconds;
-    on Metal it is tried, with the C timer as the backstop."""
-    try:
-        return bool(mx.cuda.is_available()) and mx.default_device() == mx.gpu
-    except AttributeError:
-        return False
 
 
 class DataParallel(Hook):
@@ -162,6 +153,10 @@ class DataParallel(Hook):
     def on_peer_lost(self, reason: str) -> str:
         """Save the last finished step (rank 0) and say where the run can continue from."""
         saved = None
+        # On CUDA, reading the last step's arrays waits for the GPU stream, which is stuck in the
+        # dead NCCL collective (measured on 2 H200: the save froze the process, GIL held): there the
+        # periodic checkpoints are the resume point. On the CPU (ring) the save takes milliseconds;
+        # on Metal it is tried, with the C timer as the backstop.
         if self.world.is_main and self.last_good is not None and self.last_good[2].step > 0 and not on_cuda():
             saved = self._save_within_timeout()
         latest, _ = ckpt.latest_valid(self.run_dir) if self.world.is_main else (None, [])
