@@ -77,7 +77,7 @@ def test_a_caller_that_stops_early_ends_the_workers(tiny_model, bad_rows_data):
 
     base = load_base(str(tiny_model("qwen2_vl")))
     dataset = open_dataset(bad_rows_data)
-    rows = encode_pool.encoded_rows(dataset, Encoder(base), list(range(len(dataset))), workers=3)
+    rows = encode_pool.encoded_rows(dataset, Encoder(base).encode, list(range(len(dataset))), workers=3)
     sample, ex, failure = next(rows)
     assert failure is None and ex.input_ids.size
     rows.close()

@@ -25,17 +25,18 @@ def default_workers() -> int:
     return max(1, min(MAX_WORKERS, os.cpu_count() or 1))
 
 
-def _encode(encoder, sample, i: int):
+def _encode(encode, sample, i: int):
     """(example, failure): whatever one row raises is its own failure, never the pool's."""
     try:
-        return encoder.encode(sample, index=i), None
+        return encode(sample, index=i), None
     except Exception as exc:  # noqa: BLE001 - located per row by the caller
         return None, exc
 
 
-def encoded_rows(dataset, encoder, indices: list[int], *, workers: int | None = None
+def encoded_rows(dataset, encode, indices: list[int], *, workers: int | None = None
                  ) -> Iterator[tuple[object, object, BaseException | None]]:
-    """(sample or None, example or None, failure or None) for each index, in order."""
+    """(sample or None, example or None, failure or None) for each index, in order; `encode(sample,
+    index=i)` makes a row's example (an Encoder's `encode`, or its header-only `encode_sized`)."""
     workers = default_workers() if workers is None else max(1, int(workers))
     if workers == 1 or len(indices) < 2:
         for i in indices:
@@ -44,14 +45,14 @@ def encoded_rows(dataset, encoder, indices: list[int], *, workers: int | None = 
             except Exception as exc:  # noqa: BLE001
                 yield None, None, exc
                 continue
-            yield (sample, *_encode(encoder, sample, i))
+            yield (sample, *_encode(encode, sample, i))
         return
-    yield from _Pool(min(workers, len(indices)), encoder).run(dataset, indices)
+    yield from _Pool(min(workers, len(indices)), encode).run(dataset, indices)
 
 
 class _Pool:
-    def __init__(self, n: int, encoder):
-        self.n, self.encoder = n, encoder
+    def __init__(self, n: int, encode):
+        self.n, self.encode = n, encode
         self.tasks: queue.Queue = queue.Queue()
 
     def _work(self) -> None:
@@ -59,7 +60,7 @@ class _Pool:
             while (task := self.tasks.get()) is not None:
                 future, sample, i = task
                 if future.set_running_or_notify_cancel():
-                    future.set_result(_encode(self.encoder, sample, i))
+                    future.set_result(_encode(self.encode, sample, i))
         finally:
             import mlx.core as mx
 

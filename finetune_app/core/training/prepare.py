@@ -71,15 +71,6 @@ def _row_problem(sample, i: int, dataset, exc: BaseException) -> Problem:
                    "Check the row, or run `finetune-app data check` on the dataset.")
 
 
-class _Sized:
-    """(#16 vlmwarm) The encoder's header-only pass: pictures counted, not decoded, where its
-    family's cache needs each picture's pixels once (they are read ahead of their first batch,
-    training/reread.py), so preparation does not decode every picture before the first step."""
-
-    def __init__(self, encoder):
-        self.encode = encoder.encode_sized
-
-
 def prepare_examples(cfg: TrainConfig, base, encoder: Encoder, *,
                      progress: Callable[[str, int, int], None] | None = None,
                      on_example: Callable[[Example], None] | None = None,
@@ -112,8 +103,9 @@ def prepare_examples(cfg: TrainConfig, base, encoder: Encoder, *,
     order = [(i, "train") for i in train_idx] + [(i, "valid") for i in valid_idx]
     train, valid, val_samples = [], [], []
     image_bytes = 0
-    rows = encoded_rows(dataset, _Sized(encoder) if getattr(encoder, "sized", None) else encoder,
-                        [i for i, _ in order], workers=workers)
+    # (#16 vlmwarm) where the family's cache needs each picture's pixels once, pictures are counted
+    # from their headers, not decoded: they are read ahead of their first batch (training/reread.py)
+    rows = encoded_rows(dataset, encoder.encode_sized, [i for i, _ in order], workers=workers)
     for k, ((i, part), (sample, ex, failure)) in enumerate(zip(order, rows)):
         if progress:
             progress("tokenising", k, len(order))

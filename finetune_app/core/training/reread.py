@@ -28,7 +28,7 @@ from finetune_app.core.errors import DataError
 class Reread:
     def __init__(self, dataset, encoder, rows: list[int]):
         self.order = deque(rows)  # dataset rows, in the order the run will ask for them
-        self.rows = encoded_rows(dataset, encoder, list(rows)) if rows else iter(())
+        self.rows = encoded_rows(dataset, encoder.encode, list(rows)) if rows else iter(())
         self.served = 0  # examples handed over from the threads (tests, benchmarks)
 
     def take(self, row: int):
