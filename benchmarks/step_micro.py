@@ -384,12 +384,7 @@ def main() -> None:
         longest_mode(folder, a, results, vocab, cap)
         results["wall_s"] = round(time.perf_counter() - t, 1)
         print(f"--longest: {results['wall_s']} s after the model build")
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps(results, indent=1))
-        if tmp:
-            import shutil
-
-            shutil.rmtree(tmp, ignore_errors=True)
+        write_results(a.out, results, tmp)
         return
     shapes = [(L, rows_for(L, a.batch_size, a.supervised, vocab, seed=L)) for L in map(int, a.lengths.split(","))]
     results = {"device": str(mx.default_device()), "device_info": {k: v for k, v in mx.device_info().items()
@@ -414,8 +409,13 @@ def main() -> None:
             o, m = results["tools"]["ours"]["L"][L], results["tools"]["mlx_lm"]["L"][L]
             print(f"L={L}: ours/mlx_lm step time x{o['step_s'] / m['step_s']:.2f}, "
                   f"first call x{o['first_call_s'] / m['first_call_s']:.2f}")
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(results, indent=1))
+    write_results(a.out, results, tmp)
+
+
+def write_results(out: str, results: dict, tmp: str | None) -> None:
+    """The JSON to `out`; the model folder built for this call (no --work) removed."""
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(results, indent=1))
     if tmp:
         import shutil
 

@@ -53,7 +53,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 
-from step_micro import timed  # noqa: E402
+from step_micro import timed, write_results  # noqa: E402
 
 VIEWS = {"Reshape", "Broadcast", "Squeeze", "ExpandDims", "Transpose", "Slice", "AsStrided", "StopGradient", "Depends",
          "NumberOfElements", "Split", "Flatten", "Unflatten"}  # primitives that are usually no kernel of their own
@@ -382,12 +382,7 @@ def main() -> None:
                          f"{rec['ops']['fused_kernels']} fused)" if "ops" in rec else ""), flush=True)
             del run
         out["wall_s"] = round(time.perf_counter() - t, 1)
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(results, indent=1))
-    if tmp:
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
+    write_results(a.out, results, tmp)
 
 
 if __name__ == "__main__":
