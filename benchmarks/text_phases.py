@@ -22,7 +22,6 @@ import atexit
 import importlib.abc
 import json
 import os
-import runpy
 import sys
 import time
 from functools import wraps
@@ -175,17 +174,9 @@ def main() -> None:
     args = sys.argv[1:]
     sys.meta_path.insert(0, PostImport())
     atexit.register(report)
-    if args[:1] == ["-m"]:
-        sys.argv = [args[1], *args[2:]]
-        runpy.run_module(args[1], run_name="__main__", alter_sys=True)
-    elif args[:1] == ["--entry"]:
-        mod, fn = args[1].split(":")
-        sys.argv = [mod, *args[2:]]
-        import importlib
+    from tool_entry import run_tool  # (this folder: the script's own)
 
-        sys.exit(getattr(importlib.import_module(mod), fn)())
-    else:
-        raise SystemExit("usage: text_phases.py (-m MODULE | --entry MOD:FN) ARGS...")
+    run_tool(args, "text_phases.py")
 
 
 if __name__ == "__main__":

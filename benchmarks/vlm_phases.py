@@ -23,7 +23,6 @@ from __future__ import annotations
 import atexit
 import json
 import os
-import runpy
 import sys
 import time
 from collections import Counter
@@ -121,17 +120,9 @@ def main() -> None:
     args = sys.argv[1:]
     atexit.register(_report)
     _watch_ours()
-    if args[0] == "-m":
-        sys.argv = [args[1], *args[2:]]
-        runpy.run_module(args[1], run_name="__main__", alter_sys=True)
-    elif args[0] == "--entry":
-        mod, fn = args[1].split(":")
-        sys.argv = [mod, *args[2:]]
-        import importlib
+    from tool_entry import run_tool  # (this folder: the script's own)
 
-        sys.exit(getattr(importlib.import_module(mod), fn)())
-    else:
-        raise SystemExit("usage: vlm_phases.py (-m MODULE | --entry MOD:FN) ARGS...")
+    run_tool(args, "vlm_phases.py")
 
 
 if __name__ == "__main__":
