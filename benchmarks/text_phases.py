@@ -13,7 +13,9 @@ dataset and LoRA calls. Nothing is imported ahead of the tool: functions are wra
 hook as their modules finish loading, so the import times are the tool's own.
 TEXT_PHASES_KEEP_TORCH=1: ours without the transformers_without_torch patch (the before).
 TEXT_PHASES_MAIN_READ=1: ours reads the weights on the main thread and prepares the rows on a thread
-meanwhile, as on a GPU (BaseModel.while_reading), also on the CPU back-end.
+meanwhile, as on a GPU (BaseModel.while_reading), also on the CPU back-end; its CLI also starts the
+read before the imports (models.read_ahead), as on a GPU.
+TEXT_PHASES_NO_READ_AHEAD=1: without that early start (the before of #16 readearly).
 """
 
 from __future__ import annotations
@@ -68,8 +70,10 @@ def wrap(obj, attr: str, name: str) -> None:
 
 def _ours_models(m):
     if os.environ.get("TEXT_PHASES_MAIN_READ"):  # the GPU's way on any back-end: the main thread reads, rows on a thread
-        real_init = m.WeightRead.__init__
-        m.WeightRead.__init__ = lambda self, base, threaded=True: real_init(self, base, threaded=False)
+        m.reads_on_main_thread = lambda: True  # (and the CLI reads ahead, models.read_ahead)
+    if os.environ.get("TEXT_PHASES_NO_READ_AHEAD"):  # the before of #16 readearly
+        m.read_ahead = lambda folder: False
+    wrap(m, "read_ahead", "read ahead (started)")
     wrap(m, "load_base", "load_base")
     wrap(m, "_resolved", "load_base: folder check")
     wrap(m.BaseModel, "wait_for_weights", "wait for weights")
