@@ -16,6 +16,7 @@ TEXT_PHASES_MAIN_READ=1: ours reads the weights on the main thread and prepares 
 meanwhile, as on a GPU (BaseModel.while_reading), also on the CPU back-end; its CLI also starts the
 read before the imports (models.read_ahead), as on a GPU.
 TEXT_PHASES_NO_READ_AHEAD=1: without that early start (the before of #16 readearly).
+TEXT_PHASES_STOP_AT_DATA=1: ours stops (and reports) once the rows are prepared and the weights read.
 """
 
 from __future__ import annotations
@@ -94,6 +95,13 @@ def _ours_trainer(m):
     m.Trainer.emit = emit
     wrap(m.Trainer, "_model_and_data", "model + data (attach, prepare)")
     wrap(m.Trainer, "_after_data", "after data (plan, optimizer, config)")
+    if os.environ.get("TEXT_PHASES_STOP_AT_DATA"):  # stop once the rows are prepared and the weights read
+        def stop(self, data):
+            marks.append((now(), "stopped: rows prepared, weights read"))
+            report()
+            os._exit(0)
+
+        m.Trainer._after_data = stop
     wrap(m.Trainer, "evaluate", "validation")
     wrap(m.Trainer, "save_checkpoint", "final save")
     wrap(m, "prepare_examples", "prepare rows")
