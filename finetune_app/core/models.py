@@ -311,7 +311,8 @@ def reads_on_main_thread() -> bool:
 # On a GPU the main thread reads the weights (WeightRead), and before this it read them only after
 # the imports (transformers, mlx-lm: seconds of Python). `read_ahead` starts the read as soon as the
 # folder is known: `mx.load` (lazy) of the files mlx-lm would load and `mx.async_eval` of them, so
-# MLX reads them on its own threads, without the GIL, while this one imports; load_base then hands
+# MLX reads them on its own threads, without the GIL, while this one imports (on the CPU back-end
+# part of the read happens in the `async_eval` call itself: docs/performance.md); load_base hands
 # those arrays to mlx-lm's own loader (construction, sanitize, quantization unchanged) in place of
 # its `mx.load`, so nothing is read twice.
 _READ_AHEAD: dict[str, dict[str, dict]] = {}  # folder -> {weight file -> its arrays}
@@ -338,11 +339,11 @@ def read_ahead(folder: str | Path) -> bool:
     try:
         check_weights(folder)
         files = {_key(f): mx.load(f) for f in glob.glob(str(folder / "model*.safetensors"))}  # mlx-lm's glob
+        if not files:
+            return False
+        mx.async_eval([a for arrays in files.values() for a in arrays.values()])
     except (ModelError, OSError, ValueError, RuntimeError):
         return False
-    if not files:
-        return False
-    mx.async_eval([a for arrays in files.values() for a in arrays.values()])
     _READ_AHEAD.clear()
     _READ_AHEAD[_key(folder)] = files
     return True
