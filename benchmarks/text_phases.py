@@ -13,7 +13,10 @@ dataset and LoRA calls. Nothing is imported ahead of the tool: functions are wra
 hook as their modules finish loading, so the import times are the tool's own.
 TEXT_PHASES_KEEP_TORCH=1: ours without the transformers_without_torch patch (the before).
 TEXT_PHASES_MAIN_READ=1: ours reads the weights on the main thread and prepares the rows on a thread
-meanwhile, as on a GPU (BaseModel.while_reading), also on the CPU back-end.
+meanwhile, as on a GPU (BaseModel.while_reading), also on the CPU back-end; its CLI also starts the
+read before the imports (models.read_ahead), as on a GPU.
+TEXT_PHASES_NO_READ_AHEAD=1: without that early start (the before of #16 readearly).
+TEXT_PHASES_STOP_AT_DATA=1: ours stops (and reports) once the rows are prepared and the weights read.
 """
 
 from __future__ import annotations
@@ -67,8 +70,10 @@ def wrap(obj, attr: str, name: str) -> None:
 
 def _ours_models(m):
     if os.environ.get("TEXT_PHASES_MAIN_READ"):  # the GPU's way on any back-end: the main thread reads, rows on a thread
-        real_init = m.WeightRead.__init__
-        m.WeightRead.__init__ = lambda self, base, threaded=True: real_init(self, base, threaded=False)
+        m.reads_on_main_thread = lambda: True  # (and the CLI reads ahead, models.read_ahead)
+    if os.environ.get("TEXT_PHASES_NO_READ_AHEAD"):  # the before of #16 readearly
+        m.read_ahead = lambda folder: False
+    wrap(m, "read_ahead", "read ahead (started)")
     wrap(m, "load_base", "load_base")
     wrap(m, "_resolved", "load_base: folder check")
     wrap(m.BaseModel, "wait_for_weights", "wait for weights")
@@ -89,6 +94,13 @@ def _ours_trainer(m):
     m.Trainer.emit = emit
     wrap(m.Trainer, "_model_and_data", "model + data (attach, prepare)")
     wrap(m.Trainer, "_after_data", "after data (plan, optimizer, config)")
+    if os.environ.get("TEXT_PHASES_STOP_AT_DATA"):  # stop once the rows are prepared and the weights read
+        def stop(self, data):
+            marks.append((now(), "stopped: rows prepared, weights read"))
+            report()
+            os._exit(0)
+
+        m.Trainer._after_data = stop
     wrap(m.Trainer, "evaluate", "validation")
     wrap(m.Trainer, "save_checkpoint", "final save")
     wrap(m, "prepare_examples", "prepare rows")

@@ -162,3 +162,39 @@ def test_rows_prepared_on_a_thread_while_this_one_reads(tiny_model):
     with pytest.raises(ValueError, match="bad row"):
         base.while_reading(lambda: (_ for _ in ()).throw(ValueError("bad row")))
     assert base.while_reading(lambda: "here") == "here"  # nothing left to read: on this thread
+
+
+def test_weights_read_ahead_are_the_loads_own_and_read_once(tiny_model, monkeypatch, tmp_path):
+    """On a GPU the CLI starts reading a text model's weights before the imports (#16 readearly):
+    load_base then builds the model from those very arrays through mlx-lm's loader (nothing read
+    twice), equal to the plain load's; a damaged file starts no read and the load still says which
+    file is damaged."""
+    import shutil
+
+    import mlx_lm.utils
+    import pytest
+    from mlx.utils import tree_flatten
+
+    from finetune_app.core import models
+    from finetune_app.core.errors import ModelError
+
+    folder = tiny_model("llama")
+    eager = dict(tree_flatten(models.load_base(folder).model.parameters()))
+    monkeypatch.setattr(models, "reads_on_main_thread", lambda: True)  # the GPU's path, on this CPU
+    assert models.read_ahead(folder)
+    read = [a for arrays in models._READ_AHEAD[str(folder.resolve())].values() for a in arrays.values()]
+    base = models.load_base(folder, read_later=True)
+    assert not models._READ_AHEAD and mlx_lm.utils.mx is mx
+    assert base.reading is not None and not base.reading.threaded
+    base.wait_for_weights()
+    got = dict(tree_flatten(base.model.parameters()))
+    assert set(got) == set(eager) and all(mx.array_equal(got[k], eager[k]).item() for k in eager)
+    assert all(any(v is a for a in read) for v in got.values())  # the arrays read ahead, not a second read
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(folder, damaged)
+    weights = damaged / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    assert not models.read_ahead(damaged) and not models._READ_AHEAD
+    with pytest.raises(ModelError, match="model.safetensors"):
+        models.load_base(damaged, read_later=True)

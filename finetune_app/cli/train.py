@@ -187,10 +187,11 @@ def train(cfg: TrainConfig, *, resume: bool, quiet: bool, hosts=None) -> int:
 def without_torch_for_text(model: str) -> None:
     """A text model trains without torch: transformers (the tokenizer) is imported as if torch were
     absent, which saves its import (2.6 s on the H200 host) where torch is installed (#16 textwarm).
-    This process loads nothing but this model, so no VLM processor can need torch later. A folder
-    that cannot be read here is left to the loader, which says what is wrong with it."""
+    This process loads nothing but this model, so no VLM processor can need torch later. On a GPU
+    its weights start being read first, during those imports (models.read_ahead, #16 readearly).
+    A folder that cannot be read here is left to the loader, which says what is wrong with it."""
     from finetune_app.core.errors import FinetuneError
-    from finetune_app.core.models import looks_like_hub_id, model_kind, read_config
+    from finetune_app.core.models import looks_like_hub_id, model_kind, read_ahead, read_config
     from finetune_app.core.patches import transformers_without_torch
 
     folder = Path(str(model)).expanduser()
@@ -201,6 +202,7 @@ def without_torch_for_text(model: str) -> None:
             found = try_to_load_from_cache(str(model), "config.json")
             folder = Path(found).parent if isinstance(found, str) else folder
         if (folder / "config.json").is_file() and model_kind(read_config(folder)) == "text":
+            read_ahead(folder)
             transformers_without_torch.hide()
     except (FinetuneError, OSError, ValueError):
         pass

@@ -271,9 +271,10 @@ def load_base(source: str | Path, *, progress: ProgressFn | None = None, lazy: b
     # back-end: on Metal and CUDA MLX 0.32 refuses that, "There is no Stream(gpu, 0) in current
     # thread", ml-explore/mlx#3529: there the main thread reads, and the data preparation runs on a
     # thread meanwhile, BaseModel.while_reading)
-    from finetune_app.core.training.backend import on_cpu
-
     later = read_later and kind == "text" and not lazy and threading.current_thread() is threading.main_thread()
+    ahead = _READ_AHEAD.pop(_key(path), None) if later else None
+    if later:
+        _READ_AHEAD.clear()  # a read begun for another folder is dropped, not held
     try:
         if kind == "vlm":
             from mlx_vlm.utils import load as vlm_load
@@ -282,8 +283,9 @@ def load_base(source: str | Path, *, progress: ProgressFn | None = None, lazy: b
         else:
             import mlx_lm
 
-            model, processor = mlx_lm.load(str(path), lazy=lazy or later, trust_remote_code=False,
-                                           tokenizer_config={"trust_remote_code": False})
+            with _weights_read_ahead(ahead):
+                model, processor = mlx_lm.load(str(path), lazy=lazy or later, trust_remote_code=False,
+                                               tokenizer_config={"trust_remote_code": False})
     except ModelError:
         raise
     except Exception as exc:  # the libraries' own errors (ValueError, RuntimeError from MLX, JSON, ...)
@@ -294,8 +296,93 @@ def load_base(source: str | Path, *, progress: ProgressFn | None = None, lazy: b
     base = BaseModel(model=model, processor=processor, kind=kind, model_type=model_type, path=path,
                      config=config, source=str(source), serve_target=bundle_layout(path))
     if later:
-        base.reading = WeightRead(base, threaded=on_cpu())
+        base.reading = WeightRead(base, threaded=not reads_on_main_thread())
     return base
+
+
+def reads_on_main_thread() -> bool:
+    """Whether a run's weights are read on the main thread (Metal, CUDA: see WeightRead)."""
+    from finetune_app.core.training.backend import on_cpu
+
+    return not on_cpu()
+
+
+# ---- reading ahead (#16 readearly) -------------------------------------------------------------
+# On a GPU the main thread reads the weights (WeightRead), and before this it read them only after
+# the imports (transformers, mlx-lm: seconds of Python). `read_ahead` starts the read as soon as the
+# folder is known: `mx.load` (lazy) of the files mlx-lm would load and `mx.async_eval` of them, so
+# MLX reads them on its own threads, without the GIL, while this one imports (on the CPU back-end
+# part of the read happens in the `async_eval` call itself: docs/performance.md); load_base hands
+# those arrays to mlx-lm's own loader (construction, sanitize, quantization unchanged) in place of
+# its `mx.load`, so nothing is read twice.
+_READ_AHEAD: dict[str, dict[str, dict]] = {}  # folder -> {weight file -> its arrays}
+
+
+def _key(path: str | Path) -> str:
+    return str(Path(path).resolve())
+
+
+def read_ahead(folder: str | Path) -> bool:
+    """Start reading a text model's weights now (where the main thread reads them: a GPU); the
+    next `load_base(folder, read_later=True)` on this thread uses them. A folder whose weight files
+    do not pass model_folder's header check is left to the load, which says what is wrong with it.
+    True when a read was started."""
+    if not reads_on_main_thread() or threading.current_thread() is not threading.main_thread():
+        return False
+    import glob
+
+    import mlx.core as mx
+
+    from finetune_app.core.model_folder import check_weights
+
+    folder = Path(folder)
+    try:
+        check_weights(folder)
+        files = {_key(f): mx.load(f) for f in glob.glob(str(folder / "model*.safetensors"))}  # mlx-lm's glob
+        if not files:
+            return False
+        mx.async_eval([a for arrays in files.values() for a in arrays.values()])
+    except (ModelError, OSError, ValueError, RuntimeError):
+        return False
+    _READ_AHEAD.clear()
+    _READ_AHEAD[_key(folder)] = files
+    return True
+
+
+class _MlxWithReadAhead:
+    """mlx.core as mlx_lm.utils sees it during one load: `load` of a file read ahead gives the
+    arrays already being read (each once); everything else is mlx.core's."""
+
+    def __init__(self, mx, files: dict[str, dict]):
+        self._mx, self._files = mx, files
+
+    def __getattr__(self, name: str):
+        return getattr(self._mx, name)
+
+    def load(self, file, *args, **kwargs):
+        arrays = None if args or kwargs else self._files.pop(_key(file), None)
+        return dict(arrays) if arrays is not None else self._mx.load(file, *args, **kwargs)
+
+
+class _weights_read_ahead:
+    """Within the block, mlx-lm's loader takes the arrays `read_ahead` started reading."""
+
+    def __init__(self, files: dict[str, dict] | None):
+        self.files, self.utils = files, None
+
+    def __enter__(self):
+        if self.files:
+            import mlx_lm.utils
+
+            self.utils = mlx_lm.utils
+            self.real = mlx_lm.utils.mx
+            mlx_lm.utils.mx = _MlxWithReadAhead(self.real, self.files)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.utils is not None:
+            self.utils.mx = self.real
+        self.files = None
 
 
 def _load_failed(exc: BaseException, path: Path, kind: str, model_type: str) -> ModelError:
