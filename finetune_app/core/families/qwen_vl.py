@@ -69,10 +69,14 @@ class QwenVL(Generic):
         """Merged tower features [n, D] of the images (their patch rows concatenated, one grid row
         each), and Qwen3-VL's deepstack features [layers, n, D] (None for the others)."""
         tower = model.vision_tower
+        # in the tower's dtype, as mlx-vlm's `get_input_embeddings` (its training and serving) casts
+        # them: the processor's float32 rows promoted every matmul of a bf16 tower to float32, and the
+        # features differed from the served ones (#16 towerspeed)
+        pixel_values = pixel_values.astype(tower.patch_embed.proj.weight.dtype)
         if not self.deepstack:
             out = tower(pixel_values, grid, output_hidden_states=False)
             return (out[0] if isinstance(out, tuple) else out), None
-        feats, deep = tower(pixel_values.astype(tower.patch_embed.proj.weight.dtype), grid)
+        feats, deep = tower(pixel_values, grid)
         return feats, (mx.stack(list(deep)) if deep is not None and len(deep) else None)
 
     def sized_processor(self, layout):
