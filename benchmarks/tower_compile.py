@@ -45,7 +45,8 @@ def main() -> None:
         base.model.vision_tower.set_dtype(dtype)
         fam.compiled_towers.clear()
         def library(px, dtype=dtype):  # mlx-vlm's get_input_embeddings: the pixels in the tower's dtype
-            out = tower(mx.array(px).astype(dtype), mx.array(grids), **({} if fam.deepstack else {"output_hidden_states": False}))
+            kw = {} if fam.deepstack else {"output_hidden_states": False}
+            out = tower(mx.array(px).astype(dtype), mx.array(grids), **kw)
             return out if isinstance(out, tuple) else (out,)
 
         uncompiled = lambda px: fam.tower_features(base.model, mx.array(px), mx.array(grids))  # noqa: E731
