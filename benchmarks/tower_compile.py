@@ -1,6 +1,8 @@
-"""The frozen Qwen-VL tower, uncompiled (the library's call) vs compiled per group signature
+"""The frozen Qwen-VL tower: mlx-vlm's own call (`get_input_embeddings`: the pixels cast to the
+tower's dtype, the tower uncompiled), ours uncompiled and ours compiled per group signature
 (families/qwen_vl.py), on groups of same-size pictures: median seconds per group after the first,
-and the largest feature difference, in float32 and bfloat16.
+the dtype of the features, and the largest difference from mlx-vlm's features, in float32 and
+bfloat16 (the tower's weights; the pixels come as the processor gives them, float32).
 
     python benchmarks/tower_compile.py --family qwen2_vl --image-size 448 --groups 12 --group 4
 """
@@ -42,10 +44,16 @@ def main() -> None:
     for dtype in (mx.float32, mx.bfloat16):
         base.model.vision_tower.set_dtype(dtype)
         fam.compiled_towers.clear()
+        def library(px, dtype=dtype):  # mlx-vlm's get_input_embeddings: the pixels in the tower's dtype
+            kw = {} if fam.deepstack else {"output_hidden_states": False}
+            out = tower(mx.array(px).astype(dtype), mx.array(grids), **kw)
+            return out if isinstance(out, tuple) else (out,)
+
         uncompiled = lambda px: fam.tower_features(base.model, mx.array(px), mx.array(grids))  # noqa: E731
         compiled = lambda px: fam._compiled_tower(signature(grids), grids)(mx.array(px))  # noqa: E731
         name = str(dtype).split(".")[-1]
-        for label, call in (("uncompiled", uncompiled), ("compiled", compiled)):
+        calls = (("library", library), ("uncompiled", uncompiled), ("compiled", compiled))
+        for label, call in calls:
             times = []
             for px in groups:
                 t = time.perf_counter()
@@ -53,8 +61,11 @@ def main() -> None:
                 times.append(time.perf_counter() - t)
             out[f"{name}_{label}_first_s"] = round(times[0], 4)
             out[f"{name}_{label}_median_s"] = round(statistics.median(times[1:]), 4)
-        a, b = uncompiled(groups[0])[0], compiled(groups[0])[0]
-        out[f"{name}_max_abs_diff"] = float(mx.abs(a.astype(mx.float32) - b.astype(mx.float32)).max())
+        ref = library(groups[0])[0]
+        for label, call in calls[1:]:
+            got = call(groups[0])[0]
+            out[f"{name}_{label}_features"] = str(got.dtype).split(".")[-1]
+            out[f"{name}_{label}_max_abs_diff"] = float(mx.abs(got.astype(mx.float32) - ref.astype(mx.float32)).max())
     print("TOWER " + json.dumps(out))
 
 

@@ -69,10 +69,14 @@ class QwenVL(Generic):
         """Merged tower features [n, D] of the images (their patch rows concatenated, one grid row
         each), and Qwen3-VL's deepstack features [layers, n, D] (None for the others)."""
         tower = model.vision_tower
+        # in the tower's dtype, as mlx-vlm's `get_input_embeddings` (its training and serving) casts
+        # them: the processor's float32 rows promoted every matmul of a bf16 tower to float32, and the
+        # features differed from the served ones (#16 towerspeed)
+        pixel_values = pixel_values.astype(tower.patch_embed.proj.weight.dtype)
         if not self.deepstack:
             out = tower(pixel_values, grid, output_hidden_states=False)
             return (out[0] if isinstance(out, tuple) else out), None
-        feats, deep = tower(pixel_values.astype(tower.patch_embed.proj.weight.dtype), grid)
+        feats, deep = tower(pixel_values, grid)
         return feats, (mx.stack(list(deep)) if deep is not None and len(deep) else None)
 
     def sized_processor(self, layout):
@@ -186,7 +190,9 @@ class QwenVL(Generic):
         """One tower call on images of any sizes (block-diagonal attention by grid): each one's
         features, split back by its merged-row count."""
         grids = np.stack([g for _, g in images])
-        pixels = mx.array(np.concatenate([r for r, _ in images]))
+        # each picture's rows copied once, joined on the device (a host concatenate first was a
+        # second copy on the training thread: ~120 MB a step for four 1,120-px pictures)
+        pixels = mx.concatenate([mx.array(r) for r, _ in images]) if len(images) > 1 else mx.array(images[0][0])
         sig = signature(grids)
         if sig in self.compiled_signatures:
             feats, *deep = self._compiled_tower(sig, grids)(pixels)
