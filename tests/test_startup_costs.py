@@ -261,3 +261,25 @@ def test_weights_read_ahead_are_the_loads_own_and_read_once(tiny_model, monkeypa
     assert not models.read_ahead(damaged) and not models._READ_AHEAD
     with pytest.raises(ModelError, match="model.safetensors"):
         models.load_base(damaged, read_later=True)
+
+
+def test_vlm_weights_read_ahead_are_the_loads_own(tiny_model, monkeypatch):
+    """A VLM's weights, read ahead on a GPU by the CLI (#16 vlmtorch), are the arrays mlx-vlm's
+    eager load builds the model from (every file taken from the read, none read again), equal to
+    the plain load's; mlx_vlm.utils gets its own mx back."""
+    import mlx_vlm.utils
+    from mlx.utils import tree_flatten
+
+    from finetune_app.core import models
+
+    folder = tiny_model("qwen2_vl")
+    eager = dict(tree_flatten(models.load_base(folder).model.parameters()))
+    monkeypatch.setattr(models, "reads_on_main_thread", lambda: True)  # the GPU's path, on this CPU
+    assert models.read_ahead(folder)
+    files = models._READ_AHEAD[str(folder.resolve())]
+    read = [a for arrays in files.values() for a in arrays.values()]
+    base = models.load_base(folder, read_later=True)
+    assert not models._READ_AHEAD and not files and mlx_vlm.utils.mx is mx  # every file handed over
+    got = dict(tree_flatten(base.model.parameters()))
+    assert set(got) == set(eager) and all(mx.array_equal(got[k], eager[k]).item() for k in eager)
+    assert all(any(v is a for a in read) for v in got.values())  # the arrays read ahead, not a second read

@@ -190,8 +190,8 @@ def without_torch(model: str) -> None:
     mlx-vlm builds the same with torch or not), which saves its import (2.6 s of torch alone on the
     H200 host, more through transformers' torch-side modules) where torch is installed (#16
     textwarm, vlmtorch). This process loads nothing but this model, so no other processor can need
-    torch later. A text model's weights start being read on a GPU during those imports
-    (models.read_ahead, #16 readearly). A folder that cannot be read here is left to the loader,
+    torch later. On a GPU the model's weights start being read during those imports
+    (models.read_ahead, #16 readearly; a VLM's too since vlmtorch). A folder that cannot be read here is left to the loader,
     which says what is wrong with it."""
     from finetune_app.core.errors import FinetuneError
     from finetune_app.core.models import looks_like_hub_id, model_kind, read_ahead, read_config
@@ -208,8 +208,7 @@ def without_torch(model: str) -> None:
             return
         config = read_config(folder)
         kind = model_kind(config)
-        if kind == "text":
-            read_ahead(folder)
+        read_ahead(folder)
         if transformers_without_torch.serves_the_same(kind, config.get("model_type", "")):
             transformers_without_torch.hide()
     except (FinetuneError, OSError, ValueError):
