@@ -14,7 +14,9 @@ VLM_PHASES_IMAGE_BUDGET=bytes to move the budget, e.g. to 45% of the pixels as 1
 448 px meet the default 2 GiB). Where the frozen-tower cache is on, preparation reads no picture
 (#16 vlmwarm: counted from headers, every one read ahead of its first batch: `reread_ahead`);
 VLM_PHASES_PICTURES_UP_FRONT=1 decodes them all before the first step, as before, for comparison.
-Nothing in the tools is changed: `mx.compile` is wrapped to count the wrapped function's calls
+VLM_PHASES_KEEP_TORCH=1: ours without hiding torch from transformers (the before of #16 vlmtorch;
+the report's `torch_imported` says whether torch was imported at all, and `imports_s` when
+transformers / torch / mlx_vlm finished importing). Nothing else in the tools is changed: `mx.compile` is wrapped to count the wrapped function's calls
 (a compiled function calls its Python function only when it traces).
 """
 
@@ -91,6 +93,44 @@ def _watch_ours():
     return trainer
 
 
+def _keep_torch():
+    if os.environ.get("VLM_PHASES_KEEP_TORCH"):  # ours as before #16 vlmtorch (transformers sees torch)
+        from finetune_app.core.patches import transformers_without_torch
+
+        transformers_without_torch.hide = lambda: False
+
+
+class _ImportClock:
+    """Seconds since process start at which the watched top-level imports finished."""
+    WATCHED = ("torch", "transformers", "mlx_vlm")
+
+    def __init__(self):
+        self.done: dict = {}
+
+    def find_spec(self, name, path=None, target=None):
+        if name in self.WATCHED and name not in sys.modules:  # (find_spec alone, as transformers asks, executes nothing)
+            import importlib.util
+
+            sys.meta_path.remove(self)
+            try:
+                spec = importlib.util.find_spec(name)
+            finally:
+                sys.meta_path.insert(0, self)
+            if spec is not None and spec.loader is not None:
+                real = spec.loader.exec_module
+
+                def exec_module(module, real=real, name=name):
+                    real(module)
+                    self.done.setdefault(name, round(time.perf_counter() - T0, 2))
+
+                spec.loader.exec_module = exec_module
+            return spec
+        return None
+
+
+_clock = _ImportClock()
+
+
 def _families():
     from finetune_app.core.families import qwen_vl
 
@@ -99,7 +139,8 @@ def _families():
 
 def _report():
     out = {"wall_s": round(time.perf_counter() - T0, 2), "traces": dict(traces), "traces_total": sum(traces.values()),
-           "events": events}
+           "events": events, "torch_imported": "torch" in sys.modules,
+           "imports_s": _clock.done}
     t = getattr(_watch_ours, "trainer", None)
     if t is not None and getattr(t, "step", None) is not None:
         fam = t.family
@@ -119,7 +160,9 @@ def _report():
 def main() -> None:
     args = sys.argv[1:]
     atexit.register(_report)
+    sys.meta_path.insert(0, _clock)
     _watch_ours()
+    _keep_torch()
     from tool_entry import run_tool  # (this folder: the script's own)
 
     run_tool(args, "vlm_phases.py")

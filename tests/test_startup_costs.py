@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import mlx.core as mx
+import pytest
 
 
 def test_text_run_setup_does_not_import_mlx_vlm(tiny_model):
@@ -113,30 +114,92 @@ def test_weights_read_on_a_thread_are_the_loaders(tiny_model):
     assert off_main["base"].reading is None
 
 
-def test_text_train_does_not_import_torch(tiny_model, instruction_data, tmp_path):
-    """`finetune-app train` on a text model keeps transformers from importing torch (#16 textwarm:
-    2.6 s of the H200 host's start). A throwaway `torch` package first on the path records being
-    imported: transformers imports it when nothing hides it (so this test can fail), and the text
-    run finishes without it."""
-    from tests.helpers import run_cli
-
+def _fake_torch(tmp_path):
+    """A throwaway `torch` package first on the path that records being imported: (env, marker)."""
     fake = tmp_path / "site" / "torch"
     fake.mkdir(parents=True)
     marker = tmp_path / "torch-imported"
     (fake / "__init__.py").write_text(f"open({str(marker)!r}, 'a').write('imported\\n')\n__version__ = '0.0.1'\n")
     env = dict(os.environ, HF_HUB_OFFLINE="1",
                PYTHONPATH=os.pathsep.join([str(tmp_path / "site"), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    return env, marker
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2_vl"])
+def test_train_does_not_import_torch(family, tiny_model, instruction_data, shapes_data, tmp_path):
+    """`finetune-app train` on a text model, or a VLM whose processor mlx-vlm builds the same with
+    torch or not, keeps transformers from importing torch (#16 textwarm, vlmtorch: 2.6 s of the
+    H200 host's start for torch alone; 11-18 s of a VLM run's start here with torch 2.14 +
+    torchvision 0.29). The fake torch is found by plain transformers (so this test can fail), and
+    the run finishes without importing it."""
+    from tests.helpers import run_cli
+
+    env, marker = _fake_torch(tmp_path)
     seen = subprocess.run([sys.executable, "-c", "from transformers.utils import import_utils as u; "
                            "print(u.is_torch_available())"], capture_output=True, text=True, timeout=300, env=env)
     assert seen.returncode == 0 and marker.is_file(), seen.stderr[-2000:]  # transformers finds this torch
     marker.unlink()
-    out = run_cli("train", "--model", tiny_model("llama"), "--data", instruction_data, "--output", tmp_path / "run",
+    data = instruction_data if family == "llama" else shapes_data
+    out = run_cli("train", "--model", tiny_model(family), "--data", data, "--output", tmp_path / "run",
                   "--iters", 1, "--batch-size", 2, "--lora-rank", 4, "--sample-count", 0, "--val-batches", 1,
                   "--quiet", env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     assert (tmp_path / "run" / "adapters.safetensors").is_file()
-    assert not marker.exists(), "the text run imported torch"
+    assert not marker.exists(), f"the {family} run imported torch"
     assert "PyTorch was not found" not in out.stderr + out.stdout
+
+
+def test_unlisted_vlm_keeps_torch(tmp_path):
+    """A VLM type not in SAME_PROCESSOR_WITHOUT_TORCH may be served with transformers' torchvision
+    image processor, so its training leaves torch visible (the pixels must stay the served ones)."""
+    env, marker = _fake_torch(tmp_path)
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "llava_onevision", "vision_config": {}}')
+    code = ("from finetune_app.cli.train import without_torch\n"
+            f"without_torch({str(folder)!r})\n"
+            "from transformers.utils import import_utils as u\n"
+            "print(u.is_torch_available())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert marker.is_file(), "transformers did not import torch"
+
+
+def test_listed_vlm_processors_do_not_depend_on_torch(tiny_model, monkeypatch):
+    """Every VLM type trained with torch hidden gets, from mlx_vlm's processor loading (what
+    `mlx_vlm.load` serves with), an image processor that torch cannot change: mlx-vlm's own class,
+    or transformers' PIL back-end asked for by name (`use_fast=False` / backend="pil"); with torch
+    installed, transformers' default would be the torchvision back-end, whose pixels differ. A
+    family whose processor falls back to the default fails here."""
+    from mlx_vlm.utils import load_config, load_image_processor, load_processor
+    from transformers import AutoImageProcessor
+    from transformers.image_processing_backends import PilBackend
+
+    from finetune_app.core.patches.transformers_without_torch import SAME_PROCESSOR_WITHOUT_TORCH
+    from finetune_app.testing.tiny_models import VLM_FAMILIES
+
+    asked = []
+    real = AutoImageProcessor.from_pretrained.__func__
+
+    def recording(cls, *args, **kwargs):
+        asked.append(kwargs)
+        return real(cls, *args, **kwargs)
+
+    monkeypatch.setattr(AutoImageProcessor, "from_pretrained", classmethod(recording))
+    covered = set()
+    for family in sorted(VLM_FAMILIES):
+        folder = tiny_model(family)
+        model_type = load_config(folder)["model_type"]
+        if model_type not in SAME_PROCESSOR_WITHOUT_TORCH:
+            continue
+        covered.add(model_type)
+        asked.clear()
+        image_processor = load_image_processor(folder)  # (imports the model's module: its processor patch)
+        processor = load_processor(folder, True, eos_token_ids=None)
+        ip = image_processor or getattr(processor, "image_processor", None) or processor
+        assert all(k.get("use_fast") is False or k.get("backend") == "pil" for k in asked), (family, asked)
+        assert isinstance(ip, PilBackend) or type(ip).__module__.startswith("mlx_vlm."), (family, type(ip))
+    assert SAME_PROCESSOR_WITHOUT_TORCH - covered == {"fastvlm"}  # (mlx-vlm's alias of llava_qwen2)
 
 
 def test_rows_prepared_on_a_thread_while_this_one_reads(tiny_model):
@@ -198,3 +261,25 @@ def test_weights_read_ahead_are_the_loads_own_and_read_once(tiny_model, monkeypa
     assert not models.read_ahead(damaged) and not models._READ_AHEAD
     with pytest.raises(ModelError, match="model.safetensors"):
         models.load_base(damaged, read_later=True)
+
+
+def test_vlm_weights_read_ahead_are_the_loads_own(tiny_model, monkeypatch):
+    """A VLM's weights, read ahead on a GPU by the CLI (#16 vlmtorch), are the arrays mlx-vlm's
+    eager load builds the model from (every file taken from the read, none read again), equal to
+    the plain load's; mlx_vlm.utils gets its own mx back."""
+    import mlx_vlm.utils
+    from mlx.utils import tree_flatten
+
+    from finetune_app.core import models
+
+    folder = tiny_model("qwen2_vl")
+    eager = dict(tree_flatten(models.load_base(folder).model.parameters()))
+    monkeypatch.setattr(models, "reads_on_main_thread", lambda: True)  # the GPU's path, on this CPU
+    assert models.read_ahead(folder)
+    files = models._READ_AHEAD[str(folder.resolve())]
+    read = [a for arrays in files.values() for a in arrays.values()]
+    base = models.load_base(folder, read_later=True)
+    assert not models._READ_AHEAD and not files and mlx_vlm.utils.mx is mx  # every file handed over
+    got = dict(tree_flatten(base.model.parameters()))
+    assert set(got) == set(eager) and all(mx.array_equal(got[k], eager[k]).item() for k in eager)
+    assert all(any(v is a for a in read) for v in got.values())  # the arrays read ahead, not a second read

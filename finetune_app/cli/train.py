@@ -174,7 +174,7 @@ def train(cfg: TrainConfig, *, resume: bool, quiet: bool, hosts=None) -> int:
     from finetune_app.core.training.control import Control
 
     control = Control()
-    without_torch_for_text(cfg.model)
+    without_torch(cfg.model, read_ahead_here=hosts is None)
     with ctrl_c_stops(control):
         result = start_run(cfg, resume=resume, listeners=[ConsolePrinter(quiet=quiet)], control=control,
                            hosts=hosts).result
@@ -184,12 +184,16 @@ def train(cfg: TrainConfig, *, resume: bool, quiet: bool, hosts=None) -> int:
     return 0 if result.status == "finished" else 130
 
 
-def without_torch_for_text(model: str) -> None:
-    """A text model trains without torch: transformers (the tokenizer) is imported as if torch were
-    absent, which saves its import (2.6 s on the H200 host) where torch is installed (#16 textwarm).
-    This process loads nothing but this model, so no VLM processor can need torch later. On a GPU
-    its weights start being read first, during those imports (models.read_ahead, #16 readearly).
-    A folder that cannot be read here is left to the loader, which says what is wrong with it."""
+def without_torch(model: str, *, read_ahead_here: bool = True) -> None:
+    """transformers is imported as if torch were absent where the model is served as trained that
+    way (transformers_without_torch.serves_the_same: text models and the VLMs whose processor
+    mlx-vlm builds the same with torch or not), which saves its import (2.6 s of torch alone on the
+    H200 host, more through transformers' torch-side modules) where torch is installed (#16
+    textwarm, vlmtorch). This process loads nothing but this model, so no other processor can need
+    torch later. On a GPU the model's weights start being read during those imports
+    (models.read_ahead, #16 readearly; a VLM's too since vlmtorch), unless this process only
+    launches the run on several machines (`read_ahead_here=False`: it loads no model). A folder
+    that cannot be read here is left to the loader, which says what is wrong with it."""
     from finetune_app.core.errors import FinetuneError
     from finetune_app.core.models import looks_like_hub_id, model_kind, read_ahead, read_config
     from finetune_app.core.patches import transformers_without_torch
@@ -201,8 +205,13 @@ def without_torch_for_text(model: str) -> None:
 
             found = try_to_load_from_cache(str(model), "config.json")
             folder = Path(found).parent if isinstance(found, str) else folder
-        if (folder / "config.json").is_file() and model_kind(read_config(folder)) == "text":
+        if not (folder / "config.json").is_file():
+            return
+        config = read_config(folder)
+        kind = model_kind(config)
+        if read_ahead_here:
             read_ahead(folder)
+        if transformers_without_torch.serves_the_same(kind, config.get("model_type", "")):
             transformers_without_torch.hide()
     except (FinetuneError, OSError, ValueError):
         pass

@@ -271,19 +271,21 @@ def load_base(source: str | Path, *, progress: ProgressFn | None = None, lazy: b
     # back-end: on Metal and CUDA MLX 0.32 refuses that, "There is no Stream(gpu, 0) in current
     # thread", ml-explore/mlx#3529: there the main thread reads, and the data preparation runs on a
     # thread meanwhile, BaseModel.while_reading)
-    later = read_later and kind == "text" and not lazy and threading.current_thread() is threading.main_thread()
-    ahead = _READ_AHEAD.pop(_key(path), None) if later else None
-    if later:
+    eager_here = read_later and not lazy and threading.current_thread() is threading.main_thread()
+    later = eager_here and kind == "text"
+    ahead = _READ_AHEAD.pop(_key(path), None) if eager_here else None  # (a VLM's too: mlx-vlm reads eagerly)
+    if eager_here:
         _READ_AHEAD.clear()  # a read begun for another folder is dropped, not held
     try:
         if kind == "vlm":
             from mlx_vlm.utils import load as vlm_load
 
-            model, processor = vlm_load(str(path), lazy=lazy, trust_remote_code=False)
+            with _weights_read_ahead(ahead, "mlx_vlm.utils"):
+                model, processor = vlm_load(str(path), lazy=lazy, trust_remote_code=False)
         else:
             import mlx_lm
 
-            with _weights_read_ahead(ahead):
+            with _weights_read_ahead(ahead, "mlx_lm.utils"):
                 model, processor = mlx_lm.load(str(path), lazy=lazy or later, trust_remote_code=False,
                                                tokenizer_config={"trust_remote_code": False})
     except ModelError:
@@ -313,8 +315,8 @@ def reads_on_main_thread() -> bool:
 # folder is known: `mx.load` (lazy) of the files mlx-lm would load and `mx.async_eval` of them, so
 # MLX reads them on its own threads, without the GIL, while this one imports (on the CPU back-end
 # part of the read happens in the `async_eval` call itself: docs/performance.md); load_base hands
-# those arrays to mlx-lm's own loader (construction, sanitize, quantization unchanged) in place of
-# its `mx.load`, so nothing is read twice.
+# those arrays to mlx-lm's (a VLM: mlx-vlm's) own loader (construction, sanitize, quantization
+# unchanged) in place of its `mx.load`, so nothing is read twice.
 _READ_AHEAD: dict[str, dict[str, dict]] = {}  # folder -> {weight file -> its arrays}
 
 
@@ -323,8 +325,9 @@ def _key(path: str | Path) -> str:
 
 
 def read_ahead(folder: str | Path) -> bool:
-    """Start reading a text model's weights now (where the main thread reads them: a GPU); the
-    next `load_base(folder, read_later=True)` on this thread uses them. A folder whose weight files
+    """Start reading a model's weights now (where the main thread reads them: a GPU); the next
+    `load_base(folder, read_later=True)` on this thread uses them (a text model's through
+    mlx-lm's loader, a VLM's through mlx-vlm's: #16 readearly, vlmtorch). A folder whose weight files
     do not pass model_folder's header check is left to the load, which says what is wrong with it.
     True when a read was started."""
     if not reads_on_main_thread() or threading.current_thread() is not threading.main_thread():
@@ -350,7 +353,7 @@ def read_ahead(folder: str | Path) -> bool:
 
 
 class _MlxWithReadAhead:
-    """mlx.core as mlx_lm.utils sees it during one load: `load` of a file read ahead gives the
+    """mlx.core as the loader's module (mlx_lm.utils, mlx_vlm.utils) sees it during one load: `load` of a file read ahead gives the
     arrays already being read (each once); everything else is mlx.core's."""
 
     def __init__(self, mx, files: dict[str, dict]):
@@ -365,18 +368,19 @@ class _MlxWithReadAhead:
 
 
 class _weights_read_ahead:
-    """Within the block, mlx-lm's loader takes the arrays `read_ahead` started reading."""
+    """Within the block, the loader in module `loader` (mlx_lm.utils, mlx_vlm.utils: both read the
+    weight files with their module's `mx.load`) takes the arrays `read_ahead` started reading."""
 
-    def __init__(self, files: dict[str, dict] | None):
-        self.files, self.utils = files, None
+    def __init__(self, files: dict[str, dict] | None, loader: str):
+        self.files, self.loader, self.utils = files, loader, None
 
     def __enter__(self):
         if self.files:
-            import mlx_lm.utils
+            import importlib
 
-            self.utils = mlx_lm.utils
-            self.real = mlx_lm.utils.mx
-            mlx_lm.utils.mx = _MlxWithReadAhead(self.real, self.files)
+            self.utils = importlib.import_module(self.loader)
+            self.real = self.utils.mx
+            self.utils.mx = _MlxWithReadAhead(self.real, self.files)
         return self
 
     def __exit__(self, *exc) -> None:

@@ -1,4 +1,5 @@
-"""transformers imported as if torch were not installed, for a process that trains a text model.
+"""transformers imported as if torch were not installed, for a process that trains a text model
+or a VLM whose processor is the same with torch and without.
 
 A text run uses transformers for its tokenizer and chat template only (the model is mlx-lm's),
 yet where torch is installed (a GPU host; a Mac user's venv that has it for other work)
@@ -14,9 +15,18 @@ record "no torch"; then it removes the entry: transformers goes on without torch
 the process, and anything else that imports torch itself still gets it. transformers' advice that
 PyTorch was not found is silenced for that import (the user may well have it).
 
-Only for processes that load nothing but a text model (the CLI's `train` with a text model folder:
-cli/train.py): a VLM's processor may need torch (transformers' fast image and video processors), so
-the GUI and VLM runs never call this.
+Only for processes that load nothing but one model (the CLI's `train`: cli/train.py), and only
+where that model is served as trained (`serves_the_same`): a text model, or a VLM of a type in
+`SAME_PROCESSOR_WITHOUT_TORCH`. Where torch is importable, transformers 5.x picks the torchvision
+back-end of an image processor by default, whose pixels differ from the PIL back-end's; a VLM
+trained without torch and served (`mlx_vlm.load`) with it would then see other pixels. For the
+listed types mlx-vlm 0.7.10's load builds the same processor either way: its own numpy / MLX
+processors (Qwen2/2.5/3-VL, Qwen3.5, FastVLM, Pixtral, Mistral 3, Phi-3-V, DeepSeek-VL2) or
+transformers' PIL back-end, which it asks for with `use_fast=False` (LLaVA, LLaVA-NeXT, PaliGemma,
+Gemma 3, Idefics3, SmolVLM, Mllama). Measured (#16 vlmtorch, docs/performance.md): the same classes
+and bit-identical pixel arrays with torch 2.14 + torchvision 0.29 importable, with them hidden by
+`hide()`, and without them, on odd sizes, RGBA, grey and palette pictures. Any other VLM keeps
+torch (its processor may be the torchvision one when served). The GUI never calls this.
 """
 
 from __future__ import annotations
@@ -24,8 +34,22 @@ from __future__ import annotations
 import os
 import sys
 
-WRITTEN_FOR = {"transformers": "5.24.0"}
+WRITTEN_FOR = {"transformers": "5.24.0", "mlx-vlm": "0.7.10"}
 ADVICE = "TRANSFORMERS_NO_ADVISORY_WARNINGS"
+
+# config.json model_type of the VLMs whose processor mlx_vlm.load builds without regard to torch
+# (see above; tests/test_startup_costs.py checks how each is built: mlx-vlm's own class, or the PIL
+# back-end asked for by name)
+SAME_PROCESSOR_WITHOUT_TORCH = frozenset({
+    "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5", "fastvlm", "llava_qwen2", "pixtral", "mistral3",
+    "phi3_v", "deepseek_vl_v2", "llava", "llava_next", "paligemma", "gemma3", "idefics3", "smolvlm",
+    "mllama"})
+
+
+def serves_the_same(kind: str, model_type: str) -> bool:
+    """True where training with torch hidden from transformers gives the model the inputs its
+    serving (`mlx_vlm.load` / `mlx_lm.load`, torch or not) gives it: text, and the listed VLMs."""
+    return kind == "text" or str(model_type).lower() in SAME_PROCESSOR_WITHOUT_TORCH
 
 
 def still_needed() -> bool:
