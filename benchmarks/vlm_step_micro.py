@@ -128,6 +128,40 @@ def count_ops(*outputs) -> dict:
             "fused_kernels": fused, "by_name": dict(names.most_common(25))}
 
 
+def traced(model, family, objective, arrays: dict) -> dict:
+    """Every primitive of one value-and-grad of the step's loss (uncompiled, unevaluated), walked
+    with `mx.export_function`'s callback, which gives each primitive's input and output dtypes and
+    shapes: the matmuls by dtype and shapes, and the bytes the non-view primitives write (before
+    compilation's fusion). The head's cross-entropy is the plain one here (the fused and chunked
+    ones are custom functions the exporter cannot walk); the LM body is the step's own."""
+    import mlx.core as mx
+    import mlx.nn as nn
+    from mlx.utils import tree_flatten
+
+    from finetune_app.core import estimates
+    from finetune_app.core.training import chunked_ce
+
+    saved = chunked_ce.head_weight, estimates.logits_budget
+    chunked_ce.head_weight, estimates.logits_budget = (lambda owner: None), (lambda: 1 << 60)
+    prims = []
+    try:
+        vg = nn.value_and_grad(model, lambda x: objective.loss(model, family, x)[0])
+        mx.export_function(lambda r: prims.append(r) if r.get("type") == "primitive" else None,
+                           lambda **x: [v for _, v in tree_flatten(vg(x))], **arrays)
+    finally:
+        chunked_ce.head_weight, estimates.logits_budget = saved
+    size = {mx.float32: 4, mx.int32: 4, mx.uint32: 4, mx.bool_: 1}
+    written, mm = 0, Counter()
+    for p in prims:
+        if p["name"] not in VIEWS | {"Reshape"}:
+            written += sum(int(np.prod(sh)) * size.get(d, 2) for _, sh, d in p["outputs"])
+        if p["name"] in ("Matmul", "AddMM", "GatherMM", "BlockMaskedMM"):
+            mm[" ".join(f"{'x'.join(map(str, sh))}:{str(d).split('.')[-1]}" for _, sh, d in p["inputs"][:2])] += 1
+    f32 = sum(n for k, n in mm.items() if "float32" in k)
+    return {"primitives": len(prims), "matmuls": sum(mm.values()), "float32_matmuls": f32,
+            "written_gb": round(written / 1e9, 2), "matmul_shapes": dict(mm.most_common())}
+
+
 def counted(model, opt, issue):
     """graph() -> one more step's outputs (loss, parameters, optimizer state), unevaluated, with the
     model and optimizer left as before it (so nothing runs: on a CPU a compiled step would build
@@ -238,6 +272,9 @@ def ours_tool(folder: Path, a, variant: str):
             mx.eval(loss, state())
             facts.setdefault("first_loss", float(loss))  # (mean over supervised tokens, before any update)
 
+        if family.fast and variant in ("ours", "ours-text"):  # (--graph: the step's primitives, dtypes, shapes)
+            one.trace = lambda: traced(base.model, family, step.objective, step.inputs(batch))
+
         return one, facts, counted(base.model, opt, issue)
 
     with bounded_cache():
@@ -343,6 +380,8 @@ def main() -> None:
     p.add_argument("--tools", default="ours,ours-e0,mlx_vlm",
                    help="ours, ours-e0, ours-nocache, ours-text, mlx_vlm, mlx_vlm-compiled")
     p.add_argument("--count-ops", action="store_true", help="count the primitives of one step's graph per tool")
+    p.add_argument("--graph", action="store_true",
+                   help="ours, ours-text: every matmul of the step's (uncompiled) graph with its dtypes and shapes")
     p.add_argument("--out", required=True)
     a = p.parse_args()
     gpu = mx.default_device() == mx.gpu
@@ -379,6 +418,11 @@ def main() -> None:
             out["load_s"] = round(time.perf_counter() - t, 1)
             for s, rows in shapes.items():
                 one, facts, graph = run(rows)
+                if a.graph and hasattr(one, "trace"):
+                    g = facts["graph"] = one.trace()
+                    print(f"  {tool:13} {s:16} graph: {g['primitives']} primitives, {g['matmuls']} matmuls "
+                          f"({g['float32_matmuls']} with a float32 operand), {g['written_gb']} GB written unfused",
+                          flush=True)
                 rec = facts | {"tokens": [len(r["ids"]) for r in rows],
                                "supervised": [int(r["mask"][1:].sum()) for r in rows],
                                "picture_tokens": [int(np.prod(r["grid"], axis=-1).sum()) // 4 for r in rows]}

@@ -6,12 +6,12 @@ copy of every LoRA layer's input for A's gradient (once per distinct input: atte
 MLP, down_proj), and the branch's [tokens, out] result, its scaling and its gradient run in
 float32 too. On Llama-3B-sized bf16 at 4 x 640 tokens the copies were ~3-5 GB of a ~15 GB step
 (the step's peak 14-15% lower without them); in the Qwen2-VL-2B step (mlx-vlm's layer, every LM
-projection, MLP width 8,960) they were ~60 float32 copies of [tokens, 1,536-8,960] per 4 layers
-and 136 float32 matmuls a layer, where the text step had none (lmstep: traced graph). Here the
-branch runs in x's dtype: A and B are cast to it (their gradients come back through the cast in
-float32, and the optimizer updates the float32 values), as mixed-precision training does. A
-float32 model is unchanged (the casts are no-ops): the same losses and gradients bit for bit
-(tests/test_lora_dtype.py).
+projection, MLP width 8,960) they were ~60 float32 copies of [tokens, 256-8,960] and 165 float32
+matmuls per 4 layers (every LoRA matmul, forward and backward), where the text step had none
+(lmstep: the traced graph, docs/performance.md). Here the branch runs in x's dtype: A and B are
+cast to it (their gradients come back through the cast in float32, and the optimizer updates the
+float32 values), as mixed-precision training does. A float32 model is unchanged (the casts are
+no-ops): the same losses and gradients bit for bit (tests/test_lora_dtype.py).
 """
 
 from __future__ import annotations
