@@ -11,6 +11,10 @@ same LoRA (rank 16, alpha 16: every LM projection) and AdamW (lr 1e-4, no decay)
 - `ours-e0`: ours' first-epoch step: the batch's pictures through the frozen tower (compiled for
   the group's signature where the trainer compiles it), then the same step, one sync;
 - `ours-nocache`: `--no-cache-vision`: the library's forward with the tower in it, uncompiled;
+- `ours-text`: our text step (the text family's compiled fast path) on an mlx-lm `qwen2` model with
+  the VLM's LM dimensions (built once beside the VLM), fed the same rows' ids and supervised
+  positions (the pictures' pads as plain tokens): the step the VLM's LM step should match per FLOP
+  (#16 lmstep: the text step of a 3B reached ~57% MFU where this VLM step reached 24%);
 - `mlx_vlm`: the step `mlx_vlm.train` runs (mlx-vlm 0.7.10: `prepare_model_for_training`,
   `vlm_sft_loss` with `train_on_completions`, `nn.value_and_grad`, `apply_gradient_step`;
   uncompiled, its default and the harness's; `mlx_vlm-compiled` tries its `--compile`, which
@@ -57,6 +61,20 @@ from step_micro import timed, write_results  # noqa: E402
 
 VIEWS = {"Reshape", "Broadcast", "Squeeze", "ExpandDims", "Transpose", "Slice", "AsStrided", "StopGradient", "Depends",
          "NumberOfElements", "Split", "Flatten", "Unflatten"}  # primitives that are usually no kernel of their own
+
+
+def build_text_twin(vlm: Path, dtype: str) -> Path:
+    """An mlx-lm `qwen2` model with the Qwen2-VL's LM dimensions (random weights), beside it."""
+    from side_by_side import child_build
+
+    dest = vlm.parent / (vlm.name + "-text-twin")
+    if not (dest / "config.json").is_file():
+        c = json.loads((vlm / "config.json").read_text())
+        keys = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size",
+                "vocab_size", "max_position_embeddings", "rms_norm_eps", "rope_theta")
+        over = {k: c[k] for k in keys if k in c} | {"tie_word_embeddings": c.get("tie_word_embeddings", True)}
+        child_build({"family": "qwen2", "dest": str(dest), "dtype": dtype, "overrides": over})
+    return dest
 
 
 def build_model(size: str, dtype: str, dest: Path, layers: int | None = None) -> Path:
@@ -110,6 +128,40 @@ def count_ops(*outputs) -> dict:
             "fused_kernels": fused, "by_name": dict(names.most_common(25))}
 
 
+def traced(model, family, objective, arrays: dict) -> dict:
+    """Every primitive of one value-and-grad of the step's loss (uncompiled, unevaluated), walked
+    with `mx.export_function`'s callback, which gives each primitive's input and output dtypes and
+    shapes: the matmuls by dtype and shapes, and the bytes the non-view primitives write (before
+    compilation's fusion). The head's cross-entropy is the plain one here (the fused and chunked
+    ones are custom functions the exporter cannot walk); the LM body is the step's own."""
+    import mlx.core as mx
+    import mlx.nn as nn
+    from mlx.utils import tree_flatten
+
+    from finetune_app.core import estimates
+    from finetune_app.core.training import chunked_ce
+
+    saved = chunked_ce.head_weight, estimates.logits_budget
+    chunked_ce.head_weight, estimates.logits_budget = (lambda owner: None), (lambda: 1 << 60)
+    prims = []
+    try:
+        vg = nn.value_and_grad(model, lambda x: objective.loss(model, family, x)[0])
+        mx.export_function(lambda r: prims.append(r) if r.get("type") == "primitive" else None,
+                           lambda **x: [v for _, v in tree_flatten(vg(x))], **arrays)
+    finally:
+        chunked_ce.head_weight, estimates.logits_budget = saved
+    size = {mx.float32: 4, mx.int32: 4, mx.uint32: 4, mx.bool_: 1}
+    written, mm = 0, Counter()
+    for p in prims:
+        if p["name"] not in VIEWS | {"Reshape"}:
+            written += sum(int(np.prod(sh)) * size.get(d, 2) for _, sh, d in p["outputs"])
+        if p["name"] in ("Matmul", "AddMM", "GatherMM", "BlockMaskedMM"):
+            mm[" ".join(f"{'x'.join(map(str, sh))}:{str(d).split('.')[-1]}" for _, sh, d in p["inputs"][:2])] += 1
+    f32 = sum(n for k, n in mm.items() if "float32" in k)
+    return {"primitives": len(prims), "matmuls": sum(mm.values()), "float32_matmuls": f32,
+            "written_gb": round(written / 1e9, 2), "matmul_shapes": dict(mm.most_common())}
+
+
 def counted(model, opt, issue):
     """graph() -> one more step's outputs (loss, parameters, optimizer state), unevaluated, with the
     model and optimizer left as before it (so nothing runs: on a CPU a compiled step would build
@@ -152,6 +204,9 @@ def ours_tool(folder: Path, a, variant: str):
     from finetune_app.core.training.optim import make_optimizer
     from finetune_app.core.training.step import Step
 
+    text = variant == "ours-text"
+    if text:
+        folder = a.text_twin
     cfg = TrainConfig(model=str(folder), lora_rank=a.rank, lora_alpha=float(a.rank), learning_rate=a.lr,
                       grad_clip=None, cache_vision=variant != "ours-nocache")
     base = load_base(folder)
@@ -166,15 +221,24 @@ def ours_tool(folder: Path, a, variant: str):
 
     def run(rows):
         def examples():
+            if text:  # the same ids and supervised positions, no pictures
+                return [Example(index=i, input_ids=r["ids"], target_mask=r["mask"], model_length=len(r["ids"]))
+                        for i, r in enumerate(rows)]
             return [Example(index=i, input_ids=r["ids"], target_mask=r["mask"], n_images=len(r["grid"]),
                             images={"pixel_values": r["pixels"], "image_grid_thw": r["grid"]},
                             model_length=len(r["ids"])) for i, r in enumerate(rows)]
 
         exs = examples()
-        for ex in exs:
+        for ex in exs if not text else ():
             family.prepare_example(ex)
         facts = {"compiled_step": family.compiled, "fast": family.fast}
-        if not family.fast:  # the library path: the tower inside the (uncompiled) forward
+        if text:
+            batch = family.plan(exs)
+            facts |= {"positions": list(batch.src.shape), "supervised_k": int(batch.sel.shape[0])}
+
+            def issue():
+                return step([batch])[0]
+        elif not family.fast:  # the library path: the tower inside the (uncompiled) forward
             batch = family.plan(exs)
 
             def issue():
@@ -207,6 +271,9 @@ def ours_tool(folder: Path, a, variant: str):
             loss = issue()
             mx.eval(loss, state())
             facts.setdefault("first_loss", float(loss))  # (mean over supervised tokens, before any update)
+
+        if family.fast and variant in ("ours", "ours-text"):  # (--graph: the step's primitives, dtypes, shapes)
+            one.trace = lambda: traced(base.model, family, step.objective, step.inputs(batch))
 
         return one, facts, counted(base.model, opt, issue)
 
@@ -281,7 +348,7 @@ def flops(c: dict, rows: list[dict], tool: str) -> dict:
     head_all = tool.startswith("mlx_vlm") or tool == "ours-nocache"
     lm = sum(sbs_flops.lm_flops(c, len(r["ids"]), len(r["ids"]) if head_all else int(r["mask"][1:].sum()))
              for r in rows)
-    runs_tower = tool != "ours"
+    runs_tower = tool not in ("ours", "ours-text")
     tower = sum(sbs_flops.tower_flops(c, int(np.prod(g))) for r in rows for g in r["grid"]) if runs_tower else 0.0
     return {"flops_lm": lm, "flops_tower": tower, "flops_total": lm + tower}
 
@@ -311,8 +378,10 @@ def main() -> None:
     p.add_argument("--rank", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--tools", default="ours,ours-e0,mlx_vlm",
-                   help="ours, ours-e0, ours-nocache, mlx_vlm, mlx_vlm-compiled")
+                   help="ours, ours-e0, ours-nocache, ours-text, mlx_vlm, mlx_vlm-compiled")
     p.add_argument("--count-ops", action="store_true", help="count the primitives of one step's graph per tool")
+    p.add_argument("--graph", action="store_true",
+                   help="ours, ours-text: every matmul of the step's (uncompiled) graph with its dtypes and shapes")
     p.add_argument("--out", required=True)
     a = p.parse_args()
     gpu = mx.default_device() == mx.gpu
@@ -327,6 +396,8 @@ def main() -> None:
                              a.layers)
     import sbs_flops
 
+    if "ours-text" in a.tools.split(","):
+        a.text_twin = build_text_twin(folder, dtype)
     config = json.loads((folder / "config.json").read_text())
     counts = sbs_flops.model_counts(folder, a.rank)
     peak = matmul_peak(getattr(mx, dtype))
@@ -347,6 +418,11 @@ def main() -> None:
             out["load_s"] = round(time.perf_counter() - t, 1)
             for s, rows in shapes.items():
                 one, facts, graph = run(rows)
+                if a.graph and hasattr(one, "trace"):
+                    g = facts["graph"] = one.trace()
+                    print(f"  {tool:13} {s:16} graph: {g['primitives']} primitives, {g['matmuls']} matmuls "
+                          f"({g['float32_matmuls']} with a float32 operand), {g['written_gb']} GB written unfused",
+                          flush=True)
                 rec = facts | {"tokens": [len(r["ids"]) for r in rows],
                                "supervised": [int(r["mask"][1:].sum()) for r in rows],
                                "picture_tokens": [int(np.prod(r["grid"], axis=-1).sum()) // 4 for r in rows]}

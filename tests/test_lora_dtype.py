@@ -78,3 +78,74 @@ def test_bf16_step_keeps_no_float32_copy_of_the_inputs(tmp_path):
     # one float32 copy of x per distinct LoRA input and layer: 4 x 256 tokens x (3 x 64 + 256) x 4 bytes x 2 layers
     assert peaks[0] - peaks[1] > 0.5 * 4 * 256 * (3 * 64 + 256) * 4 * 2, peaks
     assert abs(losses[0] - losses[1]) < 0.02 * abs(losses[0]), losses
+
+
+# ---- mlx-vlm's LoRALinear (the VLM path: #16 lmstep) --------------------------------------------
+
+def _vlm(tiny_model, dtype):
+    from finetune_app.core import adapters
+    from finetune_app.core.config import TrainConfig
+    from finetune_app.core.families import family_for
+    from finetune_app.core.models import load_base
+
+    base = load_base(tiny_model("qwen2_vl"))
+    if dtype != mx.float32:
+        base.model.set_dtype(dtype)
+    adapters.attach(base, TrainConfig(lora_rank=8))
+    mx.random.seed(1)
+    base.model.update(tree_unflatten([(k, mx.random.normal(v.shape) * 0.05) for k, v in
+                                      tree_flatten(base.model.trainable_parameters()) if k.endswith("lora_b")]))
+    family = family_for(base)
+    family.start(TrainConfig(lora_rank=8))
+    return base, family
+
+
+def _fast_inputs(B=2, L=24, vocab=400):
+    """The Qwen-VL fast path's step inputs for text-only rows (no cached pictures)."""
+    ids = np.random.default_rng(0).integers(3, vocab, (B, L)).astype(np.int32)
+    sel = np.arange(B * L, dtype=np.int32)[L // 2::2]
+    return {"ids": mx.array(ids), "feats": mx.zeros((0, 1)), "src": mx.arange(B * L, dtype=mx.int32).reshape(B, L),
+            "positions": mx.broadcast_to(mx.arange(L, dtype=mx.int32), (3, B, L)), "sel": mx.array(sel),
+            "sel_targets": mx.array(ids.reshape(-1)[sel]), "sel_weights": mx.ones(len(sel))}
+
+
+def _fast_value_and_grad(model, family, a):
+    from finetune_app.core.training.objectives import sft
+
+    return nn.value_and_grad(model, lambda x: sft.loss(model, family, x)[0])(a)
+
+
+def test_vlm_lora_layers_switched_and_float32_exact(tiny_model):
+    import mlx_vlm.trainer.peft.lora_layers as vlm_layers
+
+    base, family = _vlm(tiny_model, mx.float32)
+    lm = base.model.language_model
+    switched = [m for _, m in lm.named_modules() if isinstance(m, vlm_layers.LoRALinear)]
+    assert switched and all(type(m) is lora_dtype.model_dtype_class(vlm_layers.LoRALinear) for m in switched)
+    a = _fast_inputs()
+    loss, grads = _fast_value_and_grad(base.model, family, a)
+    for m in switched:
+        m.__class__ = vlm_layers.LoRALinear
+    ref_loss, ref_grads = _fast_value_and_grad(base.model, family, a)
+    assert loss.item() == ref_loss.item()
+    for (k, g), (_, r) in zip(tree_flatten(grads), tree_flatten(ref_grads)):
+        assert g.dtype == r.dtype == mx.float32 and mx.array_equal(g, r).item(), k
+
+
+def test_vlm_bf16_step_runs_every_matmul_in_bf16(tiny_model, monkeypatch):
+    """The traced graph of the Qwen-VL fast step's forward and backward (the head's plain
+    cross-entropy: the fused one is a custom function the exporter cannot walk): no matmul takes
+    a float32 operand (mlx-vlm's LoRA layer promoted every LoRA input and result to float32)."""
+    from finetune_app.core.training import chunked_ce
+
+    base, family = _vlm(tiny_model, mx.bfloat16)
+    monkeypatch.setattr(chunked_ce, "head_weight", lambda owner: None)
+    a = _fast_inputs()
+    prims = []
+    mx.export_function(lambda rec: prims.append(rec) if rec.get("type") == "primitive" else None,
+                       lambda **x: _fast_value_and_grad(base.model, family, x)[0], **a)
+    matmuls = [p for p in prims if p["name"] in ("Matmul", "AddMM")]
+    assert any(s[-1] == 8 for p in matmuls for _, s, _ in p["inputs"])  # LoRA's (rank 8) are among them
+    f32 = [(p["name"], [(tuple(s), d) for _, s, d in p["inputs"]]) for p in matmuls
+           if any(d == mx.float32 for _, _, d in p["inputs"])]
+    assert not f32, f32[:5]

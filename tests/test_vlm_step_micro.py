@@ -66,3 +66,25 @@ def test_flops_follow_the_harness_conventions(setup):
     head = 4 * c["vocab"] * c["hidden"]  # mlx-vlm's head at every position, ours' at the supervised ones
     extra = sum(len(r["ids"]) - int(r["mask"][1:].sum()) for r in rows) * head
     assert peer["flops_lm"] - ours["flops_lm"] == pytest.approx(extra)
+
+
+def test_text_twin_steps_the_same_positions(setup, tmp_path):
+    """`ours-text`: our text step on an mlx-lm qwen2 with the VLM's LM dimensions, over the same
+    positions and supervised tokens as ours' cached VLM step, the same LM FLOPs."""
+    import mlx.core as mx
+
+    folder, rows = setup
+    vlm = tmp_path / "vlm"
+    vlm.symlink_to(folder)
+    twin = vsm.build_text_twin(vlm, "float32")
+    a, b = (json.loads((f / "config.json").read_text()) for f in (folder, twin))
+    assert b["model_type"] == "qwen2" and all(a[k] == b[k] for k in (
+        "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size", "vocab_size"))
+    _, ours, _ = first_loss("ours", folder, rows)
+    with vsm.ours_tool(folder, SimpleNamespace(rank=4, lr=1e-4, text_twin=twin), "ours-text") as run:
+        one, facts, _ = run(rows)
+        one()
+    assert facts["positions"] == ours["positions"] and facts["supervised_k"] == ours["supervised_k"]
+    assert mx.isfinite(mx.array(facts["first_loss"])).item()
+    c = sbs_flops.model_counts(folder, rank=16)
+    assert vsm.flops(c, rows, "ours-text") == vsm.flops(c, rows, "ours")

@@ -163,6 +163,9 @@ def _attach_vlm(base: BaseModel, cfg: TrainConfig) -> dict:
         raise ConfigError(f"LoRA targets {cfg.lora_targets} match no layer of this model.",
                           f"Use layer names such as q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj. ({str(exc)[:300]})",
                           field="lora_targets") from None
+    from finetune_app.core.training.lora_dtype import in_model_dtype  # (#16 lmstep: the branch in bf16, as text's)
+
+    in_model_dtype(model)
     recorded = model.config  # get_peft_model records the adapter_config on the model's config
     return dict(recorded["lora"] if isinstance(recorded, dict) else recorded.lora)
 
