@@ -121,9 +121,12 @@ def _compare(a: Path, b: Path) -> bool:
         za, zb = np.load(a / f"{fam}.npz"), np.load(b / f"{fam}.npz")
         differ = [k for k in sorted(set(za.files) | set(zb.files)) if k not in za.files or k not in zb.files
                   or za[k].dtype != zb[k].dtype or not np.array_equal(za[k], zb[k])]
-        same = ia["processor"] == ib["processor"] and ia["image_processor"] == ib["image_processor"] and not differ
+        compared = len(za.files) > 0 and len(zb.files) > 0  # (every call refused: nothing shown, not SAME)
+        same = (compared and ia["processor"] == ib["processor"] and ia["image_processor"] == ib["image_processor"]
+                and not differ)
         same_all &= same
-        print(f"{fam:15s} {'SAME' if same else 'DIFFERENT'}  {ia['image_processor']} vs {ib['image_processor']}; "
+        verdict = "SAME" if same else "DIFFERENT" if compared else "UNCHECKED"
+        print(f"{fam:15s} {verdict}  {ia['image_processor']} vs {ib['image_processor']}; "
               f"{len(za.files)} arrays, {len(differ)} differ {differ[:3]}; {len(ia['errors'])} calls refused")
     return same_all
 

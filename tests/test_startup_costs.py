@@ -7,6 +7,7 @@ import io
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import mlx.core as mx
 import pytest
@@ -275,7 +276,7 @@ def test_vlm_weights_read_ahead_are_the_loads_own(tiny_model, monkeypatch):
     folder = tiny_model("qwen2_vl")
     eager = dict(tree_flatten(models.load_base(folder).model.parameters()))
     monkeypatch.setattr(models, "reads_on_main_thread", lambda: True)  # the GPU's path, on this CPU
-    assert models.read_ahead(folder)
+    assert models.read_ahead(folder, "vlm")
     files = models._READ_AHEAD[str(folder.resolve())]
     read = [a for arrays in files.values() for a in arrays.values()]
     base = models.load_base(folder, read_later=True)
@@ -283,3 +284,50 @@ def test_vlm_weights_read_ahead_are_the_loads_own(tiny_model, monkeypatch):
     got = dict(tree_flatten(base.model.parameters()))
     assert set(got) == set(eager) and all(mx.array_equal(got[k], eager[k]).item() for k in eager)
     assert all(any(v is a for a in read) for v in got.values())  # the arrays read ahead, not a second read
+
+
+def test_vlm_read_ahead_reads_only_the_files_mlx_vlm_loads(tiny_model, monkeypatch, tmp_path):
+    """A sharded VLM folder (model.safetensors.index.json) with a stray model.safetensors beside
+    its shards: the read ahead takes the index's shards only, as mlx-vlm's load_model does (the
+    stray file would be read and held in device memory for nothing), and the load uses them all."""
+    import json
+    import shutil
+
+    from mlx.utils import tree_flatten
+
+    from finetune_app.core import models
+
+    src = tiny_model("qwen2_vl")
+    folder = tmp_path / "sharded"
+    shutil.copytree(src, folder)
+    weights = dict(mx.load(str(folder / "model.safetensors")))
+    names = sorted(weights)
+    half = len(names) // 2
+    shards = {"model-00001-of-00002.safetensors": names[:half], "model-00002-of-00002.safetensors": names[half:]}
+    for shard, keys in shards.items():
+        mx.save_safetensors(str(folder / shard), {k: weights[k] for k in keys}, metadata={"format": "mlx"})
+    (folder / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {}, "weight_map": {k: shard for shard, keys in shards.items() for k in keys}}))
+    # model.safetensors stays: a leftover of an earlier save that mlx-vlm ignores beside an index
+    monkeypatch.setattr(models, "reads_on_main_thread", lambda: True)
+    assert models.read_ahead(folder, "vlm")
+    files = models._READ_AHEAD[str(folder.resolve())]
+    assert sorted(Path(f).name for f in files) == sorted(shards)
+    base = models.load_base(folder, read_later=True)
+    assert not files  # both shards handed to mlx-vlm's loader
+    assert len(tree_flatten(base.model.parameters())) > 0
+
+
+def test_read_ahead_imports_no_transformers(tiny_model):
+    """On a GPU the CLI reads ahead before hiding torch from transformers: if the read's imports
+    pulled transformers in, the hiding would come too late there only (no CPU run reads ahead)."""
+    folder = tiny_model("qwen2_vl")
+    code = ("import sys\n"
+            "from finetune_app.core import models\n"
+            "models.reads_on_main_thread = lambda: True\n"
+            f"assert models.read_ahead({str(folder)!r}, 'vlm')\n"
+            "print('transformers' in sys.modules, 'mlx_vlm' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "False"]

@@ -210,7 +210,7 @@ def without_torch(model: str, *, read_ahead_here: bool = True) -> None:
         config = read_config(folder)
         kind = model_kind(config)
         if read_ahead_here:
-            read_ahead(folder)
+            read_ahead(folder, kind)
         if transformers_without_torch.serves_the_same(kind, config.get("model_type", "")):
             transformers_without_torch.hide()
     except (FinetuneError, OSError, ValueError):

@@ -258,7 +258,9 @@ def load_base(source: str | Path, *, progress: ProgressFn | None = None, lazy: b
     `read_later` (a text model): the model is built and its weight files matched to it as now, but
     the weights are read on a thread of their own (`WeightRead`), so the caller's next steps (LoRA
     attach, tokenising the data) overlap the read; it calls `base.wait_for_weights()` before
-    anything evaluates the model (#16 startup2)."""
+    anything evaluates the model (#16 startup2). For a VLM (and for a text model on a GPU), it
+    also hands the loader the arrays `read_ahead` began reading; mlx-vlm's eager load then waits
+    for them."""
     from finetune_app.core import patches
 
     path, config = _resolved(source, progress)
@@ -324,7 +326,28 @@ def _key(path: str | Path) -> str:
     return str(Path(path).resolve())
 
 
-def read_ahead(folder: str | Path) -> bool:
+def _loader_files(folder: Path, kind: str) -> list[str]:
+    """The weight files the library's loader reads (read ahead no others: a stray file would be read
+    and held for nothing). mlx-lm 0.32: `model*.safetensors`; mlx-vlm 0.7.10 `load_model`: the
+    existing shards of model.safetensors.index.json's weight_map, else `*.safetensors` but
+    consolidated.safetensors."""
+    import glob
+
+    if kind != "vlm":
+        return glob.glob(str(folder / "model*.safetensors"))
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = set(json.loads(index.read_text()).get("weight_map", {}).values())
+            found = [str(folder / s) for s in sorted(shards) if (folder / s).exists()]
+        except (ValueError, OSError, AttributeError):
+            found = []
+        if found:
+            return found
+    return [f for f in glob.glob(str(folder / "*.safetensors")) if not f.endswith("consolidated.safetensors")]
+
+
+def read_ahead(folder: str | Path, kind: str = "text") -> bool:
     """Start reading a model's weights now (where the main thread reads them: a GPU); the next
     `load_base(folder, read_later=True)` on this thread uses them (a text model's through
     mlx-lm's loader, a VLM's through mlx-vlm's: #16 readearly, vlmtorch). A folder whose weight files
@@ -332,8 +355,6 @@ def read_ahead(folder: str | Path) -> bool:
     True when a read was started."""
     if not reads_on_main_thread() or threading.current_thread() is not threading.main_thread():
         return False
-    import glob
-
     import mlx.core as mx
 
     from finetune_app.core.model_folder import check_weights
@@ -341,7 +362,7 @@ def read_ahead(folder: str | Path) -> bool:
     folder = Path(folder)
     try:
         check_weights(folder)
-        files = {_key(f): mx.load(f) for f in glob.glob(str(folder / "model*.safetensors"))}  # mlx-lm's glob
+        files = {_key(f): mx.load(f) for f in _loader_files(folder, kind)}
         if not files:
             return False
         mx.async_eval([a for arrays in files.values() for a in arrays.values()])
