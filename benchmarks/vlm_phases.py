@@ -139,7 +139,7 @@ def _families():
 
 def _report():
     out = {"wall_s": round(time.perf_counter() - T0, 2), "traces": dict(traces), "traces_total": sum(traces.values()),
-           "events": events, "torch_imported": "torch" in sys.modules,
+           "events": events, "torch_imported": sys.modules.get("torch") is not None,
            "imports_s": _clock.done}
     t = getattr(_watch_ours, "trainer", None)
     if t is not None and getattr(t, "step", None) is not None:
