@@ -20,6 +20,12 @@ state. Prints a table and writes JSON to `--out`.
     python benchmarks/step_micro.py --out /tmp/micro.json                # GPU: Llama-3B-sized, bf16
     python benchmarks/step_micro.py --size tiny --out /tmp/micro.json    # CPU check
 
+`--graph` (ours): the step's graph walked as vlm_step_micro.py's `--graph` does (matmuls by dtype,
+AddMMs, bytes the non-view primitives write before fusion); `--count-ops` (ours): one more step's
+graph as compiled (fused kernels); `--steps 0`: those only, nothing run (a CPU can read a 3B-width
+proxy's graphs: `--size real --layers 4`); `--lora-branch previous`: ours with the LoRA branch as
+before #16 loracut (`y + scale * (x @ A) @ B`), the before/after of its one-AddMM form.
+
 `--longest GB` (default 24) instead: per tool and batch size (`--longest-batch`), the longest row
 whose one step's MLX peak stays within GB (weights, LoRA and AdamW state included), found in at
 most `--probes` lengths (doubling, then interpolation to `--resolution` tokens; each length a
@@ -49,13 +55,13 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 
 
-def build_model(size: str, dtype: str, dest: Path) -> Path:
+def build_model(size: str, dtype: str, dest: Path, layers: int | None = None) -> Path:
     from side_by_side import LLAMA_3B, SMALL_TEXT, child_build
 
     if not (dest / "config.json").is_file():
         t = time.perf_counter()
-        child_build({"family": "llama", "dest": str(dest), "dtype": dtype,
-                     "overrides": LLAMA_3B if size == "real" else SMALL_TEXT})
+        over = (LLAMA_3B if size == "real" else SMALL_TEXT) | ({"num_hidden_layers": layers} if layers else {})
+        child_build({"family": "llama", "dest": str(dest), "dtype": dtype, "overrides": over})
         print(f"built the {size} Llama in {dest} ({time.perf_counter() - t:.0f} s)", flush=True)
     return dest
 
@@ -120,6 +126,10 @@ def ours_tool(folder: Path, a, buckets=None):
             loss, _ = step([batch])
             mx.eval(loss, base.model.trainable_parameters(), opt.state)
 
+        from vlm_step_micro import counted, traced  # (the graph walkers, shared with the VLM step's benchmark)
+
+        one.trace = lambda: traced(base.model, family, step.objective, step.inputs(batch))  # noqa: E731
+        one.graph = counted(base.model, opt, lambda: step([batch])[0])
         return one, {"positions": list(batch.src.shape), "supervised_k": int(batch.sel.shape[0])}
 
     with bounded_cache():
@@ -130,12 +140,29 @@ def fixed_shapes(tool_cm, folder: Path, shapes: list, a) -> dict:
     """One tool (`ours_tool` or `mlx_lm_tool`) at each fixed shape: first call, steady steps, peak."""
     import mlx.core as mx
 
+    from mlx.utils import tree_flatten
+
     out = {}
     with tool_cm(folder, a) as (run, _):
         for L, (rows, prompts) in shapes:
             one, facts = run(rows, prompts)
-            mx.reset_peak_memory()
-            out[L] = timed(one, a.steps, a.warmup) | facts | {"peak_gb": round(mx.get_peak_memory() / 1e9, 2)}
+            rec = out[L] = dict(facts)
+            if a.graph and hasattr(one, "trace"):  # ours: the step's primitives, uncompiled, never run
+                g = rec["graph"] = one.trace()
+                print(f"  L={L} graph: {g['primitives']} primitives ({g['non_view']} non-view), {g['matmuls']} "
+                      f"matmuls ({g['addmm']} AddMM, {g['float32_matmuls']} with a float32 operand), "
+                      f"{g['written_gb']} GB written unfused", flush=True)
+            if a.count_ops and hasattr(one, "graph"):  # ours: one more step's graph as compiled, never run
+                from vlm_step_micro import count_ops
+
+                arrays = [x for _, x in tree_flatten(one.graph()) if isinstance(x, mx.array)]
+                rec["ops"] = count_ops(*arrays)
+                del arrays
+                print(f"  L={L} ops {rec['ops']['nodes']} ({rec['ops']['non_view']} non-view, "
+                      f"{rec['ops']['fused_kernels']} fused)", flush=True)
+            if a.steps:
+                mx.reset_peak_memory()
+                rec |= timed(one, a.steps, a.warmup) | {"peak_gb": round(mx.get_peak_memory() / 1e9, 2)}
     return out
 
 
@@ -347,6 +374,7 @@ def main() -> None:
     p.add_argument("--model", default=None, help="a Llama model folder instead of building one")
     p.add_argument("--work", default=None, help="where the built model is kept (reused; default a temp folder)")
     p.add_argument("--dtype", default=None, help="built weights' dtype (default bfloat16 on CUDA, float32 else)")
+    p.add_argument("--layers", type=int, default=None, help="layers of the built model (e.g. a 4-layer proxy)")
     p.add_argument("--lengths", default="128,256,512")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--supervised", type=float, default=0.65, help="answer share of each row (Alpaca: ~0.6-0.7)")
@@ -355,6 +383,11 @@ def main() -> None:
     p.add_argument("--rank", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--tools", default="ours,mlx_lm")
+    p.add_argument("--graph", action="store_true",
+                   help="ours: the step's (uncompiled) graph walked: matmuls by dtype, bytes written unfused")
+    p.add_argument("--count-ops", action="store_true", help="ours: primitives of one step's graph as compiled")
+    p.add_argument("--lora-branch", choices=("addmm", "previous"), default="addmm",
+                   help="ours: the LoRA branch as one AddMM (the app's), or the form before #16 loracut")
     p.add_argument("--out", required=True)
     p.add_argument("--longest", type=float, nargs="?", const=24.0, default=None, metavar="GB",
                    help="instead of --lengths: the longest row whose step's MLX peak stays within GB (default 24)")
@@ -364,6 +397,11 @@ def main() -> None:
     p.add_argument("--resolution", type=int, default=64, help="--longest: tokens the answer is exact to")
     p.add_argument("--probes", type=int, default=8, help="--longest: lengths tried per tool and batch (each a trace)")
     a = p.parse_args()
+    if a.lora_branch == "previous":  # (for the whole process: before any step is traced or compiled)
+        from finetune_app.testing.lora_reference import previous_branch
+
+        a.branch = previous_branch()  # (held: a dropped generator context would undo it at once)
+        a.branch.__enter__()
     cuda = mx.cuda.is_available() if hasattr(mx, "cuda") else False
     size = a.size or ("real" if cuda else "tiny")
     dtype = a.dtype or ("bfloat16" if cuda else "float32")
@@ -372,7 +410,8 @@ def main() -> None:
         folder = Path(a.model)
     else:
         work = Path(a.work) if a.work else Path(tmp := tempfile.mkdtemp(prefix="step_micro_"))
-        folder = build_model(size, dtype, work / f"llama-{size}-{dtype}")
+        folder = build_model(size, dtype, work / (f"llama-{size}-{dtype}" + (f"-{a.layers}l" if a.layers else "")),
+                             a.layers)
     vocab = json.loads((folder / "config.json").read_text())["vocab_size"]
     if a.longest is not None:
         config = json.loads((folder / "config.json").read_text())
@@ -390,21 +429,22 @@ def main() -> None:
     results = {"device": str(mx.default_device()), "device_info": {k: v for k, v in mx.device_info().items()
                                                                      if isinstance(v, (int, float, str))},
                "model": str(folder), "size": size, "dtype": dtype, "batch_size": a.batch_size,
-               "supervised": a.supervised, "steps": a.steps, "tools": {}}
+               "supervised": a.supervised, "steps": a.steps, "lora_branch": a.lora_branch, "tools": {}}
     for tool in a.tools.split(","):
         t = time.perf_counter()
         results["tools"][tool] = {"L": fixed_shapes(ours_tool if tool == "ours" else mlx_lm_tool, folder, shapes, a)}
         results["tools"][tool]["wall_s"] = round(time.perf_counter() - t, 1)
         gc.collect()
         mx.clear_cache()
-    print(f"{'tool':8} {'L':>5} {'positions':>10} {'K':>5} {'first call s':>12} {'step ms':>9} {'min ms':>8} "
-          f"{'peak GB':>8}")
+    if a.steps:
+        print(f"{'tool':8} {'L':>5} {'positions':>10} {'K':>5} {'first call s':>12} {'step ms':>9} {'min ms':>8} "
+              f"{'peak GB':>8}")
     for tool, r in results["tools"].items():
-        for L, x in r["L"].items():
+        for L, x in r["L"].items() if a.steps else ():
             print(f"{tool:8} {L:>5} {'x'.join(map(str, x['positions'])):>10} {x.get('supervised_k', '-'):>5} "
                   f"{x['first_call_s']:>12.2f} {1e3 * x['step_s']:>9.1f} {1e3 * x['step_min_s']:>8.1f} "
                   f"{x['peak_gb']:>8.2f}")
-    if {"ours", "mlx_lm"} <= set(results["tools"]):
+    if {"ours", "mlx_lm"} <= set(results["tools"]) and a.steps:
         for L in results["tools"]["ours"]["L"]:
             o, m = results["tools"]["ours"]["L"][L], results["tools"]["mlx_lm"]["L"][L]
             print(f"L={L}: ours/mlx_lm step time x{o['step_s'] / m['step_s']:.2f}, "

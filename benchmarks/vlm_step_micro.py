@@ -151,14 +151,16 @@ def traced(model, family, objective, arrays: dict) -> dict:
     finally:
         chunked_ce.head_weight, estimates.logits_budget = saved
     size = {mx.float32: 4, mx.int32: 4, mx.uint32: 4, mx.bool_: 1}
-    written, mm = 0, Counter()
+    written, mm, non_view = 0, Counter(), 0
     for p in prims:
         if p["name"] not in VIEWS | {"Reshape"}:
             written += sum(int(np.prod(sh)) * size.get(d, 2) for _, sh, d in p["outputs"])
+            non_view += 1
         if p["name"] in ("Matmul", "AddMM", "GatherMM", "BlockMaskedMM"):
             mm[" ".join(f"{'x'.join(map(str, sh))}:{str(d).split('.')[-1]}" for _, sh, d in p["inputs"][:2])] += 1
     f32 = sum(n for k, n in mm.items() if "float32" in k)
-    return {"primitives": len(prims), "matmuls": sum(mm.values()), "float32_matmuls": f32,
+    return {"primitives": len(prims), "non_view": non_view, "matmuls": sum(mm.values()),
+            "addmm": sum(p["name"] == "AddMM" for p in prims), "float32_matmuls": f32,
             "written_gb": round(written / 1e9, 2), "matmul_shapes": dict(mm.most_common())}
 
 
@@ -382,8 +384,15 @@ def main() -> None:
     p.add_argument("--count-ops", action="store_true", help="count the primitives of one step's graph per tool")
     p.add_argument("--graph", action="store_true",
                    help="ours, ours-text: every matmul of the step's (uncompiled) graph with its dtypes and shapes")
+    p.add_argument("--lora-branch", choices=("addmm", "previous"), default="addmm",
+                   help="ours: the LoRA branch as one AddMM (the app's), or the form before #16 loracut")
     p.add_argument("--out", required=True)
     a = p.parse_args()
+    if a.lora_branch == "previous":  # (for the whole process: before any step is traced or compiled)
+        from finetune_app.testing.lora_reference import previous_branch
+
+        a.branch = previous_branch()  # (held: a dropped generator context would undo it at once)
+        a.branch.__enter__()
     gpu = mx.default_device() == mx.gpu
     size = a.size or ("real" if gpu else "tiny")
     dtype = a.dtype or ("bfloat16" if gpu else "float32")
@@ -403,7 +412,7 @@ def main() -> None:
     peak = matmul_peak(getattr(mx, dtype))
     shapes = {s: make_rows(config, s, a.batch_size, seed=i) for i, s in enumerate(a.shapes.split(","))}
     results = {"device": str(mx.default_device()), "model": str(folder), "size": size, "dtype": dtype,
-               "batch_size": a.batch_size, "peak_tflops": round(peak, 1), "counts": counts,
+               "batch_size": a.batch_size, "lora_branch": a.lora_branch, "peak_tflops": round(peak, 1), "counts": counts,
                "env": {k: os.environ.get(k) for k in ("FINETUNE_CPU_COMPILE",)}, "tools": {}}
     print(f"matmul peak {peak:.3g} TFLOP/s ({dtype}); N_body {counts['n_body']:.3g}, N_lora {counts['n_lora']:.3g}",
           flush=True)
@@ -420,9 +429,9 @@ def main() -> None:
                 one, facts, graph = run(rows)
                 if a.graph and hasattr(one, "trace"):
                     g = facts["graph"] = one.trace()
-                    print(f"  {tool:13} {s:16} graph: {g['primitives']} primitives, {g['matmuls']} matmuls "
-                          f"({g['float32_matmuls']} with a float32 operand), {g['written_gb']} GB written unfused",
-                          flush=True)
+                    print(f"  {tool:13} {s:16} graph: {g['primitives']} primitives ({g['non_view']} non-view), "
+                          f"{g['matmuls']} matmuls ({g['addmm']} AddMM, {g['float32_matmuls']} with a float32 "
+                          f"operand), {g['written_gb']} GB written unfused", flush=True)
                 rec = facts | {"tokens": [len(r["ids"]) for r in rows],
                                "supervised": [int(r["mask"][1:].sum()) for r in rows],
                                "picture_tokens": [int(np.prod(r["grid"], axis=-1).sum()) // 4 for r in rows]}

@@ -1,61 +1,96 @@
-"""LoRA's branch computed in the model's dtype, its A and B kept float32 (#16 textmem2, lmstep).
+"""LoRA's branch computed in the model's dtype as one AddMM, A and B kept float32 (#16 textmem2,
+lmstep, loracut).
 
-mlx-lm's and mlx-vlm's `LoRALinear` (the same `__call__`) hold A and B in float32 and compute
-`(x @ A) @ B`; in a bfloat16 model the matmul promotes x, and value_and_grad keeps that float32
-copy of every LoRA layer's input for A's gradient (once per distinct input: attention, o_proj,
-MLP, down_proj), and the branch's [tokens, out] result, its scaling and its gradient run in
-float32 too. On Llama-3B-sized bf16 at 4 x 640 tokens the copies were ~3-5 GB of a ~15 GB step
-(the step's peak 14-15% lower without them); in the Qwen2-VL-2B step (mlx-vlm's layer, every LM
-projection, MLP width 8,960) they were ~60 float32 copies of [tokens, 256-8,960] and 165 float32
-matmuls per 4 layers (every LoRA matmul, forward and backward), where the text step had none
-(lmstep: the traced graph, docs/performance.md). Here the branch runs in x's dtype: A and B are
-cast to it (their gradients come back through the cast in float32, and the optimizer updates the
-float32 values), as mixed-precision training does. A float32 model is unchanged (the casts are
-no-ops): the same losses and gradients bit for bit (tests/test_lora_dtype.py).
+mlx-lm's and mlx-vlm's `LoRALinear` and `DoRALinear` (the same `__call__` in both libraries) hold A
+and B in float32 and compute `y + (scale * ((x @ A) @ B)).astype(x.dtype)`: in a bfloat16 model the
+matmul promotes x, and value_and_grad keeps that float32 copy of every LoRA layer's input for A's
+gradient, and the branch's [tokens, out] result, its scaling and its gradient run in float32 too
+(textmem2 and lmstep: ~3-5 GB of a 15 GB Llama-3B step; 165 float32 matmuls per 4 layers of the
+Qwen2-VL-2B step). Here the branch runs in x's dtype (A and B cast to it; their gradients come
+back through the cast in float32, and the optimizer updates the float32 values, as mixed-precision
+training does), and it is written `addmm(y, x @ A, scale * B)`: the second matmul, the scaling and
+the add are one kernel with the base output as the GEMM's C, where the library's form writes,
+re-reads and adds a [tokens, out] result per projection and scales the [tokens, out] cotangent in
+the backward pass. The scale goes into B ([rank, out], tiny), not AddMM's alpha: MLX's AddMM
+gradient multiplies the cotangent by alpha once for each of its two matmul inputs.
+
+Parameters, adapter files, fuse and the libraries' loading are the libraries' (only `__call__` is
+ours). A float32 model computes the same function: with a power-of-two scale bit for bit, else
+within float32 rounding (tests/test_lora_dtype.py).
 """
 
 from __future__ import annotations
 
 import sys
 
+import mlx.core as mx
 import mlx.nn as nn
 
 from finetune_app.core.patches.mlx_lm_tuner_imports import import_module
 
-LoRALinear = import_module("mlx_lm.tuner.lora").LoRALinear
-VLM_LAYERS = "mlx_vlm.trainer.peft.lora_layers"  # mlx-vlm's LoRALinear (imported only by VLM runs)
+_tuner = import_module("mlx_lm.tuner.lora"), import_module("mlx_lm.tuner.dora")
+LoRALinear, DoRALinear = _tuner[0].LoRALinear, _tuner[1].DoRALinear
+VLM_LAYERS = "mlx_vlm.trainer.peft.lora_layers"  # mlx-vlm's layers (imported only by VLM runs)
+VLM_DORA = "mlx_vlm.trainer.peft.dora_layers"
+
+
+def branch_added(layer, x: mx.array, y: mx.array) -> mx.array:
+    """y + scale * (dropout(x) @ A) @ B in x's dtype, the second matmul, scale and add one AddMM
+    (rows flattened: AddMM would broadcast B over the batch, a batched GEMM)."""
+    shape = y.shape
+    h = layer.dropout(x).reshape(-1, x.shape[-1]) @ layer.lora_a.astype(x.dtype)
+    b = (layer.scale * layer.lora_b).astype(x.dtype)
+    return mx.addmm(y.reshape(-1, shape[-1]), h, b).reshape(shape)
 
 
 class _BranchInInputDtype:
     def __call__(self, x):
-        y = self.linear(x)
-        z = (self.dropout(x) @ self.lora_a.astype(x.dtype)) @ self.lora_b.astype(x.dtype)
-        return y + (self.scale * z).astype(x.dtype)
+        return branch_added(self, x, self.linear(x))
 
 
-class ModelDtypeLoRALinear(_BranchInInputDtype, LoRALinear):
-    """mlx-lm's LoRALinear (same parameters, fuse, saving) with the branch in the input's dtype."""
+class _DoRABranchInInputDtype:
+    """The libraries' DoRA `__call__` with the LoRA branch as above; the magnitude and the
+    adapted weight's norm (weight-sized, not token-sized) as the libraries compute them."""
+
+    def __call__(self, x):
+        w = self._dequantized_weight()
+        out = branch_added(self, x, x @ w.T)
+        adapted = w + (self.scale * self.lora_b.T) @ self.lora_a.T
+        denom = mx.stop_gradient(mx.linalg.norm(adapted, axis=1))
+        out = (self.m / denom).astype(x.dtype) * out
+        if "bias" in self.linear:
+            out = out + self.linear.bias
+        return out
 
 
-_switched: dict = {LoRALinear: ModelDtypeLoRALinear}
+def _variant(cls, mixin, name: str, doc: str):
+    return type(name, (mixin, cls), {"__doc__": doc, "__module__": __name__})
+
+
+ModelDtypeLoRALinear = _variant(LoRALinear, _BranchInInputDtype, "ModelDtypeLoRALinear",
+                                "mlx-lm's LoRALinear (same parameters, fuse, saving) with the branch in the input's dtype.")
+ModelDtypeDoRALinear = _variant(DoRALinear, _DoRABranchInInputDtype, "ModelDtypeDoRALinear",
+                                "mlx-lm's DoRALinear (same parameters, fuse, saving) with the branch in the input's dtype.")
+_switched: dict = {LoRALinear: ModelDtypeLoRALinear, DoRALinear: ModelDtypeDoRALinear}
 
 
 def model_dtype_class(cls):
-    """The model-dtype variant of a LoRA layer class (mlx-lm's or mlx-vlm's LoRALinear), or None."""
+    """The model-dtype variant of a LoRA / DoRA layer class (mlx-lm's or mlx-vlm's), or None."""
     if cls in _switched:
         return _switched[cls]
-    vlm = sys.modules.get(VLM_LAYERS)
-    if vlm is not None and cls is vlm.LoRALinear:
-        _switched[cls] = type("ModelDtypeVLMLoRALinear", (_BranchInInputDtype, cls), {
-            "__doc__": "mlx-vlm's LoRALinear (same parameters, fuse, saving) with the branch in the input's dtype.",
-            "__module__": __name__})
-        return _switched[cls]
+    for module, name, mixin in ((VLM_LAYERS, "LoRALinear", _BranchInInputDtype),
+                                (VLM_DORA, "DoRALinear", _DoRABranchInInputDtype)):
+        vlm = sys.modules.get(module)
+        if vlm is not None and cls is getattr(vlm, name, None):
+            _switched[cls] = _variant(cls, mixin, f"ModelDtypeVLM{name}",
+                                      f"mlx-vlm's {name} (same parameters, fuse, saving) with the branch in the input's dtype.")
+            return _switched[cls]
     return None
 
 
 def in_model_dtype(model: nn.Module) -> int:
-    """Switch every plain LoRALinear of `model` (mlx-lm's or mlx-vlm's) to its model-dtype variant;
-    the number switched."""
+    """Switch every plain LoRALinear / DoRALinear of `model` (mlx-lm's or mlx-vlm's) to its
+    model-dtype variant; the number switched."""
     n = 0
     for _, m in model.named_modules():
         cls = model_dtype_class(type(m))
