@@ -3,7 +3,7 @@
     python benchmarks/processor_torch_check.py [--families qwen2_vl,llava,...] [--work DIR]
 
 `finetune-app train` hides torch from transformers for the VLM types in
-core.patches.transformers_without_torch.SAME_PROCESSOR_WITHOUT_TORCH. This builds each tiny model
+core.families.SAME_PROCESSOR_WITHOUT_TORCH. This builds each tiny model
 (finetune_app.testing.tiny_models) and, in two fresh processes (torch as installed; torch hidden by
 `transformers_without_torch.hide()`), builds its processor as `mlx_vlm.load` does and runs its image
 processor on odd-sized RGB, RGBA, grey, palette, tiny and large pictures (raw, and as

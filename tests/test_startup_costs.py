@@ -176,7 +176,7 @@ def test_listed_vlm_processors_do_not_depend_on_torch(tiny_model, monkeypatch):
     from transformers import AutoImageProcessor
     from transformers.image_processing_backends import PilBackend
 
-    from finetune_app.core.patches.transformers_without_torch import SAME_PROCESSOR_WITHOUT_TORCH
+    from finetune_app.core.families import SAME_PROCESSOR_WITHOUT_TORCH
     from finetune_app.testing.tiny_models import VLM_FAMILIES
 
     asked = []

@@ -43,9 +43,24 @@ def known_vlm(model_type: str) -> bool:
     return cls is not Generic and cls.vlm
 
 
+# config.json model_type of the VLMs whose processor mlx_vlm.load (the serving path) builds without
+# regard to torch: mlx-vlm's own numpy classes, or transformers' PIL back-end asked for by name
+# (#16 vlmtorch; core/patches/transformers_without_torch, tests/test_startup_costs.py)
+SAME_PROCESSOR_WITHOUT_TORCH = frozenset({
+    "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5", "fastvlm", "llava_qwen2", "pixtral", "mistral3",
+    "phi3_v", "deepseek_vl_v2", "llava", "llava_next", "paligemma", "gemma3", "idefics3", "smolvlm",
+    "mllama"})
+
+
+def processor_same_without_torch(model_type: str) -> bool:
+    """Whether a VLM's processor, as its serving builds it, is the same with torch hidden."""
+    return str(model_type or "").lower() in SAME_PROCESSOR_WITHOUT_TORCH
+
+
 def model_types() -> set[str]:
     """Every model type a family here names (a test keeps them out of the rest of the code)."""
     return {t for cls in FAMILIES for t in cls.model_types} | set(NAMES)
 
 
-__all__ = ["Family", "Generic", "FAMILIES", "family_class", "family_for", "display_name", "known_vlm", "model_types"]
+__all__ = ["Family", "Generic", "FAMILIES", "family_class", "family_for", "display_name", "known_vlm", "model_types",
+           "processor_same_without_torch"]

@@ -17,7 +17,7 @@ PyTorch was not found is silenced for that import (the user may well have it).
 
 Only for processes that load nothing but one model (the CLI's `train`: cli/train.py), and only
 where that model is served as trained (`serves_the_same`): a text model, or a VLM of a type in
-`SAME_PROCESSOR_WITHOUT_TORCH`. Where torch is importable, transformers 5.x picks the torchvision
+`core.families.SAME_PROCESSOR_WITHOUT_TORCH`. Where torch is importable, transformers 5.x picks the torchvision
 back-end of an image processor by default, whose pixels differ from the PIL back-end's; a VLM
 trained without torch and served (`mlx_vlm.load`) with it would then see other pixels. For the
 listed types mlx-vlm 0.7.10's load builds the same processor either way: its own numpy / MLX
@@ -37,19 +37,12 @@ import sys
 WRITTEN_FOR = {"transformers": "5.24.0", "mlx-vlm": "0.7.10"}
 ADVICE = "TRANSFORMERS_NO_ADVISORY_WARNINGS"
 
-# config.json model_type of the VLMs whose processor mlx_vlm.load builds without regard to torch
-# (see above; tests/test_startup_costs.py checks how each is built: mlx-vlm's own class, or the PIL
-# back-end asked for by name)
-SAME_PROCESSOR_WITHOUT_TORCH = frozenset({
-    "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5", "fastvlm", "llava_qwen2", "pixtral", "mistral3",
-    "phi3_v", "deepseek_vl_v2", "llava", "llava_next", "paligemma", "gemma3", "idefics3", "smolvlm",
-    "mllama"})
-
-
 def serves_the_same(kind: str, model_type: str) -> bool:
     """True where training with torch hidden from transformers gives the model the inputs its
     serving (`mlx_vlm.load` / `mlx_lm.load`, torch or not) gives it: text, and the listed VLMs."""
-    return kind == "text" or str(model_type).lower() in SAME_PROCESSOR_WITHOUT_TORCH
+    from finetune_app.core.families import processor_same_without_torch
+
+    return kind == "text" or processor_same_without_torch(model_type)
 
 
 def still_needed() -> bool:
