@@ -398,10 +398,9 @@ def main() -> None:
     p.add_argument("--probes", type=int, default=8, help="--longest: lengths tried per tool and batch (each a trace)")
     a = p.parse_args()
     if a.lora_branch == "previous":  # (for the whole process: before any step is traced or compiled)
-        from finetune_app.testing.lora_reference import previous_branch
+        from finetune_app.testing.lora_reference import use_previous_branch
 
-        a.branch = previous_branch()  # (held: a dropped generator context would undo it at once)
-        a.branch.__enter__()
+        use_previous_branch()
     cuda = mx.cuda.is_available() if hasattr(mx, "cuda") else False
     size = a.size or ("real" if cuda else "tiny")
     dtype = a.dtype or ("bfloat16" if cuda else "float32")

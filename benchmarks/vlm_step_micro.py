@@ -389,10 +389,9 @@ def main() -> None:
     p.add_argument("--out", required=True)
     a = p.parse_args()
     if a.lora_branch == "previous":  # (for the whole process: before any step is traced or compiled)
-        from finetune_app.testing.lora_reference import previous_branch
+        from finetune_app.testing.lora_reference import use_previous_branch
 
-        a.branch = previous_branch()  # (held: a dropped generator context would undo it at once)
-        a.branch.__enter__()
+        use_previous_branch()
     gpu = mx.default_device() == mx.gpu
     size = a.size or ("real" if gpu else "tiny")
     dtype = a.dtype or ("bfloat16" if gpu else "float32")

@@ -116,6 +116,9 @@ def attach(base: BaseModel, cfg: TrainConfig) -> dict:
         config = _attach_vlm(base, cfg)
     else:
         config = _attach_text(base, cfg)
+    from finetune_app.core.training.lora_dtype import in_model_dtype
+
+    in_model_dtype(model)  # the libraries' LoRA/DoRA layers, the branch in the model's dtype (#16 textmem2, lmstep)
     if base_quantization and cfg.fine_tune_type != "full":
         config["base_quantization"] = base_quantization
     if cfg.train_projector:
@@ -163,9 +166,6 @@ def _attach_vlm(base: BaseModel, cfg: TrainConfig) -> dict:
         raise ConfigError(f"LoRA targets {cfg.lora_targets} match no layer of this model.",
                           f"Use layer names such as q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj. ({str(exc)[:300]})",
                           field="lora_targets") from None
-    from finetune_app.core.training.lora_dtype import in_model_dtype  # (#16 lmstep: the branch in bf16, as text's)
-
-    in_model_dtype(model)
     recorded = model.config  # get_peft_model records the adapter_config on the model's config
     return dict(recorded["lora"] if isinstance(recorded, dict) else recorded.lora)
 
@@ -189,9 +189,6 @@ def _attach_text(base: BaseModel, cfg: TrainConfig) -> dict:
                               f"Available names: {', '.join(layer_names)}.", field="lora_targets")
         params["keys"] = keys
     linear_to_lora_layers(model, num_layers, params, use_dora=cfg.fine_tune_type == "dora")
-    from finetune_app.core.training.lora_dtype import in_model_dtype  # (#16 textmem2: no float32 copies of x)
-
-    in_model_dtype(model)
     return {"fine_tune_type": cfg.fine_tune_type, "num_layers": num_layers, "lora_parameters": params}
 
 

@@ -15,6 +15,12 @@ def previous_call(self, x):
     return y + (self.scale * z).astype(x.dtype)
 
 
+def use_previous_branch() -> None:
+    """For the rest of the process (the step benchmarks' `--lora-branch previous`), every switched
+    LoRA layer computes the previous form."""
+    lora_dtype._BranchInInputDtype.__call__ = previous_call
+
+
 @contextmanager
 def previous_branch():
     """Within the block, every switched LoRA layer (mlx-lm's and mlx-vlm's) computes the previous form."""

@@ -37,6 +37,7 @@ import sys
 WRITTEN_FOR = {"transformers": "5.24.0", "mlx-vlm": "0.7.10"}
 ADVICE = "TRANSFORMERS_NO_ADVISORY_WARNINGS"
 
+
 def serves_the_same(kind: str, model_type: str) -> bool:
     """True where training with torch hidden from transformers gives the model the inputs its
     serving (`mlx_vlm.load` / `mlx_lm.load`, torch or not) gives it: text, and the listed VLMs."""
