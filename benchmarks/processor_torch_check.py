@@ -1,15 +1,20 @@
-"""Is a VLM's processor the same with torch hidden from transformers as with it? (#16 vlmtorch)
+"""Is a VLM's processor the same with torch hidden from transformers as with it? (#16 vlmtorch, torchhide)
 
     python benchmarks/processor_torch_check.py [--families qwen2_vl,llava,...] [--work DIR]
 
 `finetune-app train` hides torch from transformers for the VLM types in
-core.families.SAME_PROCESSOR_WITHOUT_TORCH. This builds each tiny model
-(finetune_app.testing.tiny_models) and, in two fresh processes (torch as installed; torch hidden by
-`transformers_without_torch.hide()`), builds its processor as `mlx_vlm.load` does and runs its image
-processor on odd-sized RGB, RGBA, grey, palette, tiny and large pictures (raw, and as
-core.data.images.to_rgb gives them). It prints, per family, whether the classes are the same and the
-pixel arrays bit-identical, and exits 1 if any differ. Meaningful only where torch (and torchvision)
-is importable: the GPU host, or PYTHONPATH with a folder that has them.
+core.families.SAME_PROCESSOR_WITHOUT_TORCH (transformers_without_torch.serves_the_same: the types
+served through transformers' PIL processors only where transformers takes those files as torch-free,
+not on 5.17). This builds each tiny model (finetune_app.testing.tiny_models) and, in two fresh
+processes (torch as installed; torch hidden by `transformers_without_torch.hide()` for every
+family), builds its processor as `mlx_vlm.load` does and runs its image processor on odd-sized RGB,
+RGBA, grey, palette, tiny and large pictures (raw, and as core.data.images.to_rgb gives them). It
+prints, per family, the outer processor and image processor classes (both, where they differ),
+whether the pixel arrays are bit-identical, a load that fails (FAILED), and whether a training run
+keeps torch for the type with this transformers. It exits 1 if any type a training run hides torch
+for differs or fails (a type kept with torch is shown, not counted). Meaningful only where torch
+(and torchvision) is importable: the GPU host, or PYTHONPATH with a folder that has them (put the
+repository first there: the benchmarks folder, not the repository, is the script's path).
 """
 
 from __future__ import annotations
@@ -92,8 +97,14 @@ def _one_mode(mode: str, models: Path, out: Path) -> None:
 
     found = {}
     for folder in sorted(p for p in models.iterdir() if p.is_dir()):
-        image_processor = load_image_processor(folder)  # (as mlx_vlm.load: the module first, its processor patch)
-        processor = load_processor(folder, True, eos_token_ids=load_config(folder).get("eos_token_id"))
+        try:
+            image_processor = load_image_processor(folder)  # (as mlx_vlm.load: the module first, its processor patch)
+            processor = load_processor(folder, True, eos_token_ids=load_config(folder).get("eos_token_id"))
+        except Exception as e:  # noqa: BLE001  (a processor that cannot load here: a difference, shown)
+            np.savez(out / f"{folder.name}.npz")
+            found[folder.name] = {"processor": f"FAILED {type(e).__name__}: {str(e)[:300]}",
+                                  "image_processor": "FAILED", "errors": {}}
+            continue
         ip = image_processor or getattr(processor, "image_processor", None) or processor
         info = {"processor": f"{type(processor).__module__}.{type(processor).__qualname__}",
                 "image_processor": f"{type(ip).__module__}.{type(ip).__qualname__}", "errors": {}}
@@ -110,11 +121,21 @@ def _one_mode(mode: str, models: Path, out: Path) -> None:
                                                   "torchvision": "torchvision" in sys.modules}))
 
 
-def _compare(a: Path, b: Path) -> bool:
+def _hidden_by_training(models: Path) -> dict[str, bool]:
+    """Per family: whether `finetune-app train` hides torch for it with this transformers."""
+    from finetune_app.core.patches.transformers_without_torch import serves_the_same
+
+    return {p.name: serves_the_same("vlm", json.loads((p / "config.json").read_text()).get("model_type", ""))
+            for p in models.iterdir() if p.is_dir()}
+
+
+def _compare(a: Path, b: Path, hidden_by_training: dict[str, bool]) -> bool:
     import numpy as np
+    import transformers
 
     ca, cb = (json.loads((d / "classes.json").read_text()) for d in (a, b))
-    print(f"torch imported: as installed {ca['torch']} (torchvision {ca['torchvision']}), hidden {cb['torch']}")
+    print(f"transformers {transformers.__version__}; torch imported: as installed {ca['torch']} "
+          f"(torchvision {ca['torchvision']}), hidden {cb['torch']}")
     same_all = True
     for fam, ia in sorted(ca["families"].items()):
         ib = cb["families"][fam]
@@ -124,10 +145,15 @@ def _compare(a: Path, b: Path) -> bool:
         compared = len(za.files) > 0 and len(zb.files) > 0  # (every call refused: nothing shown, not SAME)
         same = (compared and ia["processor"] == ib["processor"] and ia["image_processor"] == ib["image_processor"]
                 and not differ)
-        same_all &= same
-        verdict = "SAME" if same else "DIFFERENT" if compared else "UNCHECKED"
-        print(f"{fam:15s} {verdict}  {ia['image_processor']} vs {ib['image_processor']}; "
-              f"{len(za.files)} arrays, {len(differ)} differ {differ[:3]}; {len(ia['errors'])} calls refused")
+        hides = hidden_by_training.get(fam, True)
+        same_all &= same or not hides  # (a type training leaves torch for may differ: it is not hidden)
+        failed = ia["image_processor"] == "FAILED" or ib["image_processor"] == "FAILED"
+        verdict = "SAME" if same else "FAILED" if failed else "DIFFERENT" if compared else "UNCHECKED"
+        print(f"{fam:15s} {verdict}  {len(za.files)} arrays, {len(differ)} differ {differ[:3]}; "
+              f"{len(ia['errors'])} calls refused" + ("" if hides else "; training keeps torch for it here"))
+        for what in ("processor", "image_processor"):
+            shown = ia[what] if ia[what] == ib[what] else f"{ia[what]}  vs hidden  {ib[what]}"
+            print(f"{'':17s}{what}: {shown}")
     return same_all
 
 
@@ -151,7 +177,7 @@ def main() -> None:
         (work / mode).mkdir(parents=True, exist_ok=True)
         subprocess.run([sys.executable, __file__, "--child", mode, str(models), str(work / mode)], check=True)
         print(f"{mode}: {time.perf_counter() - t:.1f} s")
-    sys.exit(0 if _compare(work / "installed", work / "hidden") else 1)
+    sys.exit(0 if _compare(work / "installed", work / "hidden", _hidden_by_training(models)) else 1)
 
 
 if __name__ == "__main__":

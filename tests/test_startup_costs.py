@@ -203,6 +203,93 @@ def test_listed_vlm_processors_do_not_depend_on_torch(tiny_model, monkeypatch):
     assert SAME_PROCESSOR_WITHOUT_TORCH - covered == {"fastvlm"}  # (mlx-vlm's alias of llava_qwen2)
 
 
+def _served_classes(folders: dict) -> dict:
+    """(in this process) family -> the outer and image processor classes load_base gives."""
+    from finetune_app.core.models import load_base
+
+    out = {}
+    for family, folder in folders.items():
+        processor = load_base(folder).processor
+        ip = getattr(processor, "image_processor", None) or processor
+        out[family] = [f"{type(x).__module__}.{type(x).__qualname__}" for x in (processor, ip)]
+    return out
+
+
+def test_listed_vlms_load_with_torch_hidden(tiny_model, tmp_path):
+    """Every VLM type a training run hides torch for builds its processor through the run's own
+    code (cli.train.without_torch, then load_base: mlx_vlm.load) with the hide active, and gets the
+    classes a process without the hide gets: mlx-vlm's outer processor, and mlx-vlm's image
+    processor or transformers' PIL one (#16 torchhide: on transformers 5.17 the hide made
+    Idefics3 / SmolVLM fail to load, and LLaVA, Gemma 3, ... fall back to transformers' outer
+    processors, because AutoImageProcessor was a placeholder without torch)."""
+    import json
+
+    from mlx_vlm.utils import load_config
+
+    from finetune_app.core.patches.transformers_without_torch import pil_files_need_torch, serves_the_same
+    from finetune_app.testing.tiny_models import VLM_FAMILIES
+
+    folders = {f: tiny_model(f) for f in sorted(VLM_FAMILIES)}
+    folders = {f: p for f, p in folders.items() if serves_the_same("vlm", load_config(p)["model_type"])}
+    assert {"qwen2_vl", "pixtral", "deepseek_vl_v2"} <= set(folders)
+    assert pil_files_need_torch() or {"idefics3", "smolvlm", "llava", "gemma3", "mllama"} <= set(folders)
+    code = ("import json, sys\n"
+            "from finetune_app.cli.train import without_torch\n"
+            f"folders = {json.dumps({f: str(p) for f, p in folders.items()})}\n"
+            "without_torch(next(iter(folders.values())))\n"
+            "from transformers.utils import import_utils as u\n"
+            "assert not u.is_torch_available() and 'transformers' in sys.modules\n"
+            "from tests.test_startup_costs import _served_classes\n"
+            "print(json.dumps(_served_classes(folders)))\n")
+    env, marker = _fake_torch(tmp_path)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=env,
+                         cwd=Path(__file__).parents[1])
+    assert out.returncode == 0, out.stderr[-3000:]
+    hidden = json.loads(out.stdout.strip().splitlines()[-1])
+    assert not marker.exists(), "the hide let transformers import torch"
+    plain = _served_classes(folders)
+    assert hidden == plain
+    for family, (outer, image) in hidden.items():
+        assert outer.startswith("mlx_vlm."), (family, outer)
+        assert image.startswith("mlx_vlm.") or "image_processing_pil_" in image, (family, image)
+
+
+def test_pil_files_need_torch_follows_transformers_rule():
+    """transformers 5.17 takes any image-processing file that merely names TorchvisionBackend (the
+    Idefics3 / SmolVLM PIL processors' docstrings, models/auto/image_processing_auto.py's lazy
+    import) as needing torch + torchvision; 5.25 asks for a subclass. The check that decides
+    whether the PIL-processor VLMs may hide torch reads the installed rule's source: it must agree
+    with what that rule does to such a file, and with 5.17's text."""
+    from transformers.utils import import_utils as iu
+
+    from finetune_app.core.patches import transformers_without_torch as hidden
+
+    pil_file = ('"""PIL image processor."""\nfrom ...image_processing_backends import PilBackend\n\n\n'
+                'class XImageProcessorPil(PilBackend):\n    """Mirrors TorchvisionBackend.pad."""\n')
+    rule = next(backends for check, backends in iu.BASE_FILE_REQUIREMENTS.items()
+                if check("image_processing_pil_x", pil_file))
+    assert hidden.pil_files_need_torch() == ("torch" in rule)
+    rule_517 = ('    lambda name, content: "image_processing_" in name and "TorchvisionBackend" in content: (\n'
+                '        "vision",\n        "torch",\n        "torchvision",\n    ),\n')
+    assert hidden.pil_files_need_torch(rule_517)
+    assert not hidden.pil_files_need_torch(
+        '    lambda name, content: "image_processing_" in name and _TORCHVISION_BACKEND_SUBCLASS.search(content): (\n')
+
+
+def test_pil_processor_vlms_keep_torch_where_transformers_needs_it(monkeypatch):
+    """Where the installed transformers takes the PIL image-processing files as needing torch, a
+    VLM served through transformers' PIL processor keeps torch (the hide would make its load fail
+    or change its processor); mlx-vlm's own processors and text models still hide it."""
+    from finetune_app.core.families import OWN_PROCESSOR_WITHOUT_TORCH, PIL_PROCESSOR_WITHOUT_TORCH
+    from finetune_app.core.patches import transformers_without_torch as hidden
+
+    for needs, pil_hidden in ((False, True), (True, False)):
+        monkeypatch.setattr(hidden, "pil_files_need_torch", lambda source=None, needs=needs: needs)
+        assert all(hidden.serves_the_same("vlm", t) == pil_hidden for t in PIL_PROCESSOR_WITHOUT_TORCH)
+        assert all(hidden.serves_the_same("vlm", t) for t in OWN_PROCESSOR_WITHOUT_TORCH)
+        assert hidden.serves_the_same("text", "llama") and not hidden.serves_the_same("vlm", "llava_onevision")
+
+
 def test_rows_prepared_on_a_thread_while_this_one_reads(tiny_model):
     """Where the weights must be read on the main thread (GPU: WeightRead(threaded=False)), the
     data preparation runs on a thread meanwhile (#16 textwarm): the weights are then the eager

@@ -44,17 +44,25 @@ def known_vlm(model_type: str) -> bool:
 
 
 # config.json model_type of the VLMs whose processor mlx_vlm.load (the serving path) builds without
-# regard to torch: mlx-vlm's own numpy classes, or transformers' PIL back-end asked for by name
-# (#16 vlmtorch; core/patches/transformers_without_torch, tests/test_startup_costs.py)
-SAME_PROCESSOR_WITHOUT_TORCH = frozenset({
+# regard to torch (#16 vlmtorch, torchhide; core/patches/transformers_without_torch,
+# tests/test_startup_costs.py): mlx-vlm's own numpy processors...
+OWN_PROCESSOR_WITHOUT_TORCH = frozenset({
     "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5", "fastvlm", "llava_qwen2", "pixtral", "mistral3",
-    "phi3_v", "deepseek_vl_v2", "llava", "llava_next", "paligemma", "gemma3", "idefics3", "smolvlm",
-    "mllama"})
+    "phi3_v", "deepseek_vl_v2"})
+# ...and mlx-vlm's processors around transformers' PIL image processor, asked for by name. These
+# need transformers to take its PIL and auto image-processing files as torch-free, which 5.17 does
+# not (transformers_without_torch.pil_files_need_torch): there they keep torch
+PIL_PROCESSOR_WITHOUT_TORCH = frozenset({
+    "llava", "llava_next", "paligemma", "gemma3", "idefics3", "smolvlm", "mllama"})
+SAME_PROCESSOR_WITHOUT_TORCH = OWN_PROCESSOR_WITHOUT_TORCH | PIL_PROCESSOR_WITHOUT_TORCH
 
 
-def processor_same_without_torch(model_type: str) -> bool:
-    """Whether a VLM's processor, as its serving builds it, is the same with torch hidden."""
-    return str(model_type or "").lower() in SAME_PROCESSOR_WITHOUT_TORCH
+def processor_same_without_torch(model_type: str, *, pil_needs_torch: bool = False) -> bool:
+    """Whether a VLM's processor, as its serving builds it, is the same with torch hidden (given
+    whether the installed transformers takes its PIL image processors as needing torch)."""
+    model_type = str(model_type or "").lower()
+    return model_type in OWN_PROCESSOR_WITHOUT_TORCH or (model_type in PIL_PROCESSOR_WITHOUT_TORCH
+                                                         and not pil_needs_torch)
 
 
 def model_types() -> set[str]:

@@ -17,24 +17,30 @@ PyTorch was not found is silenced for that import (the user may well have it).
 
 Only for processes that load nothing but one model (the CLI's `train`: cli/train.py), and only
 where that model is served as trained (`serves_the_same`): a text model, or a VLM of a type in
-`core.families.SAME_PROCESSOR_WITHOUT_TORCH`. Where torch is importable, transformers 5.x picks the torchvision
-back-end of an image processor by default, whose pixels differ from the PIL back-end's; a VLM
-trained without torch and served (`mlx_vlm.load`) with it would then see other pixels. For the
-listed types mlx-vlm 0.7.10's load builds the same processor either way: its own numpy / MLX
-processors (Qwen2/2.5/3-VL, Qwen3.5, FastVLM, Pixtral, Mistral 3, Phi-3-V, DeepSeek-VL2) or
-transformers' PIL back-end, which it asks for with `use_fast=False` (LLaVA, LLaVA-NeXT, PaliGemma,
-Gemma 3, Idefics3, SmolVLM, Mllama). Measured (#16 vlmtorch, docs/performance.md): the same classes
-and bit-identical pixel arrays with torch 2.14 + torchvision 0.29 importable, with them hidden by
-`hide()`, and without them, on odd sizes, RGBA, grey and palette pictures. Any other VLM keeps
-torch (its processor may be the torchvision one when served). The GUI never calls this.
+`core.families.SAME_PROCESSOR_WITHOUT_TORCH`. Where torch is importable, transformers 5.x picks the
+torchvision back-end of an image processor by default, whose pixels differ from the PIL back-end's;
+a VLM trained without torch and served (`mlx_vlm.load`) with it would then see other pixels. For
+the listed types mlx-vlm 0.7.10's load builds the same processor either way: its own numpy / MLX
+processors (Qwen2/2.5/3-VL, Qwen3.5, FastVLM, Pixtral, Mistral 3, Phi-3-V, DeepSeek-VL2) or its
+processors around transformers' PIL back-end, which it asks for with `use_fast=False` (LLaVA,
+LLaVA-NeXT, PaliGemma, Gemma 3, Idefics3, SmolVLM, Mllama). Measured (#16 vlmtorch, torchhide,
+docs/performance.md): the same classes and bit-identical pixel arrays with torch 2.14 +
+torchvision 0.29 importable, with them hidden by `hide()`, and without them, on odd sizes, RGBA,
+grey and palette pictures, with transformers 5.25. transformers 5.17 takes any image-processing
+file that merely names `TorchvisionBackend` as needing torch + torchvision (`pil_files_need_torch`):
+without torch its `AutoImageProcessor` and the Idefics3 / SmolVLM PIL processors are placeholders,
+so mlx-vlm's processors of the second group fail (Idefics3, SmolVLM) or fall back to transformers'
+own (the others); there those types keep torch. Any other VLM keeps torch (its processor may be the
+torchvision one when served). The GUI never calls this.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 
-WRITTEN_FOR = {"transformers": "5.24.0", "mlx-vlm": "0.7.10"}
+WRITTEN_FOR = {"transformers": "5.25.0", "mlx-vlm": "0.7.10"}
 ADVICE = "TRANSFORMERS_NO_ADVISORY_WARNINGS"
 
 
@@ -43,20 +49,41 @@ def serves_the_same(kind: str, model_type: str) -> bool:
     serving (`mlx_vlm.load` / `mlx_lm.load`, torch or not) gives it: text, and the listed VLMs."""
     from finetune_app.core.families import processor_same_without_torch
 
-    return kind == "text" or processor_same_without_torch(model_type)
+    return kind == "text" or processor_same_without_torch(model_type, pil_needs_torch=pil_files_need_torch())
+
+
+def _transformers_file(name: str):
+    """A file of the installed transformers, found without importing it (None where absent)."""
+    from importlib.util import find_spec
+    from pathlib import Path
+
+    spec = find_spec("transformers")  # (the files: importing them is what this patch avoids)
+    path = Path(spec.origin).parent / name if spec and spec.origin else None
+    return path if path is not None and path.is_file() else None
+
+
+# transformers 5.17's rule for the back-ends an image-processing file needs: any mention of the name
+# (a docstring, a comment, a lazy import) makes it need torch + torchvision; later versions (5.25)
+# ask for a class deriving from TorchvisionBackend
+_BY_MENTION = re.compile(r"""["']TorchvisionBackend["']\s+in\s+content""")
+
+
+def pil_files_need_torch(source: str | None = None) -> bool:
+    """True where the installed transformers (or `source`, the text of its utils/import_utils.py)
+    takes an image-processing file that only names TorchvisionBackend as needing torch: with torch
+    hidden, its AutoImageProcessor (models/auto/image_processing_auto.py) and the Idefics3 / SmolVLM
+    PIL processors are then placeholders that raise."""
+    if source is None:
+        path = _transformers_file("utils/import_utils.py")
+        source = path.read_text(encoding="utf-8") if path is not None else ""
+    return bool(_BY_MENTION.search(source))
 
 
 def still_needed() -> bool:
     """True while transformers' configuration classes (which mlx-lm's tokenizer import reaches)
     import torch where it is installed."""
-    from importlib.util import find_spec
-    from pathlib import Path
-
-    spec = find_spec("transformers")  # (the files: importing them is what this patch avoids)
-    root = Path(spec.origin).parent if spec and spec.origin else None
-    return root is not None and any("import torch" in (root / f).read_text(encoding="utf-8")
-                                    for f in ("modeling_rope_utils.py", "configuration_utils.py")
-                                    if (root / f).is_file())
+    files = (_transformers_file(f) for f in ("modeling_rope_utils.py", "configuration_utils.py"))
+    return any("import torch" in f.read_text(encoding="utf-8") for f in files if f is not None)
 
 
 def hide() -> bool:
