@@ -17,7 +17,8 @@ from finetune_app.core.patches import (chat_template, deepseek_moe_gate, deepsee
                                        llava_processor_kwargs,
                                        mllama_vision_batch, mlx_launch, mlx_lm_classes, mlx_lm_tuner_imports,
                                        no_remote_code,
-                                       phi3v_vision_config, qwen_rope_state, sacrebleu_stats,
+                                       phi3v_vision_config, processor_kwargs_advice, qwen_rope_state,
+                                       sacrebleu_stats,
                                        transformers_without_torch)
 
 BEHAVIOUR = {"fastvlm_vision_config": fastvlm_vision_config.apply, "no_remote_code": no_remote_code.apply,
@@ -26,9 +27,10 @@ BEHAVIOUR = {"fastvlm_vision_config": fastvlm_vision_config.apply, "no_remote_co
              "mllama_vision_batch": mllama_vision_batch.apply,
              "llava_processor_kwargs": llava_processor_kwargs.apply,
              "phi3v_vision_config": phi3v_vision_config.apply,
-             "llava_next_anyres": llava_next_anyres.apply}
+             "llava_next_anyres": llava_next_anyres.apply,
+             "processor_kwargs_advice": processor_kwargs_advice.apply}
 MODULES = (fastvlm_vision_config, no_remote_code, deepseek_moe_gate, deepseek_tile_count, mllama_vision_batch,
-           llava_processor_kwargs, phi3v_vision_config, llava_next_anyres,
+           llava_processor_kwargs, phi3v_vision_config, llava_next_anyres, processor_kwargs_advice,
            chat_template, sacrebleu_stats, hf_tokenizer, qwen_rope_state, mlx_launch, mlx_lm_classes,
            mlx_lm_tuner_imports, transformers_without_torch)
 
