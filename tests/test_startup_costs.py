@@ -418,3 +418,18 @@ def test_read_ahead_imports_no_transformers(tiny_model):
                          env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_an_image_processor_transformers_cannot_build_asks_for_an_upgrade(tmp_path):
+    """transformers 5.17 without torch cannot build the Idefics3 / SmolVLM image processors (its
+    PIL files are taken as needing torch): the error says which transformers, and to upgrade it
+    (5.18 fixed the rule) or install torchvision, not to re-download the model."""
+    from finetune_app.core.models import _load_failed
+
+    exc = ValueError(f"Could not load any image processor class for {tmp_path}. The model configuration resolves "
+                     "to the following image processor classes: pil: Idefics3ImageProcessorPil, torchvision: "
+                     "Idefics3ImageProcessor. None of these classes could be imported. Missing optional "
+                     "dependencies: torchvision.")
+    err = _load_failed(exc, tmp_path, "vlm", "idefics3")
+    assert "could not build the image processor" in err.problem and "Idefics3ImageProcessorPil" in err.problem
+    assert "5.18" in err.fix and "torchvision" in err.fix and "re-download" not in err.fix

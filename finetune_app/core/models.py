@@ -419,6 +419,12 @@ def _load_failed(exc: BaseException, path: Path, kind: str, model_type: str) -> 
     if "not supported" in msg or isinstance(exc, ImportError):
         return ModelError(f"{model_type} models are not supported by {'mlx-vlm' if kind == 'vlm' else 'mlx-lm'} ({msg}).",
                           "Choose a supported family: FastVLM, Qwen2/2.5/3-VL, Llama, Qwen2/3 or Mistral.", file=path)
+    if "Could not load any image processor class" in msg:  # e.g. Idefics3 on transformers 5.17 without torch
+        from importlib.metadata import version
+
+        return ModelError(f"transformers {version('transformers')} could not build the image processor of the model in "
+                          f"'{path}' ({msg}).", "Upgrade transformers (5.18 or later: pip install -U transformers), "
+                          "or install torchvision.", file=path)
     return ModelError(f"Could not load the model in '{path}': {type(exc).__name__}: {msg}.",
                       "The folder may be incomplete or from an incompatible converter; re-download it or convert it again with mlx-vlm / mlx-lm.", file=path)
 

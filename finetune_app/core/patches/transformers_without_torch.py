@@ -26,12 +26,12 @@ processors around transformers' PIL back-end, which it asks for with `use_fast=F
 LLaVA-NeXT, PaliGemma, Gemma 3, Idefics3, SmolVLM, Mllama). Measured (#16 vlmtorch, torchhide,
 docs/performance.md): the same classes and bit-identical pixel arrays with torch 2.14 +
 torchvision 0.29 importable, with them hidden by `hide()`, and without them, on odd sizes, RGBA,
-grey and palette pictures, with transformers 5.25. transformers 5.17 takes any image-processing
-file that merely names `TorchvisionBackend` as needing torch + torchvision (`pil_files_need_torch`):
-without torch its `AutoImageProcessor` and the Idefics3 / SmolVLM PIL processors are placeholders,
-so mlx-vlm's processors of the second group fail (Idefics3, SmolVLM) or fall back to transformers'
-own (the others); there those types keep torch. Any other VLM keeps torch (its processor may be the
-torchvision one when served). The GUI never calls this.
+grey and palette pictures, with transformers 5.25 (and 5.17 with its rule mended). transformers
+5.17 (fixed in 5.18) takes any image-processing file that merely names `TorchvisionBackend` as
+needing torch + torchvision (`pil_files_need_torch`): without torch its `AutoImageProcessor` and
+the Idefics3 / SmolVLM PIL processors are placeholders, so mlx-vlm's processors of the second
+group fail (Idefics3, SmolVLM) or fall back to transformers' own (the others); there those types
+keep torch. Any other VLM keeps torch (its processor may be the torchvision one when served). The GUI never calls this.
 """
 
 from __future__ import annotations
@@ -63,8 +63,8 @@ def _transformers_file(name: str):
 
 
 # transformers 5.17's rule for the back-ends an image-processing file needs: any mention of the name
-# (a docstring, a comment, a lazy import) makes it need torch + torchvision; later versions (5.25)
-# ask for a class deriving from TorchvisionBackend
+# (a docstring, a comment, a lazy import) makes it need torch + torchvision; 5.18 and later ask for
+# a class deriving from TorchvisionBackend
 _BY_MENTION = re.compile(r"""["']TorchvisionBackend["']\s+in\s+content""")
 
 
