@@ -31,7 +31,8 @@ grey and palette pictures, with transformers 5.25 (and 5.17 with its rule mended
 needing torch + torchvision (`pil_files_need_torch`): without torch its `AutoImageProcessor` and
 the Idefics3 / SmolVLM PIL processors are placeholders, so mlx-vlm's processors of the second
 group fail (Idefics3, SmolVLM) or fall back to transformers' own (the others); there those types
-keep torch. Any other VLM keeps torch (its processor may be the torchvision one when served). The GUI never calls this.
+keep torch. Any other VLM keeps torch (its processor may be the torchvision one when served). The
+GUI never calls this.
 """
 
 from __future__ import annotations
