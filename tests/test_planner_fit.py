@@ -35,12 +35,11 @@ def measured(model, data, tmp_path, **settings):
 def test_text_planner_within_15_percent(family, tmp_path):
     model = build_tiny_model(family, tmp_path / "m", **TEXT[family])
     row = {"messages": [{"role": "user", "content": "say alpha alpha alpha " * 10},
-                        {"role": "assistant", "content": "beta gamma delta " * 60}]}
+                        {"role": "assistant", "content": "beta gamma delta " * 45}]}
     (tmp_path / "d").mkdir()
-    (tmp_path / "d" / "train.jsonl").write_text((json.dumps(row) + "\n") * 8)
+    (tmp_path / "d" / "train.jsonl").write_text((json.dumps(row) + "\n") * 4)
     r = measured(model, tmp_path / "d" / "train.jsonl", tmp_path, batch_size=4)
     assert r["seq_len"] >= 256, r  # long enough that activations are most of the peak
-    print(r)
     assert 0.85 <= r["ratio"] <= 1.15, r
 
 
@@ -48,5 +47,4 @@ def test_vlm_planner_within_15_percent(tmp_path):
     model = build_tiny_model("qwen2_vl", tmp_path / "m", **VLM)
     data = make_shapes_dataset(tmp_path / "d", n_train=4, n_valid=0, size=224, seed=0)
     r = measured(model, data, tmp_path, batch_size=2)
-    print(r)
     assert 0.85 <= r["ratio"] <= 1.15, r
