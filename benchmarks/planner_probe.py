@@ -39,7 +39,7 @@ SUITES = {
                        [(1, 256), (4, 256), (1, 1024), (2, 512)]),
         "qwen2-896": ("qwen2", {"hidden_size": 896, "intermediate_size": 4864, "num_attention_heads": 14,
                                 "num_key_value_heads": 2, "num_hidden_layers": 2, "vocab_size": 32768},
-                      [(1, 256), (4, 256), (1, 1024), (2, 512)]),
+                      [(1, 512), (4, 256)]),
         "llama-512-l4": ("llama", {"hidden_size": 512, "intermediate_size": 1536, "num_attention_heads": 8,
                                    "num_key_value_heads": 2, "head_dim": 64, "num_hidden_layers": 4,
                                    "vocab_size": 8192}, [(1, 2048), (4, 512)]),
@@ -55,6 +55,12 @@ SUITES = {
                                      "vision_config": {"depth": 2, "embed_dim": 256, "hidden_size": 512,
                                                        "num_heads": 4, "mlp_ratio": 4}},
                         [(2, "448:1:40:30"), (1, "896:1:60:100")]),
+        "qwen2vl-384": ("qwen2_vl", {"hidden_size": 384, "intermediate_size": 2048, "num_attention_heads": 6,
+                                     "num_key_value_heads": 2, "num_hidden_layers": 3, "vocab_size": 8192,
+                                     "rope_scaling": {"type": "mrope", "mrope_section": [8, 12, 12]},
+                                     "vision_config": {"depth": 2, "embed_dim": 192, "hidden_size": 384,
+                                                       "num_heads": 3, "mlp_ratio": 4}},
+                        [(4, "224:2:40:60"), (1, "672:1:40:120")]),
     },
 }
 for _n in (1, 2, 4, 6):  # the per-layer share: the same width at several depths
