@@ -87,6 +87,7 @@ def build(family: str, over: dict | None, dtype: str, work: Path) -> Path:
 def measure(one, held: int) -> float:
     import mlx.core as mx
 
+    mx.synchronize()  # (a VLM's cache fill is started, not waited for: its tower is not this step's)
     mx.reset_peak_memory()
     one()
     one()

@@ -1,7 +1,7 @@
 """The will-it-fit planner (core/estimates.py `run_memory_gb`, the form's and `data check`'s estimate)
 against MLX's measured peak of a few real training steps (#16: within 15%), on small models whose
-activations, not their weights, are most of the peak: Llama- and Qwen2-shaped text (2 layers,
-hidden 256, rows of ~300 tokens) and a Qwen2-VL (first epoch: the tower runs). Each run is a fresh
+activations, not their weights, are most of the peak: Llama- and Qwen2-shaped text in bf16 (2
+layers, hidden 256, rows of ~650 tokens) and a Qwen2-VL (first epoch: the tower runs). Each run is a fresh
 trainer; the peak counts from just before it (fit_check.predicted_vs_measured)."""
 
 import gc
@@ -22,6 +22,19 @@ VLM = {"hidden_size": 256, "intermediate_size": 768, "num_attention_heads": 4, "
        "vision_config": {"depth": 2, "embed_dim": 128, "hidden_size": 256, "num_heads": 4, "mlp_ratio": 2}}
 
 
+def bf16(folder):
+    """The model's weights in bfloat16 (the GPU's and a Mac's usual width; the tiny builder writes float32)."""
+    import mlx.core as mx
+
+    for f in folder.glob("*.safetensors"):
+        w = mx.load(str(f))
+        mx.save_safetensors(str(f), {k: v.astype(mx.bfloat16) if mx.issubdtype(v.dtype, mx.floating) else v
+                                     for k, v in w.items()}, metadata={"format": "mlx"})
+    cfg = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(cfg | {"torch_dtype": "bfloat16"}))
+    return folder
+
+
 def measured(model, data, tmp_path, **settings):
     import mlx.core as mx
 
@@ -33,7 +46,7 @@ def measured(model, data, tmp_path, **settings):
 
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
 def test_text_planner_within_15_percent(family, tmp_path):
-    model = build_tiny_model(family, tmp_path / "m", **TEXT[family])
+    model = bf16(build_tiny_model(family, tmp_path / "m", **TEXT[family]))
     row = {"messages": [{"role": "user", "content": "say alpha alpha alpha " * 10},
                         {"role": "assistant", "content": "beta gamma delta " * 45}]}
     (tmp_path / "d").mkdir()

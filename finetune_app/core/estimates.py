@@ -186,9 +186,6 @@ def vision_bytes(sizes: dict, images: "ImageLoad", dtype_bytes: float) -> tuple[
 
 TOWER_SCORES = 2  # [heads, p, p] copies per picture in the tower's forward: scores and softmax (measured 2.1)
 TOWER_MEASURED = 1.0
-# The VLM's LM attends with an array mask (mlx-vlm's Qwen-VL), which MLX's fallback keeps one more
-# [B, heads, L, L] copy for (measured: the cached step at 1,186 tokens 1.15 copies above the text count)
-VLM_MASK_SCORES = 1.0
 
 
 def memory_gb(parameters: int, **kwargs) -> float:
@@ -235,9 +232,7 @@ def run_memory_gb(config: TrainConfig, *, parameters: int, dtype: str, quantizat
     if images is not None:
         resident, tower = vision_bytes(sizes, images, dtype_bytes)
         weights_state = parameters * dtype_bytes + trainable * 16
-        heads = sizes.get("heads", max(1, h // 64))
-        mask = VLM_MASK_SCORES * batch * heads * seq_len ** 2 * dtype_bytes if not fused_attention(seq_len) else 0.0
-        peak = max(peak + mask, weights_state + tower) + resident
+        peak = max(peak, weights_state + tower) + resident
     return (peak + (PROCESS_OVERHEAD if overhead else 0)) / 1e9 + generation_gb(config, sizes, batch, seq_len)
 
 
