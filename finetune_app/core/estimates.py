@@ -38,7 +38,8 @@ def total_steps_for_rows(config: TrainConfig, train_rows: int | None) -> int | N
 # ---- memory ------------------------------------------------------------------------------------
 
 def model_sizes(model_config: dict) -> dict:
-    """The sizes the memory estimate needs, from config.json (VLMs nest them under text_config)."""
+    """The sizes the memory estimate needs, from config.json (VLMs nest them under text_config;
+    `vision`: the tower's, when there is one)."""
     text = model_config.get("text_config") or {}
 
     def get(*names, default=None):
@@ -52,10 +53,20 @@ def model_sizes(model_config: dict) -> dict:
     heads = int(get("num_attention_heads", default=max(1, hidden // 64)))
     kv_heads = int(get("num_key_value_heads", default=heads))
     head_dim = int(get("head_dim", default=max(1, hidden // max(1, heads))))
-    return {"hidden_size": hidden, "num_layers": int(get("num_hidden_layers", "n_layers", default=24)),
-            "intermediate_size": int(get("intermediate_size", default=4 * hidden)),
-            "heads": heads, "kv_heads": kv_heads, "head_dim": head_dim,
-            "vocab_size": int(get("vocab_size", default=32000))}
+    out = {"hidden_size": hidden, "num_layers": int(get("num_hidden_layers", "n_layers", default=24)),
+           "intermediate_size": int(get("intermediate_size", default=4 * hidden)),
+           "heads": heads, "kv_heads": kv_heads, "head_dim": head_dim,
+           "vocab_size": int(get("vocab_size", default=32000))}
+    v = model_config.get("vision_config")
+    if isinstance(v, dict):
+        width = v.get("embed_dim") or v.get("hidden_size") or 1024
+        if isinstance(width, list):  # (FastViT-style towers: per-stage widths)
+            width = max(width)
+        out["vision"] = {"width": int(width), "heads": int(v.get("num_heads") or v.get("num_attention_heads") or 16),
+                         "mlp_ratio": float(v.get("mlp_ratio") or 4),
+                         "patch_width": int(v.get("in_channels", 3)) * int(v.get("temporal_patch_size", 1))
+                         * int(v.get("patch_size", 14)) ** 2}
+    return out
 
 
 PROCESS_OVERHEAD = 0.5e9  # bytes outside MLX's allocations: Python, the libraries, the tokenizer
@@ -70,14 +81,34 @@ PROCESS_OVERHEAD = 0.5e9  # bytes outside MLX's allocations: Python, the librari
 LOGITS_BUDGET = 1 << 26
 LOGITS_FRACTION = 0.02  # of the device's memory, for the three copies of the logits (2-byte values)
 # SFT with a frozen head (LoRA) runs the fused head (`chunked_ce.fused_ce_sum`) in chunks of
-# FUSED_VALUES logits (130 positions at 128,256 columns): a few chunks' logits are live at most (MLX
-# allocates an op's output when it queues it, ops ahead of the device; measured on the CPU).
+# FUSED_VALUES logits (130 positions at 128,256 columns); each chunk holds its logits and their
+# softmax-minus-onehot (two [chunk, V] arrays in the model's dtype), and MLX, which allocates an
+# op's output when it queues it, has a few chunks alive at once (textmem: ~0.32 GB at 128k columns
+# in bf16, i.e. ~5 chunks).
 FUSED_VALUES = 1 << 24
-# live bytes per logit while the chunks are few: fitted on the tiny fp32 Llamas (tests/test_estimates_fit.py:
-# 4 over-predicted their peak by 17-21%, 2 by 13%) and near textmem's 3B-vocabulary figure (0.33 GB of
-# head for 246M logits at the longest Alpaca batch: ~1.4 bytes a logit, capped by FUSED_HEAD_BYTES)
-FUSED_BYTES_PER_LOGIT = 2
-FUSED_HEAD_BYTES = 11 * FUSED_VALUES * 4
+FUSED_LIVE_CHUNKS = 5
+
+# The decoder's activations (#16 plannerfit; benchmarks/planner_probe.py, docs/performance.md). Per
+# token and layer, the values a LoRA step keeps for its backward pass, counted from mlx-lm's Llama /
+# Qwen2 layer with LoRA on every projection and a frozen base (so a matmul keeps its input only for
+# LoRA's A): hidden-wide, the layer's input and its norm, the queries, the attention output (o_proj's
+# input), the residual and its norm (6); kv-wide, keys and values (2); intermediate-wide, gate, up,
+# the gate's sigmoid (compiled SwiGLU) and their product (down's input) (4).
+KEPT_HIDDEN, KEPT_KV, KEPT_INTER = 6, 2, 4
+# Once per token besides the layers: the embedding output, the final norm's input and output and the
+# hidden-state gradient (4 hidden-wide), and the backward pass of one layer at a time (the gradients
+# of gate, up and their product: 3 intermediate-wide).
+ONCE_HIDDEN, ONCE_INTER = 4, 3
+# Measured against those counts on this CPU (MLX's peak of the compiled step, 16 probes: Llama- and
+# Qwen2-shaped, 1-6 layers, hidden 256-1024, fp32 and bf16): the peak holds 1.14x the kept count and
+# 1.76x the once count (MLX queues up to 10 ops ahead of the device, and allocates each op's output
+# when it queues it, so a few intermediates of the next ops are alive beside what the graph keeps).
+KEPT_MEASURED, ONCE_MEASURED = 1.15, 1.8
+# Attention (MLX's SDPA off CUDA's fused kernels: the CPU and Metal in training, and CUDA at a length
+# that is not a multiple of 128): the [B, heads, L, L] scores in the model's dtype, about one copy
+# kept per layer (1.29 measured) plus the backward's recomputation of one layer (0.56 measured; 3.4
+# for an SDPA alone, whose peak shares the one kept).
+SCORES_PER_LAYER, SCORES_ONCE = 1.3, 0.6
 
 
 def logits_budget(memory: int | None = None) -> int:
@@ -90,30 +121,71 @@ def logits_budget(memory: int | None = None) -> int:
     return max(LOGITS_BUDGET, int(memory * LOGITS_FRACTION / 6))
 
 
+def fused_attention(seq_len: int) -> bool:
+    """Whether the attention's backward runs a fused kernel that keeps no [L, L] scores: MLX on CUDA
+    (cuDNN) at a multiple of 128 positions. Not on the CPU or Metal (MLX 0.32's fallback)."""
+    if seq_len % 128:
+        return False
+    try:
+        from finetune_app.core.training.backend import on_cuda
+
+        return on_cuda()
+    except ImportError:  # (no MLX: the form on a machine without it)
+        return False
+
+
 def peak_bytes(parameters: int, *, dtype_bytes: float = 2.0, quantize_bits: int | None = None,
                trainable_params: int = 0, batch_size: int = 1, seq_len: int = 512, hidden_size: int = 1024,
                num_layers: int = 24, heads: int = 16, vocab_size: int = 32000, supervised: float = 1.0,
-               grad_checkpoint: bool = False, fused_head: bool = False) -> float:
+               grad_checkpoint: bool = False, fused_head: bool = False, intermediate_size: int | None = None,
+               kv_width: int | None = None, attention_scores: bool = True) -> float:
     """MLX's peak memory of a training step (what `mx.get_peak_memory()` reports), in bytes.
 
     Weights at their storage width; trainable params with a gradient and two Adam moments (fp32,
-    16 bytes each); per token and layer about 34 x hidden values kept for the backward pass (only
-    the layer input with gradient checkpointing); attention scores (batch x heads x L²) about
-    1.5 copies per layer plus one in flight (the backward pass of unfused attention); the logits
-    of the supervised positions (`supervised`: their share of the tokens) three times (logits,
-    softmax, gradient), bounded by SFT's chunked head (`fused_head`: by the fused one's chunks).
-    Fitted on tiny Llamas on the CPU (tests/test_estimates_fit.py); checked on the GPU with `benchmarks`' `predicted_vs_measured`."""
+    16 bytes each); per token and layer the values the backward pass keeps (KEPT_*; only the layer
+    input with gradient checkpointing, plus one layer recomputed), per token the values outside
+    the layers (ONCE_*); the attention scores (SCORES_*; none where `attention_scores` is False:
+    a fused kernel); the logits of the supervised positions (`supervised`: their share of the
+    tokens) three times (logits, softmax, gradient), bounded by SFT's chunked head (`fused_head`:
+    by the fused one's live chunks). Checked against MLX's peak: benchmarks/planner_probe.py."""
+    inter = intermediate_size or 4 * hidden_size
+    kv = hidden_size if kv_width is None else kv_width
     weight_bytes = parameters * (quantize_bits / 8 if quantize_bits else dtype_bytes)
     state_bytes = trainable_params * 16
     tokens = batch_size * seq_len
-    per_token_layer = (2 if grad_checkpoint else 34) * hidden_size * dtype_bytes
-    act_bytes = tokens * num_layers * per_token_layer
-    attn_layers = 1 if grad_checkpoint else 1.5 * num_layers + 1
-    attn_bytes = batch_size * heads * seq_len ** 2 * dtype_bytes * attn_layers
-    logits_bytes = min(tokens * supervised * vocab_size, logits_budget()) * dtype_bytes * 3  # in the model's dtype
-    if fused_head:  # FUSED_BYTES_PER_LOGIT while the chunks are few, at most FUSED_HEAD_BYTES
-        logits_bytes = min(tokens * supervised * vocab_size * FUSED_BYTES_PER_LOGIT, FUSED_HEAD_BYTES)
+    layer = KEPT_HIDDEN * hidden_size + KEPT_KV * kv + KEPT_INTER * inter
+    once = ONCE_HIDDEN * hidden_size + ONCE_INTER * inter
+    kept = num_layers * hidden_size + layer if grad_checkpoint else num_layers * layer
+    act_bytes = tokens * (KEPT_MEASURED * kept + ONCE_MEASURED * once) * dtype_bytes
+    copies = (1 if grad_checkpoint else SCORES_PER_LAYER * num_layers) + SCORES_ONCE
+    attn_bytes = batch_size * heads * seq_len ** 2 * dtype_bytes * copies if attention_scores else 0.0
+    positions = tokens * supervised
+    logits_bytes = min(positions * vocab_size, logits_budget()) * dtype_bytes * 3  # in the model's dtype
+    if fused_head:  # two [chunk, V] arrays per live chunk, and the [K, D] hidden states and their gradient
+        rows = max(1, FUSED_VALUES // vocab_size)
+        chunk = rows // 128 * 128 if rows > 128 else rows
+        logits_bytes = (min(positions, FUSED_LIVE_CHUNKS * chunk) * vocab_size * 2
+                        + 2 * positions * hidden_size) * dtype_bytes
     return weight_bytes + state_bytes + act_bytes + attn_bytes + logits_bytes
+
+
+def vision_bytes(sizes: dict, images: "ImageLoad", dtype_bytes: float) -> tuple[float, float]:
+    """A VLM's picture terms: (bytes resident through the step, bytes of the tower's forward pass).
+    Resident: the cached features (merged rows x the LM's width). The tower (frozen, no gradient)
+    holds one layer at a time: its input pixels (float32), per patch the stream, q/k/v, the attention
+    output and the MLP's two mlp_ratio-wide arrays, and per picture its [heads, p, p] scores."""
+    cached = images.cached * sizes.get("hidden_size", 1024) * dtype_bytes
+    v = sizes.get("vision")
+    if not images.tower or not v or not images.patches:
+        return cached, 0.0
+    patches = sum(images.patches)
+    per_patch = (6 + 2 * v["mlp_ratio"]) * v["width"] * dtype_bytes + v["patch_width"] * 4
+    scores = TOWER_SCORES * v["heads"] * sum(p * p for p in images.patches) * dtype_bytes
+    return cached, TOWER_MEASURED * patches * per_patch + scores
+
+
+TOWER_SCORES = 2  # [heads, p, p] copies per picture in the tower's forward: scores and softmax (measured 2.1)
+TOWER_MEASURED = 1.0
 
 
 def memory_gb(parameters: int, **kwargs) -> float:
@@ -121,12 +193,24 @@ def memory_gb(parameters: int, **kwargs) -> float:
     return (peak_bytes(parameters, **kwargs) + PROCESS_OVERHEAD) / 1e9
 
 
+@dataclass(frozen=True)
+class ImageLoad:
+    """A VLM batch's pictures, for the estimate: `patches` per picture (the tower's input rows, before
+    the merge), `cached` merged feature rows resident in the feature cache (the run's pictures), and
+    whether the step runs the tower (`tower`: the first epoch, or no cache)."""
+    patches: tuple = ()
+    cached: int = 0
+    tower: bool = True
+
+
 def run_memory_gb(config: TrainConfig, *, parameters: int, dtype: str, quantization: str, sizes: dict,
-                  seq_len: int, supervised: float = 1.0, overhead: bool = True) -> float:
+                  seq_len: int, supervised: float = 1.0, overhead: bool = True, images: ImageLoad | None = None) -> float:
     """`memory_gb` for this config on a model described by `describe()` (parameters, dtype,
     quantization text like "4-bit (group 64)") and `model_sizes()`. Settings that are not valid
     yet fall back to their defaults, so the form can estimate while a person types.
-    `overhead=False`: MLX's peak alone (what `mx.get_peak_memory()` measures)."""
+    `overhead=False`: MLX's peak alone (what `mx.get_peak_memory()` measures). `images`: a VLM
+    batch's pictures (`seq_len` then counts their tokens); the first epoch's tower runs before the
+    step's backward pass, so the peak is the larger of the two."""
     dtype_bytes = {"float32": 4.0, "bfloat16": 2.0, "float16": 2.0}.get(dtype, 2.0)
     m = re.match(r"(\d+)-bit", quantization or "")
     bits = config.quantize_bits or (int(m.group(1)) if m else None)
@@ -143,7 +227,12 @@ def run_memory_gb(config: TrainConfig, *, parameters: int, dtype: str, quantizat
                       batch_size=batch, seq_len=seq_len, hidden_size=h, num_layers=layers,
                       heads=sizes.get("heads", max(1, h // 64)), vocab_size=sizes.get("vocab_size", 32000),
                       supervised=supervised, grad_checkpoint=bool(config.grad_checkpoint),
-                      fused_head=config.objective == "sft" and config.fine_tune_type != "full")
+                      fused_head=config.objective == "sft" and config.fine_tune_type != "full",
+                      intermediate_size=inter, kv_width=kv, attention_scores=not fused_attention(seq_len))
+    if images is not None:
+        resident, tower = vision_bytes(sizes, images, dtype_bytes)
+        weights_state = parameters * dtype_bytes + trainable * 16
+        peak = max(peak, weights_state + tower) + resident
     return (peak + (PROCESS_OVERHEAD if overhead else 0)) / 1e9 + generation_gb(config, sizes, batch, seq_len)
 
 

@@ -24,7 +24,6 @@ def predicted_vs_measured(model: str | Path, data: str | Path, *, output: str | 
     supervised share, as the form does once it has read the dataset."""
     import mlx.core as mx
 
-    from finetune_app.core import estimates
     from finetune_app.core.config import TrainConfig
     from finetune_app.core.models import describe
     from finetune_app.core.training.batch import padded_length
@@ -41,12 +40,30 @@ def predicted_vs_measured(model: str | Path, data: str | Path, *, output: str | 
     train = trainer.data.train
     seq = padded_length(max(e.model_length for e in train))
     supervised = sum(e.n_targets for e in train) / max(1, sum(e.model_length for e in train))
-    predicted = estimates.run_memory_gb(cfg, parameters=info.parameters, dtype=info.dtype,
-                                        quantization=info.quantization, sizes=estimates.model_sizes(trainer.base.config),
-                                        seq_len=seq, supervised=supervised, overhead=False)
+    images = None
+    features = getattr(trainer.family, "features", None)
+    if features:  # a VLM: its largest batch's pictures (first epoch: the tower ran) and the cached features
+        from finetune_app.core import estimates
+
+        merge = (trainer.base.config.get("vision_config") or {}).get("spatial_merge_size", 2) ** 2
+        rows = sorted((sum(features[k].shape[0] for k in e.feature_keys) for e in train), reverse=True)
+        patches = tuple(r * merge for r in rows[:cfg.batch_size])
+        images = estimates.ImageLoad(patches=patches, cached=sum(f.shape[0] for f in features.values()), tower=True)
+    predicted = planner_gb(cfg, info, trainer.base.config, seq_len=seq, supervised=supervised, images=images)
     return {"model": str(model), "batch_size": cfg.batch_size, "seq_len": seq, "supervised_share": round(supervised, 3),
             "predicted_gb": round(predicted, 4), "measured_gb": round(measured / 1e9, 4),
             "ratio": round(predicted * 1e9 / measured, 3) if measured else None}
+
+
+def planner_gb(cfg, info, config: dict, *, seq_len: int, supervised: float, images=None) -> float:
+    """The planner's MLX peak (GB) for `cfg` on a model (`describe()`'s info, its config.json):
+    `run_memory_gb(overhead=False)`, the call the form and `data check` make, without the process
+    overhead (MLX's peak is what `mx.get_peak_memory()` measures)."""
+    from finetune_app.core import estimates
+
+    return estimates.run_memory_gb(cfg, parameters=info.parameters, dtype=info.dtype, quantization=info.quantization,
+                                   sizes=estimates.model_sizes(config), seq_len=seq_len, supervised=supervised,
+                                   images=images, overhead=False)
 
 
 if __name__ == "__main__":  # python -m finetune_app.testing.fit_check MODEL DATA [batch_size]
