@@ -147,7 +147,8 @@ def tower_profile(model, pixels, sync: bool) -> dict:
                     if sync else {})} for k in sorted(total.flops)}
     if sync:
         kinds["other"] = {"s": round(total.secs["other"], 5)}
-    return {"synced_per_op": sync, "wall_s": round(wall, 4), "tflop": round(sum(total.flops.values()) / 1e12, 4),
+    return {"synced_per_op": sync, "wall_s": round(wall, 4), "flop": sum(total.flops.values()),
+            "tflop": round(sum(total.flops.values()) / 1e12, 4),
             "by_kind": kinds, "by_stage": by_stage, "dtype": str(dtype)}
 
 

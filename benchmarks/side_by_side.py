@@ -129,8 +129,18 @@ def child_info(spec: dict) -> None:
         g = ex.images.get("image_grid_thw") if ex.images else None
         return int(np.prod(np.asarray(g), axis=-1).sum()) if g is not None else 0
 
-    rows = [{"length": int(e.model_length), "supervised": int(e.n_targets), "patches": patches(e)} for e in data.train]
-    print("INFO " + json.dumps({"rows": rows, "n_valid": len(data.valid)}))
+    rows = [{"length": int(e.model_length), "supervised": int(e.n_targets), "patches": patches(e),
+             "images": int(e.n_images or 0)} for e in data.train]
+    extra = {}
+    if hasattr(base.model, "mm_projector"):  # FastViTHD: its convolutions counted on one picture (lazily: nothing runs)
+        import mlx.core as mx
+        from fastvlm_micro import tower_profile
+
+        ex = next((e for e in data.train if e.images.get("pixel_values") is not None), None)
+        if ex is not None:
+            shape = (1,) + tuple(np.asarray(ex.images["pixel_values"]).shape[-3:])
+            extra["conv_image_flops"] = tower_profile(base.model, mx.zeros(shape), sync=False)["flop"]
+    print("INFO " + json.dumps({"rows": rows, "n_valid": len(data.valid), **extra}))
 
 
 def child_build(spec: dict) -> None:
@@ -381,6 +391,7 @@ def run_setup(setup: str, a, work: Path, out_dir: Path, peak: dict | None, nvml:
     rows = info["rows"]
     steps = math.ceil(len(rows) / a.batch_size) * epochs
     counts = sbs_flops.model_counts(model, a.rank)
+    counts["conv_image_flops"] = info.get("conv_image_flops")
     L = [r["length"] for r in rows]
     S = [r["supervised"] for r in rows]
     print(f"[{setup}] {model}: {len(rows)} rows, length median {statistics.median(L)} (max {max(L)}), supervised "

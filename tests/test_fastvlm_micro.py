@@ -74,3 +74,27 @@ def test_harness_phases_from_report_windows():
     ph = ratios["ours-nocache/warm"]["phases"]
     assert ph["c_s"] == 0.02 and ph["u_s"] == 0.05 and ph["T_s"] == pytest.approx(0.03)
     assert ph["ceiling"] == pytest.approx(3 * 0.05 / 0.09)
+
+
+def test_harness_counts_fastvithds_flops(tiny_model, tmp_path):
+    """The info child counts a FastVLM picture's tower FLOPs (a convolutional tower has no patches),
+    so the fastvlm runs' total FLOPs include the tower each tool runs (uncached: every epoch)."""
+    import subprocess
+
+    spec = importlib.util.spec_from_file_location("sbs", BENCH / "side_by_side.py")
+    sbs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sbs)
+    import sbs_data
+
+    folder = tiny_model("fastvlm", image_size=64)
+    data = tmp_path / "data"
+    sbs_data.write_vlm(data, 4, 2, 64, tokens_per_word=1.3)
+    out = subprocess.run([sys.executable, str(BENCH / "side_by_side.py"), "--child-info",
+                          json.dumps({"model": str(folder), "data": str(data)})], capture_output=True, text=True)
+    info = json.loads(next(x for x in out.stdout.splitlines() if x.startswith("INFO "))[5:])
+    assert info["conv_image_flops"] > 0 and all(r["images"] == 1 for r in info["rows"])
+    c = sbs.sbs_flops.model_counts(Path(folder), 16) | {"conv_image_flops": info["conv_image_flops"]}
+    once = sbs.sbs_flops.run_flops(c, info["rows"], 3, "supervised", 1)
+    every = sbs.sbs_flops.run_flops(c, info["rows"], 3, "supervised", 3)
+    assert once["flops_tower"] == pytest.approx(len(info["rows"]) * info["conv_image_flops"])
+    assert every["flops_total"] - every["flops_lm"] == pytest.approx(3 * once["flops_tower"])
