@@ -85,12 +85,13 @@ def lm_flops(c: dict, length: int, head_positions: int) -> float:
             + 4 * c["vocab"] * c["hidden"] * head_positions)
 
 
-def tower_flops(c: dict, patches: int) -> float | None:
-    """One forward pass of the frozen tower over one image's patches (None: convolutional tower)."""
+def tower_flops(c: dict, patches: int, images: int = 0) -> float | None:
+    """One forward pass of the frozen tower over one row's patches; a convolutional tower (FastViTHD:
+    no patches) over its `images`, at `c["conv_image_flops"]` each when counted (else None)."""
+    if c["conv_tower"]:
+        return images * c["conv_image_flops"] if images and c.get("conv_image_flops") else (0.0 if not images else None)
     if not patches:
         return 0.0
-    if c["conv_tower"]:
-        return None
     return (2 * c["n_vision"] * patches + 2 * c["n_merger"] * patches / c["merge"]
             + 4 * c["vision_depth"] * c["vision_dim"] * patches**2)
 
@@ -99,7 +100,7 @@ def run_flops(c: dict, rows: list[dict], epochs: float, head_at: str, tower_pass
     """FLOPs of a whole run. rows: {"length", "supervised", "patches"}; head_at: "supervised" | "all";
     tower_passes: how often the tower runs over each image in the run."""
     lm = sum(lm_flops(c, r["length"], r["supervised"] if head_at == "supervised" else r["length"]) for r in rows)
-    towers = [tower_flops(c, r.get("patches", 0)) for r in rows]
+    towers = [tower_flops(c, r.get("patches", 0), r.get("images", 0)) for r in rows]
     tower = None if any(t is None for t in towers) else sum(towers) * tower_passes
     lm *= epochs
     return {"flops_lm": lm, "flops_total": None if tower is None else lm + tower, "flops_tower": tower}

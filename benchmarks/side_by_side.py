@@ -129,8 +129,18 @@ def child_info(spec: dict) -> None:
         g = ex.images.get("image_grid_thw") if ex.images else None
         return int(np.prod(np.asarray(g), axis=-1).sum()) if g is not None else 0
 
-    rows = [{"length": int(e.model_length), "supervised": int(e.n_targets), "patches": patches(e)} for e in data.train]
-    print("INFO " + json.dumps({"rows": rows, "n_valid": len(data.valid)}))
+    rows = [{"length": int(e.model_length), "supervised": int(e.n_targets), "patches": patches(e),
+             "images": int(e.n_images or 0)} for e in data.train]
+    extra = {}
+    if hasattr(base.model, "mm_projector"):  # FastViTHD: its convolutions counted on one picture (lazily: nothing runs)
+        import mlx.core as mx
+        from fastvlm_micro import tower_profile
+
+        ex = next((e for e in data.train if e.images.get("pixel_values") is not None), None)
+        if ex is not None:
+            shape = (1,) + tuple(np.asarray(ex.images["pixel_values"]).shape[-3:])
+            extra["conv_image_flops"] = tower_profile(base.model, mx.zeros(shape), sync=False)["flop"]
+    print("INFO " + json.dumps({"rows": rows, "n_valid": len(data.valid), **extra}))
 
 
 def child_build(spec: dict) -> None:
@@ -381,6 +391,7 @@ def run_setup(setup: str, a, work: Path, out_dir: Path, peak: dict | None, nvml:
     rows = info["rows"]
     steps = math.ceil(len(rows) / a.batch_size) * epochs
     counts = sbs_flops.model_counts(model, a.rank)
+    counts["conv_image_flops"] = info.get("conv_image_flops")
     L = [r["length"] for r in rows]
     S = [r["supervised"] for r in rows]
     print(f"[{setup}] {model}: {len(rows)} rows, length median {statistics.median(L)} (max {max(L)}), supervised "
@@ -506,9 +517,50 @@ def summarise(setup: str, runs: list[dict]) -> dict:
         r = ratios["mlx_lm/warm"]
         verdict = r["speedup_wall"] >= 1.5 and (r["mem_max_rss_gb"] or 9) <= 1.0
         print(f"#16 CPU done-when (ours >= x1.5 mlx_lm lora wall, max RSS no higher): {'MET' if verdict else 'NOT MET'}")
+    if setup == "fastvlm":
+        fastvlm_phases(ok, ratios)
     summary = {"setup": setup, "medians": table, "ratios": ratios}
     print("SUMMARY " + json.dumps(summary), flush=True)
     return summary
+
+
+def phases(run: dict) -> dict:
+    """From ours' `step_times` windows: seconds per step in epoch 1 (the first window left out: it
+    holds the traces) and after it, and the run's fixed cost F = wall - the steps' time."""
+    n = math.ceil(run["rows"] / run["batch_size"])
+    wins, prev = [], 0
+    for step, dt in run.get("step_times") or []:
+        wins.append((prev, step, dt))
+        prev = step
+    first = [dt for a, b, dt in wins[1:] if b <= n]
+    later = [dt for a, b, dt in wins if a >= n]
+    spent = sum((b - a) * dt for a, b, dt in wins)
+    return {"epoch1_step_s": statistics.median(first) if first else None,
+            "later_step_s": statistics.median(later) if later else None,
+            "fixed_s": run["wall_s"] - spent if wins and wins[-1][1] == run["steps"] else None}
+
+
+def fastvlm_phases(ok: list[dict], ratios: dict) -> None:
+    """#16: FastVLM's 3-epoch wall, cached (`ours`) vs uncached (`ours-nocache`), warm; and the phases
+    that bound it: T (tower per step) = u - c, c (cached step), F; ceiling 3(T + c) / (T + 3c)."""
+    for cache in ("warm", "cold"):
+        o = [phases(r) for r in ok if r["tool"] == "ours" and r["cache"] == cache]
+        u = [phases(r) for r in ok if r["tool"] == "ours-nocache" and r["cache"] == cache]
+        if not o or not u:
+            continue
+        pick = lambda rs, k: statistics.median([r[k] for r in rs if r[k] is not None] or [float("nan")])  # noqa: E731
+        c, u1, e1 = pick(o, "later_step_s"), pick(u, "later_step_s"), pick(o, "epoch1_step_s")
+        T = u1 - c
+        ph = {"c_s": c, "u_s": u1, "fill_step_s": e1, "T_s": T, "F_ours_s": pick(o, "fixed_s"),
+              "F_nocache_s": pick(u, "fixed_s"), "ceiling": 3 * (T + c) / (T + 3 * c) if T + 3 * c > 0 else None}
+        r = ratios.get(f"ours-nocache/{cache}", {})
+        r["phases"] = ph
+        print(f"fastvlm phases ({cache}): c {c * 1e3:.1f} ms, u {u1 * 1e3:.1f} ms, epoch-1 step {e1 * 1e3:.1f} ms, "
+              f"T = u - c {T * 1e3:.1f} ms (T/c {T / c:.2f}); F ours {ph['F_ours_s']:.1f} s, nocache "
+              f"{ph['F_nocache_s']:.1f} s; ceiling at any row count x{fmt(ph['ceiling'])}")
+        if cache == "warm" and "speedup_wall" in r:
+            print(f"#16 FastVLM done-when (ours-nocache / ours warm wall >= x2.0): x{r['speedup_wall']:.2f} "
+                  f"{'MET' if r['speedup_wall'] >= 2.0 else 'NOT MET'}")
 
 
 def main(argv=None) -> int:
