@@ -8,7 +8,7 @@ transformers layout) a sandboxed jinja2 environment with loop controls compiles 
 
 from __future__ import annotations
 
-WRITTEN_FOR = {"transformers": "5.24.0"}
+WRITTEN_FOR = {"transformers": "5.25.0"}
 
 
 def still_needed() -> bool:

@@ -13,7 +13,7 @@ LLaVA adapter in plain mlx-vlm 0.7.10 cannot run LLaVA with images at all.
 
 from __future__ import annotations
 
-WRITTEN_FOR = {"mlx-vlm": "0.7.10", "transformers": "5.24.0"}
+WRITTEN_FOR = {"mlx-vlm": "0.7.10", "transformers": "5.25.0"}
 MARK = "_finetune_patched"
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import sys
 
-WRITTEN_FOR = {"transformers": "5.24.0", "mlx-vlm": "0.7.10"}
+WRITTEN_FOR = {"transformers": "5.25.0", "mlx-vlm": "0.7.10"}
 MARK = "_finetune_patched"
 NAMES = ("get_cached_module_file", "get_class_in_module", "resolve_trust_remote_code")
 
