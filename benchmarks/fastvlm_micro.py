@@ -36,6 +36,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
+from finetune_app.core.atomic import write_text as atomic_write_text  # noqa: E402  (a kill keeps the last whole file)
 
 
 def conv_kind(conv, x) -> str:
@@ -359,7 +360,7 @@ def main(argv=None) -> int:
         res["predicted"] = {"fixed_s": a.fixed_s, **pred}
     print("RESULT " + json.dumps(res), flush=True)
     if a.out:
-        Path(a.out).write_text(json.dumps(res, indent=1))
+        atomic_write_text(a.out, json.dumps(res, indent=1))
     return 0
 
 

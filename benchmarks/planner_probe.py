@@ -29,6 +29,7 @@ from types import SimpleNamespace
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
+from finetune_app.core.atomic import write_text as atomic_write_text  # noqa: E402  (a kill keeps the last whole file)
 
 # name: (family, config overrides, [(B, L) text | (B, "PX:PICTURES:TEXT:ANSWER") VLM])
 SUITES = {
@@ -191,11 +192,11 @@ def main() -> None:
             probes = (vlm_probes if family.endswith("_vl") else text_probes)(folder, shapes, a)
             results["probes"] += [{"model": name, "dtype": dtype, **r} for r in probes]
             results.setdefault("models", {})[f"{name}/{dtype}"] = a.model_facts
-            Path(a.out).write_text(json.dumps(results, indent=1))
+            atomic_write_text(a.out, json.dumps(results, indent=1))
     ratios = [r["ratio"] for r in results["probes"]]
     results["worst"] = max(ratios, key=lambda x: abs(x - 1))
     results["wall_s"] = round(time.perf_counter() - t0, 1)
-    Path(a.out).write_text(json.dumps(results, indent=1))
+    atomic_write_text(a.out, json.dumps(results, indent=1))
     print(f"planner / measured: x{min(ratios):.3f} to x{max(ratios):.3f} over {len(ratios)} probes "
           f"({results['wall_s']} s)")
 

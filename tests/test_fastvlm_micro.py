@@ -22,7 +22,7 @@ def test_micro_runs_the_trainers_cached_and_uncached_steps(tiny_model, tmp_path,
     folder = tiny_model("fastvlm", image_size=64)
     out = tmp_path / "micro.json"
     assert fm.main(["--model", str(folder), "--px", "64", "--pictures", "2", "--steps", "1",
-                    "--parts", "tower,flops,cached,uncached", "--out", str(out)]) == 0
+                    "--parts", "tower,flops,cached,uncached", "--part-timeout", "1200", "--out", str(out)]) == 0
     r = json.loads(out.read_text())
     for part in ("cached", "uncached"):
         assert "error" not in r[part], r[part]

@@ -61,3 +61,16 @@ def test_vlm_planner_within_15_percent(tmp_path):
     data = make_shapes_dataset(tmp_path / "d", n_train=4, n_valid=0, size=224, seed=0)
     r = measured(model, data, tmp_path, batch_size=2)
     assert 0.85 <= r["ratio"] <= 1.15, r
+
+
+def test_sizes_of_towers_with_per_stage_lists_do_not_stop_a_load():
+    """Florence-2's DaViT and FastViT give per-stage lists (and some configs strings): the estimate
+    takes the largest or its default, never raises (model_sizes runs when the GUI or `data check`
+    loads any model)."""
+    from finetune_app.core.estimates import model_sizes
+
+    s = model_sizes({"text_config": {"d_model": 768, "num_attention_heads": [12]},
+                     "vision_config": {"num_heads": [3, 6, 12, 24], "patch_size": [7, 3, 3, 3],
+                                       "embed_dims": [64, 128, 256], "mlp_ratio": "4", "in_channels": None}})
+    assert s["hidden_size"] == 768 and s["heads"] == 12
+    assert s["vision"] == {"width": 256, "heads": 24, "mlp_ratio": 4.0, "patch_width": 3 * 7 * 7}

@@ -49,24 +49,33 @@ def model_sizes(model_config: dict) -> dict:
                     return c[n]
         return default
 
-    hidden = int(get("hidden_size", "d_model", default=1024))
-    heads = int(get("num_attention_heads", default=max(1, hidden // 64)))
-    kv_heads = int(get("num_key_value_heads", default=heads))
-    head_dim = int(get("head_dim", default=max(1, hidden // max(1, heads))))
-    out = {"hidden_size": hidden, "num_layers": int(get("num_hidden_layers", "n_layers", default=24)),
-           "intermediate_size": int(get("intermediate_size", default=4 * hidden)),
+    def size(*names, default):
+        return int(_one_size(get(*names), default))
+
+    hidden = size("hidden_size", "d_model", default=1024)
+    heads = size("num_attention_heads", default=max(1, hidden // 64))
+    kv_heads = size("num_key_value_heads", default=heads)
+    head_dim = size("head_dim", default=max(1, hidden // max(1, heads)))
+    out = {"hidden_size": hidden, "num_layers": size("num_hidden_layers", "n_layers", default=24),
+           "intermediate_size": size("intermediate_size", default=4 * hidden),
            "heads": heads, "kv_heads": kv_heads, "head_dim": head_dim,
-           "vocab_size": int(get("vocab_size", default=32000))}
+           "vocab_size": size("vocab_size", default=32000)}
     v = model_config.get("vision_config")
     if isinstance(v, dict):
-        width = v.get("embed_dim") or v.get("hidden_size") or 1024
-        if isinstance(width, list):  # (FastViT-style towers: per-stage widths)
-            width = max(width)
-        out["vision"] = {"width": int(width), "heads": int(v.get("num_heads") or v.get("num_attention_heads") or 16),
-                         "mlp_ratio": float(v.get("mlp_ratio") or 4),
-                         "patch_width": int(v.get("in_channels", 3)) * int(v.get("temporal_patch_size", 1))
-                         * int(v.get("patch_size", 14)) ** 2}
+        out["vision"] = {"width": int(_one_size(v.get("embed_dim") or v.get("embed_dims") or v.get("hidden_size"), 1024)),
+                         "heads": int(_one_size(v.get("num_heads") or v.get("num_attention_heads"), 16)),
+                         "mlp_ratio": float(_one_size(v.get("mlp_ratio"), 4)),
+                         "patch_width": int(_one_size(v.get("in_channels"), 3) * _one_size(v.get("temporal_patch_size"), 1)
+                                            * _one_size(v.get("patch_size"), 14) ** 2)}
     return out
+
+
+def _one_size(value, default):
+    """A tower size from config.json: per-stage lists (FastViT, Florence-2's DaViT) give their largest;
+    anything that is not a number gives the default (the estimate must never stop a model loading)."""
+    if isinstance(value, (list, tuple)):
+        value = max((x for x in value if isinstance(x, (int, float)) and not isinstance(x, bool)), default=None)
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 else default
 
 
 PROCESS_OVERHEAD = 0.5e9  # bytes outside MLX's allocations: Python, the libraries, the tokenizer
@@ -121,17 +130,16 @@ def logits_budget(memory: int | None = None) -> int:
     return max(LOGITS_BUDGET, int(memory * LOGITS_FRACTION / 6))
 
 
-def fused_attention(seq_len: int) -> bool:
-    """Whether the attention's backward runs a fused kernel that keeps no [L, L] scores: MLX on CUDA
-    (cuDNN) at a multiple of 128 positions. Not on the CPU or Metal (MLX 0.32's fallback)."""
-    if seq_len % 128:
-        return False
+def deep_queue() -> bool:
+    """Whether this process trains on an accelerator (CUDA, Metal), where MLX queues far more ops ahead
+    of the device (~200) than on the CPU the refit was measured on (~10), so more intermediates are
+    alive at once. Without MLX (the form on a machine without it): assume a Mac's GPU."""
     try:
-        from finetune_app.core.training.backend import on_cuda
+        import mlx.core as mx
 
-        return on_cuda()
-    except ImportError:  # (no MLX: the form on a machine without it)
-        return False
+        return mx.default_device() != mx.cpu
+    except ImportError:
+        return True
 
 
 def peak_bytes(parameters: int, *, dtype_bytes: float = 2.0, quantize_bits: int | None = None,
@@ -157,6 +165,8 @@ def peak_bytes(parameters: int, *, dtype_bytes: float = 2.0, quantize_bits: int 
     once = ONCE_HIDDEN * hidden_size + ONCE_INTER * inter
     kept = num_layers * hidden_size + layer if grad_checkpoint else num_layers * layer
     act_bytes = tokens * (KEPT_MEASURED * kept + ONCE_MEASURED * once) * dtype_bytes
+    if deep_queue():  # the refit is CPU-measured: keep the previous, H200-checked term as a floor there
+        act_bytes = max(act_bytes, tokens * num_layers * (2 if grad_checkpoint else 34) * hidden_size * dtype_bytes)
     copies = (1 if grad_checkpoint else SCORES_PER_LAYER * num_layers) + SCORES_ONCE
     attn_bytes = batch_size * heads * seq_len ** 2 * dtype_bytes * copies if attention_scores else 0.0
     positions = tokens * supervised
@@ -228,7 +238,7 @@ def run_memory_gb(config: TrainConfig, *, parameters: int, dtype: str, quantizat
                       heads=sizes.get("heads", max(1, h // 64)), vocab_size=sizes.get("vocab_size", 32000),
                       supervised=supervised, grad_checkpoint=bool(config.grad_checkpoint),
                       fused_head=config.objective == "sft" and config.fine_tune_type != "full",
-                      intermediate_size=inter, kv_width=kv, attention_scores=not fused_attention(seq_len))
+                      intermediate_size=inter, kv_width=kv)
     if images is not None:
         resident, tower = vision_bytes(sizes, images, dtype_bytes)
         weights_state = parameters * dtype_bytes + trainable * 16
