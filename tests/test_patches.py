@@ -331,6 +331,7 @@ def test_processor_kwargs_advice_is_not_logged_for_a_vlm_row(tiny_model, shapes_
     assert "processor_kwargs_advice" in patches.applied()
     logger, seen = logging.getLogger(LOGGER), Seen()
     logger.addHandler(seen)
+    level = logger.level
     logger.setLevel(logging.WARNING)  # (conftest quiets transformers to errors; a run does not)
     try:
         sample = open_dataset(shapes_data).sample(0)
@@ -348,4 +349,4 @@ def test_processor_kwargs_advice_is_not_logged_for_a_vlm_row(tiny_model, shapes_
         assert quiet.input_ids.tolist() == loud.input_ids.tolist()
     finally:
         logger.removeHandler(seen)
-        logger.setLevel(logging.NOTSET)
+        logger.setLevel(level)

@@ -420,7 +420,7 @@ def test_read_ahead_imports_no_transformers(tiny_model):
     assert out.stdout.split() == ["False", "False"]
 
 
-def test_an_image_processor_transformers_cannot_build_asks_for_an_upgrade(tmp_path):
+def test_an_image_processor_transformers_cannot_build_asks_for_an_upgrade(tmp_path, monkeypatch):
     """transformers 5.17 without torch cannot build the Idefics3 / SmolVLM image processors (its
     PIL files are taken as needing torch): the error says which transformers, and to upgrade it
     (5.18 fixed the rule) or install torchvision, not to re-download the model."""
@@ -430,6 +430,11 @@ def test_an_image_processor_transformers_cannot_build_asks_for_an_upgrade(tmp_pa
                      "to the following image processor classes: pil: Idefics3ImageProcessorPil, torchvision: "
                      "Idefics3ImageProcessor. None of these classes could be imported. Missing optional "
                      "dependencies: torchvision.")
-    err = _load_failed(exc, tmp_path, "vlm", "idefics3")
-    assert "could not build the image processor" in err.problem and "Idefics3ImageProcessorPil" in err.problem
-    assert "5.18" in err.fix and "torchvision" in err.fix and "re-download" not in err.fix
+    from finetune_app.core.patches import transformers_without_torch as hide
+
+    for needs_torch, advice in ((True, "5.18"), (False, "pip install torchvision")):  # 5.17's rule, 5.18's
+        monkeypatch.setattr(hide, "pil_files_need_torch", lambda source=None, v=needs_torch: v)
+        err = _load_failed(exc, tmp_path, "vlm", "idefics3")
+        assert "could not build the image processor" in err.problem and "Idefics3ImageProcessorPil" in err.problem
+        assert advice in err.fix and "torchvision" in err.fix and "re-download" not in err.fix
+        assert ("5.18" in err.fix) == needs_torch

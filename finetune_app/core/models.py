@@ -422,9 +422,13 @@ def _load_failed(exc: BaseException, path: Path, kind: str, model_type: str) -> 
     if "Could not load any image processor class" in msg:  # e.g. Idefics3 on transformers 5.17 without torch
         from importlib.metadata import version
 
+        from finetune_app.core.patches.transformers_without_torch import pil_files_need_torch
+
+        advice = ("Upgrade transformers (5.18 or later: pip install -U transformers), or install torchvision."
+                  if pil_files_need_torch() else "Install torchvision (pip install torchvision): this model's "
+                  "image processor needs it.")
         return ModelError(f"transformers {version('transformers')} could not build the image processor of the model in "
-                          f"'{path}' ({msg}).", "Upgrade transformers (5.18 or later: pip install -U transformers), "
-                          "or install torchvision.", file=path)
+                          f"'{path}' ({msg}).", advice, file=path)
     return ModelError(f"Could not load the model in '{path}': {type(exc).__name__}: {msg}.",
                       "The folder may be incomplete or from an incompatible converter; re-download it or convert it again with mlx-vlm / mlx-lm.", file=path)
 
