@@ -74,3 +74,14 @@ def test_sizes_of_towers_with_per_stage_lists_do_not_stop_a_load():
                                        "embed_dims": [64, 128, 256], "mlp_ratio": "4", "in_channels": None}})
     assert s["hidden_size"] == 768 and s["heads"] == 12
     assert s["vision"] == {"width": 256, "heads": 24, "mlp_ratio": 4.0, "patch_width": 3 * 7 * 7}
+
+
+def test_cached_features_count_at_the_width_they_are_stored():
+    """FastVLM caches its tower's output before the projector (3,072 values a row, not the LM's 896):
+    the resident cache is counted at the stored width when the caller knows it."""
+    from finetune_app.core.estimates import ImageLoad, vision_bytes
+
+    sizes = {"hidden_size": 896}
+    lm_wide, _ = vision_bytes(sizes, ImageLoad(cached=1000, tower=False), 2.0)
+    stored, _ = vision_bytes(sizes, ImageLoad(cached=1000, tower=False, cached_width=3072), 2.0)
+    assert lm_wide == 1000 * 896 * 2 and stored == 1000 * 3072 * 2

@@ -184,7 +184,7 @@ def vision_bytes(sizes: dict, images: "ImageLoad", dtype_bytes: float) -> tuple[
     Resident: the cached features (merged rows x the LM's width). The tower (frozen, no gradient)
     holds one layer at a time: its input pixels (float32), per patch the stream, q/k/v, the attention
     output and the MLP's two mlp_ratio-wide arrays, and per picture its [heads, p, p] scores."""
-    cached = images.cached * sizes.get("hidden_size", 1024) * dtype_bytes
+    cached = images.cached * (images.cached_width or sizes.get("hidden_size", 1024)) * dtype_bytes
     v = sizes.get("vision")
     if not images.tower or not v or not images.patches:
         return cached, 0.0
@@ -206,11 +206,12 @@ def memory_gb(parameters: int, **kwargs) -> float:
 @dataclass(frozen=True)
 class ImageLoad:
     """A VLM batch's pictures, for the estimate: `patches` per picture (the tower's input rows, before
-    the merge), `cached` merged feature rows resident in the feature cache (the run's pictures), and
-    whether the step runs the tower (`tower`: the first epoch, or no cache)."""
+    the merge), `cached` merged feature rows resident in the feature cache (the run's pictures, each
+    `cached_width` values), and whether the step runs the tower (`tower`: the first epoch, or no cache)."""
     patches: tuple = ()
     cached: int = 0
     tower: bool = True
+    cached_width: int = 0  # values a cached row holds; 0: the LM's width (FastVLM caches before its projector)
 
 
 def run_memory_gb(config: TrainConfig, *, parameters: int, dtype: str, quantization: str, sizes: dict,

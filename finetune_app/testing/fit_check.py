@@ -48,7 +48,9 @@ def predicted_vs_measured(model: str | Path, data: str | Path, *, output: str | 
         merge = (trainer.base.config.get("vision_config") or {}).get("spatial_merge_size", 2) ** 2
         rows = sorted((sum(features[k].shape[0] for k in e.feature_keys) for e in train), reverse=True)
         patches = tuple(r * merge for r in rows[:cfg.batch_size])
-        images = estimates.ImageLoad(patches=patches, cached=sum(f.shape[0] for f in features.values()), tower=True)
+        width = max((f.shape[-1] for f in features.values()), default=0)  # (FastVLM stores before the projector)
+        images = estimates.ImageLoad(patches=patches, cached=sum(f.shape[0] for f in features.values()), tower=True,
+                                     cached_width=width)
     predicted = planner_gb(cfg, info, trainer.base.config, seq_len=seq, supervised=supervised, images=images)
     return {"model": str(model), "batch_size": cfg.batch_size, "seq_len": seq, "supervised_share": round(supervised, 3),
             "predicted_gb": round(predicted, 4), "measured_gb": round(measured / 1e9, 4),
