@@ -23,12 +23,9 @@ _lock = threading.Lock()
 
 def still_needed() -> bool:
     """True while mlx-lm's tuner package imports a tracker library when it is imported."""
-    from importlib.util import find_spec
-    from pathlib import Path
+    from finetune_app.core.patches.library_source import library_text
 
-    spec = find_spec("mlx_lm")  # (the file, not the module: importing it would import the trackers)
-    file = Path(spec.origin).parent / "tuner" / "callbacks.py" if spec and spec.origin else None
-    text = file.read_text(encoding="utf-8") if file and file.is_file() else ""
+    text = library_text("mlx_lm", "tuner/callbacks.py")  # (the file: importing it would import the trackers)
     return any(f"import {name}" in text for name in HIDDEN)
 
 

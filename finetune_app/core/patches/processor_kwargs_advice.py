@@ -25,20 +25,12 @@ class DropAdvice(logging.Filter):
         return MESSAGE not in record.getMessage()
 
 
-def _source(package: str, name: str) -> str:
-    """A library file's text, read without importing it ("" where absent)."""
-    from importlib.util import find_spec
-    from pathlib import Path
-
-    spec = find_spec(package)
-    path = Path(spec.origin).parent / name if spec and spec.origin else None
-    return path.read_text(encoding="utf-8") if path is not None and path.is_file() else ""
-
-
 def still_needed() -> bool:
     """True while mlx-vlm adds its own template argument and transformers advises against it."""
-    return (MESSAGE in _source("transformers", "processing_utils.py")
-            and 'template_kwargs["enable_thinking"] = False' in _source("mlx_vlm", "prompt_utils.py"))
+    from finetune_app.core.patches.library_source import library_text
+
+    return (MESSAGE in library_text("transformers", "processing_utils.py")
+            and 'template_kwargs["enable_thinking"] = False' in library_text("mlx_vlm", "prompt_utils.py"))
 
 
 def apply() -> None:

@@ -41,6 +41,8 @@ import os
 import re
 import sys
 
+from finetune_app.core.patches.library_source import library_text
+
 WRITTEN_FOR = {"transformers": "5.25.0", "mlx-vlm": "0.7.10"}
 ADVICE = "TRANSFORMERS_NO_ADVISORY_WARNINGS"
 
@@ -51,16 +53,6 @@ def serves_the_same(kind: str, model_type: str) -> bool:
     from finetune_app.core.families import processor_same_without_torch
 
     return kind == "text" or processor_same_without_torch(model_type, pil_needs_torch=pil_files_need_torch())
-
-
-def _transformers_file(name: str):
-    """A file of the installed transformers, found without importing it (None where absent)."""
-    from importlib.util import find_spec
-    from pathlib import Path
-
-    spec = find_spec("transformers")  # (the files: importing them is what this patch avoids)
-    path = Path(spec.origin).parent / name if spec and spec.origin else None
-    return path if path is not None and path.is_file() else None
 
 
 # transformers 5.17's rule for the back-ends an image-processing file needs: any mention of the name
@@ -74,17 +66,15 @@ def pil_files_need_torch(source: str | None = None) -> bool:
     takes an image-processing file that only names TorchvisionBackend as needing torch: with torch
     hidden, its AutoImageProcessor (models/auto/image_processing_auto.py) and the Idefics3 / SmolVLM
     PIL processors are then placeholders that raise."""
-    if source is None:
-        path = _transformers_file("utils/import_utils.py")
-        source = path.read_text(encoding="utf-8") if path is not None else ""
+    if source is None:  # (the file: importing transformers is what hide() must come before)
+        source = library_text("transformers", "utils/import_utils.py")
     return bool(_BY_MENTION.search(source))
 
 
 def still_needed() -> bool:
     """True while transformers' configuration classes (which mlx-lm's tokenizer import reaches)
     import torch where it is installed."""
-    files = (_transformers_file(f) for f in ("modeling_rope_utils.py", "configuration_utils.py"))
-    return any("import torch" in f.read_text(encoding="utf-8") for f in files if f is not None)
+    return any("import torch" in library_text("transformers", f) for f in ("modeling_rope_utils.py", "configuration_utils.py"))
 
 
 def hide() -> bool:
