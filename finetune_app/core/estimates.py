@@ -146,20 +146,17 @@ def peak_bytes(parameters: int, *, dtype_bytes: float = 2.0, quantize_bits: int 
                trainable_params: int = 0, batch_size: int = 1, seq_len: int = 512, hidden_size: int = 1024,
                num_layers: int = 24, heads: int = 16, vocab_size: int = 32000, supervised: float = 1.0,
                grad_checkpoint: bool = False, fused_head: bool = False, intermediate_size: int | None = None,
-               kv_width: int | None = None, attention_scores: bool = True) -> float:
+               kv_width: int | None = None) -> float:
     """MLX's peak memory of a training step (what `mx.get_peak_memory()` reports), in bytes.
 
     Weights at their storage width; trainable params with a gradient and two Adam moments (fp32,
     16 bytes each); per token and layer the values the backward pass keeps (KEPT_*; only the layer
     input with gradient checkpointing, plus one layer recomputed), per token the values outside
-    the layers (ONCE_*); the attention scores (SCORES_*; none where `attention_scores` is False:
-    a fused kernel); the logits of the supervised positions (`supervised`: their share of the
+    the layers (ONCE_*); the attention scores (SCORES_*); the logits of the supervised positions (`supervised`: their share of the
     tokens) three times (logits, softmax, gradient), bounded by SFT's chunked head (`fused_head`:
     by the fused one's live chunks). Checked against MLX's peak: benchmarks/planner_probe.py."""
     inter = intermediate_size or 4 * hidden_size
     kv = hidden_size if kv_width is None else kv_width
-    weight_bytes = parameters * (quantize_bits / 8 if quantize_bits else dtype_bytes)
-    state_bytes = trainable_params * 16
     tokens = batch_size * seq_len
     layer = KEPT_HIDDEN * hidden_size + KEPT_KV * kv + KEPT_INTER * inter
     once = ONCE_HIDDEN * hidden_size + ONCE_INTER * inter
@@ -168,7 +165,7 @@ def peak_bytes(parameters: int, *, dtype_bytes: float = 2.0, quantize_bits: int 
     if deep_queue():  # the refit is CPU-measured: keep the previous, H200-checked term as a floor there
         act_bytes = max(act_bytes, tokens * num_layers * (2 if grad_checkpoint else 34) * hidden_size * dtype_bytes)
     copies = (1 if grad_checkpoint else SCORES_PER_LAYER * num_layers) + SCORES_ONCE
-    attn_bytes = batch_size * heads * seq_len ** 2 * dtype_bytes * copies if attention_scores else 0.0
+    attn_bytes = batch_size * heads * seq_len ** 2 * dtype_bytes * copies
     positions = tokens * supervised
     logits_bytes = min(positions * vocab_size, logits_budget()) * dtype_bytes * 3  # in the model's dtype
     if fused_head:  # two [chunk, V] arrays per live chunk, and the [K, D] hidden states and their gradient
@@ -176,12 +173,18 @@ def peak_bytes(parameters: int, *, dtype_bytes: float = 2.0, quantize_bits: int 
         chunk = rows // 128 * 128 if rows > 128 else rows
         logits_bytes = (min(positions, FUSED_LIVE_CHUNKS * chunk) * vocab_size * 2
                         + 2 * positions * hidden_size) * dtype_bytes
-    return weight_bytes + state_bytes + act_bytes + attn_bytes + logits_bytes
+    return weights_and_state_bytes(parameters, dtype_bytes, quantize_bits, trainable_params) + act_bytes + attn_bytes + logits_bytes
+
+
+def weights_and_state_bytes(parameters: int, dtype_bytes: float, quantize_bits: int | None, trainable: int) -> float:
+    """Weights at their storage width, and the trainable params with a gradient and two Adam moments
+    (fp32, 16 bytes each): what stays resident through a step."""
+    return parameters * (quantize_bits / 8 if quantize_bits else dtype_bytes) + trainable * 16
 
 
 def vision_bytes(sizes: dict, images: "ImageLoad", dtype_bytes: float) -> tuple[float, float]:
     """A VLM's picture terms: (bytes resident through the step, bytes of the tower's forward pass).
-    Resident: the cached features (merged rows x the LM's width). The tower (frozen, no gradient)
+    Resident: the cached features (merged rows x the width they are stored at). The tower (frozen, no gradient)
     holds one layer at a time: its input pixels (float32), per patch the stream, q/k/v, the attention
     output and the MLP's two mlp_ratio-wide arrays, and per picture its [heads, p, p] scores."""
     cached = images.cached * (images.cached_width or sizes.get("hidden_size", 1024)) * dtype_bytes
@@ -191,11 +194,10 @@ def vision_bytes(sizes: dict, images: "ImageLoad", dtype_bytes: float) -> tuple[
     patches = sum(images.patches)
     per_patch = (6 + 2 * v["mlp_ratio"]) * v["width"] * dtype_bytes + v["patch_width"] * 4
     scores = TOWER_SCORES * v["heads"] * sum(p * p for p in images.patches) * dtype_bytes
-    return cached, TOWER_MEASURED * patches * per_patch + scores
+    return cached, patches * per_patch + scores
 
 
 TOWER_SCORES = 2  # [heads, p, p] copies per picture in the tower's forward: scores and softmax (measured 2.1)
-TOWER_MEASURED = 1.0
 
 
 def memory_gb(parameters: int, **kwargs) -> float:
@@ -242,8 +244,7 @@ def run_memory_gb(config: TrainConfig, *, parameters: int, dtype: str, quantizat
                       intermediate_size=inter, kv_width=kv)
     if images is not None:
         resident, tower = vision_bytes(sizes, images, dtype_bytes)
-        weights_state = parameters * dtype_bytes + trainable * 16
-        peak = max(peak, weights_state + tower) + resident
+        peak = max(peak, weights_and_state_bytes(parameters, dtype_bytes, bits, trainable) + tower) + resident
     return (peak + (PROCESS_OVERHEAD if overhead else 0)) / 1e9 + generation_gb(config, sizes, batch, seq_len)
 
 
