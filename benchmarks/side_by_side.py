@@ -543,6 +543,8 @@ def phases(run: dict) -> dict:
 def fastvlm_phases(ok: list[dict], ratios: dict) -> None:
     """#16: FastVLM's 3-epoch wall, cached (`ours`) vs uncached (`ours-nocache`), warm; and the phases
     that bound it: T (tower per step) = u - c, c (cached step), F; ceiling 3(T + c) / (T + 3c)."""
+    from fastvlm_micro import ceiling
+
     for cache in ("warm", "cold"):
         o = [phases(r) for r in ok if r["tool"] == "ours" and r["cache"] == cache]
         u = [phases(r) for r in ok if r["tool"] == "ours-nocache" and r["cache"] == cache]
@@ -552,7 +554,7 @@ def fastvlm_phases(ok: list[dict], ratios: dict) -> None:
         c, u1, e1 = pick(o, "later_step_s"), pick(u, "later_step_s"), pick(o, "epoch1_step_s")
         T = u1 - c
         ph = {"c_s": c, "u_s": u1, "fill_step_s": e1, "T_s": T, "F_ours_s": pick(o, "fixed_s"),
-              "F_nocache_s": pick(u, "fixed_s"), "ceiling": 3 * (T + c) / (T + 3 * c) if T + 3 * c > 0 else None}
+              "F_nocache_s": pick(u, "fixed_s"), "ceiling": ceiling(T, c)}
         r = ratios.get(f"ours-nocache/{cache}", {})
         r["phases"] = ph
         print(f"fastvlm phases ({cache}): c {c * 1e3:.1f} ms, u {u1 * 1e3:.1f} ms, epoch-1 step {e1 * 1e3:.1f} ms, "
